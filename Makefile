@@ -1,0 +1,29 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-fast clean
+
+install: $(STAMP)
+
+# torch first, pinned: it takes the CPU wheel already on these machines instead of CUDA packages.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/raylift train --config configs/demo.yaml
+
+test: install
+	$(VENV)/bin/python -m pytest -q tests
+
+test-fast: install
+	$(VENV)/bin/python -m pytest -q -m "not slow" tests
+
+clean:
+	rm -rf $(VENV) runs data/datasets data/synthetic .pytest_cache

@@ -1,0 +1,1 @@
+"""raylift models: 3D pose lifting transformers, shared layers, checkpoints and official imports."""

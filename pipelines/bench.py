@@ -1,0 +1,25 @@
+"""`raylift bench {data,model,train}`: benchmarks that report figures, never pass/fail on time.
+
+Each benchmark lives in its own module (`pipelines.bench_<name>`) with `add_arguments`/`run`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHMARKS = {
+    "data": ("pipelines.bench_data", "preprocessing and read-back throughput (windows/s, bytes/window)"),
+    "model": ("pipelines.bench_model", "forward+backward step time of each model at a small batch"),
+    "train": ("pipelines.bench_train", "training frames/s, peak memory and TFLOP/s for one model"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
+    for name, (module, help_text) in BENCHMARKS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).add_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    return importlib.import_module(BENCHMARKS[args.bench][0]).run(args)

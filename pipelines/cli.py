@@ -1,0 +1,86 @@
+"""The `raylift` command line.
+
+Each command lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`.
+Modules are imported only when their command runs (Ray and torch are slow to import), so
+`raylift --help` stays instant. User errors (bad config, bad input files, bad checkpoints) print
+one clear line to stderr and exit with status 2; anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "preprocess": ("pipelines.preprocess", "build Parquet windows from a dataset (Ray Data)"),
+    "data": ("pipelines.data_admin", "list, verify and show preprocessed datasets"),
+    "train": ("pipelines.train", "train a lifter with Ray Train, then evaluate it"),
+    "evaluate": ("pipelines.evaluate", "evaluate a checkpoint with the field's protocols"),
+    "tune": ("pipelines.tune", "search frame counts, depths and more with Ray Tune"),
+    "infer": ("pipelines.infer", "lift 2D keypoint sequences to 3D with a checkpoint"),
+    "viz": ("pipelines.viz", "render skeleton animations, training curves and result plots"),
+    "models": ("pipelines.model_tools", "model summaries and official checkpoint import"),
+    "bench": ("pipelines.bench", "benchmarks: data, model, train"),
+    "submit": ("pipelines.submit", "submit a raylift command as a Ray job"),
+    "jobs": ("pipelines.jobs", "list, follow and stop Ray jobs"),
+    "cluster": ("pipelines.local_cluster", "start/stop a multi-node Ray cluster on 127.0.0.1"),
+}
+
+
+def user_error_types() -> tuple[type, ...]:
+    """Exception types that mean 'the user gave bad input', not 'raylift has a bug'."""
+    from models.checkpoint import CheckpointError
+    from pipelines.schema import ConfigError
+    from preprocessing.errors import DataError
+
+    return (ConfigError, DataError, CheckpointError)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raylift",
+        description="3D human pose lifting on Ray: data, models, training, tuning, clusters.",
+    )
+    from pipelines import __version__
+
+    parser.add_argument("--version", action="version", version=f"raylift {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            importlib.import_module(module).add_arguments(p)
+        else:
+            # Accept anything until this command is chosen; the real parser is built then.
+            p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def _command_of(argv: list[str]) -> str | None:
+    for token in argv:
+        if token in COMMANDS:
+            return token
+        if not token.startswith("-"):
+            return None
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = _command_of(argv)
+    parser = build_parser(command)
+    args = parser.parse_args(argv)
+    module = importlib.import_module(COMMANDS[args.command][0])
+    errors = user_error_types()
+    try:
+        return int(module.run(args) or 0)
+    except errors as e:
+        print(f"raylift {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"raylift {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

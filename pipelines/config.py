@@ -1,0 +1,133 @@
+"""Experiment configuration: the YAML a user writes, as typed, validated dataclasses.
+
+```yaml
+name: mixste_h36m_cpn
+data:    {source: {...}, windows: {mode: seq2seq, frames: 243}, root: data/datasets}
+model:   {name: mixste, dim: 512, depth: 8}
+train:   {epochs: 160, batch_size: 4, lr: 4.0e-5, num_workers: 2, storage_path: runs}
+eval:    {flip: true}
+tune:    {...}          # only for `raylift tune`
+```
+`load_config(path, overrides)` applies `--set a.b=v` overrides before validation, so an override
+is checked exactly like a key in the file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from models.registry import model_class, parse_model_config
+from pipelines.schema import ConfigError, apply_overrides, load_yaml, parse_dataclass, to_dict
+from preprocessing.config import DataConfig
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and Ray Train scaling. Defaults follow MixSTE; shipped configs set each paper's."""
+
+    epochs: int = 10
+    batch_size: int = 4  # windows per worker per step
+    lr: float = 4e-5
+    weight_decay: float = 0.1
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    lr_decay: float = 0.99  # multiplicative, per epoch
+    clip_grad: Optional[float] = None  # max gradient norm
+    loss: Literal["auto", "mixste", "mpjpe", "fusionformer", "multiview"] = "auto"
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0
+    resources_per_worker: dict[str, float] = field(default_factory=dict)  # extra custom resources
+    storage_path: str = "runs"  # local directory or s3://bucket/prefix
+    keep_last: int = 2  # checkpoints kept besides the best
+    max_failures: int = 3  # worker/node failures survived by restoring the last checkpoint
+    bf16: bool = True  # autocast on GPU
+    compile: bool = False  # torch.compile the model
+    seed: int = 0
+    shuffle_buffer: int = 256  # windows in each worker's local shuffle buffer
+    prefetch_batches: int = 4
+    max_windows_per_epoch: Optional[int] = None  # cap for quick runs (None: every window)
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if self.num_workers < 0:
+            raise ValueError(f"train.num_workers must be >= 0, got {self.num_workers}")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"train.lr_decay must be in (0, 1], got {self.lr_decay}")
+        if self.keep_last < 1:
+            raise ValueError(f"train.keep_last must be >= 1, got {self.keep_last}")
+
+
+@dataclass
+class EvalConfig:
+    flip: bool = True  # test-time flip augmentation
+    batch_size: int = 64
+
+
+@dataclass
+class TuneConfig:
+    """`raylift tune`: a search space over any config key (see pipelines/tune.py)."""
+
+    space: dict[str, Any] = field(default_factory=dict)  # dotted key -> {grid|choice|uniform|loguniform: ...}
+    num_samples: int = 1
+    metric: str = "val_mpjpe"
+    scheduler: Literal["asha", "fifo"] = "asha"
+    grace_period: int = 1
+    reduction_factor: int = 2
+    max_concurrent: int = 0  # 0: as many as the cluster's resources allow
+    max_failures: int = 1  # retries of a failed trial
+    storage_path: str = "runs/tune"
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: Any = field(default=None, metadata={"parse": parse_model_config})
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tune: Optional[TuneConfig] = None
+
+    def validate(self) -> None:
+        if self.model is None:
+            self.model = parse_model_config({}, "model")
+        cls = model_class(self.model.name)
+        if self.data.windows.mode != cls.output_mode:
+            raise ValueError(
+                f"model {self.model.name!r} is {cls.output_mode} but data.windows.mode is "
+                f"{self.data.windows.mode!r}"
+            )
+        if bool(self.data.windows.multiview) != bool(cls.multiview):
+            raise ValueError(
+                f"model {self.model.name!r} needs data.windows.multiview={str(cls.multiview).lower()}"
+            )
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+def config_from_dict(raw: dict, overrides: Optional[list[str]] = None) -> ExperimentConfig:
+    return parse_dataclass(ExperimentConfig, apply_overrides(raw, overrides or []), "")
+
+
+def load_config(path: str, overrides: Optional[list[str]] = None) -> ExperimentConfig:
+    """Read `path`, apply `--set` overrides, validate. Errors name the file and the key."""
+    raw = load_yaml(path)
+    try:
+        return config_from_dict(raw, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def add_config_arguments(parser, required: bool = True) -> None:
+    """The `--config FILE` and repeated `--set KEY=VALUE` options every config-driven command takes."""
+    parser.add_argument("--config", required=required, help="experiment YAML (see configs/)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value by dotted key, e.g. --set train.epochs=5 (repeatable)",
+    )

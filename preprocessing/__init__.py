@@ -1,0 +1,1 @@
+"""raylift preprocessing: dataset sources, cameras and skeletons, windowing, Parquet shards."""

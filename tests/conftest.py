@@ -1,0 +1,47 @@
+"""Shared test fixtures: paths to ../shared (skipped with a reason when absent) and a local Ray."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("RAYLIFT_SHARED", REPO.parent / "shared"))
+CMU_DEV = SHARED / "data" / "cmu-dev"
+PARITY = SHARED / "reference" / "parity"
+
+# Ray's own knobs for fast, bounded tests (RAY_NOTES): quick failure detection, no endless waits.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+
+@pytest.fixture(scope="session")
+def cmu_dev() -> Path:
+    """../shared/data/cmu-dev (real CMU motion in VideoPose3D's formats)."""
+    if not (CMU_DEV / "data_3d_cmu.npz").is_file():
+        pytest.skip(f"cmu-dev data not found at {CMU_DEV} (the ../shared folder is not beside this clone)")
+    return CMU_DEV
+
+
+@pytest.fixture(scope="session")
+def parity_dir() -> Path:
+    """../shared/reference/parity (official-checkpoint fixtures)."""
+    if not (PARITY / "mixste.io.npz").is_file():
+        pytest.skip(f"parity fixtures not found at {PARITY} (the ../shared folder is not beside this clone)")
+    return PARITY
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A real local Ray instance (2 CPUs, no dashboard) for the tests of one module."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
