@@ -113,6 +113,25 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+class PoseHead(nn.Module):
+    """LayerNorm + Linear to the output coordinates (official `head = Sequential(LN, Linear)`).
+
+    The official head LayerNorm uses PyTorch's default eps 1e-5, unlike the blocks' 1e-6.
+    """
+
+    def __init__(self, dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Linear(dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(x))
+
+
 def drop_path_schedule(rate: float, depth: int) -> list[float]:
-    """Stochastic-depth rates rising linearly 0 -> rate over `depth` blocks (timm convention)."""
-    return [float(r) for r in torch.linspace(0, rate, depth)] if depth > 0 else []
+    """Stochastic-depth rates rising linearly 0 -> rate over `depth` blocks (timm convention).
+
+    Computed on the CPU whatever the default device, so models can be built under
+    `torch.device("meta")` (FLOP counting) with the same float32 rates as the official codes.
+    """
+    return [float(r) for r in torch.linspace(0, rate, depth, device="cpu")] if depth > 0 else []

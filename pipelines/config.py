@@ -23,44 +23,73 @@ from preprocessing.config import DataConfig
 
 @dataclass
 class TrainConfig:
-    """Optimisation and Ray Train scaling. Defaults follow MixSTE; shipped configs set each paper's."""
+    """Optimisation, checkpointing and Ray Train scaling. Defaults follow MixSTE; shipped configs
+    set each paper's values.
+
+    Checkpoints: one per epoch under `<storage_path>/<name>/checkpoint_epochNNNN`. The `keep_best`
+    checkpoints with the lowest validation MPJPE are kept, and the latest one always is as well
+    (Ray Train's retention rule), so a run directory holds at most `keep_best + 1` checkpoints.
+    """
 
     epochs: int = 10
     batch_size: int = 4  # windows per worker per step
     lr: float = 4e-5
     weight_decay: float = 0.1
     optimizer: Literal["adamw", "adam"] = "adamw"
-    lr_decay: float = 0.99  # multiplicative, per epoch
-    clip_grad: Optional[float] = None  # max gradient norm
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_decay: float = 0.99  # multiplicative, per epoch (ExponentialLR)
+    clip_grad: Optional[float] = None  # max gradient norm (None: no clipping)
     loss: Literal["auto", "mixste", "mpjpe", "fusionformer", "multiview"] = "auto"
-    num_workers: int = 2
+    num_workers: int = 2  # Ray Train workers; 0 runs the loop in the driver process
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
     resources_per_worker: dict[str, float] = field(default_factory=dict)  # extra custom resources
-    storage_path: str = "runs"  # local directory or s3://bucket/prefix
-    keep_last: int = 2  # checkpoints kept besides the best
+    storage_path: str = "runs"  # local directory (shared by all nodes) or s3://bucket/prefix
+    keep_best: int = 1  # checkpoints kept by lowest validation MPJPE (the latest is kept too)
     max_failures: int = 3  # worker/node failures survived by restoring the last checkpoint
-    bf16: bool = True  # autocast on GPU
+    bf16: bool = True  # autocast to bfloat16 on GPU (ignored on CPU)
     compile: bool = False  # torch.compile the model
     seed: int = 0
     shuffle_buffer: int = 256  # windows in each worker's local shuffle buffer
     prefetch_batches: int = 4
-    max_windows_per_epoch: Optional[int] = None  # cap for quick runs (None: every window)
+    max_windows_per_epoch: Optional[int] = None  # cap on training windows per epoch (None: all)
+    val_batch_size: int = 64  # windows per validation batch
+    max_val_windows: Optional[int] = None  # cap on validation windows per epoch (None: all)
+    evaluate: bool = True  # evaluate the best checkpoint with the full protocol after training
 
     def validate(self) -> None:
         if self.epochs < 1:
             raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if self.batch_size < 1 or self.val_batch_size < 1:
+            raise ValueError(
+                f"train.batch_size and train.val_batch_size must be >= 1, got {self.batch_size}, "
+                f"{self.val_batch_size}"
+            )
         if self.lr <= 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"train.betas must be in [0, 1), got {list(self.betas)}")
         if self.num_workers < 0:
             raise ValueError(f"train.num_workers must be >= 0, got {self.num_workers}")
         if not 0 < self.lr_decay <= 1:
             raise ValueError(f"train.lr_decay must be in (0, 1], got {self.lr_decay}")
-        if self.keep_last < 1:
-            raise ValueError(f"train.keep_last must be >= 1, got {self.keep_last}")
+        if self.clip_grad is not None and self.clip_grad <= 0:
+            raise ValueError(f"train.clip_grad must be > 0 or null, got {self.clip_grad}")
+        if self.keep_best < 1:
+            raise ValueError(f"train.keep_best must be >= 1, got {self.keep_best}")
+        if self.max_failures < 0:
+            raise ValueError(f"train.max_failures must be >= 0, got {self.max_failures}")
+        if self.cpus_per_worker <= 0 or self.gpus_per_worker <= 0:
+            raise ValueError("train.cpus_per_worker and train.gpus_per_worker must be > 0")
+        for key in ("max_windows_per_epoch", "max_val_windows"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"train.{key} must be >= 1 or null, got {value}")
+        if self.shuffle_buffer < 0 or self.prefetch_batches < 0:
+            raise ValueError("train.shuffle_buffer and train.prefetch_batches must be >= 0")
 
 
 @dataclass

@@ -182,23 +182,40 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply dotted `KEY=VALUE` overrides to a raw config mapping (a deep copy is returned)."""
+def set_dotted(raw: dict, key: str, value: Any) -> None:
+    """Set `raw[a][b][c] = value` for key 'a.b.c', creating sections; in place."""
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"'{key}': '{'.'.join(parts[: i + 1])}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_values(raw: dict, values: Mapping[str, Any]) -> dict:
+    """Deep copy of `raw` with each dotted key of `values` set (typed values, e.g. from Tune)."""
     import copy
 
     out = copy.deepcopy(raw)
+    for key, value in values.items():
+        set_dotted(out, key, value)
+    return out
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply dotted `KEY=VALUE` overrides to a raw config mapping (a deep copy is returned)."""
+    values = {}
     for text in overrides:
         parts, value = parse_override(text)
-        node = out
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {text!r}: '{'.'.join(parts[: i + 1])}' is not a section")
-            node = child
-        node[parts[-1]] = value
-    return out
+        values[".".join(parts)] = value
+    try:
+        return apply_values(raw, values)
+    except ConfigError as e:
+        raise ConfigError(f"--set: {e}") from None
 
 
 def load_yaml(path: str) -> dict:

@@ -14,23 +14,36 @@ SourceKind = Literal["synthetic", "h36m", "generic", "mpi3dhp"]
 
 @dataclass
 class SyntheticConfig:
-    """The embedded procedural motion generator (writes VideoPose3D-format files)."""
+    """The embedded procedural motion generator (preprocessing/synthetic.py), which writes
+    VideoPose3D-format files into `out_dir/<hash of the other fields>/` and reads them back.
+
+    Each subject performs `actions_per_subject` clips, cycling through the 15 Human3.6M activity
+    names ("Walking 1", "Greeting 1", ..., then "Walking 2", ...), seen by the four H36M cameras.
+    Defaults: a small demo (7 subjects x 6 actions x 10 s = 84k camera-frames, < 1 s to generate).
+    Human3.6M scale: actions_per_subject=30, frames_per_action=2500 (2.1M camera-frames).
+    """
 
     subjects: list[str] = field(default_factory=lambda: ["S1", "S5", "S6", "S7", "S8", "S9", "S11"])
-    actions_per_subject: int = 4  # distinct motions per subject (cycled through the activity list)
-    frames_per_action: int = 600  # frames per (subject, action) at `fps`
+    actions_per_subject: int = 6  # clips per subject; the first 6 activities are the most distinct
+    frames_per_action: int = 500  # frames per (subject, action) at `fps`
     fps: float = 50.0
-    noise_px: float = 0.0  # std of detector-like 2D noise in pixels (0 = ground-truth 2D)
+    noise_px: float = 0.0  # detector-like 2D noise (std in pixels; 0 = ground-truth 2D)
     seed: int = 0
     out_dir: str = "data/synthetic"  # where the generated npz files and cameras JSON are written
 
     def validate(self) -> None:
         if not self.subjects:
             raise ValueError("synthetic.subjects must not be empty")
+        if len(set(self.subjects)) != len(self.subjects) or not all(s.strip() for s in self.subjects):
+            raise ValueError(f"synthetic.subjects must be distinct non-empty names, got {self.subjects}")
         if self.actions_per_subject < 1 or self.frames_per_action < 1:
             raise ValueError("synthetic.actions_per_subject and frames_per_action must be >= 1")
+        if not self.fps > 0:
+            raise ValueError(f"synthetic.fps must be > 0, got {self.fps}")
         if self.noise_px < 0:
             raise ValueError(f"synthetic.noise_px must be >= 0, got {self.noise_px}")
+        if not self.out_dir:
+            raise ValueError("synthetic.out_dir must not be empty")
 
 
 @dataclass

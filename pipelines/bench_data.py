@@ -1,0 +1,134 @@
+"""`raylift bench data`: preprocessing and read-back throughput on this machine.
+
+Generates an H36M-scale synthetic dataset (7 subjects × 30 actions × 2,500 frames × 4 cameras =
+2.1M camera-frames at `--scale 1`; `--scale` shrinks the number of actions), then for each window
+length (default T=243 and T=27, seq2seq, flip on) builds the Parquet shards with Ray Data and
+reads the training split back through `iter_torch_batches` (the Ray Train input path). Reports
+windows/s, bytes per window and read-back windows/s. Figures, never pass/fail.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+H36M_ACTIONS = 30
+H36M_FRAMES = 2500
+SUBJECTS = ["S1", "S5", "S6", "S7", "S8", "S9", "S11"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="fraction of H36M's size (actions per subject = round(30 * scale), at least 1)")
+    parser.add_argument("--frames", type=int, nargs="+", default=[243, 27], help="window lengths T (seq2seq)")
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray instance")
+    parser.add_argument("--batch-size", type=int, default=64, help="read-back batch size (windows)")
+    parser.add_argument("--shuffle-buffer", type=int, default=256, help="read-back local shuffle buffer (windows)")
+    parser.add_argument("--rows-per-shard", type=int, default=None, help="override data.rows_per_shard")
+    parser.add_argument("--workdir", default=None, help="where to write (default: a temporary directory, removed afterwards)")
+    parser.add_argument("--keep", action="store_true", help="keep the generated data and shards")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+
+
+def bench_config(scale: float, frames: int, out_dir: str, root: str, rows_per_shard: int | None):
+    from preprocessing.config import DataConfig, SourceConfig, SyntheticConfig, WindowConfig
+
+    synthetic = SyntheticConfig(
+        subjects=list(SUBJECTS), actions_per_subject=max(1, round(H36M_ACTIONS * scale)),
+        frames_per_action=H36M_FRAMES, noise_px=0.0, seed=0, out_dir=out_dir,
+    )
+    data = DataConfig(
+        source=SourceConfig(kind="synthetic", synthetic=synthetic),
+        windows=WindowConfig(mode="seq2seq", frames=frames, flip=True), root=root,
+    )
+    if rows_per_shard:
+        data.rows_per_shard = rows_per_shard
+    data.validate()
+    return data
+
+
+def read_back(uri: str, batch_size: int, shuffle_buffer: int) -> tuple[int, float]:
+    """Iterate the training split once as torch batches; (windows, seconds)."""
+    from preprocessing.readers import iter_torch_batches, open_split
+
+    t0 = time.monotonic()
+    ds = open_split(uri, "train")
+    windows = 0
+    for batch in iter_torch_batches(ds, batch_size, shuffle_buffer=shuffle_buffer, seed=0):
+        windows += int(batch["keypoints_2d"].shape[0])
+    return windows, time.monotonic() - t0
+
+
+def run(args: argparse.Namespace) -> int:
+    import ray
+
+    from pipelines.preprocess import quiet_ray_data
+    from preprocessing.shards import build_dataset, hash_files
+    from preprocessing.sources import load_sequences
+
+    quiet_ray_data()
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="raylift-bench-data-"))
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict = {"scale": args.scale, "cpus": args.cpus, "runs": []}
+    try:
+        t0 = time.monotonic()
+        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+        results["ray_start_s"] = round(time.monotonic() - t0, 2)
+        for frames in args.frames:
+            data = bench_config(args.scale, frames, str(work / "synthetic"), str(work / "datasets"), args.rows_per_shard)
+            t0 = time.monotonic()
+            source = load_sequences(data.source)
+            load_s = time.monotonic() - t0
+            camera_frames = sum(s.num_frames for s in source.sequences)
+            t0 = time.monotonic()
+            files = hash_files(source.files)
+            hash_s = time.monotonic() - t0
+            print(f"T={frames}: source {len(source.sequences)} sequences, {camera_frames} camera-frames "
+                  f"(generate/load {load_s:.1f} s, hash {hash_s:.1f} s)", flush=True)
+            t0 = time.monotonic()
+            info = build_dataset(data, source.sequences, source.skeleton, files, progress=lambda _m: None)
+            build_s = time.monotonic() - t0
+            m = info.manifest
+            windows = sum(c["windows"] for c in m["splits"].values())
+            read_windows, read_s = read_back(info.uri, args.batch_size, args.shuffle_buffer)
+            run = {
+                "frames": frames,
+                "camera_frames": camera_frames,
+                "windows": windows,
+                "train_windows": m["splits"]["train"]["windows"],
+                "shards": len(m["shards"]),
+                "bytes": m["total_bytes"],
+                "bytes_per_window": round(m["total_bytes"] / windows),
+                "load_s": round(load_s, 2),
+                "hash_s": round(hash_s, 2),
+                "build_s": round(build_s, 2),
+                "windows_per_s": round(windows / build_s),
+                "end_to_end_s": round(load_s + hash_s + build_s, 2),
+                "read_windows": read_windows,
+                "read_s": round(read_s, 2),
+                "read_windows_per_s": round(read_windows / read_s),
+            }
+            results["runs"].append(run)
+            print(f"  preprocess {windows} windows ({run['shards']} shards, {run['bytes'] / 1e6:.0f} MB) in "
+                  f"{build_s:.1f} s = {run['windows_per_s']} windows/s; {run['bytes_per_window']} bytes/window; "
+                  f"end to end {run['end_to_end_s']:.1f} s", flush=True)
+            print(f"  read-back  {read_windows} training windows in {read_s:.1f} s = "
+                  f"{run['read_windows_per_s']} windows/s (batch {args.batch_size}, shuffle buffer {args.shuffle_buffer})",
+                  flush=True)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        if not args.keep and not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"\nbench data (scale {args.scale}, {args.cpus} CPUs, Ray start {results['ray_start_s']} s)")
+    print(f"{'T':>5}{'camera-frames':>15}{'windows':>9}{'build s':>9}{'windows/s':>11}{'B/window':>10}{'read win/s':>12}")
+    for r in results["runs"]:
+        print(f"{r['frames']:>5}{r['camera_frames']:>15}{r['windows']:>9}{r['build_s']:>9}{r['windows_per_s']:>11}"
+              f"{r['bytes_per_window']:>10}{r['read_windows_per_s']:>12}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0

@@ -1,0 +1,140 @@
+"""`raylift models`: model summaries (parameters, FLOPs) and import of the authors' checkpoints.
+
+    raylift models summary --model mixste --frames 243 [--joints 17] [--set model.dim=256] [--json]
+    raylift models import --from mixste|poseformer FILE --out CKPT_DIR [--frames T] [--heads H]
+
+FLOPs are counted with `torch.utils.flop_counter.FlopCounterMode` on one forward pass of batch 1
+on the meta device (no memory, no compute). What counts: every matrix multiply (Linear layers,
+the attention matmuls Q·Kᵀ and A·V, any einsum/bmm) and convolutions; not counted: softmax,
+LayerNorm/GroupNorm, GELU, residual additions and position embeddings (elementwise, <1% of the
+total for these models). MACs = FLOPs / 2. "Per frame" divides by the frames the forward
+predicts: T for seq2seq models, 1 for seq2frame models (the convention of each paper).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from models.registry import MODELS
+
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    s = sub.add_parser("summary", help="parameters and forward FLOPs/MACs of a model",
+                       description="parameters and forward FLOPs/MACs (per predicted frame and in total)")
+    s.add_argument("--model", required=True, choices=sorted(MODELS), help="registry name")
+    s.add_argument("--frames", type=int, required=True, help="window length T")
+    s.add_argument("--joints", type=int, default=17, help="joints J (default 17)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="model.KEY=VALUE",
+                   help="override a model config value, e.g. --set model.dim=256 (repeatable)")
+    s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+    i = sub.add_parser("import", help="convert an official MixSTE/PoseFormer checkpoint",
+                       description="convert a checkpoint released by the MixSTE or PoseFormer authors "
+                                   "into a raylift checkpoint (H36M joint layout)")
+    i.add_argument("--from", dest="source", required=True, choices=["mixste", "poseformer"],
+                   help="whose checkpoint format FILE is in")
+    i.add_argument("file", help="official checkpoint (.bin/.pth with a 'model_pos' state dict)")
+    i.add_argument("--out", required=True, help="raylift checkpoint directory to write")
+    i.add_argument("--frames", type=int, default=None,
+                   help="expected window length T (checked against the checkpoint's Temporal_pos_embed)")
+    i.add_argument("--heads", type=int, default=None,
+                   help="attention heads (not visible in the weights; default: the paper's 8)")
+
+
+def model_config(name: str, overrides: list[str]) -> Any:
+    """The registry config of `name` with `model.KEY=VALUE` overrides applied and validated."""
+    from models.registry import parse_model_config
+    from pipelines.schema import ConfigError, apply_overrides
+
+    for text in overrides:
+        if not text.startswith("model."):
+            raise ConfigError(f"--set {text!r}: only model.* keys apply to a model summary")
+    raw = apply_overrides({"model": {"name": name}}, overrides)
+    if raw["model"].get("name") != name:
+        raise ConfigError("--set model.name: use --model to choose the model")
+    return parse_model_config(raw["model"], "model")
+
+
+def example_input(model: Any, batch: int, frames: int, joints: int, device: Any = "cpu") -> Any:
+    """A random input batch of the shape `model` takes: (B, T, J, 2), multiview (B, T, V, J, 2).
+
+    Multiview models give their camera count as a `views` attribute or config field (default 4,
+    the synchronized H36M cameras).
+    """
+    import torch
+
+    if getattr(model, "multiview", False):
+        views = int(getattr(model, "views", getattr(getattr(model, "cfg", None), "views", 4)))
+        return torch.randn(batch, frames, views, joints, 2, device=device)
+    return torch.randn(batch, frames, joints, 2, device=device)
+
+
+def summarize(name: str, frames: int, joints: int = 17, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Parameters and batch-1 forward FLOPs/MACs of a registry model (counted on the meta device)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from models.registry import build_model, count_parameters
+    from pipelines.schema import ConfigError
+
+    if frames < 1 or joints < 1:
+        raise ConfigError(f"--frames and --joints must be >= 1 (got {frames}, {joints})")
+    cfg = model_config(name, overrides or [])
+    with torch.device("meta"):
+        model = build_model(cfg, frames=frames, joints=joints).eval()
+        x = example_input(model, 1, frames, joints, device="meta")
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    flops = int(counter.get_total_flops())
+    by_op = {str(op).removeprefix("aten."): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
+    out_frames = frames if model.output_mode == "seq2seq" else 1
+    return {
+        "model": name,
+        "config": asdict(cfg),
+        "frames": frames,
+        "joints": joints,
+        "output_mode": model.output_mode,
+        "parameters": count_parameters(model),
+        "flops_total": flops,
+        "macs_total": flops // 2,
+        "frames_predicted": out_frames,
+        "flops_per_frame": flops / out_frames,
+        "macs_per_frame": flops / 2 / out_frames,
+        "flops_by_op": by_op,
+    }
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    cfg = ", ".join(f"{k}={v}" for k, v in s["config"].items() if k != "name")
+    lines = [
+        f"model            {s['model']} ({s['output_mode']}, T={s['frames']}, J={s['joints']})",
+        f"config           {cfg}",
+        f"parameters       {s['parameters']:,}",
+        f"MACs  per frame  {s['macs_per_frame'] / 1e6:,.2f} M    total {s['macs_total'] / 1e9:,.3f} G",
+        f"FLOPs per frame  {s['flops_per_frame'] / 1e6:,.2f} M    total {s['flops_total'] / 1e9:,.3f} G",
+        f"                 (batch-1 forward; per frame = total / {s['frames_predicted']} predicted frame(s); "
+        "matmuls incl. attention and convolutions; FLOPs = 2 x MACs)",
+    ]
+    for op, n in sorted(s["flops_by_op"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {op:<28} {n / 2 / s['frames_predicted'] / 1e6:,.2f} M MACs per frame")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "summary":
+        s = summarize(args.model, args.frames, args.joints, args.overrides)
+        print(json.dumps(s, indent=1) if args.json else format_summary(s))
+        return 0
+    from models.convert import import_official
+    from models.checkpoint import read_meta
+
+    out = import_official(args.source, args.file, args.out, frames=args.frames, heads=args.heads)
+    meta = read_meta(out)
+    print(f"imported {args.source} checkpoint {args.file} (epoch {meta['epoch']}, T={meta['frames']}, "
+          f"J={meta['joints']}) -> {out}", file=sys.stdout)
+    return 0

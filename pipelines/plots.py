@@ -1,0 +1,43 @@
+"""Training-curve figure: loss and validation MPJPE per epoch (matplotlib, Agg backend)."""
+from __future__ import annotations
+
+import io
+import math
+
+
+def training_curves_png(history: list[dict], title: str = "") -> bytes:
+    """PNG bytes of two panels: training loss and validation MPJPE (mm), plus the lr on a twin axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        raise ValueError("no epochs to plot")
+    epochs = [int(r["epoch"]) for r in history]
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [r["loss"] for r in history], marker="o", color="C0")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("training loss")
+    ax_loss.set_title("training loss")
+    if any(r.get("lr") for r in history):
+        ax_lr = ax_loss.twinx()
+        ax_lr.plot(epochs, [r.get("lr", math.nan) for r in history], color="C2", linestyle="--", label="lr")
+        ax_lr.set_ylabel("learning rate", color="C2")
+    vals = [r.get("val_mpjpe", math.nan) for r in history]
+    ax_val.plot(epochs, vals, marker="o", color="C1")
+    finite = [(e, v) for e, v in zip(epochs, vals) if math.isfinite(v)]
+    if finite:
+        e_best, v_best = min(finite, key=lambda p: p[1])
+        ax_val.scatter([e_best], [v_best], color="k", zorder=3, label=f"best {v_best:.1f} mm (epoch {e_best})")
+        ax_val.legend()
+    ax_val.set_xlabel("epoch")
+    ax_val.set_ylabel("validation MPJPE (mm)")
+    ax_val.set_title("validation MPJPE (no flip)")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()

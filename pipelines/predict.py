@@ -1,0 +1,93 @@
+"""Prediction with test-time flip augmentation, per batch and over whole arrays of windows.
+
+Test-time flip (VideoPose3D, MixSTE, PoseFormer): run the model on the input and on its mirror
+image (2D x negated, left/right keypoints swapped with the skeleton's own lists), mirror the second
+output back (3D x negated, left/right joints swapped) and average the two. The joint axis is -2
+for every shape the models use: (B, T, J, 2) in, (B, T|1, J, 3) out; multi-view (B, T, V, J, 2)
+in, (B, T, V, J, 3) out.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from preprocessing.skeleton import Skeleton, get_skeleton
+
+
+def _skeleton(skeleton: Union[str, Skeleton]) -> Skeleton:
+    return skeleton if isinstance(skeleton, Skeleton) else get_skeleton(skeleton)
+
+
+def flip_poses(x: torch.Tensor, skeleton: Union[str, Skeleton]) -> torch.Tensor:
+    """Mirror 2D keypoints or 3D joints (..., J, C): negate x, swap left and right joints.
+
+    Its own inverse: flipping twice gives back `x`.
+    """
+    skel = _skeleton(skeleton)
+    if x.shape[-2] != skel.num_joints:
+        raise ValueError(f"expected {skel.num_joints} joints ({skel.name}), got shape {tuple(x.shape)}")
+    perm = torch.as_tensor(skel.flip_permutation(), device=x.device)
+    sign = torch.ones(x.shape[-1], dtype=x.dtype, device=x.device)
+    sign[0] = -1
+    return x.index_select(-2, perm) * sign
+
+
+def predict(model: nn.Module, x: torch.Tensor, skeleton: Union[str, Skeleton], flip: bool = True) -> torch.Tensor:
+    """Model output for `x`, averaged with the un-flipped output of the flipped input if `flip`.
+
+    Runs under whatever grad/autocast mode the caller set (use `predict_windows` for inference).
+    """
+    out = model(x)
+    if not flip:
+        return out
+    out_flip = flip_poses(model(flip_poses(x, skeleton)), skeleton)
+    return (out + out_flip) / 2
+
+
+def predict_windows(
+    model: nn.Module,
+    keypoints_2d: np.ndarray,
+    skeleton: Union[str, Skeleton],
+    flip: bool = True,
+    batch_size: int = 64,
+    device: Union[str, torch.device] = "cpu",
+    bf16: bool = False,
+) -> np.ndarray:
+    """Predict every window of `keypoints_2d` (N, T, J, 2) or (N, T, V, J, 2) -> float32 numpy.
+
+    Batches of `batch_size` go to `device` under `torch.inference_mode` with the model in eval
+    mode (its previous train/eval mode is restored afterwards); `bf16` autocasts on CUDA only.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    outputs: list[np.ndarray] = []
+    autocast = (
+        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        if bf16 and device.type == "cuda"
+        else contextlib.nullcontext()
+    )
+    try:
+        with torch.inference_mode(), autocast:
+            for start in range(0, len(keypoints_2d), batch_size):
+                xb = torch.as_tensor(np.ascontiguousarray(keypoints_2d[start : start + batch_size]), dtype=torch.float32)
+                out = predict(model, xb.to(device), skeleton, flip=flip)
+                outputs.append(out.float().cpu().numpy())
+    finally:
+        model.train(was_training)
+    if not outputs:
+        raise ValueError("predict_windows: no windows to predict")
+    return np.concatenate(outputs, axis=0)
+
+
+def default_device(device: Optional[str] = None) -> torch.device:
+    """`device` if given, else CUDA when available, else CPU."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,226 @@
+"""Rendering: skeleton animations (GIF / MP4) and static plots, matplotlib Agg only (no display).
+
+Animations reuse one figure and only move its line artists each frame (no re-plotting), then
+grab the Agg buffer: a 3-panel 640-pixel-wide frame renders in tens of milliseconds.
+
+Colours follow the usual lifting demos: left limbs blue, right limbs red, the spine/head dark grey
+(a bone takes the side of its child joint, from the skeleton's own left/right lists).
+3D poses are camera-space (x right, y down, z forward); they are drawn with x to the right, z into
+the picture and -y up, so a standing person stands upright.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from preprocessing.errors import DataError
+from preprocessing.skeleton import Skeleton
+
+SIDE_COLOURS = {"left": "#1f77b4", "right": "#d62728", "centre": "#333333"}
+DPI = 80
+
+
+@dataclass
+class Panel:
+    """One subplot of an animation: 2D keypoints (pixels) or 3D joints (metres), (F, J, 2|3)."""
+
+    title: str
+    poses: np.ndarray
+    kind: str  # "2d" | "3d"
+
+
+def bone_colours(skeleton: Skeleton) -> list[str]:
+    return [SIDE_COLOURS[skeleton.side(child)] for _, child in skeleton.bones()]
+
+
+def _camera_to_plot(p: np.ndarray) -> np.ndarray:
+    """Camera (x right, y down, z forward) -> plot (x right, depth, up)."""
+    return np.stack([p[..., 0], p[..., 2], -p[..., 1]], axis=-1)
+
+
+class SkeletonAnimator:
+    """A figure with one panel per `Panel`, redrawn frame by frame by moving its line artists."""
+
+    def __init__(self, panels: Sequence[Panel], skeleton: Skeleton, panel_inches: float = 3.0) -> None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        if not panels:
+            raise ValueError("an animation needs at least one panel")
+        self.frames = int(panels[0].poses.shape[0])
+        for p in panels:
+            if p.poses.shape[0] != self.frames or p.poses.shape[1] != skeleton.num_joints:
+                raise DataError(f"panel {p.title!r}: poses {p.poses.shape} do not match "
+                                f"{self.frames} frames x {skeleton.num_joints} joints")
+        self.skeleton = skeleton
+        self.bones = skeleton.bones()
+        self.figure = Figure(figsize=(panel_inches * len(panels), panel_inches + 0.3), dpi=DPI)
+        self.canvas = FigureCanvasAgg(self.figure)
+        self.title = self.figure.suptitle("", fontsize=9)
+        colours = bone_colours(skeleton)
+        self._updates = []
+        for i, panel in enumerate(panels):
+            if panel.kind == "2d":
+                self._updates.append(self._add_2d(i, len(panels), panel, colours))
+            else:
+                self._updates.append(self._add_3d(i, len(panels), panel, colours))
+        self.figure.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.88, wspace=0.1)
+
+    def _add_2d(self, i: int, n: int, panel: Panel, colours: list[str]):
+        ax = self.figure.add_subplot(1, n, i + 1)
+        pts = panel.poses
+        lo, hi = pts.reshape(-1, 2).min(0), pts.reshape(-1, 2).max(0)
+        centre, half = (lo + hi) / 2, max(float((hi - lo).max()) / 2 * 1.1, 1e-6)
+        ax.set_xlim(centre[0] - half, centre[0] + half)
+        ax.set_ylim(centre[1] + half, centre[1] - half)  # image y points down
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(panel.title, fontsize=9)
+        lines = [ax.plot([], [], color=c, lw=2)[0] for c in colours]
+
+        def update(f: int) -> None:
+            p = pts[f]
+            for line, (a, b) in zip(lines, self.bones):
+                line.set_data([p[a, 0], p[b, 0]], [p[a, 1], p[b, 1]])
+
+        return update
+
+    def _add_3d(self, i: int, n: int, panel: Panel, colours: list[str]):
+        ax = self.figure.add_subplot(1, n, i + 1, projection="3d")
+        pts = _camera_to_plot(panel.poses)
+        radius = max(float(np.abs(pts).max()) * 1.05, 1e-3)
+        ax.set_xlim(-radius, radius)
+        ax.set_ylim(-radius, radius)
+        ax.set_zlim(-radius, radius)
+        ax.set_box_aspect((1, 1, 1))
+        ax.view_init(elev=15.0, azim=-70.0)
+        ax.set_xticklabels([])
+        ax.set_yticklabels([])
+        ax.set_zticklabels([])
+        ax.set_title(panel.title, fontsize=9)
+        lines = [ax.plot([], [], [], color=c, lw=2)[0] for c in colours]
+
+        def update(f: int) -> None:
+            p = pts[f]
+            for line, (a, b) in zip(lines, self.bones):
+                line.set_data_3d([p[a, 0], p[b, 0]], [p[a, 1], p[b, 1]], [p[a, 2], p[b, 2]])
+
+        return update
+
+    def render(self, frame: int, label: str = "") -> np.ndarray:
+        """(H, W, 3) uint8 image of `frame`."""
+        for update in self._updates:
+            update(frame)
+        self.title.set_text(label or f"frame {frame + 1}/{self.frames}")
+        self.canvas.draw()
+        return np.asarray(self.canvas.buffer_rgba())[..., :3].copy()
+
+
+def iter_frames(animator: SkeletonAnimator, frames: Sequence[int]) -> Iterator[np.ndarray]:
+    """Render the given frame indices (the label counts source frames, so no two GIF frames match)."""
+    for f in frames:
+        yield animator.render(f, f"frame {f + 1}/{animator.frames}")
+
+
+def write_animation(images: Iterator[np.ndarray], path: str | os.PathLike, fps: float) -> int:
+    """Write frames to `path` (.gif via Pillow, .mp4 via ffmpeg) atomically; returns frames written."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".gif", ".mp4"):
+        raise DataError(f"{path}: unsupported animation type {suffix!r} (expected .gif or .mp4)")
+    ffmpeg = shutil.which("ffmpeg")
+    if suffix == ".mp4" and ffmpeg is None:
+        raise DataError(f"{path}: writing MP4 needs ffmpeg on PATH (not found); write a .gif instead")
+    if fps <= 0:
+        raise DataError(f"--fps must be > 0, got {fps}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        count = _write_gif(images, tmp, fps) if suffix == ".gif" else _write_mp4(images, tmp, fps, ffmpeg)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return count
+
+
+def _write_gif(images: Iterator[np.ndarray], path: str, fps: float) -> int:
+    from PIL import Image
+
+    frames = [Image.fromarray(img).quantize(colors=64, method=Image.Quantize.MEDIANCUT) for img in images]
+    if not frames:
+        raise DataError("no frames to write")
+    frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:],
+                   duration=max(int(round(1000.0 / fps)), 20), loop=0, disposal=1)
+    return len(frames)
+
+
+def _write_mp4(images: Iterator[np.ndarray], path: str, fps: float, ffmpeg: str) -> int:
+    proc: Optional[subprocess.Popen] = None
+    count = 0
+    try:
+        for img in images:
+            if proc is None:
+                h, w = img.shape[:2]
+                proc = subprocess.Popen(
+                    [ffmpeg, "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+                     "-s", f"{w}x{h}", "-r", f"{fps}", "-i", "-", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+                     "-pix_fmt", "yuv420p", "-f", "mp4", path],
+                    stdin=subprocess.PIPE,
+                )
+            proc.stdin.write(np.ascontiguousarray(img).tobytes())
+            count += 1
+    finally:
+        if proc is not None:
+            proc.stdin.close()
+            rc = proc.wait()
+            if rc != 0 and count:
+                raise DataError(f"{path}: ffmpeg failed with exit status {rc}")
+    if count == 0:
+        raise DataError("no frames to write")
+    return count
+
+
+# --- static plots -----------------------------------------------------------------------------
+
+
+def new_figure(width: float, height: float):
+    """A standalone Agg figure (no pyplot global state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` through a temporary sibling + rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Save a figure as PNG atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return write_bytes_atomic(path, buf.getvalue())

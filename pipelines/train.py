@@ -1,0 +1,267 @@
+"""`raylift train --config configs/<model>_<dataset>.yaml [--set k=v ...]`: train on Ray Train, then
+evaluate the best checkpoint next to the mean-pose baseline.
+
+The driver prepares (or finds, by id) the Parquet windows, checks the run directory
+`<train.storage_path>/<name>/` for a checkpoint to resume from, and runs a Ray Train V2
+`TorchTrainer` whose workers execute `pipelines.train_worker.train_loop_per_worker`:
+
+- `train.num_workers` workers with `cpus_per_worker` CPUs, `gpus_per_worker` GPUs (`use_gpu`) and
+  any custom `resources_per_worker` each; DDP over NCCL on GPUs, gloo on CPUs. `num_workers: 0`
+  runs the loop in the driver process (one laptop core, no DDP).
+- Each worker streams its shard of the train split through Ray Data (local shuffle, prefetch);
+  the test split is read whole by every worker in a fixed order and scored a batch in
+  `num_workers` per worker, so validation MPJPE counts every real frame exactly once.
+- A checkpoint every epoch: Ray keeps the `keep_best` lowest validation MPJPE ones plus the
+  latest. Re-running the same command (same name and storage_path) resumes from the latest;
+  `FailureConfig(max_failures)` restarts the workers from it after a worker or node dies.
+- The run directory collects `metrics.csv`, TensorBoard scalars, `training_curves.png`,
+  `config.yaml` and, after training, `eval/results.{md,json}` for the best checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import yaml
+
+from models.checkpoint import CheckpointError
+from pipelines.config import ExperimentConfig, add_config_arguments, load_config
+from pipelines.schema import ConfigError
+
+EVAL_DIR = "eval"
+PLOT_NAME = "training_curves.png"
+CONFIG_NAME = "config.yaml"
+
+
+@dataclass
+class TrainOutcome:
+    run_uri: str  # the run directory (local path or s3:// URI)
+    dataset_uri: str
+    best_checkpoint: Optional[str]
+    latest_checkpoint: Optional[str]
+    history: list[dict] = field(default_factory=list)  # per-epoch metrics (metrics.csv)
+    evaluation: Optional[dict] = None  # pipelines.evaluate result for the best checkpoint
+
+
+# ----------------------------------------------------------------------------- helpers
+def storage_root(storage_path: str) -> str:
+    """Absolute local path or s3:// URI (Ray Train wants absolute storage paths)."""
+    return storage_path if "://" in storage_path else os.path.abspath(os.path.expanduser(storage_path))
+
+
+def dataset_facts(manifest: dict, cfg: ExperimentConfig) -> tuple[str, int, str]:
+    """(dataset id, joints, layout name) of a prepared dataset."""
+    from preprocessing.skeleton import get_skeleton
+
+    source = manifest.get("source") or {}
+    layout = source.get("layout") or ("mpi_inf_3dhp" if cfg.data.source.kind == "mpi3dhp" else "h36m")
+    joints = source.get("joints") or get_skeleton(layout).num_joints
+    return str(manifest["id"]), int(joints), str(layout)
+
+
+def check_resume(run_uri: str, cfg_dict: dict, joints: int, dataset_id: str) -> Optional[str]:
+    """The checkpoint a run resumes from (None for a new run), fully checked before any worker
+    starts: another model, T, joint set or dataset, or an unreadable file, is a CheckpointError
+    naming the checkpoint."""
+    from models.checkpoint import load_state, load_train_state, read_meta
+    from pipelines.train_checkpoints import PREFIX, latest, list_checkpoints, local_copy
+    from pipelines.training_loop import check_compatible, check_train_state
+    from preprocessing import storage
+
+    run = storage.open_location(run_uri)
+    names = [e.base_name for e in storage.list_dir(run) if e.base_name.startswith(PREFIX)]
+    found = latest(list_checkpoints(run_uri))
+    # A directory named after a later epoch whose meta.json exists but cannot be read is a
+    # damaged checkpoint, not an unfinished upload: refuse rather than silently go back.
+    for name in sorted(names, reverse=True):
+        if found is not None and name <= found.name:
+            break
+        meta_loc = run.child(name, "meta.json")
+        if storage.exists(meta_loc):
+            try:
+                json.loads(storage.read_bytes(meta_loc))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise CheckpointError(f"{meta_loc.uri}: corrupt meta.json ({e}); delete that checkpoint "
+                                      "directory to resume from the one before, or use another run name") from None
+    if found is None:
+        return None
+    check_compatible(found.meta, cfg_dict, joints, dataset_id, found.uri)
+    with local_copy(found.uri) as d:
+        read_meta(d)
+        load_state(d)
+        check_train_state(load_train_state(d), found.uri)
+    return found.uri
+
+
+def _ensure_ray(progress: Callable[[str], None]) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(include_dashboard=False)
+    res = ray.cluster_resources()
+    progress(f"Ray: {len(ray.nodes())} node(s), {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
+
+
+def build_trainer(cfg: ExperimentConfig, dataset_uri: str, loop_config: dict, run_name: str, storage: str,
+                  callbacks: Sequence[Any] = ()):
+    """The TorchTrainer for `cfg` (ScalingConfig, RunConfig with checkpoint retention and failure
+    recovery, train/val datasets)."""
+    import ray.train
+    from ray.data import ExecutionOptions
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.train_worker import TRAIN, VAL, train_loop_per_worker
+    from preprocessing import storage as st
+    from preprocessing.readers import open_split
+
+    tc = cfg.train
+    resources = {"CPU": tc.cpus_per_worker, **tc.resources_per_worker}
+    if tc.use_gpu:
+        resources["GPU"] = tc.gpus_per_worker
+    loc = st.open_location(storage)
+    run_config = ray.train.RunConfig(
+        name=run_name,
+        storage_path=loc.path,
+        storage_filesystem=loc.fs if st.is_s3(storage) else None,
+        failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(
+            num_to_keep=tc.keep_best, checkpoint_score_attribute="val_mpjpe", checkpoint_score_order="min",
+        ),
+        callbacks=list(callbacks) or None,
+    )
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources,
+        ),
+        run_config=run_config,
+        datasets={TRAIN: open_split(dataset_uri, "train"), VAL: open_split(dataset_uri, "test")},
+        dataset_config=ray.train.DataConfig(
+            datasets_to_split=[TRAIN], execution_options={VAL: ExecutionOptions(preserve_order=True)},
+        ),
+    )
+
+
+# ----------------------------------------------------------------------------- the run
+def run_training(
+    cfg: ExperimentConfig,
+    dataset_uri: Optional[str] = None,
+    run_name: Optional[str] = None,
+    storage_path: Optional[str] = None,
+    callbacks: Sequence[Any] = (),
+    evaluate_after: Optional[bool] = None,
+    progress: Callable[[str], None] = print,
+) -> TrainOutcome:
+    """Prepare data (unless `dataset_uri` is given), train (resuming if the run directory has a
+    checkpoint), plot, and evaluate the best checkpoint (`evaluate_after`, default train.evaluate).
+
+    `callbacks` are Ray Train user callbacks (e.g. Tune's TuneReportCallback).
+    """
+    from pipelines.train_checkpoints import best, latest, list_checkpoints
+    from preprocessing import storage
+    from preprocessing.readers import read_manifest
+
+    tc = cfg.train
+    if tc.num_workers == 0 and callbacks:
+        raise ConfigError("train.num_workers=0 runs in the driver, where Ray Train callbacks never run; use >= 1")
+    _ensure_ray(progress)
+    if dataset_uri is None:
+        from preprocessing.shards import prepare_dataset
+
+        dataset_uri = prepare_dataset(cfg.data, progress=progress).uri
+    dataset_id, joints, layout = dataset_facts(read_manifest(dataset_uri), cfg)
+    name = run_name or cfg.name
+    root = storage_root(storage_path or tc.storage_path)
+    run_uri = storage.join(root, name)
+    cfg_dict = cfg.to_dict()
+    resume_from = check_resume(run_uri, cfg_dict, joints, dataset_id)
+    storage.write_bytes(storage.open_location(run_uri).child(CONFIG_NAME),
+                        yaml.safe_dump(cfg_dict, sort_keys=False).encode())
+    progress(f"run directory: {run_uri}" + (f" (resuming from {resume_from})" if resume_from else ""))
+
+    loop_config = {
+        "cfg": cfg_dict, "dataset_id": dataset_id, "joints": joints, "layout": layout, "run_uri": run_uri,
+        "resume_from": resume_from, "local_mode": tc.num_workers == 0,
+    }
+    trainer = build_trainer(cfg, dataset_uri, loop_config, name, root, callbacks)
+    trainer.fit()
+
+    checkpoints = list_checkpoints(run_uri)
+    best_ckpt, last_ckpt = best(checkpoints), latest(checkpoints)
+    history = _history(last_ckpt)
+    outcome = TrainOutcome(run_uri, dataset_uri, best_ckpt.uri if best_ckpt else None,
+                           last_ckpt.uri if last_ckpt else None, history)
+    if history:
+        from pipelines.plots import training_curves_png
+
+        png = training_curves_png(history, title=f"{cfg.model.name} T={cfg.data.windows.frames} ({name})")
+        storage.write_bytes(storage.open_location(run_uri).child(PLOT_NAME), png)
+    do_eval = tc.evaluate if evaluate_after is None else evaluate_after
+    if do_eval and best_ckpt is not None:
+        outcome.evaluation = evaluate_best(cfg, best_ckpt.uri, dataset_uri, layout, run_uri, progress)
+    progress(f"run directory: {run_uri}")
+    if best_ckpt is not None:
+        progress(f"best checkpoint: {best_ckpt.uri} (epoch {best_ckpt.epoch}, val MPJPE {best_ckpt.val_mpjpe:.2f} mm)")
+    return outcome
+
+
+def _history(last) -> list[dict]:
+    """Per-epoch metrics of the run, from the latest checkpoint's train state."""
+    from models.checkpoint import load_train_state
+    from pipelines.train_checkpoints import local_copy
+
+    if last is None:
+        return []
+    with local_copy(last.uri) as d:
+        state = load_train_state(d) or {}
+    return [dict(r) for r in state.get("history", [])]
+
+
+def evaluate_best(cfg: ExperimentConfig, checkpoint_uri: str, dataset_uri: str, layout: str, run_uri: str,
+                  progress: Callable[[str], None] = print) -> dict:
+    """Full-protocol evaluation of a checkpoint (with the mean-pose baseline); results are printed
+    and written to `<run>/eval/results.{md,json}`."""
+    import tempfile
+
+    from models.checkpoint import load_model
+    from pipelines.evaluate import evaluate_model, result_tables, write_results
+    from pipelines.train_checkpoints import local_copy
+    from preprocessing import storage
+
+    with local_copy(checkpoint_uri) as d:
+        model, meta = load_model(d, expect_model=cfg.model.name, expect_frames=cfg.data.windows.frames)
+    device = "cuda" if cfg.train.use_gpu else "cpu"
+    result = evaluate_model(model, dataset_uri, layout, flip=cfg.eval.flip, batch_size=cfg.eval.batch_size,
+                            device=device, baseline=True, bf16=cfg.train.bf16 and cfg.train.use_gpu)
+    result = {"checkpoint": checkpoint_uri, "model_name": cfg.model.name, "epoch": meta.get("epoch"),
+              "frames_T": int(meta["frames"]), **result}
+    progress(f"evaluation of the best checkpoint (epoch {meta.get('epoch')}): {result['protocol']}")
+    progress(result_tables(result))
+    eval_dir = storage.open_location(run_uri).child(EVAL_DIR)
+    with tempfile.TemporaryDirectory(prefix="raylift-eval-") as tmp:
+        write_results(result, tmp)
+        for fname in sorted(os.listdir(tmp)):
+            with open(os.path.join(tmp, fname), "rb") as f:
+                storage.write_bytes(eval_dir.child(fname), f.read())
+    progress(f"results: {eval_dir.uri}/results.md")
+    return result
+
+
+# ----------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    run_training(cfg)
+    return 0

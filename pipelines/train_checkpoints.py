@@ -1,0 +1,137 @@
+"""The checkpoints of one run directory, local or on S3: listing, choosing, retention, download.
+
+A run directory `<storage_path>/<run name>/` holds `checkpoint_epochNNNN/` directories in
+`models/checkpoint.py`'s format (written by Ray Train's `report` when training runs on Ray workers,
+or by `persist_checkpoint` when it runs in the driver with `num_workers: 0`). Every one carries its
+epoch and metrics in `meta.json`, so "latest" (highest epoch: what a restart resumes from) and
+"best" (lowest validation MPJPE: what is evaluated) are read from the directory itself, whoever
+wrote it. A directory without a readable `meta.json`, `model.pt` and `train_state.pt` is
+incomplete (an upload cut short by a dying worker) and is never chosen.
+
+Retention (`prune`) keeps the `keep_best` lowest-validation-MPJPE checkpoints plus the latest: the
+same rule Ray Train's CheckpointConfig(num_to_keep=keep_best, checkpoint_score_attribute=
+"val_mpjpe", checkpoint_score_order="min") applies, which also never deletes the latest.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import pyarrow.fs as pafs
+
+from preprocessing import storage
+
+PREFIX = "checkpoint_epoch"
+REQUIRED_FILES = ("meta.json", "model.pt", "train_state.pt")
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"{PREFIX}{epoch:04d}"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    name: str  # directory name, e.g. checkpoint_epoch0003
+    uri: str  # local path or s3:// URI of the directory
+    epoch: int
+    val_mpjpe: float  # mm; inf when missing
+    meta: dict
+
+
+def list_checkpoints(run_uri: str) -> list[CheckpointInfo]:
+    """Complete checkpoints of a run directory, sorted by epoch (empty when the run is new)."""
+    run = storage.open_location(run_uri)
+    out = []
+    for entry in storage.list_dir(run):
+        if entry.type != pafs.FileType.Directory or not entry.base_name.startswith(PREFIX):
+            continue
+        loc = run.child(entry.base_name)
+        present = {os.path.basename(p) for p in storage.list_files(loc)}
+        if not all(f in present for f in REQUIRED_FILES):
+            continue
+        try:
+            meta = json.loads(storage.read_bytes(loc.child("meta.json")))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if not isinstance(meta, dict) or "epoch" not in meta:
+            continue
+        val = (meta.get("metrics") or {}).get("val_mpjpe")
+        val = float(val) if isinstance(val, (int, float)) and math.isfinite(val) else math.inf
+        out.append(CheckpointInfo(entry.base_name, loc.uri, int(meta["epoch"]), val, meta))
+    return sorted(out, key=lambda c: (c.epoch, c.name))
+
+
+def latest(checkpoints: list[CheckpointInfo]) -> Optional[CheckpointInfo]:
+    return checkpoints[-1] if checkpoints else None
+
+
+def best(checkpoints: list[CheckpointInfo]) -> Optional[CheckpointInfo]:
+    """Lowest validation MPJPE; ties go to the later epoch (as Ray orders equal scores)."""
+    if not checkpoints:
+        return None
+    return min(checkpoints, key=lambda c: (c.val_mpjpe, -c.epoch))
+
+
+def to_keep(checkpoints: list[CheckpointInfo], keep_best: int) -> set[str]:
+    """Names kept by the retention rule: the `keep_best` best by validation MPJPE + the latest."""
+    ranked = sorted(checkpoints, key=lambda c: (c.val_mpjpe, -c.epoch))
+    keep = {c.name for c in ranked[:keep_best]}
+    if checkpoints:
+        keep.add(checkpoints[-1].name)
+    return keep
+
+
+def prune(run_uri: str, keep_best: int) -> list[str]:
+    """Delete the checkpoints outside `to_keep`; returns the deleted names."""
+    run = storage.open_location(run_uri)
+    checkpoints = list_checkpoints(run_uri)
+    keep = to_keep(checkpoints, keep_best)
+    deleted = [c.name for c in checkpoints if c.name not in keep]
+    for name in deleted:
+        storage.delete_tree(run.child(name))
+    return deleted
+
+
+def write_checkpoint(run_uri: str, epoch: int, model_state: dict, meta: dict, train_state: dict) -> str:
+    """Write checkpoint `epoch` straight into the run directory (for runs in the driver process).
+
+    Local: `models.checkpoint.save_checkpoint`, which stages beside the target and renames it
+    into place (atomic, replacing a directory of the same epoch). S3: staged locally, then
+    uploaded with `meta.json` last, so `list_checkpoints` never counts a partial upload.
+    """
+    from models.checkpoint import save_checkpoint
+
+    run = storage.open_location(run_uri)
+    target = run.child(checkpoint_name(epoch))
+    if isinstance(run.fs, pafs.LocalFileSystem):
+        save_checkpoint(target.path, model_state, meta, train_state)
+        return target.uri
+    with tempfile.TemporaryDirectory(prefix="raylift-ckpt-") as tmp:
+        local = save_checkpoint(os.path.join(tmp, target.name), model_state, meta, train_state)
+        storage.delete_tree(target)
+        for name in sorted(os.listdir(local), key=lambda n: n == "meta.json"):
+            with open(os.path.join(local, name), "rb") as f:
+                storage.write_bytes(target.child(name), f.read())
+    return target.uri
+
+
+@contextlib.contextmanager
+def local_copy(uri: str) -> Iterator[str]:
+    """A local directory holding checkpoint `uri` (the directory itself when local; a temporary
+    download from S3, removed afterwards)."""
+    loc = storage.open_location(uri)
+    if isinstance(loc.fs, pafs.LocalFileSystem):
+        yield loc.path
+        return
+    with tempfile.TemporaryDirectory(prefix="raylift-ckpt-") as tmp:
+        for rel in storage.list_files(loc):
+            dest = os.path.join(tmp, rel)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with open(dest, "wb") as f:
+                f.write(storage.read_bytes(loc.child(rel)))
+        yield tmp

@@ -1,0 +1,210 @@
+"""The function every Ray Train worker runs (`train_loop_per_worker`): a thin Ray layer around
+`pipelines.training_loop`.
+
+Per worker: build the model, restore the latest checkpoint if there is one (Ray's after a
+failure, else the run directory's on a restart), wrap in DDP (`prepare_model`: NCCL on GPUs, gloo
+on CPUs), then per epoch train on this worker's shard of the Parquet windows, score validation
+MPJPE on a share of the test split, and report metrics with a checkpoint written by rank 0.
+With `num_workers: 0` Ray runs this same function in the driver process ("local mode"), where
+`ray.train.report` keeps nothing: checkpoints are then written to the run directory directly.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from typing import Any, Optional
+
+import torch
+
+from models.checkpoint import save_checkpoint
+from pipelines.train_checkpoints import checkpoint_name, local_copy, prune, write_checkpoint
+from pipelines.training_loop import (
+    build_optimizer, build_scheduler, build_train_state, capture_rng_state, checkpoint_meta,
+    current_lr, epoch_line, load_resume_state, restore_rng_state, seed_everything, train_step,
+    validation_sums,
+)
+
+TRAIN = "train"
+VAL = "val"
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    if not _distributed():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def _all_gather(obj: Any, world: int) -> list[Any]:
+    if not _distributed():
+        return [obj]
+    out: list[Any] = [None] * world
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _device(use_gpu: bool, local_mode: bool) -> torch.device:
+    import ray.train.torch
+
+    if not use_gpu or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", 0) if local_mode else ray.train.torch.get_device()
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "driver"
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """`config`: {"cfg": experiment dict, "dataset_id", "joints", "layout", "run_uri",
+    "resume_from" (checkpoint URI or None), "local_mode" (bool)}."""
+    import ray.train
+    import ray.train.torch
+
+    from models.losses import build_loss, forward_for_loss
+    from models.registry import build_model, count_parameters
+    from pipelines.config import config_from_dict
+    from pipelines.train_logs import RunLog
+    from preprocessing.readers import iter_torch_batches
+
+    cfg_dict = config["cfg"]
+    cfg = config_from_dict(cfg_dict)
+    tc = cfg.train
+    local_mode = bool(config["local_mode"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = _device(tc.use_gpu, local_mode)
+    frames, joints = cfg.data.windows.frames, int(config["joints"])
+
+    seed_everything(tc.seed)  # identical initial weights on every worker
+    net = build_model(cfg.model, frames=frames, joints=joints).to(device)
+    optimizer = build_optimizer(net, tc)
+    scheduler = build_scheduler(optimizer, tc)
+
+    # Resume: Ray's checkpoint (restored after a worker failure, or from the run's snapshot on a
+    # restart) first, else the latest complete checkpoint the driver found in the run directory.
+    state: Optional[dict] = None
+    ray_ckpt = None if local_mode else ray.train.get_checkpoint()
+    if ray_ckpt is not None:
+        with ray_ckpt.as_directory() as d:
+            state = load_resume_state(d, net, optimizer, scheduler, cfg_dict, joints, config["dataset_id"])
+    elif config.get("resume_from"):
+        with local_copy(config["resume_from"]) as d:
+            state = load_resume_state(d, net, optimizer, scheduler, cfg_dict, joints, config["dataset_id"])
+    start = int(state["epoch"]) if state else 0
+    history: list[dict] = list(state["history"]) if state else []
+    if state and len(state["rng"]) == world:
+        restore_rng_state(state["rng"][rank])
+    else:
+        seed_everything(tc.seed + 7919 * rank + 104729 * start)
+
+    model = net if local_mode else ray.train.torch.prepare_model(net, move_to_device=False)
+    if tc.compile:
+        model = torch.compile(model)
+    base_loss = build_loss(cfg.model.name, tc.loss, layout=config["layout"])
+
+    def loss_fn(m: torch.nn.Module, batch: dict):
+        return base_loss(forward_for_loss(m, batch["keypoints_2d"]), batch)
+
+    nodes = len(set(_all_gather(_node_id(), world)))
+    log = RunLog(config["run_uri"]) if rank == 0 else None
+    if rank == 0:
+        where = "in the driver process" if local_mode else f"on {world} worker(s), {nodes} node(s)"
+        what = f"resuming after epoch {start}" if state else "starting"
+        print(f"training {cfg.model.name} ({count_parameters(net):,} parameters, T={frames}) {where} "
+              f"on {device.type}: {what}", flush=True)
+
+    train_shard = ray.train.get_dataset_shard(TRAIN)
+    val_shard = ray.train.get_dataset_shard(VAL)
+    cap = None if tc.max_windows_per_epoch is None else -(-tc.max_windows_per_epoch // world)
+    durations: list[float] = []
+    try:
+        for epoch in range(start + 1, tc.epochs + 1):
+            t0 = time.perf_counter()
+            model.train()
+            loss_sum, steps, windows = 0.0, 0, 0
+            term_sums: dict[str, float] = {}
+            batches = iter_torch_batches(
+                train_shard, tc.batch_size, shuffle_buffer=tc.shuffle_buffer,
+                prefetch_batches=tc.prefetch_batches, seed=tc.seed * 1_000_003 + epoch * 1009 + rank,
+                device=str(device),
+            )
+            for batch in batches:
+                loss, terms = train_step(model, batch, loss_fn, optimizer, tc.clip_grad, tc.bf16)
+                loss_sum += loss
+                steps += 1
+                windows += int(batch["keypoints_2d"].shape[0])
+                for k, v in terms.items():
+                    term_sums[k] = term_sums.get(k, 0.0) + float(v)
+                if cap is not None and windows >= cap:
+                    break
+            train_time = time.perf_counter() - t0
+            term_keys = sorted(term_sums)
+            reduced = _all_reduce_sum([loss_sum, steps, windows] + [term_sums[k] for k in term_keys], device)
+            loss_sum, steps, windows = reduced[0], reduced[1], reduced[2]
+            terms_mean = {f"train_{k}": v / max(steps, 1) for k, v in zip(term_keys, reduced[3:]) if k != "loss"}
+
+            val_batches = iter_torch_batches(val_shard, tc.val_batch_size, prefetch_batches=tc.prefetch_batches,
+                                             device=str(device))
+            err, count = validation_sums(net, val_batches, device, tc.bf16, shard=(rank, world),
+                                         max_windows=tc.max_val_windows)
+            err, count = _all_reduce_sum([err, count], device)
+            elapsed = time.perf_counter() - t0
+            durations.append(elapsed)
+            row = {
+                "epoch": epoch,
+                "loss": loss_sum / max(steps, 1),
+                "val_mpjpe": 1000.0 * err / count if count else float("nan"),
+                "lr": current_lr(optimizer),
+                "windows_per_s": windows / max(train_time, 1e-9),
+                "epoch_time_s": elapsed,
+                "workers": world,
+                "nodes": nodes,
+                **terms_mean,
+            }
+            history.append(row)
+            rng_states = _all_gather(capture_rng_state(), world)
+            scheduler.step()  # per-epoch decay, after the epoch's lr was recorded
+            if rank == 0:
+                eta = (tc.epochs - epoch) * sum(durations) / len(durations)
+                print(epoch_line(row, tc.epochs, eta), flush=True)
+                log.write(history)
+            meta = checkpoint_meta(cfg_dict, epoch, config["dataset_id"], joints, config["layout"], row)
+            train_state = build_train_state(optimizer, scheduler, epoch, rng_states, history)
+            _report(row, net, meta, train_state, rank, config["run_uri"], local_mode, tc.keep_best)
+    finally:
+        if log is not None:
+            log.close()
+
+
+def _report(row: dict, net: torch.nn.Module, meta: dict, train_state: dict, rank: int, run_uri: str,
+            local_mode: bool, keep_best: int) -> None:
+    """Persist this epoch's checkpoint (rank 0) and report its metrics (every worker: a barrier)."""
+    import ray.train
+
+    metrics = {k: float(v) for k, v in row.items()}
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    epoch = int(row["epoch"])
+    if local_mode:  # Ray keeps nothing in local mode: write and prune the run directory here
+        write_checkpoint(run_uri, epoch, net.state_dict(), meta, train_state)
+        prune(run_uri, keep_best)
+        ray.train.report(metrics)
+        return
+    tmp = tempfile.mkdtemp(prefix="raylift-ckpt-")
+    try:
+        directory = save_checkpoint(os.path.join(tmp, checkpoint_name(epoch)), net.state_dict(), meta, train_state)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
+                         checkpoint_dir_name=checkpoint_name(epoch))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

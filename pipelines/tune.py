@@ -1,0 +1,299 @@
+"""`raylift tune`: Ray Tune searches over any config key, each trial a Ray Train run.
+
+Flow:
+1. Load the experiment YAML (with its `tune:` section) and check that every combination of
+   candidate values forms a valid config, before anything starts.
+2. Prepare the Parquet windows of every distinct `data.*` assignment once, through the data
+   cache (by dataset id). Trials with the same windows share them.
+3. Each trial applies its sampled values to the base config and runs the training issue's code
+   path (`pipelines.train.run_training`) with its own workers/GPUs; Ray Train's
+   `TuneReportCallback` forwards every epoch's `val_mpjpe` to Tune, where ASHA stops weak trials.
+4. Results: a sorted table (CSV + Markdown) of every trial with its T, depth, parameters, best
+   MPJPE, epochs run and wall time; a PNG of MPJPE against T per depth; the best config as a
+   ready-to-train YAML. `raylift tune --resume <experiment dir>` finishes an interrupted search
+   without rerunning finished trials; failed trials are retried (`tune.max_failures`) and
+   reported, not fatal.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from pipelines.config import ExperimentConfig, add_config_arguments, config_from_dict, load_config
+from pipelines.schema import ConfigError, apply_overrides, apply_values, load_yaml, to_dict
+from pipelines.search_space import (
+    candidate_overrides,
+    data_key,
+    data_variants,
+    param_space,
+    parse_space,
+)
+
+BASE_CONFIG_FILE = "raylift_tune.yaml"  # the resolved base config, stored with the experiment
+FRAMES_KEY = "data.windows.frames"
+DEPTH_KEY = "model.depth"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, required=False)
+    parser.add_argument("--resume", metavar="DIR", help="finish an interrupted tune (its experiment directory)")
+    parser.add_argument("--name", help="experiment name (default: the config's name)")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if bool(args.config) == bool(args.resume):
+        raise ConfigError("give exactly one of --config FILE or --resume DIR")
+    if args.resume:
+        experiment_dir = Path(args.resume)
+        base_file = experiment_dir / BASE_CONFIG_FILE
+        if not base_file.is_file():
+            raise ConfigError(f"{args.resume}: not a raylift tune experiment (no {BASE_CONFIG_FILE})")
+        raw = load_yaml(str(base_file))
+        name = experiment_dir.name
+        storage = str(experiment_dir.parent)
+    else:
+        raw = apply_overrides(load_yaml(args.config), args.overrides)
+        cfg = load_config(args.config, args.overrides)
+        if cfg.tune is None:
+            raise ConfigError(f"{args.config}: no 'tune:' section (see configs/tune_*.yaml)")
+        name = args.name or cfg.name
+        storage = cfg.tune.storage_path
+    summary = tune_experiment(raw, name, storage, resume=bool(args.resume), address=args.address)
+    print(summary["markdown"])
+    print(f"\nresults: {summary['dir']}")
+    print(f"best config: {summary['best_config']}")
+    return 0
+
+
+def check_space(raw: dict) -> tuple[ExperimentConfig, list]:
+    """Validate the base config, the space, and every candidate combination of values."""
+    cfg = config_from_dict(raw)
+    if cfg.tune is None:
+        raise ConfigError("no 'tune:' section in the config")
+    if cfg.train.num_workers < 1:
+        raise ConfigError("train.num_workers: tune trials need >= 1 Ray Train worker (0 runs in the driver)")
+    dims = parse_space(cfg.tune.space)
+    for values in candidate_overrides(dims):
+        try:
+            config_from_dict(apply_values(raw, values))
+        except ConfigError as e:
+            raise ConfigError(f"tune.space: the combination {values} is not a valid config: {e}") from None
+    return cfg, dims
+
+
+def prepare_datasets(raw: dict, dims: list, progress=print) -> dict[str, str]:
+    """Prepare (or find in the cache) the windows of every data.* assignment: data_key -> dataset uri."""
+    from preprocessing.shards import prepare_dataset
+
+    uris = {}
+    for values in data_variants(dims):
+        cfg = config_from_dict(apply_values(raw, values))
+        info = prepare_dataset(cfg.data, progress=progress)
+        uris[data_key(values)] = info.uri
+        progress(f"dataset for {values or 'all trials'}: {info.uri}")
+    return uris
+
+
+def _trial(config: dict, base_raw: dict, datasets: dict[str, str], train_storage: str) -> None:
+    """One Tune trial: the training issue's Ray Train run, reporting every epoch to Tune."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pipelines.train import run_training
+
+    overrides = config["overrides"]
+    cfg = config_from_dict(apply_values(base_raw, overrides))
+    # The trial id is stable across trial restarts, so a retried trial resumes its Train run.
+    run_training(
+        cfg,
+        dataset_uri=datasets[data_key(overrides)],
+        run_name=f"train-{ray.tune.get_context().get_trial_id()}",
+        storage_path=train_storage,
+        callbacks=[TuneReportCallback()],
+        evaluate_after=False,
+    )
+
+
+def _concurrency(cfg: ExperimentConfig) -> int:
+    """Trials that fit the cluster at once, from each trial's Train workers' resources."""
+    import ray
+
+    if cfg.tune.max_concurrent > 0:
+        return cfg.tune.max_concurrent
+    resources = ray.cluster_resources()
+    workers = max(cfg.train.num_workers, 1)
+    fits = [math.floor(resources.get("CPU", 1) / (workers * cfg.train.cpus_per_worker))]
+    if cfg.train.use_gpu:
+        fits.append(math.floor(resources.get("GPU", 0) / (workers * cfg.train.gpus_per_worker)))
+    return max(1, min(fits))
+
+
+# The trial function only drives its Train run (the workers have their own resources): a sliver
+# of a CPU lets it be scheduled without taking a core from the workers or Ray Data.
+TRIAL_DRIVER_RESOURCES = {"CPU": 0.01}
+
+
+def tune_experiment(raw: dict, name: str, storage_path: str, resume: bool = False,
+                    address: Optional[str] = None, progress=print) -> dict[str, Any]:
+    """Run (or resume) a search; returns the summary (rows, markdown, paths)."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    cfg, dims = check_space(raw)
+    experiment_dir = _local_dir(storage_path, name)
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    datasets = prepare_datasets(raw, dims, progress)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, base_raw=raw, datasets=datasets,
+                             train_storage=os.path.join(_absolute(storage_path), name, "train")),
+        TRIAL_DRIVER_RESOURCES,
+    )
+    if cfg.tune.scheduler == "asha":
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration", max_t=cfg.train.epochs,
+            grace_period=cfg.tune.grace_period, reduction_factor=cfg.tune.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    experiment_path = os.path.join(_absolute(storage_path), name)
+    if resume:
+        if not tune.Tuner.can_restore(experiment_path):
+            raise ConfigError(f"{experiment_path}: no Tune experiment state to resume")
+        tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True)
+    else:
+        experiment_dir.mkdir(parents=True, exist_ok=True)
+        (experiment_dir / BASE_CONFIG_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(dims),
+            tune_config=tune.TuneConfig(
+                metric=cfg.tune.metric, mode="min", scheduler=scheduler,
+                num_samples=cfg.tune.num_samples, max_concurrent_trials=_concurrency(cfg),
+            ),
+            run_config=tune.RunConfig(
+                name=name, storage_path=_absolute(storage_path),
+                failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
+                verbose=1,
+            ),
+        )
+    grid = tuner.fit()
+    rows = collect_rows(grid, raw, cfg.tune.metric)
+    return write_results(rows, raw, experiment_dir)
+
+
+def _absolute(storage_path: str) -> str:
+    return storage_path if "://" in storage_path else str(Path(storage_path).resolve())
+
+
+def _local_dir(storage_path: str, name: str) -> Path:
+    """Where the tables, plot and best config go (local: inside the experiment directory)."""
+    if "://" in storage_path:
+        return Path("runs") / "tune" / name
+    return Path(storage_path).resolve() / name
+
+
+def collect_rows(grid, base_raw: dict, metric: str) -> list[dict[str, Any]]:
+    """One row per trial: its searched values, T, depth, parameters, best metric, epochs, time, status."""
+    from models.registry import build_model, count_parameters
+
+    rows = []
+    for result in grid:
+        overrides = (result.config or {}).get("overrides", {})
+        cfg = config_from_dict(apply_values(base_raw, overrides))
+        df = result.metrics_dataframe
+        values = df[metric].dropna() if df is not None and metric in df else []
+        joints = 17
+        params = count_parameters(build_model(cfg.model, frames=cfg.data.windows.frames, joints=joints))
+        rows.append({
+            **{k: v for k, v in overrides.items()},
+            "frames": cfg.data.windows.frames,
+            "depth": getattr(cfg.model, "depth", None),
+            "params": params,
+            "best_" + metric: float(min(values)) if len(values) else None,
+            "epochs": int(len(values)),
+            "wall_s": round(float(df["time_total_s"].max()), 1) if df is not None and "time_total_s" in df and len(df) else None,
+            "status": "ERROR" if result.error else ("STOPPED" if len(values) < cfg.train.epochs else "DONE"),
+            "trial": os.path.basename(result.path) if result.path else "",
+        })
+    key = "best_" + metric
+    rows.sort(key=lambda r: (r[key] is None, r[key] if r[key] is not None else 0.0))
+    return rows
+
+
+def write_results(rows: list[dict[str, Any]], base_raw: dict, out_dir: Path) -> dict[str, Any]:
+    """trials.csv, trials.md, mpjpe_vs_frames.png and best.yaml in `out_dir`."""
+    import pandas as pd
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(rows)
+    df.to_csv(out_dir / "trials.csv", index=False)
+    markdown = _markdown_table(df)
+    (out_dir / "trials.md").write_text(markdown + "\n")
+    plot_metric_vs_frames(df, out_dir / "mpjpe_vs_frames.png")
+    best_path = out_dir / "best.yaml"
+    metric_col = [c for c in df.columns if c.startswith("best_")][0]
+    finished = df[df[metric_col].notna()]
+    if len(finished):
+        best = finished.iloc[0]
+        overrides = {k: _plain(best[k]) for k in df.columns if "." in k}
+        best_raw = apply_values(base_raw, overrides)
+        best_raw.pop("tune", None)
+        best_raw["name"] = f"{base_raw.get('name', 'experiment')}_best"
+        config_from_dict(best_raw)  # the written file must be a valid training config
+        best_path.write_text(
+            f"# Best trial of raylift tune ({metric_col} = {best[metric_col]:.2f} mm): "
+            f"train it with `raylift train --config {best_path.name}`\n"
+            + yaml.safe_dump(best_raw, sort_keys=False)
+        )
+    return {"rows": rows, "markdown": markdown, "dir": str(out_dir), "best_config": str(best_path)}
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python scalars (for YAML)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def _markdown_table(df) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in df.iterrows():
+        cells = []
+        for c in cols:
+            v = row[c]
+            cells.append(f"{v:.2f}" if isinstance(v, float) and not math.isnan(v) else ("" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_metric_vs_frames(df, path: Path) -> None:
+    """Best MPJPE against T, one line per depth (markers only where a trial finished)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric_col = [c for c in df.columns if c.startswith("best_")][0]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    data = df[df[metric_col].notna()]
+    for depth, group in sorted(data.groupby(data["depth"].fillna(-1)), key=lambda g: g[0]):
+        best = group.groupby("frames")[metric_col].min().sort_index()
+        label = f"depth {int(depth)}" if depth >= 0 else "model"
+        ax.plot(best.index, best.values, marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("frames T")
+    ax.set_ylabel(f"{metric_col.replace('best_', 'best ')} (mm)")
+    ax.set_title("Tune: validation MPJPE against frame count")
+    if len(data):
+        ax.legend()
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,53 @@
+"""Sources -> canonical sequences: `load_sequences(source)` dispatches on `source.kind`.
+
+- `synthetic`: generate (or reuse) the VideoPose3D-format files of `source.synthetic`
+  (`preprocessing.synthetic`), then read them with the generic loader; default split S1,S5-S8 /
+  S9,S11 (by subject name), overridden by `source.train_subjects` / `test_subjects`.
+- `h36m`, `generic`: `preprocessing.source_videopose3d`.
+- `mpi3dhp`: `preprocessing.source_mpi3dhp`.
+Every problem with the input raises `DataError` naming the file, key or value.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from preprocessing.cameras import load_cameras
+from preprocessing.config import SourceConfig
+from preprocessing.errors import DataError
+from preprocessing.sequences import Sequence
+from preprocessing.skeleton import H36M17, MPI17, Skeleton
+from preprocessing.source_mpi3dhp import load_mpi3dhp
+from preprocessing.source_videopose3d import load_generic, load_h36m, load_videopose3d
+from preprocessing.synthetic import default_split, ensure_synthetic
+
+
+@dataclass
+class SourceData:
+    sequences: list[Sequence]  # one per (subject, action, camera), split "train"/"test"
+    skeleton: Skeleton  # H36M17 or MPI17
+    files: list[str]  # absolute paths of every input file read (for hashing)
+
+
+def _load_synthetic(source: SourceConfig) -> tuple[list[Sequence], list[str]]:
+    files = ensure_synthetic(source.synthetic)
+    train, test = default_split(list(source.synthetic.subjects))
+    sequences = load_videopose3d(
+        files.data_3d, files.data_2d, load_cameras(files.cameras),
+        source.train_subjects or train, source.test_subjects or test, activities=source.activities,
+    )
+    return sequences, [files.data_3d, files.data_2d, files.cameras]
+
+
+def load_sequences(source: SourceConfig) -> SourceData:
+    """Read `source` into canonical sequences (see preprocessing/sequences.py). Raises DataError."""
+    loaders = {"synthetic": _load_synthetic, "h36m": load_h36m, "generic": load_generic, "mpi3dhp": load_mpi3dhp}
+    if source.kind not in loaders:
+        raise DataError(f"source.kind: unknown source {source.kind!r} (expected one of {sorted(loaders)})")
+    sequences, files = loaders[source.kind](source)
+    skeleton = MPI17 if source.kind == "mpi3dhp" else H36M17
+    for seq in sequences:
+        try:
+            seq.check()
+        except ValueError as e:
+            raise DataError(f"{files[0]}: {e}") from None
+    return SourceData(sequences=sequences, skeleton=skeleton, files=files)

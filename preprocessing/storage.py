@@ -1,0 +1,243 @@
+"""Where datasets live: local directories and `s3://bucket/prefix`, behind one small API.
+
+Everything goes through `pyarrow.fs` (LocalFileSystem or S3FileSystem), the filesystem layer Ray
+Data itself reads and writes with, so a `Location` can be handed to Ray tasks (it pickles) and to
+`ray.data.read_parquet(filesystem=...)` unchanged.
+
+S3 settings come from the usual AWS environment variables, read once in the process that opens the
+location and carried inside the pickled filesystem to Ray workers (which may have been started
+before the variables were set): `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` (e.g.
+`http://127.0.0.1:8333`), `AWS_REGION` / `AWS_DEFAULT_REGION`, `AWS_ACCESS_KEY_ID`,
+`AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`. Without explicit keys the AWS SDK's default chain
+(profiles, instance roles) applies. Credentials are never put in configs, manifests or messages.
+Every failure to reach or write a destination becomes a `DataError` naming the URI.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import socket
+import uuid
+from dataclasses import dataclass
+from typing import Iterator
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from preprocessing.errors import DataError
+
+S3_CONNECT_TIMEOUT_S = 5.0
+S3_REQUEST_TIMEOUT_S = 120.0
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a local path or an s3:// URI with '/'."""
+    out = uri.rstrip("/")
+    for part in parts:
+        out = f"{out}/{part.strip('/')}"
+    return out
+
+
+def s3_endpoint_from_env() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def _s3_filesystem(uri: str) -> pafs.S3FileSystem:
+    endpoint = s3_endpoint_from_env()
+    kwargs: dict = {
+        "connect_timeout": S3_CONNECT_TIMEOUT_S,
+        "request_timeout": S3_REQUEST_TIMEOUT_S,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3),
+    }
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        if not parsed.hostname:
+            raise DataError(f"AWS_ENDPOINT_URL={endpoint!r} is not a URL (expected e.g. http://127.0.0.1:8333)")
+        kwargs["scheme"] = parsed.scheme
+        kwargs["endpoint_override"] = parsed.netloc
+        region = region or "us-east-1"  # custom endpoints rarely care; avoids a region lookup
+    if region:
+        kwargs["region"] = region
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if key and secret:
+        kwargs.update(access_key=key, secret_key=secret)
+        if os.environ.get("AWS_SESSION_TOKEN"):
+            kwargs["session_token"] = os.environ["AWS_SESSION_TOKEN"]
+    try:
+        return pafs.S3FileSystem(**kwargs)
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise DataError(f"cannot open S3 destination {uri}: {e}") from None
+
+
+def check_s3_endpoint(uri: str) -> None:
+    """Fail fast (3 s) with a DataError naming `uri` when a custom S3 endpoint does not answer."""
+    endpoint = s3_endpoint_from_env()
+    if not endpoint:
+        return
+    parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=3.0).close()
+    except OSError as e:
+        raise DataError(f"cannot reach S3 endpoint {endpoint} for {uri}: {e}") from None
+
+
+@dataclass(frozen=True)
+class Location:
+    """A directory-like location: a pyarrow filesystem plus the path of `uri` inside it."""
+
+    uri: str  # as given, normalised: absolute local path or s3://bucket/prefix (no trailing '/')
+    fs: pafs.FileSystem
+    path: str  # path inside `fs` (local: absolute path; S3: bucket/prefix)
+
+    def child(self, *parts: str) -> "Location":
+        return Location(join(self.uri, *parts), self.fs, join(self.path, *parts))
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path.rstrip("/"))
+
+
+def open_location(uri: str) -> Location:
+    """Resolve `uri` (local path, relative or absolute, or s3://bucket/prefix) to a Location."""
+    if not uri:
+        raise DataError("empty dataset location (expected a local path or s3://bucket/prefix)")
+    if is_s3(uri):
+        path = uri[len("s3://"):].strip("/")
+        if not path:
+            raise DataError(f"S3 location {uri!r} has no bucket (expected s3://bucket/prefix)")
+        return Location(f"s3://{path}", _s3_filesystem(uri), path)
+    if "://" in uri:
+        raise DataError(f"unsupported location {uri!r} (expected a local path or s3://bucket/prefix)")
+    path = os.path.abspath(os.path.expanduser(uri))
+    return Location(path, pafs.LocalFileSystem(), path)
+
+
+def _fail(action: str, loc: Location, e: Exception) -> DataError:
+    return DataError(f"cannot {action} {loc.uri}: {e}")
+
+
+def file_info(loc: Location) -> pafs.FileInfo:
+    try:
+        return loc.fs.get_file_info(loc.path)
+    except (OSError, pa.ArrowException) as e:
+        raise _fail("access", loc, e) from None
+
+
+def exists(loc: Location) -> bool:
+    return file_info(loc).type != pafs.FileType.NotFound
+
+
+def is_file(loc: Location) -> bool:
+    return file_info(loc).type == pafs.FileType.File
+
+
+def list_dir(loc: Location) -> list[pafs.FileInfo]:
+    """Direct children of a directory (empty when it does not exist), sorted by name."""
+    try:
+        infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=True, recursive=False))
+    except (OSError, pa.ArrowException) as e:
+        raise _fail("list", loc, e) from None
+    return sorted(infos, key=lambda i: i.base_name)
+
+
+def list_files(loc: Location) -> list[str]:
+    """Relative paths ('train/part-00000.parquet') of every file below a directory, sorted."""
+    try:
+        infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=True, recursive=True))
+    except (OSError, pa.ArrowException) as e:
+        raise _fail("list", loc, e) from None
+    prefix = loc.path.rstrip("/") + "/"
+    return sorted(i.path[len(prefix):] for i in infos if i.type == pafs.FileType.File)
+
+
+def read_bytes(loc: Location) -> bytes:
+    try:
+        with loc.fs.open_input_stream(loc.path) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise DataError(f"file not found: {loc.uri}") from None
+    except (OSError, pa.ArrowException) as e:
+        raise _fail("read", loc, e) from None
+
+
+def iter_chunks(loc: Location, chunk_size: int = 8 << 20) -> Iterator[bytes]:
+    try:
+        with loc.fs.open_input_stream(loc.path) as f:
+            while True:
+                chunk = f.read(chunk_size)
+                if not chunk:
+                    return
+                yield chunk
+    except FileNotFoundError:
+        raise DataError(f"file not found: {loc.uri}") from None
+    except (OSError, pa.ArrowException) as e:
+        raise _fail("read", loc, e) from None
+
+
+def sha256_of(loc: Location) -> str:
+    h = hashlib.sha256()
+    for chunk in iter_chunks(loc):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def make_dirs(loc: Location) -> None:
+    try:
+        loc.fs.create_dir(loc.path, recursive=True)
+    except (OSError, pa.ArrowException) as e:
+        raise _fail("create directory", loc, e) from None
+
+
+def write_bytes(loc: Location, data: bytes | pa.Buffer) -> None:
+    """Write a whole file. Local files go through a temporary name and an atomic rename, so a
+    reader never sees half a file; S3 objects appear atomically when the upload completes."""
+    try:
+        if isinstance(loc.fs, pafs.LocalFileSystem):
+            os.makedirs(os.path.dirname(loc.path), exist_ok=True)
+            tmp = f"{loc.path}.tmp-{uuid.uuid4().hex[:8]}"
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(memoryview(data))
+                os.replace(tmp, loc.path)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        else:
+            with loc.fs.open_output_stream(loc.path) as f:
+                f.write(data)
+    except (OSError, pa.ArrowException) as e:
+        raise _fail("write", loc, e) from None
+
+
+def delete_tree(loc: Location) -> None:
+    """Remove a directory and everything below it (no error if it does not exist)."""
+    try:
+        info = loc.fs.get_file_info(loc.path)
+        if info.type == pafs.FileType.Directory:
+            loc.fs.delete_dir(loc.path)
+        elif info.type == pafs.FileType.File:
+            loc.fs.delete_file(loc.path)
+    except (OSError, pa.ArrowException) as e:
+        raise _fail("delete", loc, e) from None
+
+
+def move_tree(src: Location, dst: Location) -> None:
+    """Move directory `src` to `dst` (which must not exist). Local: one atomic rename. S3 has no
+    rename: each object is copied server-side, then the source prefix is deleted."""
+    try:
+        if isinstance(src.fs, pafs.LocalFileSystem):
+            os.rename(src.path, dst.path)
+            return
+        for rel in list_files(src):
+            src.fs.copy_file(join(src.path, rel), join(dst.path, rel))
+        src.fs.delete_dir(src.path)
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"cannot move {src.uri} to {dst.uri}: {e}") from None

@@ -1,0 +1,264 @@
+"""Training: the pure loop pieces (no Ray), run-directory checkpoints and logs, and quick real runs
+in the driver process (num_workers=0) on a tiny synthetic dataset."""
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from models.checkpoint import CheckpointError, save_checkpoint
+from models.losses import build_loss, forward_for_loss
+from models.registry import build_model
+from pipelines.config import TrainConfig, config_from_dict
+from pipelines.train_checkpoints import (
+    best, checkpoint_name, latest, list_checkpoints, prune, to_keep, write_checkpoint,
+)
+from pipelines.train_logs import csv_text, read_csv, RunLog
+from pipelines.training_loop import (
+    build_optimizer, build_scheduler, build_train_state, capture_rng_state, check_compatible,
+    checkpoint_meta, current_lr, epoch_line, load_resume_state, masked_error_sums, restore_rng_state,
+    train_step, unwrap, validation_sums,
+)
+
+T, J = 9, 17
+
+
+def tiny_cfg(**train) -> dict:
+    return config_from_dict({
+        "name": "unit",
+        "data": {"windows": {"mode": "seq2seq", "frames": T}},
+        "model": {"name": "mixste", "dim": 16, "depth": 1, "heads": 2},
+        "train": {"lr": 1e-3, **train},
+    }).to_dict()
+
+
+def tiny_model(cfg: dict) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(config_from_dict(cfg).model, frames=T, joints=J)
+
+
+def fake_batch(n: int = 4, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.randn(n, T, J, 3, generator=g) * 0.2
+    pos[:, :, 0] = 0
+    return {
+        "keypoints_2d": pos[..., :2] / 2 + 0.01 * torch.randn(n, T, J, 2, generator=g),
+        "positions_3d": pos,
+        "mask": torch.ones(n, T),
+        "intrinsics": torch.zeros(n, 9),
+        "flipped": torch.zeros(n, dtype=torch.bool),
+    }
+
+
+def mixste_loss():
+    loss = build_loss("mixste")
+    return lambda m, b: loss(forward_for_loss(m, b["keypoints_2d"]), b)
+
+
+# ----------------------------------------------------------------------------- optimisation
+def test_optimizer_and_scheduler_follow_config():
+    model = torch.nn.Linear(3, 3)
+    tc = TrainConfig(lr=2e-4, weight_decay=0.1, optimizer="adamw", betas=(0.9, 0.98), lr_decay=0.98)
+    opt = build_optimizer(model, tc)
+    assert isinstance(opt, torch.optim.AdamW)
+    group = opt.param_groups[0]
+    assert group["lr"] == 2e-4 and group["weight_decay"] == 0.1 and tuple(group["betas"]) == (0.9, 0.98)
+    sched = build_scheduler(opt, tc)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    assert current_lr(opt) == pytest.approx(2e-4 * 0.98**3)
+    assert isinstance(build_optimizer(model, TrainConfig(optimizer="adam")), torch.optim.Adam)
+
+
+def test_train_step_reduces_loss_and_clips():
+    cfg = tiny_cfg()
+    model = tiny_model(cfg)
+    opt = build_optimizer(model, config_from_dict(cfg).train)
+    batch, loss_fn = fake_batch(), mixste_loss()
+    first, terms = train_step(model, batch, loss_fn, opt)
+    assert {"wmpjpe", "tc", "mpjve", "mpjpe_mm"} <= set(terms)
+    for _ in range(40):
+        last, _ = train_step(model, batch, loss_fn, opt)
+    assert last < 0.6 * first
+    _, terms = train_step(model, batch, loss_fn, opt, clip_grad=1e-3)
+    assert terms["grad_norm"] > 1e-3  # measured before clipping
+
+
+def test_train_step_refuses_non_finite_loss():
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch = {"keypoints_2d": torch.zeros(1, 2)}
+    with pytest.raises(FloatingPointError, match="not finite"):
+        train_step(model, batch, lambda m, b: (m(b["keypoints_2d"]).sum() * float("nan"), {}), opt)
+
+
+# ----------------------------------------------------------------------------- validation
+def test_masked_error_sums_count_only_real_frames():
+    pred = torch.zeros(2, 3, 2, 3)
+    target = torch.zeros(2, 3, 2, 3)
+    target[0, 0, :, 0] = 3.0  # frame error 3 m, counted
+    target[1, 2, :, 1] = 100.0  # padded frame, not counted
+    mask = torch.tensor([[1.0, 1, 1], [1, 1, 0]])
+    total, count = masked_error_sums(pred, target, mask)
+    assert count == 5 and total == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="shape"):
+        masked_error_sums(pred, target[:, :1], mask)
+
+
+def test_validation_shards_add_up_to_the_whole():
+    cfg = tiny_cfg()
+    model = tiny_model(cfg)
+    batches = [fake_batch(3, seed=s) for s in range(5)]
+    batches[1]["flipped"][:] = True  # flipped copies are skipped
+    whole = validation_sums(model, iter(batches), torch.device("cpu"))
+    parts = [validation_sums(model, iter(batches), torch.device("cpu"), shard=(r, 2)) for r in range(2)]
+    assert whole[1] == 4 * 3 * T
+    assert sum(p[0] for p in parts) == pytest.approx(whole[0]) and sum(p[1] for p in parts) == whole[1]
+    capped = validation_sums(model, iter(batches), torch.device("cpu"), max_windows=4)
+    assert capped[1] == 3 * T + 0  # window 4 of the cap is in the flipped batch
+    assert model.training  # mode restored
+
+
+# ----------------------------------------------------------------------------- RNG state
+def test_rng_state_round_trip_through_weights_only_load(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    state = capture_rng_state()
+    torch.save(state, tmp_path / "rng.pt")
+    first = (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist())
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist()) == first
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _trained(cfg: dict):
+    model = tiny_model(cfg)
+    tc = config_from_dict(cfg).train
+    opt, sched = build_optimizer(model, tc), build_scheduler(build_optimizer(model, tc), tc)
+    sched = build_scheduler(opt, tc)
+    train_step(model, fake_batch(), mixste_loss(), opt)
+    sched.step()
+    return model, opt, sched
+
+
+def _save(directory, cfg: dict, epoch: int = 1, val: float = 50.0, dataset_id: str = "ds1"):
+    model, opt, sched = _trained(cfg)
+    history = [{"epoch": e, "loss": 0.1, "val_mpjpe": val} for e in range(1, epoch + 1)]
+    meta = checkpoint_meta(cfg, epoch, dataset_id, J, "h36m", {"val_mpjpe": val})
+    state = build_train_state(opt, sched, epoch, [capture_rng_state()], history)
+    save_checkpoint(directory, model.state_dict(), meta, state)
+    return model, opt, sched
+
+
+def test_checkpoint_payload_round_trip(tmp_path):
+    cfg = tiny_cfg()
+    model, opt, sched = _save(tmp_path / "ck", cfg, epoch=3)
+    fresh = tiny_model(tiny_cfg())
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.add_(1.0)
+    tc = config_from_dict(cfg).train
+    fopt = build_optimizer(fresh, tc)
+    fsched = build_scheduler(fopt, tc)
+    state = load_resume_state(str(tmp_path / "ck"), fresh, fopt, fsched, cfg, J, "ds1")
+    assert state["epoch"] == 3 and [h["epoch"] for h in state["history"]] == [1, 2, 3]
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+    assert current_lr(fopt) == pytest.approx(current_lr(opt))
+    assert fsched.last_epoch == sched.last_epoch
+    key = next(iter(opt.state))
+    fkey = next(iter(fopt.state))
+    assert torch.equal(opt.state[key]["exp_avg"], fopt.state[fkey]["exp_avg"])
+    assert len(state["rng"]) == 1 and "torch" in state["rng"][0]
+
+
+def test_mismatched_checkpoints_are_refused(tmp_path):
+    cfg = tiny_cfg()
+    _save(tmp_path / "ck", cfg)
+    meta = json.loads((tmp_path / "ck" / "meta.json").read_text())
+    other_model = config_from_dict({"data": {"windows": {"mode": "seq2frame", "frames": T}},
+                                    "model": {"name": "poseformer"}}).to_dict()
+    with pytest.raises(CheckpointError, match="holds model 'mixste'.*'poseformer'"):
+        check_compatible(meta, other_model, J, "ds1", "ck")
+    other_t = config_from_dict({**cfg, "data": {**cfg["data"], "windows": {**cfg["data"]["windows"], "frames": 27}}}).to_dict()
+    with pytest.raises(CheckpointError, match="T=9 frames.*frames=27"):
+        check_compatible(meta, other_t, J, "ds1", "ck")
+    with pytest.raises(CheckpointError, match="model.depth"):
+        check_compatible(meta, {**cfg, "model": {**cfg["model"], "depth": 2}}, J, "ds1", "ck")
+    with pytest.raises(CheckpointError, match="dataset 'ds1'.*'ds2'"):
+        check_compatible(meta, cfg, J, "ds2", "ck")
+    model = tiny_model(cfg)
+    tc = config_from_dict(cfg).train
+    opt = build_optimizer(model, tc)
+    with pytest.raises(CheckpointError, match="T=9"):
+        load_resume_state(str(tmp_path / "ck"), model, opt, build_scheduler(opt, tc), other_t, J, "ds1")
+
+
+def test_corrupt_checkpoints_are_refused(tmp_path):
+    cfg = tiny_cfg()
+    _save(tmp_path / "ck", cfg)
+    model = tiny_model(cfg)
+    tc = config_from_dict(cfg).train
+    opt = build_optimizer(model, tc)
+    sched = build_scheduler(opt, tc)
+    data = (tmp_path / "ck" / "model.pt").read_bytes()
+    (tmp_path / "ck" / "model.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="model.pt: cannot be read"):
+        load_resume_state(str(tmp_path / "ck"), model, opt, sched, cfg, J, "ds1")
+    (tmp_path / "ck" / "meta.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupt meta.json"):
+        load_resume_state(str(tmp_path / "ck"), model, opt, sched, cfg, J, "ds1")
+
+
+def test_run_directory_retention_and_partial_uploads(tmp_path):
+    cfg = tiny_cfg()
+    run = str(tmp_path / "run")
+    vals = [80.0, 60.0, 70.0, 65.0]
+    model, opt, sched = _trained(cfg)
+    for epoch, val in enumerate(vals, start=1):
+        meta = checkpoint_meta(cfg, epoch, "ds1", J, "h36m", {"val_mpjpe": val})
+        write_checkpoint(run, epoch, model.state_dict(), meta, build_train_state(opt, sched, epoch, [], []))
+    (tmp_path / "run" / checkpoint_name(5)).mkdir()  # an upload cut short: no files
+    (tmp_path / "run" / checkpoint_name(5) / "model.pt").write_bytes(b"partial")
+    found = list_checkpoints(run)
+    assert [c.epoch for c in found] == [1, 2, 3, 4]
+    assert best(found).epoch == 2 and latest(found).epoch == 4
+    assert to_keep(found, 2) == {checkpoint_name(2), checkpoint_name(4)}
+    assert sorted(prune(run, keep_best=1)) == [checkpoint_name(1), checkpoint_name(3)]
+    assert [c.epoch for c in list_checkpoints(run)] == [2, 4]
+
+
+def test_csv_and_tensorboard_logs(tmp_path):
+    history = [{"epoch": 1, "loss": 0.5, "val_mpjpe": 90.0, "lr": 1e-3, "windows_per_s": 10.0,
+                "epoch_time_s": 2.0, "train_tc": 0.1}]
+    log = RunLog(str(tmp_path / "run"))
+    log.write(history)
+    history.append({**history[0], "epoch": 2, "val_mpjpe": 80.0})
+    log.write(history)
+    log.close()
+    rows = read_csv(str(tmp_path / "run"))
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["val_mpjpe"] == 80.0 and rows[0]["train_tc"] == 0.1
+    assert csv_text(history).splitlines()[0].startswith("epoch,loss,val_mpjpe,lr,windows_per_s")
+    assert any((tmp_path / "run" / "tensorboard").iterdir())
+
+
+def test_training_curves_png_and_epoch_line():
+    from pipelines.plots import training_curves_png
+
+    history = [{"epoch": e, "loss": 1.0 / e, "val_mpjpe": 100.0 / e, "lr": 1e-3 * 0.9**e} for e in (1, 2, 3)]
+    png = training_curves_png(history, title="unit")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    line = epoch_line({**history[1], "windows_per_s": 123.4, "epoch_time_s": 5.0}, 10, 3725)
+    assert "epoch  2/10" in line and "50.00 mm" in line and "123 windows/s" in line and "ETA 1:02:05" in line
+    assert "n/a" in epoch_line({**history[0], "val_mpjpe": math.nan, "windows_per_s": 1, "epoch_time_s": 1}, 3, 0)
+
+
+def test_unwrap_returns_the_plain_module():
+    model = torch.nn.Linear(2, 2)
+    compiled = torch.compile(model)
+    assert unwrap(compiled) is model and unwrap(model) is model
