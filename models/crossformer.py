@@ -30,11 +30,14 @@ PoseFormer 9,602,885 (T=81) / 9,563,645 (T=9), plus
 - CFI, per temporal block: LN 2·J·c + K, Q, V convs 3·(3·T²) + grouped conv 3·T²/g + GN 2T.
 At T = 81 (g = 3): 4·512 + 4·(1,088 + 59,049 + 6,561 + 162) = 269,488 -> **9,872,373** parameters,
 against the paper's 9.93M. At T = 9: 4·512 + 4·(1,088 + 729 + 81 + 18) = 9,712 -> **9,573,357**.
-The ~0.06M gap at T = 81 comes from the released code, not the design: its CJI convolutions are
-full (c×c×5, not depth-wise as the paper says) plus an unused 17-channel conv and BatchNorm, every
-branch carries a LayerScale vector, and the model holds several unused layers (two extra 544x136
-projections, extra norms, positional tables); it also drops PoseFormer's T×544 frame positions.
-The paper's 9.93M matches PoseFormer (9.60M) + 0.33M of these additions at T = 81.
+The paper's 9.93M is PoseFormer plus the released blocks' additions at T = 81: 9,602,885 +
+4·12,361 (spatial) + 4·68,735 (temporal) = 9,927,269. Ours is 54,896 smaller, exactly: the released
+CJI convolutions are full c×c×5 rather than depth-wise as the paper says (4·9,920), each spatial
+block also holds an unused 17-channel conv, BatchNorm and GroupNorm (4·1,590), and every block has
+LayerScale vectors and an unused 81-wide LayerNorm (4·339 + 4·1,875).
+Structure as released: a LayerNorm before each interaction, CJI's order conv -> GELU -> GN -> conv,
+CFI's k=3 convolutions with frames as channels. Where the released CFI uses the compact kernel of
+CGNL (one scalar ⟨Q, K⟩ per group of frames scaling V) this follows the paper's T×T map C = K⊗Q.
 Design choices beyond the released code: the frame-frame matrix is scaled by 1/D and the
 aggregation by 1/T (the GroupNorm that follows makes the output invariant to that scale, while it
 keeps activations bounded under bf16 autocast); stochastic depth applies to both new residuals.

@@ -39,9 +39,11 @@ module follows the paper's 2T fusion and a frame-wise refinement of `refine_hidd
 
 Parameters (J = 17, T = 9, c = 32, L_s = L_c = 4, 8 heads, MLP ratio 2): 12,243,150 for the
 transformer (GIM 9,534,752; LIM 2,706,976; fusion 1,259; head 163) + 140,322 for the refinement
-(1024 hidden) = 12,383,472. The paper's 12.26M matches the transformer alone (the released model
-without its refinement has 12,244,813 parameters: its 4T fusion conv, SE gate and an unused
-LayerNorm+Conv1d add 1,663); the refinement network is a separate module in the released code.
+(1024 hidden) = 12,383,472. The paper's 12.26M matches the transformer alone: by our count the
+released transformer has 12,244,813 parameters (its 4T fusion conv, SE gate, q/k scalars and an
+unused LayerNorm + Conv1d add 1,663 to ours); the refinement network is a separate model there.
+The cross-trajectory token width is T·c, so its blocks grow as T²: 9.7M parameters at T = 1, 33.7M
+at T = 27, 225M at T = 81 (the paper uses T = 9).
 """
 from __future__ import annotations
 

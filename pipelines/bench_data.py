@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -48,6 +49,32 @@ def bench_config(scale: float, frames: int, out_dir: str, root: str, rows_per_sh
         data.rows_per_shard = rows_per_shard
     data.validate()
     return data
+
+
+def tree_cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its live descendants (the local Ray it started),
+    from /proc (Linux). On a shared machine wall-clock throughput depends on everyone else's load;
+    CPU time per window does not, so the bench reports both."""
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent pid, cpu seconds)
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0.0, [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        total += stats.get(pid, (0, 0.0))[1]
+        todo.extend(children.get(pid, []))
+    return total
 
 
 def read_back(uri: str, batch_size: int, shuffle_buffer: int) -> tuple[int, float]:
@@ -89,12 +116,14 @@ def run(args: argparse.Namespace) -> int:
             hash_s = time.monotonic() - t0
             print(f"T={frames}: source {len(source.sequences)} sequences, {camera_frames} camera-frames "
                   f"(generate/load {load_s:.1f} s, hash {hash_s:.1f} s)", flush=True)
-            t0 = time.monotonic()
+            cpu0, t0 = tree_cpu_seconds(), time.monotonic()
             info = build_dataset(data, source.sequences, source.skeleton, files, progress=lambda _m: None)
-            build_s = time.monotonic() - t0
+            build_s, build_cpu = time.monotonic() - t0, tree_cpu_seconds() - cpu0
             m = info.manifest
             windows = sum(c["windows"] for c in m["splits"].values())
+            cpu0 = tree_cpu_seconds()
             read_windows, read_s = read_back(info.uri, args.batch_size, args.shuffle_buffer)
+            read_cpu = tree_cpu_seconds() - cpu0
             run = {
                 "frames": frames,
                 "camera_frames": camera_frames,
@@ -107,17 +136,24 @@ def run(args: argparse.Namespace) -> int:
                 "hash_s": round(hash_s, 2),
                 "build_s": round(build_s, 2),
                 "windows_per_s": round(windows / build_s),
+                "build_cpu_s": round(build_cpu, 2),
+                "windows_per_cpu_s": round(windows / build_cpu),
                 "end_to_end_s": round(load_s + hash_s + build_s, 2),
                 "read_windows": read_windows,
                 "read_s": round(read_s, 2),
                 "read_windows_per_s": round(read_windows / read_s),
+                "read_cpu_s": round(read_cpu, 2),
+                "read_windows_per_cpu_s": round(read_windows / read_cpu),
+                "load_average": round(os.getloadavg()[0], 1),
             }
             results["runs"].append(run)
             print(f"  preprocess {windows} windows ({run['shards']} shards, {run['bytes'] / 1e6:.0f} MB) in "
                   f"{build_s:.1f} s = {run['windows_per_s']} windows/s; {run['bytes_per_window']} bytes/window; "
-                  f"end to end {run['end_to_end_s']:.1f} s", flush=True)
+                  f"end to end {run['end_to_end_s']:.1f} s; {build_cpu:.1f} CPU-s = {run['windows_per_cpu_s']} windows/CPU-s",
+                  flush=True)
             print(f"  read-back  {read_windows} training windows in {read_s:.1f} s = "
-                  f"{run['read_windows_per_s']} windows/s (batch {args.batch_size}, shuffle buffer {args.shuffle_buffer})",
+                  f"{run['read_windows_per_s']} windows/s (batch {args.batch_size}, shuffle buffer {args.shuffle_buffer}); "
+                  f"{read_cpu:.1f} CPU-s = {run['read_windows_per_cpu_s']} windows/CPU-s; load average {run['load_average']}",
                   flush=True)
     finally:
         if ray.is_initialized():
@@ -125,10 +161,13 @@ def run(args: argparse.Namespace) -> int:
         if not args.keep and not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     print(f"\nbench data (scale {args.scale}, {args.cpus} CPUs, Ray start {results['ray_start_s']} s)")
-    print(f"{'T':>5}{'camera-frames':>15}{'windows':>9}{'build s':>9}{'windows/s':>11}{'B/window':>10}{'read win/s':>12}")
+    print(f"{'T':>5}{'camera-frames':>15}{'windows':>9}{'build s':>9}{'windows/s':>11}{'win/CPU-s':>11}"
+          f"{'B/window':>10}{'read win/s':>12}{'read win/CPU-s':>16}")
     for r in results["runs"]:
         print(f"{r['frames']:>5}{r['camera_frames']:>15}{r['windows']:>9}{r['build_s']:>9}{r['windows_per_s']:>11}"
-              f"{r['bytes_per_window']:>10}{r['read_windows_per_s']:>12}")
+              f"{r['windows_per_cpu_s']:>11}{r['bytes_per_window']:>10}{r['read_windows_per_s']:>12}"
+              f"{r['read_windows_per_cpu_s']:>16}")
+    print("(win/CPU-s: windows per CPU-second of this process tree, independent of other load on the machine)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -24,6 +24,7 @@ import json
 import os
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -201,22 +202,29 @@ def _stage(path: Path, write: Any) -> Path:
         raise
 
 
+def _write_npz(tmp: str, arrays: dict[str, np.ndarray], metadata: dict[str, Any]) -> None:
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays, metadata=np.array(json.dumps(metadata)))
+
+
+def _write_json(tmp: str, arrays: dict[str, np.ndarray], metadata: dict[str, Any]) -> None:
+    doc = {"metadata": metadata}
+    for k, v in arrays.items():
+        doc[k] = np.round(v, 6).tolist() if v.dtype.kind == "f" else v.tolist()
+    Path(tmp).write_text(json.dumps(doc))
+
+
 def write_outputs(output: str, arrays: dict[str, np.ndarray], metadata: dict[str, Any]) -> list[Path]:
-    """Write the npz and/or JSON result (see the module docstring); returns the paths written."""
+    """Write the npz and/or JSON result (see the module docstring); returns the paths written.
+
+    Every file is staged first and renamed only when all are written, so a failure leaves none.
+    """
     paths = output_paths(output)
     staged: list[tuple[Path, Path]] = []
     try:
         for path in paths:
-            if path.suffix.lower() == ".npz":
-                def write(tmp: str) -> None:
-                    with open(tmp, "wb") as f:
-                        np.savez_compressed(f, **arrays, metadata=np.array(json.dumps(metadata)))
-            else:
-                def write(tmp: str) -> None:
-                    doc = {"metadata": metadata, **{k: np.round(v, 6).tolist() if v.dtype.kind == "f" else v.tolist()
-                                                    for k, v in arrays.items()}}
-                    Path(tmp).write_text(json.dumps(doc))
-            staged.append((_stage(path, write), path))
+            writer = _write_npz if path.suffix.lower() == ".npz" else _write_json
+            staged.append((_stage(path, partial(writer, arrays=arrays, metadata=metadata)), path))
         for tmp, path in staged:
             os.replace(tmp, path)
     except BaseException:

@@ -6,9 +6,10 @@
 - seq2frame (PoseFormer, CrossFormer): one window per frame, frames [i-p, i+p] edge-padded
   (T = 2p+1); the prediction of frame i is the window's single output.
 
-Edge padding is done by clipping frame indices into [0, N-1] (= repeat first/last frame), so a
-plan is just the window start frames, and windows are gathered batch by batch (a long sequence
-never holds all seq2frame windows in memory).
+These are exactly the test-split windows of `preprocessing.windows` (whose start and edge-clipped
+index functions are used here), so inference on a sequence sees what evaluation sees. A plan is
+just the window start frames; windows are gathered batch by batch (a long sequence never holds all
+its seq2frame windows in memory) and their outputs scattered back to frames.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
+
+from preprocessing.windows import frame_indices, window_starts
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,7 @@ class WindowPlan:
 
     def indices(self, window: slice | np.ndarray) -> np.ndarray:
         """(S', T) edge-clipped input frame indices of the selected windows."""
-        raw = self.starts[window][:, None] + np.arange(self.frames)[None, :]
-        return np.clip(raw, 0, self.num_frames - 1)
+        return frame_indices(self.starts[window], self.frames, self.num_frames)
 
     def targets(self, window: slice | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For the selected windows' outputs: (output positions (S', K), target frames (S', K)).
@@ -64,20 +66,7 @@ class WindowPlan:
 
 def plan_windows(num_frames: int, frames: int, mode: str) -> WindowPlan:
     """The window plan that predicts each of `num_frames` frames exactly once with windows of T."""
-    if num_frames < 1:
-        raise ValueError(f"a sequence needs at least one frame, got {num_frames}")
-    if frames < 1:
-        raise ValueError(f"window length must be >= 1, got {frames}")
-    if mode == "seq2seq":
-        chunks = -(-num_frames // frames)
-        offset = (chunks * frames - num_frames) // 2
-        starts = np.arange(chunks, dtype=np.int64) * frames - offset
-    elif mode == "seq2frame":
-        if frames % 2 == 0:
-            raise ValueError(f"seq2frame needs an odd receptive field T = 2p+1, got {frames}")
-        starts = np.arange(num_frames, dtype=np.int64) - frames // 2
-    else:
-        raise ValueError(f"unknown output mode {mode!r} (expected 'seq2seq' or 'seq2frame')")
+    starts = window_starts(num_frames, mode, frames, stride=frames, split="test")
     return WindowPlan(mode=mode, frames=frames, num_frames=num_frames, starts=starts)
 
 

@@ -8,9 +8,9 @@ The driver prepares (or finds, by id) the Parquet windows, checks the run direct
 - `train.num_workers` workers with `cpus_per_worker` CPUs, `gpus_per_worker` GPUs (`use_gpu`) and
   any custom `resources_per_worker` each; DDP over NCCL on GPUs, gloo on CPUs. `num_workers: 0`
   runs the loop in the driver process (one laptop core, no DDP).
-- Each worker streams its shard of the train split through Ray Data (local shuffle, prefetch);
-  the test split is read whole by every worker in a fixed order and scored a batch in
-  `num_workers` per worker, so validation MPJPE counts every real frame exactly once.
+- Each worker streams its shard of the train split through Ray Data (local shuffle, prefetch)
+  and scores validation MPJPE (no flip) on its share of the test split's Parquet row groups
+  (`pipelines/train_data.py`), so together they count every real test frame exactly once.
 - A checkpoint every epoch: Ray keeps the `keep_best` lowest validation MPJPE ones plus the
   latest. Re-running the same command (same name and storage_path) resumes from the latest;
   `FailureConfig(max_failures)` restarts the workers from it after a worker or node dies.
@@ -29,7 +29,6 @@ import yaml
 
 from models.checkpoint import CheckpointError
 from pipelines.config import ExperimentConfig, add_config_arguments, load_config
-from pipelines.schema import ConfigError
 
 EVAL_DIR = "eval"
 PLOT_NAME = "training_curves.png"
@@ -67,12 +66,14 @@ def check_resume(run_uri: str, cfg_dict: dict, joints: int, dataset_id: str) -> 
     starts: another model, T, joint set or dataset, or an unreadable file, is a CheckpointError
     naming the checkpoint."""
     from models.checkpoint import load_state, load_train_state, read_meta
-    from pipelines.train_checkpoints import PREFIX, latest, list_checkpoints, local_copy
+    from pipelines.train_checkpoints import PREFIX, latest, list_checkpoints, local_copy, ray_registered
     from pipelines.training_loop import check_compatible, check_train_state
     from preprocessing import storage
 
     run = storage.open_location(run_uri)
-    names = [e.base_name for e in storage.list_dir(run) if e.base_name.startswith(PREFIX)]
+    registered = ray_registered(run_uri)
+    names = [e.base_name for e in storage.list_dir(run) if e.base_name.startswith(PREFIX)
+             and (registered is None or e.base_name in registered)]
     found = latest(list_checkpoints(run_uri))
     # A directory named after a later epoch whose meta.json exists but cannot be read is a
     # damaged checkpoint, not an unfinished upload: refuse rather than silently go back.
@@ -105,7 +106,9 @@ def _ensure_ray(progress: Callable[[str], None]) -> None:
     if address:
         ray.init(address=address)
     else:
-        ray.init(include_dashboard=False)
+        # A private instance: never silently join a cluster some other process started. The
+        # dashboard stays on: Ray Train's placement-group cleaner queries the state API through it.
+        ray.init(address="local")
     res = ray.cluster_resources()
     progress(f"Ray: {len(ray.nodes())} node(s), {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
 
@@ -115,10 +118,9 @@ def build_trainer(cfg: ExperimentConfig, dataset_uri: str, loop_config: dict, ru
     """The TorchTrainer for `cfg` (ScalingConfig, RunConfig with checkpoint retention and failure
     recovery, train/val datasets)."""
     import ray.train
-    from ray.data import ExecutionOptions
     from ray.train.torch import TorchTrainer
 
-    from pipelines.train_worker import TRAIN, VAL, train_loop_per_worker
+    from pipelines.train_worker import TRAIN, train_loop_per_worker
     from preprocessing import storage as st
     from preprocessing.readers import open_split
 
@@ -144,10 +146,7 @@ def build_trainer(cfg: ExperimentConfig, dataset_uri: str, loop_config: dict, ru
             num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources,
         ),
         run_config=run_config,
-        datasets={TRAIN: open_split(dataset_uri, "train"), VAL: open_split(dataset_uri, "test")},
-        dataset_config=ray.train.DataConfig(
-            datasets_to_split=[TRAIN], execution_options={VAL: ExecutionOptions(preserve_order=True)},
-        ),
+        datasets={TRAIN: open_split(dataset_uri, "train")},
     )
 
 
@@ -166,13 +165,11 @@ def run_training(
 
     `callbacks` are Ray Train user callbacks (e.g. Tune's TuneReportCallback).
     """
-    from pipelines.train_checkpoints import best, latest, list_checkpoints
+    from pipelines.train_checkpoints import best, forget_ray_snapshot, latest, list_checkpoints
     from preprocessing import storage
     from preprocessing.readers import read_manifest
 
     tc = cfg.train
-    if tc.num_workers == 0 and callbacks:
-        raise ConfigError("train.num_workers=0 runs in the driver, where Ray Train callbacks never run; use >= 1")
     _ensure_ray(progress)
     if dataset_uri is None:
         from preprocessing.shards import prepare_dataset
@@ -184,13 +181,20 @@ def run_training(
     run_uri = storage.join(root, name)
     cfg_dict = cfg.to_dict()
     resume_from = check_resume(run_uri, cfg_dict, joints, dataset_id)
+    if tc.num_workers == 0:
+        forget_ray_snapshot(run_uri)
     storage.write_bytes(storage.open_location(run_uri).child(CONFIG_NAME),
                         yaml.safe_dump(cfg_dict, sort_keys=False).encode())
     progress(f"run directory: {run_uri}" + (f" (resuming from {resume_from})" if resume_from else ""))
 
+    # Locations, not URIs: their pickled filesystems carry S3 settings to workers started earlier.
     loop_config = {
-        "cfg": cfg_dict, "dataset_id": dataset_id, "joints": joints, "layout": layout, "run_uri": run_uri,
-        "resume_from": resume_from, "local_mode": tc.num_workers == 0,
+        "cfg": cfg_dict, "dataset_loc": storage.open_location(dataset_uri), "dataset_id": dataset_id,
+        "joints": joints, "layout": layout, "run_loc": storage.open_location(run_uri),
+        "resume_loc": storage.open_location(resume_from) if resume_from else None,
+        "local_mode": tc.num_workers == 0,
+        # Ray Train runs no callbacks in local mode; the loop (in this process) calls them itself.
+        "local_callbacks": list(callbacks) if tc.num_workers == 0 else [],
     }
     trainer = build_trainer(cfg, dataset_uri, loop_config, name, root, callbacks)
     trainer.fit()

@@ -6,7 +6,10 @@ or by `persist_checkpoint` when it runs in the driver with `num_workers: 0`). Ev
 epoch and metrics in `meta.json`, so "latest" (highest epoch: what a restart resumes from) and
 "best" (lowest validation MPJPE: what is evaluated) are read from the directory itself, whoever
 wrote it. A directory without a readable `meta.json`, `model.pt` and `train_state.pt` is
-incomplete (an upload cut short by a dying worker) and is never chosen.
+incomplete (an upload cut short by a dying worker) and is never chosen; when Ray Train's
+checkpoint-manager snapshot is present, only the checkpoints it registered (fully uploaded ones)
+count. A run continued in the driver process (`num_workers: 0`) drops that snapshot first
+(`forget_ray_snapshot`), since from then on its own atomic writes are the record.
 
 Retention (`prune`) keeps the `keep_best` lowest-validation-MPJPE checkpoints plus the latest: the
 same rule Ray Train's CheckpointConfig(num_to_keep=keep_best, checkpoint_score_attribute=
@@ -20,14 +23,22 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Union
 
 import pyarrow.fs as pafs
 
 from preprocessing import storage
+from preprocessing.storage import Location
+
+Where = Union[str, Location]  # a URI, or a Location whose pickled filesystem carries its S3 settings
+
+
+def _loc(where: Where) -> Location:
+    return where if isinstance(where, Location) else storage.open_location(where)
 
 PREFIX = "checkpoint_epoch"
 REQUIRED_FILES = ("meta.json", "model.pt", "train_state.pt")
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of the checkpoints it registered
 
 
 def checkpoint_name(epoch: int) -> str:
@@ -43,12 +54,15 @@ class CheckpointInfo:
     meta: dict
 
 
-def list_checkpoints(run_uri: str) -> list[CheckpointInfo]:
+def list_checkpoints(run_uri: Where) -> list[CheckpointInfo]:
     """Complete checkpoints of a run directory, sorted by epoch (empty when the run is new)."""
-    run = storage.open_location(run_uri)
+    run = _loc(run_uri)
+    registered = ray_registered(run)
     out = []
     for entry in storage.list_dir(run):
         if entry.type != pafs.FileType.Directory or not entry.base_name.startswith(PREFIX):
+            continue
+        if registered is not None and entry.base_name not in registered:
             continue
         loc = run.child(entry.base_name)
         present = {os.path.basename(p) for p in storage.list_files(loc)}
@@ -64,6 +78,26 @@ def list_checkpoints(run_uri: str) -> list[CheckpointInfo]:
         val = float(val) if isinstance(val, (int, float)) and math.isfinite(val) else math.inf
         out.append(CheckpointInfo(entry.base_name, loc.uri, int(meta["epoch"]), val, meta))
     return sorted(out, key=lambda c: (c.epoch, c.name))
+
+
+def ray_registered(run_uri: Where) -> Optional[set[str]]:
+    """Checkpoint directory names Ray Train's snapshot lists (None when there is no snapshot)."""
+    loc = _loc(run_uri).child(RAY_SNAPSHOT)
+    if not storage.exists(loc):
+        return None
+    try:
+        snap = json.loads(storage.read_bytes(loc))
+        results = list(snap.get("checkpoint_results") or []) + [snap.get("latest_checkpoint_result") or {}]
+        return {r["checkpoint_dir_name"] for r in results if r.get("checkpoint_dir_name")}
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, KeyError) as e:
+        from models.checkpoint import CheckpointError
+
+        raise CheckpointError(f"{loc.uri}: unreadable Ray Train snapshot ({e})") from None
+
+
+def forget_ray_snapshot(run_uri: Where) -> None:
+    """Delete Ray Train's snapshot (a run continuing in the driver process keeps its own record)."""
+    storage.delete_tree(_loc(run_uri).child(RAY_SNAPSHOT))
 
 
 def latest(checkpoints: list[CheckpointInfo]) -> Optional[CheckpointInfo]:
@@ -86,10 +120,10 @@ def to_keep(checkpoints: list[CheckpointInfo], keep_best: int) -> set[str]:
     return keep
 
 
-def prune(run_uri: str, keep_best: int) -> list[str]:
+def prune(run_uri: Where, keep_best: int) -> list[str]:
     """Delete the checkpoints outside `to_keep`; returns the deleted names."""
-    run = storage.open_location(run_uri)
-    checkpoints = list_checkpoints(run_uri)
+    run = _loc(run_uri)
+    checkpoints = list_checkpoints(run)
     keep = to_keep(checkpoints, keep_best)
     deleted = [c.name for c in checkpoints if c.name not in keep]
     for name in deleted:
@@ -97,7 +131,7 @@ def prune(run_uri: str, keep_best: int) -> list[str]:
     return deleted
 
 
-def write_checkpoint(run_uri: str, epoch: int, model_state: dict, meta: dict, train_state: dict) -> str:
+def write_checkpoint(run_uri: Where, epoch: int, model_state: dict, meta: dict, train_state: dict) -> str:
     """Write checkpoint `epoch` straight into the run directory (for runs in the driver process).
 
     Local: `models.checkpoint.save_checkpoint`, which stages beside the target and renames it
@@ -106,7 +140,7 @@ def write_checkpoint(run_uri: str, epoch: int, model_state: dict, meta: dict, tr
     """
     from models.checkpoint import save_checkpoint
 
-    run = storage.open_location(run_uri)
+    run = _loc(run_uri)
     target = run.child(checkpoint_name(epoch))
     if isinstance(run.fs, pafs.LocalFileSystem):
         save_checkpoint(target.path, model_state, meta, train_state)
@@ -121,10 +155,10 @@ def write_checkpoint(run_uri: str, epoch: int, model_state: dict, meta: dict, tr
 
 
 @contextlib.contextmanager
-def local_copy(uri: str) -> Iterator[str]:
+def local_copy(uri: Where) -> Iterator[str]:
     """A local directory holding checkpoint `uri` (the directory itself when local; a temporary
     download from S3, removed afterwards)."""
-    loc = storage.open_location(uri)
+    loc = _loc(uri)
     if isinstance(loc.fs, pafs.LocalFileSystem):
         yield loc.path
         return

@@ -16,6 +16,7 @@ from typing import Optional
 
 import pyarrow.fs as pafs
 
+from pipelines.train_checkpoints import Where, _loc
 from preprocessing import storage
 
 CSV_NAME = "metrics.csv"
@@ -36,9 +37,9 @@ def csv_text(history: list[dict]) -> str:
     return buf.getvalue()
 
 
-def read_csv(run_uri: str) -> list[dict]:
+def read_csv(run_uri: Where) -> list[dict]:
     """metrics.csv of a run as dicts of floats (empty when absent)."""
-    loc = storage.open_location(run_uri).child(CSV_NAME)
+    loc = _loc(run_uri).child(CSV_NAME)
     if not storage.exists(loc):
         return []
     rows = []
@@ -50,10 +51,10 @@ def read_csv(run_uri: str) -> list[dict]:
 class RunLog:
     """Writes the run's CSV and TensorBoard scalars (rank 0 only)."""
 
-    def __init__(self, run_uri: str) -> None:
+    def __init__(self, run_uri: Where) -> None:
         from tensorboardX import SummaryWriter
 
-        self.run = storage.open_location(run_uri)
+        self.run = _loc(run_uri)
         self._local = isinstance(self.run.fs, pafs.LocalFileSystem)
         self._tmp: Optional[tempfile.TemporaryDirectory] = None
         if self._local:

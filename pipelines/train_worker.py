@@ -4,7 +4,7 @@
 Per worker: build the model, restore the latest checkpoint if there is one (Ray's after a
 failure, else the run directory's on a restart), wrap in DDP (`prepare_model`: NCCL on GPUs, gloo
 on CPUs), then per epoch train on this worker's shard of the Parquet windows, score validation
-MPJPE on a share of the test split, and report metrics with a checkpoint written by rank 0.
+MPJPE on a share of the test split's row groups, and report metrics with a checkpoint written by rank 0.
 With `num_workers: 0` Ray runs this same function in the driver process ("local mode"), where
 `ray.train.report` keeps nothing: checkpoints are then written to the run directory directly.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import time
 from typing import Any, Optional
@@ -19,6 +20,8 @@ from typing import Any, Optional
 import torch
 
 from models.checkpoint import save_checkpoint
+from preprocessing.storage import Location
+from pipelines.train_data import iter_val_batches
 from pipelines.train_checkpoints import checkpoint_name, local_copy, prune, write_checkpoint
 from pipelines.training_loop import (
     build_optimizer, build_scheduler, build_train_state, capture_rng_state, checkpoint_meta,
@@ -27,7 +30,6 @@ from pipelines.training_loop import (
 )
 
 TRAIN = "train"
-VAL = "val"
 
 
 def _distributed() -> bool:
@@ -58,6 +60,13 @@ def _device(use_gpu: bool, local_mode: bool) -> torch.device:
     return torch.device("cuda", 0) if local_mode else ray.train.torch.get_device()
 
 
+def _say(text: str) -> None:
+    """One line on the worker's stdout (shown by the driver). Not `print`: Ray Train patches it
+    into its logger, which echoes every line twice on the driver."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 def _node_id() -> str:
     import ray
 
@@ -65,8 +74,9 @@ def _node_id() -> str:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """`config`: {"cfg": experiment dict, "dataset_id", "joints", "layout", "run_uri",
-    "resume_from" (checkpoint URI or None), "local_mode" (bool)}."""
+    """`config`: {"cfg": experiment dict, "dataset_loc" / "run_loc" (storage Locations of the
+    dataset and the run directory), "dataset_id", "joints", "layout", "resume_loc" (Location of
+    the checkpoint to resume from, or None), "local_mode" (bool), "local_callbacks"}."""
     import ray.train
     import ray.train.torch
 
@@ -97,8 +107,8 @@ def train_loop_per_worker(config: dict) -> None:
     if ray_ckpt is not None:
         with ray_ckpt.as_directory() as d:
             state = load_resume_state(d, net, optimizer, scheduler, cfg_dict, joints, config["dataset_id"])
-    elif config.get("resume_from"):
-        with local_copy(config["resume_from"]) as d:
+    elif config.get("resume_loc") is not None:
+        with local_copy(config["resume_loc"]) as d:
             state = load_resume_state(d, net, optimizer, scheduler, cfg_dict, joints, config["dataset_id"])
     start = int(state["epoch"]) if state else 0
     history: list[dict] = list(state["history"]) if state else []
@@ -116,15 +126,14 @@ def train_loop_per_worker(config: dict) -> None:
         return base_loss(forward_for_loss(m, batch["keypoints_2d"]), batch)
 
     nodes = len(set(_all_gather(_node_id(), world)))
-    log = RunLog(config["run_uri"]) if rank == 0 else None
+    log = RunLog(config["run_loc"]) if rank == 0 else None
     if rank == 0:
         where = "in the driver process" if local_mode else f"on {world} worker(s), {nodes} node(s)"
         what = f"resuming after epoch {start}" if state else "starting"
-        print(f"training {cfg.model.name} ({count_parameters(net):,} parameters, T={frames}) {where} "
-              f"on {device.type}: {what}", flush=True)
+        _say(f"training {cfg.model.name} ({count_parameters(net):,} parameters, T={frames}) {where} "
+             f"on {device.type}: {what}")
 
     train_shard = ray.train.get_dataset_shard(TRAIN)
-    val_shard = ray.train.get_dataset_shard(VAL)
     cap = None if tc.max_windows_per_epoch is None else -(-tc.max_windows_per_epoch // world)
     durations: list[float] = []
     try:
@@ -153,10 +162,9 @@ def train_loop_per_worker(config: dict) -> None:
             loss_sum, steps, windows = reduced[0], reduced[1], reduced[2]
             terms_mean = {f"train_{k}": v / max(steps, 1) for k, v in zip(term_keys, reduced[3:]) if k != "loss"}
 
-            val_batches = iter_torch_batches(val_shard, tc.val_batch_size, prefetch_batches=tc.prefetch_batches,
-                                             device=str(device))
-            err, count = validation_sums(net, val_batches, device, tc.bf16, shard=(rank, world),
-                                         max_windows=tc.max_val_windows)
+            val_cap = None if tc.max_val_windows is None else -(-tc.max_val_windows // world)
+            val_batches = iter_val_batches(config["dataset_loc"], "test", tc.val_batch_size, rank, world, val_cap)
+            err, count = validation_sums(net, val_batches, device, tc.bf16)
             err, count = _all_reduce_sum([err, count], device)
             elapsed = time.perf_counter() - t0
             durations.append(elapsed)
@@ -176,18 +184,19 @@ def train_loop_per_worker(config: dict) -> None:
             scheduler.step()  # per-epoch decay, after the epoch's lr was recorded
             if rank == 0:
                 eta = (tc.epochs - epoch) * sum(durations) / len(durations)
-                print(epoch_line(row, tc.epochs, eta), flush=True)
+                _say(epoch_line(row, tc.epochs, eta))
                 log.write(history)
             meta = checkpoint_meta(cfg_dict, epoch, config["dataset_id"], joints, config["layout"], row)
             train_state = build_train_state(optimizer, scheduler, epoch, rng_states, history)
-            _report(row, net, meta, train_state, rank, config["run_uri"], local_mode, tc.keep_best)
+            _report(row, net, meta, train_state, rank, config["run_loc"], local_mode, tc.keep_best,
+                    config.get("local_callbacks") or [])
     finally:
         if log is not None:
             log.close()
 
 
-def _report(row: dict, net: torch.nn.Module, meta: dict, train_state: dict, rank: int, run_uri: str,
-            local_mode: bool, keep_best: int) -> None:
+def _report(row: dict, net: torch.nn.Module, meta: dict, train_state: dict, rank: int, run_uri: Location,
+            local_mode: bool, keep_best: int, local_callbacks: list) -> None:
     """Persist this epoch's checkpoint (rank 0) and report its metrics (every worker: a barrier)."""
     import ray.train
 
@@ -200,6 +209,8 @@ def _report(row: dict, net: torch.nn.Module, meta: dict, train_state: dict, rank
         write_checkpoint(run_uri, epoch, net.state_dict(), meta, train_state)
         prune(run_uri, keep_best)
         ray.train.report(metrics)
+        for callback in local_callbacks:  # e.g. Tune's TuneReportCallback (same process here)
+            callback.after_report(None, [metrics], None)
         return
     tmp = tempfile.mkdtemp(prefix="raylift-ckpt-")
     try:

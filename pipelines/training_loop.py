@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -87,38 +87,21 @@ def masked_error_sums(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tens
 
 
 @torch.no_grad()
-def validation_sums(
-    model: nn.Module,
-    batches: Iterator[dict],
-    device: torch.device,
-    bf16: bool = False,
-    shard: tuple[int, int] = (0, 1),
-    max_windows: Optional[int] = None,
-) -> tuple[float, float]:
+def validation_sums(model: nn.Module, batches: Iterable[dict], device: torch.device, bf16: bool = False) -> tuple[float, float]:
     """Masked MPJPE sums of `model` over `batches` (no test-time flip; flipped windows skipped).
 
-    `shard=(rank, world)` makes this worker score only batches whose index % world == rank, so
-    workers that each read the whole split split the work without dropping a window.
-    `max_windows` caps the windows read (all workers read the same ones, so the cap is global).
+    Returns (sum of per-frame errors in metres, frames counted); sums of several workers add up.
     """
-    rank, world = shard
     was_training = model.training
     model.eval()
-    total, count, seen = 0.0, 0.0, 0
+    total, count = 0.0, 0.0
     try:
-        for i, batch in enumerate(batches):
-            n = int(batch["keypoints_2d"].shape[0])
-            if max_windows is not None and seen >= max_windows:
-                break
-            take = n if max_windows is None else min(n, max_windows - seen)
-            seen += take
-            if i % world != rank:
-                continue
-            keep = ~batch["flipped"].to(torch.bool).reshape(-1)[:take]
-            mask = batch["mask"][:take].to(device) * keep.to(device).unsqueeze(1)
+        for batch in batches:
+            keep = ~batch["flipped"].to(torch.bool).reshape(-1)
+            mask = batch["mask"].to(device) * keep.to(device).unsqueeze(1)
             with autocast(device, bf16):
-                pred = model(batch["keypoints_2d"][:take].to(device))
-            s, c = masked_error_sums(pred, batch["positions_3d"][:take].to(device), mask)
+                pred = model(batch["keypoints_2d"].to(device))
+            s, c = masked_error_sums(pred, batch["positions_3d"].to(device), mask)
             total += s
             count += c
     finally:

@@ -149,7 +149,9 @@ def tune_experiment(raw: dict, name: str, storage_path: str, resume: bool = Fals
     cfg, dims = check_space(raw)
     experiment_dir = _local_dir(storage_path, name)
     if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+        # A named cluster (flag or RAY_ADDRESS), else a fresh local one (never a stray `ray start`).
+        # The dashboard stays on: Train frees stopped trials' resources through its state API.
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=False)
     datasets = prepare_datasets(raw, dims, progress)
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base_raw=raw, datasets=datasets,

@@ -31,7 +31,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -348,7 +348,10 @@ def _write_shard_row(row: dict, sources: list, job: WindowJob) -> dict:
     plan = ShardPlan(spec["split"], spec["index"], [[tuple(p) for p in g] for g in spec["groups"]])
     needed = sorted({i for g in plan.groups for i, _, _ in g})
     fetched = dict(zip(needed, ray.get([sources[i] for i in needed])))
-    return write_shard(plan, fetched, job)
+    try:
+        return {**write_shard(plan, fetched, job), "error": ""}
+    except DataError as e:  # returned, not raised: Ray's task-error wrapping would lose the type
+        return {"split": plan.split, "path": plan.path, "rows": 0, "bytes": 0, "sha256": "", "error": str(e)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -562,14 +565,11 @@ def _run_shard_tasks(plans: list[ShardPlan], sources: list[WindowSource], job: W
     records = []
     try:
         for record in ds.iter_rows():
-            records.append(dict(record))
+            if record["error"]:
+                raise DataError(record["error"])
+            records.append({k: v for k, v in record.items() if k != "error"})
             progress(f"  wrote {record['path']} ({record['rows']} windows, {record['bytes'] / 1e6:.1f} MB) "
                      f"[{len(records)}/{len(plans)}]")
-    except ray.exceptions.RayTaskError as e:
-        cause = e.as_instanceof_cause()
-        if isinstance(cause, DataError):
-            raise DataError(str(cause).splitlines()[-1]) from None
-        raise
     finally:
         del refs
     return records

@@ -174,20 +174,37 @@ def default_split(subjects: list[str]) -> tuple[list[str], list[str]]:
 # ----------------------------------------------------------------------------- signals
 
 
+def _fast_len(n: int) -> int:
+    """Smallest m >= n whose prime factors are 2, 3 and 5 (fast FFT sizes)."""
+    m = n
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
+
+
+def _lowpass(x: np.ndarray, sigma: float) -> np.ndarray:
+    """Circular Gaussian convolution along axis 0 via FFT (x's length should be a fast size)."""
+    m = x.shape[0]
+    t = np.arange(m)
+    kernel = np.exp(-0.5 * (np.minimum(t, m - t) / sigma) ** 2)
+    kernel /= kernel.sum()
+    kf = np.fft.rfft(kernel).reshape((-1,) + (1,) * (x.ndim - 1))
+    return np.fft.irfft(np.fft.rfft(x, axis=0) * kf, n=m, axis=0)
+
+
 def smooth(x: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian low-pass along axis 0 (edge-padded, via FFT); sigma in frames."""
+    """Gaussian low-pass along axis 0 (edge-padded, so steps and ends are not wrapped); sigma in frames."""
     if sigma <= 0:
         return x
     pad = int(np.ceil(3 * sigma))
-    xp = np.pad(x, [(pad, pad)] + [(0, 0)] * (x.ndim - 1), mode="edge")
-    n = xp.shape[0]
-    t = np.arange(n)
-    t = np.minimum(t, n - t)
-    kernel = np.exp(-0.5 * (t / sigma) ** 2)
-    kernel /= kernel.sum()
-    kf = np.fft.rfft(kernel).reshape((-1,) + (1,) * (x.ndim - 1))
-    out = np.fft.irfft(np.fft.rfft(xp, axis=0) * kf, n=n, axis=0)
-    return out[pad:pad + x.shape[0]]
+    total = _fast_len(x.shape[0] + 2 * pad)
+    xp = np.pad(x, [(pad, total - x.shape[0] - pad)] + [(0, 0)] * (x.ndim - 1), mode="edge")
+    return _lowpass(xp, sigma)[pad:pad + x.shape[0]]
 
 
 def correlated_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
@@ -195,15 +212,12 @@ def correlated_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: fl
     if sigma <= 0:
         return rng.standard_normal(shape)
     pad = int(np.ceil(4 * sigma))
-    white = rng.standard_normal((shape[0] + 2 * pad,) + tuple(shape[1:]))  # no edge effects
-    m = white.shape[0]
-    t = np.arange(m)
-    kernel = np.exp(-0.5 * (np.minimum(t, m - t) / sigma) ** 2)
-    kernel /= kernel.sum()
-    gain = np.sqrt(np.sum(kernel**2))  # std of low-passed unit white noise
-    kf = np.fft.rfft(kernel).reshape((-1,) + (1,) * (len(shape) - 1))
-    out = np.fft.irfft(np.fft.rfft(white, axis=0) * kf, n=m, axis=0)
-    return out[pad:pad + shape[0]] / gain
+    total = _fast_len(shape[0] + 2 * pad)
+    white = rng.standard_normal((total,) + tuple(shape[1:]))  # longer than needed: no edge effects
+    t = np.arange(-pad, pad + 1)
+    kernel = np.exp(-0.5 * (t / sigma) ** 2)
+    gain = np.sqrt(np.sum((kernel / kernel.sum()) ** 2))  # std of low-passed unit white noise
+    return _lowpass(white, sigma)[pad:pad + shape[0]] / gain
 
 
 def holds(rng: np.random.Generator, n: int, fps: float, hold_s: tuple[float, float],
@@ -433,64 +447,86 @@ _STYLE = {
 }
 
 
+def _body_and_arms(a: dict[str, np.ndarray], arm_style: str, walking: bool, n: int, fps: float,
+                   rng: np.random.Generator) -> None:
+    """Aperiodic arm targets of the activity's style, trunk/head wandering, gestures and waving."""
+    _set_arms(a, holds(rng, n, fps, (1.5, 4.0), _arm_targets(arm_style), 0.8))
+    body = holds(rng, n, fps, (2.0, 5.0), lambda r, k: np.stack(
+        [r.uniform(-3, 12, k), r.uniform(-6, 6, k), r.uniform(-15, 15, k), r.uniform(-15, 20, k),
+         r.uniform(-40, 40, k)], -1), 1.0)  # lean, side, twist, nod, turn (degrees)
+    for i, name in enumerate(("lean", "side", "twist", "nod", "turn")):
+        a[name] += _deg(body[:, i] * (0.4 if walking else 1.0))
+    if arm_style == "gesture":  # talking hands
+        for sfx in ("l", "r"):
+            a[f"elbow_{sfx}"] += _deg(12 * correlated_noise(rng, (n,), 0.15 * fps))
+    if arm_style == "wave":  # waving: the raised forearm oscillates at 2-3 Hz; occasional bows
+        wave = _deg(25) * np.sin(2 * np.pi * rng.uniform(2.0, 3.0) * np.arange(n) / fps)
+        for sfx in ("l", "r"):
+            a[f"elbow_{sfx}"] += np.where(a[f"sh_abd_{sfx}"] > _deg(45), wave, 0.0)
+        bows = lambda r, k: np.where(r.random(k) < 0.25, 30.0, 0.0)  # noqa: E731
+        a["lean"] += _deg(holds(rng, n, fps, (1.5, 4.0), bows, 0.6))
+
+
+_WALK_SPEED = {"Walking": (1.1, 1.5), "WalkTogether": (0.8, 1.1), "Phoning": (0.6, 1.0), "WalkDog": (1.0, 1.4)}
+
+
+def _walk(activity: str, a: dict[str, np.ndarray], bones: dict[str, float], n: int, fps: float,
+          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Locomotion along a closed path: (pelvis-relative joints (n,17,3), pelvis xy (n,2))."""
+    speed = np.maximum(rng.uniform(*_WALK_SPEED[activity]) * (1 + 0.12 * correlated_noise(rng, (n,), 1.5 * fps)), 0.2)
+    if activity == "WalkDog":  # the dog pulls: jogging bursts, leash arm forward
+        bursts = lambda r, k: np.where(r.random(k) < 0.4, r.uniform(1.0, 1.6, k), 0.0)  # noqa: E731
+        speed += holds(rng, n, fps, (2.0, 5.0), bursts, 1.0)
+        a["sh_flex_r"] = np.full(n, _deg(35))
+        a["elbow_r"] = np.full(n, _deg(45))
+    if activity == "WalkTogether":  # looking at the companion
+        a["turn"] += _deg(25)
+    xy, yaw = _path(rng, n, fps, speed)
+    _gait(a, speed, np.gradient(yaw) * fps, fps, arm_swing=0.3 if activity in ("Phoning", "WalkDog") else 1.0)
+    return forward_kinematics(a, yaw, bones), xy
+
+
+def _stationary(activity: str, kind: str, a: dict[str, np.ndarray], bones: dict[str, float], n: int,
+                fps: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Standing or sitting with feet planted, turning in place (stepping while turning)."""
+    anchor = VOLUME_CENTRE + rng.uniform(-0.5, 0.5, 2) * VOLUME_RADII / 2
+    turns = lambda r, k: np.cumsum(r.uniform(-120, 120, k))  # noqa: E731
+    yaw = rng.uniform(0, 2 * np.pi) + _deg(holds(rng, n, fps, (2.0, 6.0), turns, 1.2))
+    turn_rate = np.gradient(yaw) * fps
+    if kind == "sit":
+        if activity == "SittingDown":  # stand <-> sit, on a chair or into a deep squat
+            sit = lambda r, k: (np.arange(k) + r.integers(0, 2)) % 2 * r.uniform(0.8, 1.0, k)  # noqa: E731
+            depth = holds(rng, n, fps, (1.5, 4.0), sit, 1.2)
+            chair = holds(rng, n, fps, (3.0, 6.0), lambda r, k: (r.random(k) < 0.6).astype(float), 0.5)
+        else:
+            depth = np.clip(1.0 + 0.03 * correlated_noise(rng, (n,), fps), 0, 1)
+            chair = np.ones(n)
+        _squat(a, depth, np.clip(chair, 0, 1))
+        yaw = yaw[0] + (yaw - yaw[0]) * (1 - depth) * 0.3  # hardly turns while seated
+        turn_rate = np.gradient(yaw) * fps * (1 - depth)
+    elif activity in ("Purchases", "Photo", "Posing"):  # occasional crouch
+        crouch = lambda r, k: np.where(r.random(k) < 0.3, r.uniform(0.2, 0.6, k), 0.0)  # noqa: E731
+        _squat(a, holds(rng, n, fps, (2.0, 5.0), crouch, 0.8), np.zeros(n))
+    _gait(a, np.zeros(n), turn_rate, fps, arm_swing=0.0)
+    rel = forward_kinematics(a, yaw, bones)
+    feet = 0.5 * (rel[:, 3, :2] + rel[:, 6, :2])
+    return rel, anchor - feet  # feet planted at the anchor: the pelvis moves over them
+
+
 def generate_clip(activity: str, bones: dict[str, float], n: int, fps: float, rng: np.random.Generator) -> np.ndarray:
     """(n, 17, 3) world positions in metres (z up) of one clip of `activity`."""
     if n < 2:  # velocities need two frames
         return generate_clip(activity, bones, 2, fps, rng)[:n]
     arm_style, kind = _STYLE[activity]
     a = _neutral(n)
-    _set_arms(a, holds(rng, n, fps, (1.5, 4.0), _arm_targets(arm_style), 0.8))
-    body = holds(rng, n, fps, (2.0, 5.0), lambda r, k: np.stack(
-        [r.uniform(-3, 12, k), r.uniform(-6, 6, k), r.uniform(-15, 15, k), r.uniform(-15, 20, k), r.uniform(-40, 40, k)], -1), 1.0)
-    for i, name in enumerate(("lean", "side", "twist", "nod", "turn")):
-        a[name] += _deg(body[:, i] * (0.4 if kind == "walk" else 1.0))
-    if arm_style == "gesture":  # talking hands
-        a["elbow_l"] += _deg(12 * correlated_noise(rng, (n,), 0.15 * fps))
-        a["elbow_r"] += _deg(12 * correlated_noise(rng, (n,), 0.15 * fps))
-    if arm_style == "wave":  # waving: forearm oscillates at ~2.5 Hz
-        wave = _deg(25) * np.sin(2 * np.pi * rng.uniform(2.0, 3.0) * np.arange(n) / fps)
-        waving = a["sh_abd_r"] > _deg(45), a["sh_abd_l"] > _deg(45)
-        a["elbow_r"] += np.where(waving[0], wave, 0.0)
-        a["elbow_l"] += np.where(waving[1], wave, 0.0)
-        a["lean"] += _deg(holds(rng, n, fps, (1.5, 4.0), lambda r, k: np.where(r.random(k) < 0.25, 30.0, 0.0), 0.6))
-
+    _body_and_arms(a, arm_style, kind == "walk", n, fps, rng)
     if kind == "walk":
-        base = {"Walking": (1.1, 1.5), "WalkTogether": (0.8, 1.1), "Phoning": (0.6, 1.0), "WalkDog": (1.0, 1.4)}[activity]
-        speed = np.maximum(rng.uniform(*base) * (1 + 0.12 * correlated_noise(rng, (n,), 1.5 * fps)), 0.2)
-        if activity == "WalkDog":  # the dog pulls: jogging bursts, leash arm forward
-            speed += holds(rng, n, fps, (2.0, 5.0), lambda r, k: np.where(r.random(k) < 0.4, r.uniform(1.0, 1.6, k), 0.0), 1.0)
-            a["sh_flex_r"] = np.full(n, _deg(35))
-            a["elbow_r"] = np.full(n, _deg(45))
-        if activity == "WalkTogether":
-            a["turn"] += _deg(25)
-        xy, yaw = _path(rng, n, fps, speed)
-        turn_rate = np.gradient(yaw) * fps
-        _gait(a, speed, turn_rate, fps, arm_swing=0.3 if activity in ("Phoning", "WalkDog") else 1.0)
-        rel = forward_kinematics(a, yaw, bones)
-        root_xy = xy
+        rel, root_xy = _walk(activity, a, bones, n, fps, rng)
     else:
-        anchor = VOLUME_CENTRE + rng.uniform(-0.5, 0.5, 2) * VOLUME_RADII / 2
-        yaw = rng.uniform(0, 2 * np.pi) + _deg(holds(rng, n, fps, (2.0, 6.0), lambda r, k: np.cumsum(r.uniform(-120, 120, k)), 1.2))
-        turn_rate = np.gradient(yaw) * fps
-        if kind == "sit":
-            if activity == "SittingDown":  # stand <-> sit, chair or deep squat
-                depth = holds(rng, n, fps, (1.5, 4.0), lambda r, k: (np.arange(k) + r.integers(0, 2)) % 2 * r.uniform(0.8, 1.0, k), 1.2)
-                chair = holds(rng, n, fps, (3.0, 6.0), lambda r, k: (r.random(k) < 0.6).astype(float), 0.5)
-            else:
-                depth = np.clip(1.0 + 0.03 * correlated_noise(rng, (n,), fps), 0, 1)
-                chair = np.ones(n)
-            _squat(a, depth, np.clip(chair, 0, 1))
-            yaw = yaw[0] + (yaw - yaw[0]) * (1 - depth) * 0.3  # hardly turns while seated
-            turn_rate = np.gradient(yaw) * fps * (1 - depth)
-        elif activity in ("Purchases", "Photo", "Posing"):  # occasional crouch
-            _squat(a, holds(rng, n, fps, (2.0, 5.0), lambda r, k: np.where(r.random(k) < 0.3, r.uniform(0.2, 0.6, k), 0.0), 0.8), np.zeros(n))
-        _gait(a, np.zeros(n), turn_rate, fps, arm_swing=0.0)
-        rel = forward_kinematics(a, yaw, bones)
-        feet = 0.5 * (rel[:, 3, :2] + rel[:, 6, :2])
-        root_xy = anchor - feet  # feet planted at the anchor: the pelvis moves over them
+        rel, root_xy = _stationary(activity, kind, a, bones, n, fps, rng)
     world = rel.copy()
     world[:, :, :2] += root_xy[:, None, :]
-    world[:, :, 2] += ANKLE_HEIGHT - np.minimum(rel[:, 3, 2], rel[:, 6, 2])[:, None]
+    world[:, :, 2] += ANKLE_HEIGHT - np.minimum(rel[:, 3, 2], rel[:, 6, 2])[:, None]  # stance ankle on the floor
     return world
 
 

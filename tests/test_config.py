@@ -26,7 +26,7 @@ def test_unknown_key_is_named_with_alternatives():
 
 
 def test_wrong_types_are_named():
-    with pytest.raises(ConfigError, match=r"data.windows.frames: got 'x', expected an integer"):
+    with pytest.raises(ConfigError, match=r"^windows.frames: got 'x', expected an integer"):
         parse_dataclass(DataConfig, {"windows": {"frames": "x"}})
     with pytest.raises(ConfigError, match=r"train.use_gpu: got 1, expected true or false"):
         config_from_dict({"train": {"use_gpu": 1}})

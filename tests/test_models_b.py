@@ -23,6 +23,15 @@ TINY_FUSION = dict(dim=8, L_s=1, L_c=1, heads=2, refine_hidden=32)
 TINY_MV = dict(dim=8, spatial_depth=2, relation_depth=1, heads=2)
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny models are overhead-bound: intra-op threads only contend with other processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def block_params(d: int, mlp_ratio: float = 2.0) -> int:
     """Pre-norm ViT block: 2 LayerNorms, qkv, proj, fc1, fc2 (all with bias)."""
     h = int(d * mlp_ratio)
@@ -228,38 +237,39 @@ def test_multiview_grads_determinism_bf16():
 # ---------------------------------------------------------------------------------------------- Overfit
 
 
-def _overfit(model, x, loss_fn, steps=300, lr=2e-3) -> tuple[float, float]:
+def _overfit(model, x, loss_fn, lr: float, steps: int = 200) -> tuple[float, float]:
+    """Adam on one fixed batch; returns (first, last) loss."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    first = last = None
+    losses = []
     for _ in range(steps):
         loss = loss_fn(model, x)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        first = loss.item() if first is None else first
-        last = loss.item()
-    return first, last
+        losses.append(loss.item())
+    return losses[0], losses[-1]
 
 
 def test_tiny_models_memorise_a_handful_of_windows():
     torch.manual_seed(0)
-    t, j = 9, 17
-    pose3d = 0.3 * torch.randn(6, t, 4, j, 3)  # 6 windows, 4 views
+    t, j, c = 5, 17, 2
+    pose3d = 0.3 * torch.randn(4, t, 2, j, 3)  # 4 windows, 2 views
     kp = pose3d[..., :2] / (pose3d[..., 2:] + 5.0) * 2.3  # roughly perspective 2D
+    zero = mpjpe(torch.zeros_like(pose3d), pose3d).item()  # error of predicting nothing (~0.48)
 
     cross = CrossFormer(CrossFormerConfig(**TINY_CROSS, drop_path_rate=0.0), t, j)
-    first, last = _overfit(cross, kp[:, :, 0], lambda m, x: mpjpe(m(x), pose3d[:, t // 2 : t // 2 + 1, 0]))
-    assert last < first / 10, (first, last)
+    first, last = _overfit(cross, kp[:, :, 0], lambda m, x: mpjpe(m(x), pose3d[:, c : c + 1, 0]), lr=2e-3)
+    assert last < first / 10 and last < zero / 5, (first, last, zero)
 
     fusion = Fusionformer(FusionformerConfig(**TINY_FUSION, refine_drop=0.0, drop_path_rate=0.0), t, j)
 
     def fusion_loss(m, x):
         out = m(x, return_all=True)
-        return mpjpe(out["pose"], pose3d[:, :, 0]) + mpjpe(out["refined"], pose3d[:, t // 2 : t // 2 + 1, 0])
+        return mpjpe(out["pose"], pose3d[:, :, 0]) + mpjpe(out["refined"], pose3d[:, c : c + 1, 0])
 
-    first, last = _overfit(fusion, kp[:, :, 0], fusion_loss)
-    assert last < first / 10, (first, last)
+    first, last = _overfit(fusion, kp[:, :, 0], fusion_loss, lr=4e-3)
+    assert last < first / 10 and last < 2 * zero / 5, (first, last, zero)
 
     mv = MultiViewRelationTransformer(MultiViewConfig(**TINY_MV, spatial_window=4, drop_path_rate=0.0), t, j)
-    first, last = _overfit(mv, kp, lambda m, x: mpjpe(m(x), pose3d))
-    assert last < first / 10, (first, last)
+    first, last = _overfit(mv, kp, lambda m, x: mpjpe(m(x), pose3d), lr=1e-3, steps=300)
+    assert last < first / 10 and last < zero / 5, (first, last, zero)

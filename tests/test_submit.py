@@ -96,6 +96,27 @@ def test_submit_refuses_bad_commands_before_connecting(tmp_path):
     assert out.returncode == 2 and "unrecognized arguments: --no-such-flag" in out.stderr
 
 
+@pytest.mark.slow
+def test_cluster_local_down_leaves_no_process_it_started(tmp_path):
+    up = raylift("cluster", "local", "up", "--nodes", "2", "--dir", str(tmp_path), cwd=tmp_path, timeout=180)
+    assert up.returncode == 0, up.stdout + up.stderr
+    state = json.loads((tmp_path / "cluster.json").read_text())
+    assert [n["ip"] for n in state["nodes"]] == ["127.0.0.1", "127.0.0.2"]
+    pgids = [n["pgid"] for n in state["nodes"]]
+    assert all(group_members(g) for g in pgids)
+    status = raylift("cluster", "local", "status", "--dir", str(tmp_path), cwd=tmp_path)
+    assert status.returncode == 0 and status.stdout.count("alive") == 2
+    again = raylift("cluster", "local", "up", "--dir", str(tmp_path), cwd=tmp_path)
+    assert again.returncode == 2 and "still running" in again.stderr
+
+    down = raylift("cluster", "local", "down", "--dir", str(tmp_path), cwd=tmp_path, timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert not any(group_members(g) for g in pgids)
+    assert not (tmp_path / "cluster.json").exists()
+    gone = raylift("cluster", "local", "status", "--dir", str(tmp_path), cwd=tmp_path)
+    assert gone.returncode == 2 and "no local cluster recorded" in gone.stderr
+
+
 # -------------------------------------------------------------------------------------------
 # Against a real 2-node local cluster
 
@@ -197,24 +218,3 @@ def test_failing_job_exits_nonzero_with_its_error_and_jobs_lists_it(cluster, tmp
     assert stop.returncode == 0 and second in stop.stdout
     missing = raylift("jobs", "logs", "raylift-no-such-job", "--address", cluster["dashboard"], cwd=tmp_path)
     assert missing.returncode == 2 and "not found" in missing.stderr
-
-
-@pytest.mark.slow
-def test_cluster_local_down_leaves_no_process_it_started(tmp_path):
-    up = raylift("cluster", "local", "up", "--nodes", "2", "--dir", str(tmp_path), cwd=tmp_path, timeout=180)
-    assert up.returncode == 0, up.stdout + up.stderr
-    state = json.loads((tmp_path / "cluster.json").read_text())
-    assert [n["ip"] for n in state["nodes"]] == ["127.0.0.1", "127.0.0.2"]
-    pgids = [n["pgid"] for n in state["nodes"]]
-    assert all(group_members(g) for g in pgids)
-    status = raylift("cluster", "local", "status", "--dir", str(tmp_path), cwd=tmp_path)
-    assert status.returncode == 0 and status.stdout.count("alive") == 2
-    again = raylift("cluster", "local", "up", "--dir", str(tmp_path), cwd=tmp_path)
-    assert again.returncode == 2 and "still running" in again.stderr
-
-    down = raylift("cluster", "local", "down", "--dir", str(tmp_path), cwd=tmp_path, timeout=120)
-    assert down.returncode == 0, down.stderr
-    assert not any(group_members(g) for g in pgids)
-    assert not (tmp_path / "cluster.json").exists()
-    gone = raylift("cluster", "local", "status", "--dir", str(tmp_path), cwd=tmp_path)
-    assert gone.returncode == 2 and "no local cluster recorded" in gone.stderr

@@ -110,17 +110,15 @@ def test_masked_error_sums_count_only_real_frames():
         masked_error_sums(pred, target[:, :1], mask)
 
 
-def test_validation_shards_add_up_to_the_whole():
+def test_validation_sums_skip_flipped_windows():
     cfg = tiny_cfg()
     model = tiny_model(cfg)
-    batches = [fake_batch(3, seed=s) for s in range(5)]
-    batches[1]["flipped"][:] = True  # flipped copies are skipped
-    whole = validation_sums(model, iter(batches), torch.device("cpu"))
-    parts = [validation_sums(model, iter(batches), torch.device("cpu"), shard=(r, 2)) for r in range(2)]
-    assert whole[1] == 4 * 3 * T
-    assert sum(p[0] for p in parts) == pytest.approx(whole[0]) and sum(p[1] for p in parts) == whole[1]
-    capped = validation_sums(model, iter(batches), torch.device("cpu"), max_windows=4)
-    assert capped[1] == 3 * T + 0  # window 4 of the cap is in the flipped batch
+    batches = [fake_batch(3, seed=s) for s in range(3)]
+    whole = validation_sums(model, batches, torch.device("cpu"))
+    batches[1]["flipped"][:] = True
+    without = validation_sums(model, batches, torch.device("cpu"))
+    alone = validation_sums(model, batches[1:2], torch.device("cpu"))
+    assert whole[1] == 3 * 3 * T and without[1] == 2 * 3 * T and alone == (0.0, 0.0)
     assert model.training  # mode restored
 
 
@@ -262,3 +260,77 @@ def test_unwrap_returns_the_plain_module():
     model = torch.nn.Linear(2, 2)
     compiled = torch.compile(model)
     assert unwrap(compiled) is model and unwrap(model) is model
+
+
+# ----------------------------------------------------------------------------- real runs
+@pytest.fixture(scope="module")
+def ray_private():
+    """A private local Ray (2 CPUs): address="local" never joins another process's cluster."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+def synthetic_cfg(tmp_path, **train):
+    return config_from_dict({
+        "name": "tiny",
+        "data": {
+            "source": {"kind": "synthetic", "synthetic": {
+                "subjects": ["S1", "S9"], "actions_per_subject": 1, "frames_per_action": 120,
+                "out_dir": str(tmp_path / "synthetic")}},
+            "windows": {"mode": "seq2seq", "frames": 9},
+            "root": str(tmp_path / "datasets"),
+            "rows_per_group": 16,
+        },
+        "model": {"name": "mixste", "dim": 16, "depth": 1, "heads": 2, "drop_path_rate": 0.0},
+        "train": {"epochs": 2, "batch_size": 16, "lr": 2e-3, "num_workers": 0, "shuffle_buffer": 32,
+                  "storage_path": str(tmp_path / "runs"), "evaluate": False, **train},
+        "eval": {"batch_size": 64},
+    })
+
+
+def test_driver_process_run_resumes_and_refuses_mismatches(tmp_path, ray_private):
+    from pipelines.train import run_training
+    from pipelines.train_data import iter_val_batches
+    from preprocessing.readers import load_split_arrays
+
+    lines: list[str] = []
+    out = run_training(synthetic_cfg(tmp_path, evaluate=True), progress=lines.append)
+    run = tmp_path / "runs" / "tiny"
+    assert out.run_uri == str(run)
+    assert [h["epoch"] for h in out.history] == [1, 2] and all(h["val_mpjpe"] > 0 for h in out.history)
+    assert [r["epoch"] for r in read_csv(str(run))] == [1, 2]
+    assert (run / "training_curves.png").stat().st_size > 5000 and (run / "config.yaml").is_file()
+    assert (run / "eval" / "results.md").is_file() and {"model", "baseline"} <= set(out.evaluation["results"])
+    assert any("best checkpoint:" in line for line in lines)
+    # Validation shares: two workers' row groups together are the whole test split, once.
+    n_test = len(load_split_arrays(out.dataset_uri, "test")["mask"])
+    shares = [sum(len(b["mask"]) for b in iter_val_batches(out.dataset_uri, "test", 7, r, 2)) for r in (0, 1)]
+    assert sum(shares) == n_test and min(shares) > 0
+    assert sum(len(b["mask"]) for b in iter_val_batches(out.dataset_uri, "test", 7, 0, 1, max_windows=10)) == 10
+    kept = [c.epoch for c in list_checkpoints(str(run))]
+    assert 2 in kept and len(kept) <= 2  # the best and the latest
+
+    # The same command with more epochs continues after epoch 2 (the first rows are kept as they were).
+    first_rows = read_csv(str(run))
+    lines.clear()
+    out = run_training(synthetic_cfg(tmp_path, epochs=3), progress=lines.append)
+    assert any("resuming from" in line and checkpoint_name(2) in line for line in lines)
+    rows = read_csv(str(run))
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[:2] == first_rows
+    assert latest(list_checkpoints(str(run))).epoch == 3
+
+    # Another window length or another model under the same run name is refused before training.
+    other_t = synthetic_cfg(tmp_path, epochs=4)
+    other_t.data.windows.frames = 11
+    with pytest.raises(CheckpointError, match="T=9 frames"):
+        run_training(other_t, progress=lines.append)
+    # A damaged latest checkpoint is refused too, naming the file.
+    model_pt = run / checkpoint_name(3) / "model.pt"
+    model_pt.write_bytes(model_pt.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=f"{checkpoint_name(3)}/model.pt"):
+        run_training(synthetic_cfg(tmp_path, epochs=4), progress=lines.append)
