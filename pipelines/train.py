@@ -102,21 +102,20 @@ def _ensure_ray(progress: Callable[[str], None]) -> None:
 
     if ray.is_initialized():
         return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
-        # A private instance: never silently join a cluster some other process started. The
-        # dashboard stays on: Ray Train's placement-group cleaner queries the state API through it.
-        ray.init(address="local")
+    from pipelines.ray_session import init_ray
+
+    # RAY_ADDRESS's cluster, else a private instance (never a stray `ray start` one). The dashboard
+    # stays on: Ray Train's placement-group cleaner queries the state API through it.
+    init_ray()
     res = ray.cluster_resources()
     progress(f"Ray: {len(ray.nodes())} node(s), {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
 
 
 def build_trainer(cfg: ExperimentConfig, dataset_uri: str, loop_config: dict, run_name: str, storage: str,
                   callbacks: Sequence[Any] = ()):
-    """The TorchTrainer for `cfg` (ScalingConfig, RunConfig with checkpoint retention and failure
-    recovery, train/val datasets)."""
+    """The TorchTrainer for `cfg`: ScalingConfig from `cfg.train`, RunConfig with checkpoint
+    retention (best `keep_best` by val_mpjpe + the latest) and failure recovery, and the train
+    split as a Ray Dataset that Ray Train splits across the workers."""
     import ray.train
     from ray.train.torch import TorchTrainer
 

@@ -21,7 +21,7 @@ from preprocessing import storage
 
 CSV_NAME = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
-LEADING_COLUMNS = ("epoch", "loss", "val_mpjpe", "lr", "windows_per_s", "epoch_time_s")
+LEADING_COLUMNS = ("epoch", "loss", "val_mpjpe", "lr", "windows", "windows_per_s", "epoch_time_s")
 
 
 def csv_text(history: list[dict]) -> str:

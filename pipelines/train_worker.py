@@ -173,6 +173,7 @@ def train_loop_per_worker(config: dict) -> None:
                 "loss": loss_sum / max(steps, 1),
                 "val_mpjpe": 1000.0 * err / count if count else float("nan"),
                 "lr": current_lr(optimizer),
+                "windows": int(windows),
                 "windows_per_s": windows / max(train_time, 1e-9),
                 "epoch_time_s": elapsed,
                 "workers": world,

@@ -25,7 +25,8 @@ from typing import Any, Optional
 import yaml
 
 from pipelines.config import ExperimentConfig, add_config_arguments, config_from_dict, load_config
-from pipelines.schema import ConfigError, apply_overrides, apply_values, load_yaml, to_dict
+from pipelines.ray_session import init_ray
+from pipelines.schema import ConfigError, apply_overrides, apply_values, load_yaml
 from pipelines.search_space import (
     candidate_overrides,
     data_key,
@@ -109,6 +110,11 @@ def _trial(config: dict, base_raw: dict, datasets: dict[str, str], train_storage
 
     overrides = config["overrides"]
     cfg = config_from_dict(apply_values(base_raw, overrides))
+    # Failures are retried by Tune (tune.max_failures), which resumes this same Train run from its
+    # last checkpoint. Train-level retries must be off here: when Tune stops a trial (ASHA), its
+    # workers die first, and a retrying controller would place a new worker group just before it
+    # is killed itself, leaking that placement group's CPUs to every later trial.
+    cfg.train.max_failures = 0
     # The trial id is stable across trial restarts, so a retried trial resumes its Train run.
     run_training(
         cfg,
@@ -149,9 +155,8 @@ def tune_experiment(raw: dict, name: str, storage_path: str, resume: bool = Fals
     cfg, dims = check_space(raw)
     experiment_dir = _local_dir(storage_path, name)
     if not ray.is_initialized():
-        # A named cluster (flag or RAY_ADDRESS), else a fresh local one (never a stray `ray start`).
         # The dashboard stays on: Train frees stopped trials' resources through its state API.
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=False)
+        init_ray(address, log_to_driver=False)
     datasets = prepare_datasets(raw, dims, progress)
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base_raw=raw, datasets=datasets,
@@ -212,11 +217,11 @@ def collect_rows(grid, base_raw: dict, metric: str) -> list[dict[str, Any]]:
         cfg = config_from_dict(apply_values(base_raw, overrides))
         df = result.metrics_dataframe
         values = df[metric].dropna() if df is not None and metric in df else []
-        joints = 17
-        params = count_parameters(build_model(cfg.model, frames=cfg.data.windows.frames, joints=joints))
+        # Every supported layout (H36M, MPI-INF-3DHP) has 17 joints.
+        params = count_parameters(build_model(cfg.model, frames=cfg.data.windows.frames, joints=17))
         rows.append({
-            **{k: v for k, v in overrides.items()},
-            "frames": cfg.data.windows.frames,
+            **overrides,
+            "T": cfg.data.windows.frames,
             "depth": getattr(cfg.model, "depth", None),
             "params": params,
             "best_" + metric: float(min(values)) if len(values) else None,
@@ -236,8 +241,10 @@ def write_results(rows: list[dict[str, Any]], base_raw: dict, out_dir: Path) -> 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows)
-    df.to_csv(out_dir / "trials.csv", index=False)
-    markdown = _markdown_table(df)
+    # T and depth have their own columns; the searched keys behind them would repeat them.
+    table = df.drop(columns=[c for c in (FRAMES_KEY, DEPTH_KEY) if c in df.columns])
+    table.to_csv(out_dir / "trials.csv", index=False)
+    markdown = _markdown_table(table)
     (out_dir / "trials.md").write_text(markdown + "\n")
     plot_metric_vs_frames(df, out_dir / "mpjpe_vs_frames.png")
     best_path = out_dir / "best.yaml"
@@ -263,20 +270,24 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+def _cell(column: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.2f}" if column.startswith("best_") else f"{value:.1f}" if column == "wall_s" else f"{value:g}"
+    return str(value)
+
+
 def _markdown_table(df) -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in df.iterrows():
-        cells = []
-        for c in cols:
-            v = row[c]
-            cells.append(f"{v:.2f}" if isinstance(v, float) and not math.isnan(v) else ("" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)))
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(_cell(c, row[c]) for c in cols) + " |")
     return "\n".join(lines)
 
 
 def plot_metric_vs_frames(df, path: Path) -> None:
-    """Best MPJPE against T, one line per depth (markers only where a trial finished)."""
+    """Best MPJPE against T, one line per depth; hollow markers for trials ASHA stopped early."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -286,13 +297,20 @@ def plot_metric_vs_frames(df, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     data = df[df[metric_col].notna()]
     for depth, group in sorted(data.groupby(data["depth"].fillna(-1)), key=lambda g: g[0]):
-        best = group.groupby("frames")[metric_col].min().sort_index()
+        best = group.loc[group.groupby("T")[metric_col].idxmin()].sort_values("T")
         label = f"depth {int(depth)}" if depth >= 0 else "model"
-        ax.plot(best.index, best.values, marker="o", label=label)
+        line, = ax.plot(best["T"], best[metric_col], label=label)
+        done = best["status"] == "DONE"
+        ax.scatter(best["T"][done], best[metric_col][done], color=line.get_color(), zorder=3)
+        ax.scatter(best["T"][~done], best[metric_col][~done], facecolors="white",
+                   edgecolors=line.get_color(), zorder=3)
+    frames = sorted(data["T"].unique()) if len(data) else []
     ax.set_xscale("log")
+    ax.set_xticks(frames, [str(int(t)) for t in frames])
+    ax.minorticks_off()
     ax.set_xlabel("frames T")
-    ax.set_ylabel(f"{metric_col.replace('best_', 'best ')} (mm)")
-    ax.set_title("Tune: validation MPJPE against frame count")
+    ax.set_ylabel(f"best {metric_col[len('best_'):]} (mm)")
+    ax.set_title("Tune: validation MPJPE against frame count (hollow: stopped early)")
     if len(data):
         ax.legend()
     ax.grid(True, alpha=0.3)

@@ -19,7 +19,7 @@ from preprocessing.readers import iter_torch_batches, load_split_arrays, open_sp
 from preprocessing.shards import build_dataset
 from preprocessing.skeleton import H36M17
 from preprocessing.storage import open_location
-from tests.test_shards import config, ray_private, sequences, source_files  # noqa: F401  (fixture)
+from tests.test_shards import config, sequences, source_files
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def s3_objects(server, prefix: str) -> list[str]:
     return sorted(i.path for i in infos if i.type == pafs.FileType.File)
 
 
-def test_s3_dataset_round_trip_is_identical_to_local(tmp_path, s3_env, ray_private, capsys):
+def test_s3_dataset_round_trip_is_identical_to_local(tmp_path, s3_env, ray_local, capsys):
     seqs, files = sequences(), source_files(tmp_path)
     local = build_dataset(config(tmp_path / "local"), seqs, H36M17, files, progress=lambda m: None)
     root = f"s3://{s3_env.bucket}/roundtrip"
@@ -84,7 +84,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_unreachable_s3_endpoint_is_a_data_error(tmp_path, s3_env, monkeypatch, ray_private):
+def test_unreachable_s3_endpoint_is_a_data_error(tmp_path, s3_env, monkeypatch, ray_local):
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
     root = f"s3://{s3_env.bucket}/unreachable"
     t0 = time.monotonic()
@@ -94,7 +94,7 @@ def test_unreachable_s3_endpoint_is_a_data_error(tmp_path, s3_env, monkeypatch, 
     assert s3_env.secret_key not in str(err.value)
 
 
-def test_missing_bucket_is_a_data_error(tmp_path, s3_env, ray_private):
+def test_missing_bucket_is_a_data_error(tmp_path, s3_env, ray_local):
     root = "s3://no-such-bucket-raylift/datasets"
     with pytest.raises(DataError, match="no-such-bucket-raylift"):
         build_dataset(config(root), sequences(), H36M17, source_files(tmp_path), progress=lambda m: None)

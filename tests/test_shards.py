@@ -19,7 +19,9 @@ from pipelines.cli import main as cli_main
 from preprocessing.config import DataConfig, SourceConfig, WindowConfig
 from preprocessing.errors import DataError
 from preprocessing.manifest import list_datasets, verify_dataset
-from preprocessing.readers import iter_torch_batches, load_split_arrays, open_split, read_manifest
+from preprocessing.readers import (
+    RowGroup, batch_rows, iter_torch_batches, load_split_arrays, open_split, plan_read_tasks, read_manifest,
+)
 from preprocessing.shards import build_dataset, compute_id, hash_files, prepare_dataset
 from preprocessing.skeleton import H36M17
 from preprocessing.storage import open_location
@@ -27,18 +29,6 @@ from preprocessing.windows import flip_intrinsics, flip_keypoints_2d, flip_posit
 from tests.test_windows import make_sequence
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def ray_private():
-    """A private local Ray (never another process's cluster) for this module."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
 
 
 def sequences():
@@ -70,7 +60,7 @@ def by_key(seqs):
     return {(s.subject, s.action, s.camera): s for s in seqs}
 
 
-def test_build_read_back_matches_source(tmp_path, ray_private):
+def test_build_read_back_matches_source(tmp_path, ray_local):
     seqs = sequences()
     files = source_files(tmp_path)
     info = build_dataset(config(tmp_path / "ds"), seqs, H36M17, files, progress=lambda m: None)
@@ -144,7 +134,82 @@ def test_build_read_back_matches_source(tmp_path, ray_private):
     assert sum(int(b["flipped"].sum()) for b in batches) == 12
 
 
-def test_same_inputs_give_identical_shards_and_cache_hits(tmp_path, ray_private):
+def pieces_of(sizes: list[int]) -> list[dict]:
+    """Column dicts of consecutive row ids (read-only, like Arrow-backed views)."""
+    out, start = [], 0
+    for n in sizes:
+        ids = np.arange(start, start + n)
+        piece = {"keypoints_2d": np.repeat(ids.astype(np.float32), 6).reshape(n, 3, 1, 2), "flipped": ids % 2 == 1}
+        for v in piece.values():
+            v.flags.writeable = False
+        out.append(piece)
+        start += n
+    return out
+
+
+def ids_of(batches) -> list[np.ndarray]:
+    return [b["keypoints_2d"][:, 0, 0, 0].astype(int) for b in batches]
+
+
+def test_batch_rows_order_shuffle_seed_and_drop_last():
+    sizes = [5, 0, 7, 1, 11]  # 24 rows; batches span pieces
+    plain = list(batch_rows(iter(pieces_of(sizes)), 5))
+    assert [len(x) for x in ids_of(plain)] == [5, 5, 5, 5, 4]
+    np.testing.assert_array_equal(np.concatenate(ids_of(plain)), np.arange(24))
+    assert all(b["keypoints_2d"].flags.writeable and b["keypoints_2d"].flags.c_contiguous for b in plain)
+    np.testing.assert_array_equal(plain[1]["flipped"], np.arange(5, 10) % 2 == 1)
+    assert [len(x) for x in ids_of(batch_rows(iter(pieces_of(sizes)), 5, drop_last=True))] == [5, 5, 5, 5]
+
+    def shuffled(seed, buffer=8):
+        return ids_of(batch_rows(iter(pieces_of(sizes)), 5, buffer, np.random.default_rng(seed)))
+
+    a, b, c = shuffled(0), shuffled(0), shuffled(1)
+    assert sorted(np.concatenate(a).tolist()) == list(range(24))  # every row exactly once
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))  # same seed, same batches
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    assert not np.array_equal(np.concatenate(a), np.arange(24))
+    assert max(np.concatenate(shuffled(2, buffer=4))[:5]) < 5 + 7 + 1  # a local shuffle: early batches from early rows
+    whole = shuffled(3, buffer=1000)  # buffer larger than the data: one global shuffle
+    assert sorted(np.concatenate(whole).tolist()) == list(range(24))
+
+
+def test_plan_read_tasks_keeps_order_and_sizes():
+    groups = [RowGroup(f"u{f}", f"p{f}", i, 10, 40) for f in range(3) for i in range(4)]  # 12 x 40 bytes
+    tasks = plan_read_tasks(groups, parallelism=8, task_bytes=160, block_bytes=80)
+    assert len(tasks) == 3
+    flat = [(path, i) for task in tasks for _, path, idx in task for i in idx]
+    assert flat == [(g.path, g.index) for g in groups]
+    assert all(len(idx) <= 2 for task in tasks for _, _, idx in task)
+    assert len(plan_read_tasks(groups, parallelism=2, task_bytes=1, block_bytes=1)) == 2
+    assert plan_read_tasks([], 4, 1, 1) == []
+
+
+def test_training_iterator_columns_and_seeded_shuffle(tmp_path, ray_local):
+    info = build_dataset(config(tmp_path / "ds"), sequences(), H36M17, source_files(tmp_path), progress=lambda m: None)
+    ds = open_split(info.uri, "train")
+    assert sorted(ds.schema().names) == sorted(["keypoints_2d", "positions_3d", "mask", "intrinsics", "flipped"])
+    everything = open_split(info.uri, "train", columns=["subject", "keypoints_2d"]).take_all()
+    assert {r["subject"] for r in everything} == {"S1", "S5"}
+
+    def run(seed, **kw):
+        return [b for b in iter_torch_batches(open_split(info.uri, "train"), batch_size=4, shuffle_buffer=9, seed=seed, **kw)]
+
+    a, b, c = run(7), run(7), run(8)
+    assert all(torch_equal(x, y) for x, y in zip(a, b)) and len(a) == len(b)
+    assert not all(torch_equal(x, y) for x, y in zip(a, c))
+    expected = load_split_arrays(info.uri, "train")["positions_3d"]
+    got = np.concatenate([x["positions_3d"].numpy() for x in a])
+    assert got.shape == expected.shape and np.isclose(got.astype(np.float64).sum(), expected.astype(np.float64).sum())
+    assert all(len(x["mask"]) == 4 for x in run(7, drop_last=True))
+    a[0]["keypoints_2d"] += 1  # batches own their memory: writable without touching Ray's objects
+    assert torch_equal(run(7)[0], b[0])
+
+
+def torch_equal(x: dict, y: dict) -> bool:
+    return x.keys() == y.keys() and all(bool((x[k] == y[k]).all()) for k in x)
+
+
+def test_same_inputs_give_identical_shards_and_cache_hits(tmp_path, ray_local):
     seqs, files = sequences(), source_files(tmp_path)
     a = build_dataset(config(tmp_path / "a"), seqs, H36M17, files, progress=lambda m: None)
     b = build_dataset(config(tmp_path / "b"), seqs, H36M17, files, progress=lambda m: None)
@@ -178,7 +243,7 @@ def test_dataset_id_depends_on_content_not_location(tmp_path):
     assert compute_id(bigger, hashes) != compute_id(base, hashes)
 
 
-def test_multiview_and_seq2frame_datasets(tmp_path, ray_private):
+def test_multiview_and_seq2frame_datasets(tmp_path, ray_local):
     seqs, files = sequences(), source_files(tmp_path)
     mv = build_dataset(config(tmp_path / "mv", multiview=True), seqs, H36M17, files, progress=lambda m: None)
     a = load_split_arrays(mv.uri, "train")
@@ -199,7 +264,7 @@ def test_multiview_and_seq2frame_datasets(tmp_path, ray_private):
     np.testing.assert_array_equal(tr["positions_3d"][0, 0], first.positions_3d[0])
 
 
-def test_verify_names_corrupted_and_missing_shards(tmp_path, ray_private, capsys):
+def test_verify_names_corrupted_and_missing_shards(tmp_path, ray_local, capsys):
     info = build_dataset(config(tmp_path / "ds"), sequences(), H36M17, source_files(tmp_path), progress=lambda m: None)
     loc = open_location(info.uri)
     assert verify_dataset(loc).ok
@@ -219,7 +284,7 @@ def test_verify_names_corrupted_and_missing_shards(tmp_path, ray_private, capsys
     assert "train/part-00001.parquet" in out and "missing" in out and "FAILED" in out
 
 
-def test_not_parquet_shard_is_a_data_error_naming_the_file(tmp_path, ray_private):
+def test_not_parquet_shard_is_a_data_error_naming_the_file(tmp_path, ray_local):
     info = build_dataset(config(tmp_path / "ds"), sequences(), H36M17, source_files(tmp_path), progress=lambda m: None)
     bad = Path(info.uri) / "train/part-00002.parquet"
     bad.write_text("this is not parquet\n")
@@ -233,7 +298,7 @@ def test_not_parquet_shard_is_a_data_error_naming_the_file(tmp_path, ray_private
         load_split_arrays(info.uri, "validation")
 
 
-def test_empty_selection_publishes_nothing(tmp_path, ray_private):
+def test_empty_selection_publishes_nothing(tmp_path, ray_local):
     with pytest.raises(DataError, match="no windows"):
         build_dataset(config(tmp_path / "ds"), [], H36M17, source_files(tmp_path), progress=lambda m: None)
     only_one_camera = [s for s in sequences() if s.camera == "c0"][:1]
@@ -243,7 +308,7 @@ def test_empty_selection_publishes_nothing(tmp_path, ray_private):
     assert not (tmp_path / "ds").exists() or list((tmp_path / "ds").iterdir()) == []
 
 
-def test_unwritable_destination_is_a_data_error(tmp_path, ray_private, capsys):
+def test_unwritable_destination_is_a_data_error(tmp_path, ray_local, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     for root in (blocker, blocker / "datasets"):
@@ -274,7 +339,7 @@ KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_killed_run_leaves_no_dataset_and_next_run_cleans_up(tmp_path, ray_private, capsys):
+def test_killed_run_leaves_no_dataset_and_next_run_cleans_up(tmp_path, ray_local, capsys):
     root = tmp_path / "ds"
     src = tmp_path / "source.bin"
     src.write_bytes(b"source bytes")
@@ -309,7 +374,7 @@ def test_killed_run_leaves_no_dataset_and_next_run_cleans_up(tmp_path, ray_priva
 
 
 @pytest.mark.slow
-def test_cmu_dev_end_to_end(tmp_path, cmu_dev, ray_private):
+def test_cmu_dev_end_to_end(tmp_path, cmu_dev, ray_local):
     from preprocessing.sources import load_sequences
 
     data = DataConfig(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -241,7 +242,7 @@ def test_csv_and_tensorboard_logs(tmp_path):
     log.close()
     rows = read_csv(str(tmp_path / "run"))
     assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["val_mpjpe"] == 80.0 and rows[0]["train_tc"] == 0.1
-    assert csv_text(history).splitlines()[0].startswith("epoch,loss,val_mpjpe,lr,windows_per_s")
+    assert csv_text(history).splitlines()[0].startswith("epoch,loss,val_mpjpe,lr,windows,windows_per_s")
     assert any((tmp_path / "run" / "tensorboard").iterdir())
 
 
@@ -263,18 +264,6 @@ def test_unwrap_returns_the_plain_module():
 
 
 # ----------------------------------------------------------------------------- real runs
-@pytest.fixture(scope="module")
-def ray_private():
-    """A private local Ray (2 CPUs): address="local" never joins another process's cluster."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
-
-
 def synthetic_cfg(tmp_path, **train):
     return config_from_dict({
         "name": "tiny",
@@ -293,7 +282,7 @@ def synthetic_cfg(tmp_path, **train):
     })
 
 
-def test_driver_process_run_resumes_and_refuses_mismatches(tmp_path, ray_private):
+def test_driver_process_run_resumes_and_refuses_mismatches(tmp_path, ray_local):
     from pipelines.train import run_training
     from pipelines.train_data import iter_val_batches
     from preprocessing.readers import load_split_arrays
@@ -303,6 +292,8 @@ def test_driver_process_run_resumes_and_refuses_mismatches(tmp_path, ray_private
     run = tmp_path / "runs" / "tiny"
     assert out.run_uri == str(run)
     assert [h["epoch"] for h in out.history] == [1, 2] and all(h["val_mpjpe"] > 0 for h in out.history)
+    n_train = len(load_split_arrays(out.dataset_uri, "train", columns=["mask"])["mask"])
+    assert all(h["windows"] == n_train for h in out.history)  # one worker: every window, every epoch
     assert [r["epoch"] for r in read_csv(str(run))] == [1, 2]
     assert (run / "training_curves.png").stat().st_size > 5000 and (run / "config.yaml").is_file()
     assert (run / "eval" / "results.md").is_file() and {"model", "baseline"} <= set(out.evaluation["results"])
@@ -334,3 +325,22 @@ def test_driver_process_run_resumes_and_refuses_mismatches(tmp_path, ray_private
     model_pt.write_bytes(model_pt.read_bytes()[:100])
     with pytest.raises(CheckpointError, match=f"{checkpoint_name(3)}/model.pt"):
         run_training(synthetic_cfg(tmp_path, epochs=4), progress=lines.append)
+
+
+def test_cli_reports_bad_configs_in_one_line(tmp_path, capsys):
+    from pipelines.cli import main
+
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    demo = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    assert main(["train", "--config", demo, "--set", "train.keep_best=0"]) == 2
+    assert "train.keep_best must be >= 1" in capsys.readouterr().err
+
+
+def test_bench_train_reports_figures():
+    from pipelines.bench_train import bench_train, format_result
+
+    r = bench_train("mixste", frames=9, batch=2, steps=2, warmup=1, overrides=["model.dim=16", "model.depth=1",
+                                                                               "model.heads=2"])
+    assert r["frames_per_s"] > 0 and r["peak_memory_bytes"] > 0 and r["gflop_per_step"] > 0
+    assert r["precision"] == "fp32" and "process peak RSS" in format_result(r)

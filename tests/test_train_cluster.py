@@ -162,10 +162,13 @@ def test_rerunning_the_same_command_continues_a_finished_run(two_nodes, dataset,
 
     root, uri = dataset
     storage = tmp_path / "shared"
-    first = run_training(experiment(root, storage, "again", epochs=2), dataset_uri=uri, progress=lambda _: None)
-    assert [h["epoch"] for h in first.history] == [1, 2]
+    # With a cap of 40 training windows per epoch: each worker stops after 20 (2 batches of 16).
+    first = run_training(experiment(root, storage, "again", epochs=2, max_windows_per_epoch=40), dataset_uri=uri,
+                         progress=lambda _: None)
+    assert [h["epoch"] for h in first.history] == [1, 2] and all(h["windows"] == 64 for h in first.history)
     lines: list[str] = []
-    second = run_training(experiment(root, storage, "again", epochs=4), dataset_uri=uri, progress=lines.append)
+    second = run_training(experiment(root, storage, "again", epochs=4, max_windows_per_epoch=40), dataset_uri=uri,
+                          progress=lines.append)
     assert any("resuming from" in line and checkpoint_name(2) in line for line in lines)
     assert [h["epoch"] for h in second.history] == [1, 2, 3, 4]
     assert second.history[:2] == first.history

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from pipelines.config import config_from_dict, load_config
+from pipelines.ray_session import init_ray
 from pipelines.schema import ConfigError
 from pipelines.search_space import candidate_overrides, data_key, data_variants, parse_space
 from pipelines.tune import check_space, tune_experiment
@@ -80,11 +81,12 @@ def test_shipped_tune_configs_load():
 
 @pytest.fixture
 def ray_tune_cluster():
+    """A private 2-CPU Ray with its dashboard (Train frees stopped trials' resources through it)."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False, configure_logging=False)
+    init_ray(num_cpus=2, include_dashboard=True, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
 
@@ -97,7 +99,7 @@ def test_tune_grid_writes_table_plot_and_best_config(tmp_path, ray_tune_cluster)
     out = Path(summary["dir"])
     table = pd.read_csv(out / "trials.csv")
     assert len(table) == 4
-    assert sorted(zip(table["frames"], table["depth"])) == [(9, 1), (9, 2), (27, 1), (27, 2)]
+    assert sorted(zip(table["T"], table["depth"])) == [(9, 1), (9, 2), (27, 1), (27, 2)]
     assert table["best_val_mpjpe"].notna().all()
     finished = table["best_val_mpjpe"].tolist()
     assert finished == sorted(finished)  # sorted by best MPJPE
@@ -108,7 +110,7 @@ def test_tune_grid_writes_table_plot_and_best_config(tmp_path, ray_tune_cluster)
     assert len([p for p in (tmp_path / "datasets").iterdir() if not p.name.startswith(".")]) == 2
     best = load_config(str(out / "best.yaml"))
     assert best.tune is None
-    assert (best.data.windows.frames, best.model.depth) == (int(table["frames"][0]), int(table["depth"][0]))
+    assert (best.data.windows.frames, best.model.depth) == (int(table["T"][0]), int(table["depth"][0]))
 
 
 @pytest.mark.slow
@@ -161,3 +163,25 @@ def test_interrupted_tune_resumes_without_rerunning_finished_trials(tmp_path):
     table = pd.read_csv(experiment / "trials.csv")
     assert len(table) == 2 and table["best_val_mpjpe"].notna().all()
     assert len(pd.read_csv(first)) == rows_before and first.stat().st_mtime == mtime_before
+
+
+def test_write_results_table_plot_and_best_config(tmp_path):
+    """Pure results writing: sorted table without repeated columns, plot, a valid best config."""
+    from pipelines.tune import write_results
+
+    raw = _tiny_raw(tmp_path)
+    rows = [
+        {"data.windows.frames": 9, "model.depth": 1, "T": 9, "depth": 1, "params": 10, "best_val_mpjpe": 130.4,
+         "epochs": 3, "wall_s": 16.0, "status": "DONE", "trial": "a"},
+        {"data.windows.frames": 27, "model.depth": 2, "T": 27, "depth": 2, "params": 20, "best_val_mpjpe": 241.5,
+         "epochs": 1, "wall_s": 12.1, "status": "STOPPED", "trial": "b"},
+        {"data.windows.frames": 27, "model.depth": 1, "T": 27, "depth": 1, "params": 11, "best_val_mpjpe": None,
+         "epochs": 0, "wall_s": None, "status": "ERROR", "trial": "c"},
+    ]
+    summary = write_results(rows, raw, tmp_path / "out")
+    table = pd.read_csv(tmp_path / "out" / "trials.csv")
+    assert list(table.columns)[:2] == ["T", "depth"] and "data.windows.frames" not in table
+    assert "| 9 | 1 | 10 | 130.40 | 3 | 16.0 | DONE | a |" in summary["markdown"]
+    assert (tmp_path / "out" / "mpjpe_vs_frames.png").stat().st_size > 1000
+    best = load_config(summary["best_config"])
+    assert (best.data.windows.frames, best.model.depth, best.tune) == (9, 1, None)
