@@ -140,8 +140,13 @@ def _node_ports() -> list[str]:
 
 def _alive_nodes(dashboard: str) -> int:
     """Number of ALIVE nodes the head's dashboard reports (0 while it is not answering)."""
+    from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
+
+    # Under RAY_AUTH_MODE=token (Ray's default for local clusters once a driver has started one)
+    # the dashboard answers 401 without the token, exactly as it does for Ray's own clients.
+    request = urllib.request.Request(f"{dashboard}/nodes?view=summary", headers=get_auth_headers_if_auth_enabled({}))
     try:
-        with urllib.request.urlopen(f"{dashboard}/nodes?view=summary", timeout=3) as r:
+        with urllib.request.urlopen(request, timeout=3) as r:
             data = json.load(r)
     except (OSError, ValueError):
         return 0

@@ -310,7 +310,7 @@ def plot_metric_vs_frames(df, path: Path) -> None:
     ax.minorticks_off()
     ax.set_xlabel("frames T")
     ax.set_ylabel(f"best {metric_col[len('best_'):]} (mm)")
-    ax.set_title("Tune: validation MPJPE against frame count (hollow: stopped early)")
+    ax.set_title("Tune: best validation MPJPE by T (hollow: stopped early)", fontsize=10)
     if len(data):
         ax.legend()
     ax.grid(True, alpha=0.3)
