@@ -102,11 +102,13 @@ def _ensure_ray(progress: Callable[[str], None]) -> None:
 
     if ray.is_initialized():
         return
+    from pipelines.preprocess import quiet_ray_data
     from pipelines.ray_session import init_ray
 
     # RAY_ADDRESS's cluster, else a private instance (never a stray `ray start` one). The dashboard
     # stays on: Ray Train's placement-group cleaner queries the state API through it.
     init_ray()
+    quiet_ray_data()
     res = ray.cluster_resources()
     progress(f"Ray: {len(ray.nodes())} node(s), {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
 
@@ -137,6 +139,9 @@ def build_trainer(cfg: ExperimentConfig, dataset_uri: str, loop_config: dict, ru
             num_to_keep=tc.keep_best, checkpoint_score_attribute="val_mpjpe", checkpoint_score_order="min",
         ),
         callbacks=list(callbacks) or None,
+        # Ray Train's own per-report INFO lines would bury raylift's epoch lines; Ray's log files
+        # under the session directory keep every level.
+        logging_config=ray.train.LoggingConfig(log_level="WARNING"),
     )
     return TorchTrainer(
         train_loop_per_worker,
