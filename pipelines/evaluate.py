@@ -25,6 +25,7 @@ import numpy as np
 from pipelines import metrics
 from preprocessing.errors import DataError
 from preprocessing.skeleton import MPI17, Skeleton, get_skeleton
+from preprocessing.storage import write_local_atomic
 
 # Human3.6M's 15 activities in the order papers print them.
 H36M_ACTIVITIES = (
@@ -429,7 +430,7 @@ def results_markdown(result: dict[str, Any]) -> str:
 def write_results(result: dict[str, Any], out_dir: str) -> None:
     """Write `results.json` and `results.md` into `out_dir` (each atomically)."""
     metrics.write_json(Path(out_dir) / "results.json", _json_safe(result))
-    metrics.write_text_atomic(Path(out_dir) / "results.md", results_markdown(result))
+    write_local_atomic(Path(out_dir) / "results.md", results_markdown(result))
 
 
 def _json_safe(obj: Any) -> Any:

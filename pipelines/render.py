@@ -14,7 +14,6 @@ import io
 import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -23,6 +22,7 @@ import numpy as np
 
 from preprocessing.errors import DataError
 from preprocessing.skeleton import Skeleton
+from preprocessing.storage import atomic_local_file, write_local_atomic
 
 SIDE_COLOURS = {"left": "#1f77b4", "right": "#d62728", "centre": "#333333"}
 DPI = 80
@@ -149,16 +149,8 @@ def write_animation(images: Iterator[np.ndarray], path: str | os.PathLike, fps: 
         raise DataError(f"{path}: writing MP4 needs ffmpeg on PATH (not found); write a .gif instead")
     if fps <= 0:
         raise DataError(f"--fps must be > 0, got {fps}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        count = _write_gif(images, tmp, fps) if suffix == ".gif" else _write_mp4(images, tmp, fps, ffmpeg)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return count
+    with atomic_local_file(path) as tmp:
+        return _write_gif(images, str(tmp), fps) if suffix == ".gif" else _write_mp4(images, str(tmp), fps, ffmpeg)
 
 
 def _write_gif(images: Iterator[np.ndarray], path: str, fps: float) -> int:
@@ -211,23 +203,8 @@ def new_figure(width: float, height: float):
     return fig
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` through a temporary sibling + rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_figure(fig, path: str | os.PathLike) -> Path:
     """Save a figure as PNG atomically."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    return write_bytes_atomic(path, buf.getvalue())
+    return write_local_atomic(path, buf.getvalue())

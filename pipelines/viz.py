@@ -97,7 +97,7 @@ def run_anim(args: argparse.Namespace) -> int:
 def run_curves(args: argparse.Namespace) -> int:
     """The training engineer's figure (`pipelines.plots`) from the run's `metrics.csv` (local or S3)."""
     from pipelines.plots import training_curves_png
-    from pipelines.render import write_bytes_atomic
+    from preprocessing.storage import write_local_atomic
     from pipelines.train_logs import CSV_NAME, read_csv
     from preprocessing import storage
 
@@ -121,7 +121,7 @@ def run_curves(args: argparse.Namespace) -> int:
         out = Path(f"{run_uri.rsplit('/', 1)[-1]}_curves.png")
     else:
         out = Path(run_uri) / "curves.png"
-    write_bytes_atomic(out, training_curves_png(history, title=run_uri.rsplit("/", 1)[-1]))
+    write_local_atomic(out, training_curves_png(history, title=run_uri.rsplit("/", 1)[-1]))
     print(f"wrote {out} ({len(history)} epochs)")
     return 0
 

@@ -14,12 +14,15 @@ Every failure to reach or write a destination becomes a `DataError` naming the U
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import posixpath
 import socket
+import tempfile
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
@@ -241,3 +244,28 @@ def move_tree(src: Location, dst: Location) -> None:
         src.fs.delete_dir(src.path)
     except (OSError, pa.ArrowException) as e:
         raise DataError(f"cannot move {src.uri} to {dst.uri}: {e}") from None
+
+
+@contextlib.contextmanager
+def atomic_local_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of local `path` to write; it replaces `path` only on success.
+
+    Readers never see a half-written result file, and a failed write leaves nothing behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_local_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write `data` (text as UTF-8) to local `path` atomically."""
+    with atomic_local_file(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    return Path(path)
