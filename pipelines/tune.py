@@ -51,13 +51,15 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.config) == bool(args.resume):
         raise ConfigError("give exactly one of --config FILE or --resume DIR")
     if args.resume:
-        experiment_dir = Path(args.resume)
-        base_file = experiment_dir / BASE_CONFIG_FILE
-        if not base_file.is_file():
+        from preprocessing import storage as st
+
+        experiment = st.open_location(args.resume)  # local directory or s3:// URI
+        base_file = experiment.child(BASE_CONFIG_FILE)
+        if not st.is_file(base_file):
             raise ConfigError(f"{args.resume}: not a raylift tune experiment (no {BASE_CONFIG_FILE})")
-        raw = load_yaml(str(base_file))
-        name = experiment_dir.name
-        storage = str(experiment_dir.parent)
+        raw = yaml.safe_load(st.read_bytes(base_file))
+        name = experiment.name
+        storage = experiment.uri.rsplit("/", 1)[0]
     else:
         raw = apply_overrides(load_yaml(args.config), args.overrides)
         cfg = load_config(args.config, args.overrides)
@@ -176,8 +178,11 @@ def tune_experiment(raw: dict, name: str, storage_path: str, resume: bool = Fals
             raise ConfigError(f"{experiment_path}: no Tune experiment state to resume")
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True)
     else:
-        experiment_dir.mkdir(parents=True, exist_ok=True)
-        (experiment_dir / BASE_CONFIG_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
+        from preprocessing import storage as st
+
+        # Beside Tune's own experiment state (local or S3), so `--resume` finds it there.
+        st.write_bytes(st.open_location(experiment_path).child(BASE_CONFIG_FILE),
+                       yaml.safe_dump(raw, sort_keys=False).encode())
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(dims),

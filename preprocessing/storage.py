@@ -20,7 +20,6 @@ import os
 import posixpath
 import socket
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -204,15 +203,8 @@ def write_bytes(loc: Location, data: bytes | pa.Buffer) -> None:
     reader never sees half a file; S3 objects appear atomically when the upload completes."""
     try:
         if isinstance(loc.fs, pafs.LocalFileSystem):
-            os.makedirs(os.path.dirname(loc.path), exist_ok=True)
-            tmp = f"{loc.path}.tmp-{uuid.uuid4().hex[:8]}"
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(memoryview(data))
-                os.replace(tmp, loc.path)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
+            with atomic_local_file(loc.path) as tmp:
+                tmp.write_bytes(memoryview(data))
         else:
             with loc.fs.open_output_stream(loc.path) as f:
                 f.write(data)
