@@ -9,10 +9,13 @@ STAMP  := $(VENV)/.installed
 install: $(STAMP)
 
 # torch first, pinned: it takes the CPU wheel already on these machines instead of CUDA packages.
+# timm needs torchvision; PyPI's matching release is installed without its dependencies, so it
+# cannot replace the CPU torch with a CUDA one (models/timm_loader.py explains the rest).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q --no-deps torchvision==0.28.0
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 

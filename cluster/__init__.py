@@ -1,5 +1,13 @@
-"""Cluster definitions shipped with raylift (package data, validated by tests/test_cluster_configs.py).
+"""Where Ray runs: the session, a local multi-node cluster, job submission, and cloud definitions.
 
+Code (imports `preprocessing` only, never `pipelines`; the CLI hands `submit` its parser):
+- `session.py`: connect to `RAY_ADDRESS`, or start a private local Ray instance whose processes
+  know its address; keep Ray Data's logging off the console.
+- `local.py`: `raylift cluster local up/down`, a multi-node Ray cluster on 127.0.0.1.
+- `submit.py`: `raylift submit -- CMD`, any raylift command as a Ray job (working dir + pip env).
+- `jobs.py`: `raylift jobs ls/logs/stop`.
+
+Definitions (package data, validated by tests/test_cluster_configs.py):
 - `aws.yaml`, `gcp.yaml`: Ray cluster launcher configs (`ray up cluster/aws.yaml` from the repo
   root): CPU head, autoscaling 8-GPU worker groups, raylift installed from the working tree.
 - `kuberay/raycluster.yaml`: a long-lived KubeRay RayCluster with a GPU worker group, for

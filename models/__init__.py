@@ -1,1 +1,11 @@
-"""raylift models: 3D pose lifting transformers, shared layers, checkpoints and official imports."""
+"""raylift models: one file per paper's model, the layers they share, checkpoints and imports.
+
+    worker batch (B, T, J, 2) → model (mixste, poseformer, crossformer, fusionformer, multiview)
+    → (B, T, J, 3) or (B, 1, J, 3) → losses.py → optimiser;  checkpoint.py ⇄ disk
+
+- `registry.py`: model names → classes and their validated config dataclasses.
+- `layers.py`: attention, MLP, blocks, drop-path shared by the transformer models.
+- `losses.py`: MPJPE-family training losses per model, as each paper's code defines them.
+- `checkpoint.py`: raylift's checkpoint format (weights + meta.json), loaded without pickled code.
+- `convert.py`: the authors' released checkpoints → raylift's models, key by key.
+"""

@@ -34,7 +34,7 @@ def save_checkpoint(
     train_state: Optional[dict[str, Any]] = None,
 ) -> Path:
     """Write a checkpoint atomically into `directory` (replacing an existing one)."""
-    from pipelines import __version__
+    from preprocessing.version import __version__
 
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -152,7 +152,7 @@ def infer_config(
     training defaults; they do not change the weights.
     """
     from models.registry import config_class
-    from pipelines.schema import ConfigError
+    from preprocessing.schema import ConfigError
 
     _check_name(name)
     _, joints, dim = _shape(state, "Spatial_pos_embed", source)

@@ -41,7 +41,7 @@ def config_class(name: str) -> type:
 
 def parse_model_config(value: Any, where: str = "model") -> Any:
     """Build the model's config dataclass from a mapping; `name` picks the model."""
-    from pipelines.schema import ConfigError, parse_dataclass
+    from preprocessing.schema import ConfigError, parse_dataclass
 
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: expected a mapping with a 'name' key")

@@ -1,3 +1,25 @@
-"""raylift pipelines: the `raylift` CLI, experiment configs, and the Ray jobs behind each command."""
+"""raylift pipelines: the `raylift` command line, one sub-package per command.
 
-__version__ = "0.1.0"
+The top floor. Data flows through the commands in this order:
+
+    source files ─ preprocess (`data/`) ─▶ sequences ─▶ windows ─▶ Parquet shards + manifest
+    shards ─ train (`train/`) ─▶ worker batches ─▶ model ─▶ checkpoints ─▶ metrics (`evaluate/`)
+    train × search space ─ tune (`tune/`) ─▶ trials table, best config
+
+- `cli.py`: the `raylift` entry point; imports a command's module only when it runs.
+- `config.py`: the experiment config (`data`, `model`, `train`, `eval`), validated on load.
+- `data/`: `raylift preprocess` and `raylift data` (build, list, show, verify datasets).
+- `train/`: `raylift train`: the Ray Train driver, the per-worker loop, checkpoints, logs.
+- `evaluate/`: `raylift evaluate` and `raylift infer`: protocols, metrics, prediction.
+- `tune/`: `raylift tune`: search spaces and the Ray Tune driver.
+- `bench/`: `raylift bench`: data, model and training throughput.
+- `viz/`: `raylift viz`: animations, training curves, result plots.
+- `models/`: `raylift models`: summaries and official checkpoint import.
+
+Where Ray runs (session, local cluster, job submission) is `cluster/`; the pieces below it are
+`models/` and `preprocessing/`.
+"""
+
+from preprocessing.version import __version__
+
+__all__ = ["__version__"]

@@ -13,25 +13,25 @@ import sys
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "preprocess": ("pipelines.preprocess", "build Parquet windows from a dataset (Ray Data)"),
-    "data": ("pipelines.data_admin", "list, verify and show preprocessed datasets"),
-    "train": ("pipelines.train", "train a lifter with Ray Train, then evaluate it"),
-    "evaluate": ("pipelines.evaluate", "evaluate a checkpoint with the field's protocols"),
-    "tune": ("pipelines.tune", "search frame counts, depths and more with Ray Tune"),
-    "infer": ("pipelines.infer", "lift 2D keypoint sequences to 3D with a checkpoint"),
-    "viz": ("pipelines.viz", "render skeleton animations, training curves and result plots"),
-    "models": ("pipelines.model_tools", "model summaries and official checkpoint import"),
-    "bench": ("pipelines.bench", "benchmarks: data, model, train"),
-    "submit": ("pipelines.submit", "submit a raylift command as a Ray job"),
-    "jobs": ("pipelines.jobs", "list, follow and stop Ray jobs"),
-    "cluster": ("pipelines.local_cluster", "start/stop a multi-node Ray cluster on 127.0.0.1"),
+    "preprocess": ("pipelines.data.preprocess", "build Parquet windows from a dataset (Ray Data)"),
+    "data": ("pipelines.data.admin", "list, verify and show preprocessed datasets"),
+    "train": ("pipelines.train.driver", "train a lifter with Ray Train, then evaluate it"),
+    "evaluate": ("pipelines.evaluate.protocols", "evaluate a checkpoint with the field's protocols"),
+    "tune": ("pipelines.tune.driver", "search frame counts, depths and more with Ray Tune"),
+    "infer": ("pipelines.evaluate.infer", "lift 2D keypoint sequences to 3D with a checkpoint"),
+    "viz": ("pipelines.viz.commands", "render skeleton animations, training curves and result plots"),
+    "models": ("pipelines.models.tools", "model summaries and official checkpoint import"),
+    "bench": ("pipelines.bench.benchmarks", "benchmarks: data, model, train"),
+    "submit": ("cluster.submit", "submit a raylift command as a Ray job"),
+    "jobs": ("cluster.jobs", "list, follow and stop Ray jobs"),
+    "cluster": ("cluster.local", "start/stop a multi-node Ray cluster on 127.0.0.1"),
 }
 
 
 def user_error_types() -> tuple[type, ...]:
     """Exception types that mean 'the user gave bad input', not 'raylift has a bug'."""
     from models.checkpoint import CheckpointError
-    from pipelines.schema import ConfigError
+    from preprocessing.schema import ConfigError
     from preprocessing.errors import DataError
 
     return (ConfigError, DataError, CheckpointError)
@@ -42,7 +42,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="raylift",
         description="3D human pose lifting on Ray: data, models, training, tuning, clusters.",
     )
-    from pipelines import __version__
+    from preprocessing.version import __version__
 
     parser.add_argument("--version", action="version", version=f"raylift {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -50,10 +50,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == command:
             importlib.import_module(module).add_arguments(p)
+            p.set_defaults(parser_for=parser_for)  # `submit` checks the command it sends with it
         else:
             # Accept anything until this command is chosen; the real parser is built then.
             p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
+
+
+def parser_for(command: str) -> argparse.ArgumentParser | None:
+    """The full parser of `raylift <command>`, or None when there is no such command."""
+    return build_parser(command) if command in COMMANDS else None
 
 
 def _command_of(argv: list[str]) -> str | None:

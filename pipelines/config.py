@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from models.registry import model_class, parse_model_config
-from pipelines.schema import ConfigError, apply_overrides, load_yaml, parse_dataclass, to_dict
+from preprocessing.schema import ConfigError, apply_overrides, load_yaml, parse_dataclass, to_dict
 from preprocessing.config import DataConfig
 
 
@@ -100,7 +100,7 @@ class EvalConfig:
 
 @dataclass
 class TuneConfig:
-    """`raylift tune`: a search space over any config key (see pipelines/tune.py)."""
+    """`raylift tune`: a search space over any config key (see pipelines/tune/driver.py)."""
 
     space: dict[str, Any] = field(default_factory=dict)  # dotted key -> {grid|choice|uniform|loguniform: ...}
     num_samples: int = 1

@@ -361,7 +361,7 @@ def _write_shard_row(row: dict, sources: list, job: WindowJob) -> dict:
 
 def config_for_id(data: DataConfig) -> dict:
     """The part of the data config that defines the dataset's content."""
-    from pipelines.schema import to_dict
+    from preprocessing.schema import to_dict
 
     cfg = to_dict(data)
     cfg.pop("root", None)
@@ -578,8 +578,8 @@ def _run_shard_tasks(plans: list[ShardPlan], sources: list[WindowSource], job: W
 def _manifest(data, id_, skeleton, source_files, sources, job, camera_ids, counts, shards, started) -> dict:
     from datetime import datetime, timezone
 
-    from pipelines import __version__
-    from pipelines.schema import to_dict
+    from preprocessing.version import __version__
+    from preprocessing.schema import to_dict
 
     for split, c in counts.items():
         split_shards = [s for s in shards if s["split"] == split]

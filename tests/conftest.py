@@ -41,7 +41,7 @@ def ray_local():
 
     if ray.is_initialized():
         ray.shutdown()
-    from pipelines.ray_session import init_ray
+    from cluster.session import init_ray
 
     # A private instance (never another Ray cluster running on this machine) whose processes know
     # its address.

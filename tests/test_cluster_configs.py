@@ -236,7 +236,7 @@ def test_raycluster_has_an_autoscaling_gpu_worker_group():
 
 @pytest.mark.parametrize("path", [p for p in KUBERAY if p.name.startswith("rayjob")], ids=lambda p: p.name)
 def test_rayjob_runtime_env_can_work_on_a_cluster(path):
-    from pipelines.submit import project_requirements
+    from cluster.submit import project_requirements
 
     env = yaml.safe_load(load_manifest(path)["spec"]["runtimeEnvYAML"])
     # The submitter runs inside Kubernetes: a local working_dir would not exist there.
@@ -327,14 +327,14 @@ def test_docs_and_manifests_name_raylift_commands():
 
 @pytest.mark.parametrize("source, argv", named_commands(), ids=lambda v: v if isinstance(v, str) else " ".join(v)[:60])
 def test_named_command_parses_with_the_real_cli(source, argv):
-    from pipelines.cli import build_parser
+    from cluster.submit import parse_command
+    from pipelines.cli import build_parser, parser_for
     from pipelines.config import load_config
-    from pipelines.submit import parse_command
 
     if "--help" in argv or "-h" in argv:
         return
     args = build_parser(argv[0]).parse_args(argv)
-    inner = parse_command(args.job_command) if argv[0] == "submit" else argv
+    inner = parse_command(args.job_command, parser_for) if argv[0] == "submit" else argv
     if "--config" in inner:
         config = inner[inner.index("--config") + 1]
         assert (REPO / config).is_file(), f"{source}: {config} does not exist in the repository"

@@ -6,7 +6,7 @@ import yaml
 
 from pipelines.cli import main
 from pipelines.config import ExperimentConfig, config_from_dict, load_config
-from pipelines.schema import ConfigError, apply_overrides, parse_dataclass, parse_override, to_dict
+from preprocessing.schema import ConfigError, apply_overrides, parse_dataclass, parse_override, to_dict
 from preprocessing.config import DataConfig
 
 

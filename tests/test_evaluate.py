@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from models.checkpoint import CheckpointError
-from pipelines import evaluate, metrics
+from pipelines.evaluate import metrics, protocols
 from preprocessing.errors import DataError
 from preprocessing.skeleton import H36M17, MPI17
 
@@ -106,7 +106,7 @@ def h36m_seqs():
 
 def test_seq2seq_each_real_frame_counted_once_and_action_wise(h36m_seqs):
     test = windows_of(h36m_seqs, frames=4, flipped_copies=True)
-    result = evaluate.evaluate_arrays(DepthlessLift(), test, "mem://h36m", H36M17, flip=True, )
+    result = protocols.evaluate_arrays(DepthlessLift(), test, "mem://h36m", H36M17, flip=True, )
     assert result["frames"] == 10 + 7 + 5
     assert result["protocol"].startswith("seq2seq: non-overlapping windows, each real frame counted once")
     model = result["results"]["model"]
@@ -125,7 +125,7 @@ def test_seq2seq_each_real_frame_counted_once_and_action_wise(h36m_seqs):
 
 def test_frames_are_reassembled_per_sequence(h36m_seqs):
     test = windows_of(h36m_seqs, frames=4)
-    frames = evaluate.collect_frames(test["positions_3d"].copy(), test, H36M17)
+    frames = protocols.collect_frames(test["positions_3d"].copy(), test, H36M17)
     assert frames.num_frames == 22
     # MPJVE steps: N - 1 per sequence, never across sequences: 9 + 6 + 4.
     assert len(frames.steps()) == 19
@@ -135,7 +135,7 @@ def test_frames_are_reassembled_per_sequence(h36m_seqs):
     # A shifted sequence (its frames far from the others) must not create a cross-sequence step.
     pred = test["positions_3d"].copy()
     pred[test["action"] == "Eating"] += 1.0
-    f2 = evaluate.collect_frames(pred, test, H36M17)
+    f2 = protocols.collect_frames(pred, test, H36M17)
     vel = metrics.mpjpe_frames(f2.pred[f2.steps() + 1] - f2.pred[f2.steps()], f2.gt[f2.steps() + 1] - f2.gt[f2.steps()])
     # Only the root moved relative to the zeroed target root: velocity errors stay 0.
     np.testing.assert_allclose(vel, 0.0, atol=1e-4)
@@ -145,13 +145,13 @@ def test_a_frame_counted_twice_is_refused(h36m_seqs):
     test = windows_of(h36m_seqs, frames=4)
     dup = {k: np.concatenate([v, v[:1]]) for k, v in test.items()}
     with pytest.raises(DataError, match="more than once"):
-        evaluate.collect_frames(dup["positions_3d"], dup, H36M17)
+        protocols.collect_frames(dup["positions_3d"], dup, H36M17)
 
 
 def test_seq2frame_every_frame_once(h36m_seqs):
     test = windows_of(h36m_seqs, frames=5, mode="seq2frame")
     assert test["positions_3d"].shape[1:] == (1, 17, 3)
-    result = evaluate.evaluate_arrays(DepthlessLift(seq2frame=True), test, "mem://h36m", H36M17, )
+    result = protocols.evaluate_arrays(DepthlessLift(seq2frame=True), test, "mem://h36m", H36M17, )
     assert result["mode"] == "seq2frame" and result["frames"] == 22
     _, action_wise, frame_wise = expected_h36m(h36m_seqs)
     model = result["results"]["model"]
@@ -167,7 +167,7 @@ def test_3dhp_pck_auc_per_sequence_valid_frames_only():
         make_sequence("TS2", "TS2", "0", 6, layout=MPI17, seed=5, step=0.0123),
     ]
     test = windows_of(seqs, frames=4)
-    result = evaluate.evaluate_arrays(DepthlessLift(), test, "mem://3dhp", MPI17, )
+    result = protocols.evaluate_arrays(DepthlessLift(), test, "mem://3dhp", MPI17, )
     assert result["metrics"] == ["pck", "auc", "mpjpe"] and result["group_mean_label"] == "sequence mean"
     model = result["results"]["model"]
     assert model["groups"]["TS1"]["frames"] == 6 and model["frames"] == 12
@@ -195,7 +195,7 @@ def test_multiview_views_scored_as_camera_sequences():
         **{k: single[k][:half] for k in ("subject", "action", "activity", "start", "sequence_length", "flipped")},
         "camera": np.array(["c0,c1"] * half),
     }
-    result = evaluate.evaluate_arrays(DepthlessLift(), test, "mem://mv", H36M17, )
+    result = protocols.evaluate_arrays(DepthlessLift(), test, "mem://mv", H36M17, )
     assert result["frames"] == 12 and "every view" in result["protocol"]
     assert result["results"]["model"]["frame_wise"]["mpjpe"] == pytest.approx(np.mean(10 * np.arange(6) * 16 / 17), rel=1e-5)
 
@@ -208,21 +208,21 @@ def test_mean_pose_baseline(h36m_seqs):
         "positions_3d": np.stack([np.stack([pose_a, pose_b]), np.stack([pose_b, np.full((17, 3), 9.0, np.float32)])]),
         "mask": np.array([[1.0, 1.0], [1.0, 0.0]]),  # the 9.0 pose is padding
     }
-    pred = evaluate.baseline_mean_pose(train, test)
+    pred = protocols.baseline_mean_pose(train, test)
     expected_pose = (pose_a + 2 * pose_b) / 3
     assert pred.shape == test["positions_3d"].shape
     np.testing.assert_allclose(pred[0, 0], expected_pose, rtol=1e-6)
-    frames = evaluate.collect_frames(np.asarray(pred), test, H36M17)
-    summary = evaluate.score_frames(frames, H36M17)
+    frames = protocols.collect_frames(np.asarray(pred), test, H36M17)
+    summary = protocols.score_frames(frames, H36M17)
     gt = np.concatenate([s["pos"] for s in h36m_seqs])
     assert summary["frame_wise"]["mpjpe"] == pytest.approx(metrics.mpjpe(np.broadcast_to(expected_pose, gt.shape), gt), rel=1e-5)
     # evaluate_arrays scores it next to the model with the same protocol.
-    result = evaluate.evaluate_arrays(DepthlessLift(), test, "mem://h36m", H36M17, train=train)
+    result = protocols.evaluate_arrays(DepthlessLift(), test, "mem://h36m", H36M17, train=train)
     assert result["results"]["baseline"] == summary
     assert result["results"]["baseline"]["frames"] == result["results"]["model"]["frames"] == 22
-    assert "baseline" in evaluate.result_tables(result)
+    assert "baseline" in protocols.result_tables(result)
     with pytest.raises(DataError, match="no real frame"):
-        evaluate.baseline_mean_pose({"positions_3d": train["positions_3d"], "mask": np.zeros((2, 2))}, test)
+        protocols.baseline_mean_pose({"positions_3d": train["positions_3d"], "mask": np.zeros((2, 2))}, test)
 
 
 def _meta(name="mixste", frames=4, joints=17):
@@ -230,25 +230,25 @@ def _meta(name="mixste", frames=4, joints=17):
 
 
 def test_mismatched_checkpoint_is_refused(h36m_seqs):
-    test = evaluate.describe_arrays(windows_of(h36m_seqs, frames=4))
+    test = protocols.describe_arrays(windows_of(h36m_seqs, frames=4))
     assert test == {"frames": 4, "joints": 17, "mode": "seq2seq", "multiview": False, "layout": None}
-    evaluate.check_compatible(_meta(), test, "ckpt", "ds")  # fits
+    protocols.check_compatible(_meta(), test, "ckpt", "ds")  # fits
     with pytest.raises(CheckpointError, match=r"T=8 frames but the dataset's windows have T=4"):
-        evaluate.check_compatible(_meta(frames=8), test, "ckpt", "ds")
+        protocols.check_compatible(_meta(frames=8), test, "ckpt", "ds")
     with pytest.raises(CheckpointError, match="predicts 16 joints"):
-        evaluate.check_compatible(_meta(joints=16), test, "ckpt", "ds")
+        protocols.check_compatible(_meta(joints=16), test, "ckpt", "ds")
     with pytest.raises(CheckpointError, match="seq2frame but the dataset's windows are seq2seq"):
-        evaluate.check_compatible(_meta(name="poseformer"), test, "ckpt", "ds")
+        protocols.check_compatible(_meta(name="poseformer"), test, "ckpt", "ds")
     with pytest.raises(CheckpointError, match="layout 'h36m' but the dataset is 'mpi_inf_3dhp'"):
-        evaluate.check_compatible(_meta(), {**test, "layout": "mpi_inf_3dhp"}, "ckpt", "ds")
+        protocols.check_compatible(_meta(), {**test, "layout": "mpi_inf_3dhp"}, "ckpt", "ds")
     with pytest.raises(CheckpointError, match="not multi-view but the dataset is multi-view"):
-        evaluate.check_compatible(_meta(), {**test, "multiview": True}, "ckpt", "ds")
+        protocols.check_compatible(_meta(), {**test, "multiview": True}, "ckpt", "ds")
 
 
 def test_results_files(tmp_path, h36m_seqs):
     test = windows_of(h36m_seqs, frames=4)
-    result = evaluate.evaluate_arrays(DepthlessLift(), test, "mem://h36m", H36M17, )
-    evaluate.write_results(result, str(tmp_path / "out"))
+    result = protocols.evaluate_arrays(DepthlessLift(), test, "mem://h36m", H36M17, )
+    protocols.write_results(result, str(tmp_path / "out"))
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     assert data["frames"] == 22 and data["results"]["model"]["groups"]["Eating"]["frames"] == 5
     md = (tmp_path / "out" / "results.md").read_text()
@@ -353,6 +353,6 @@ def test_every_registry_model_trains_through_its_loss_and_evaluates(name):
     loss.backward()
     assert torch.isfinite(loss) and logs["mpjpe_mm"] > 0
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
-    result = evaluate.evaluate_arrays(model, test, "mem://tiny", H36M17, batch_size=4)
+    result = protocols.evaluate_arrays(model, test, "mem://tiny", H36M17, batch_size=4)
     assert result["mode"] == mode and result["frames"] == 14
     assert all(v is not None for v in result["results"]["model"]["frame_wise"].values())

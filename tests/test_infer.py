@@ -11,8 +11,8 @@ from torch import nn
 
 from models.checkpoint import save_checkpoint
 from pipelines.cli import main
-from pipelines.infer import lift_sequence, load_inference_output
-from pipelines.inference_windows import plan_windows
+from pipelines.evaluate.infer import lift_sequence, load_inference_output
+from pipelines.evaluate.windows import plan_windows
 from preprocessing.errors import DataError
 from preprocessing.keypoint_formats import coco_to_h36m, load_keypoints, normalize_screen, screen_to_pixels
 from preprocessing.skeleton import H36M17
@@ -260,7 +260,7 @@ def test_infer_cli_bad_checkpoint_exit_2(tmp_path, capsys):
 @pytest.mark.slow
 def test_infer_cmu_dev_sequence_against_ground_truth(tmp_path, cmu_dev, capsys):
     """Train a tiny MixSTE briefly on cmu-dev, then lift one held-out sequence and compare with GT."""
-    from pipelines.infer import dataset_source, find_sequence
+    from pipelines.evaluate.infer import dataset_source, find_sequence
     from preprocessing.sources import load_sequences
 
     other = load_sequences(dataset_source(str(cmu_dev), "C03", "gt")).sequences  # training subject

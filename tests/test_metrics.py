@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipelines import metrics
+from pipelines.evaluate import metrics
 
 
 def rotation(axis: np.ndarray, angle: float) -> np.ndarray:

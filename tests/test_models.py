@@ -13,7 +13,7 @@ import torch
 
 from models.layers import DropPath
 from models.registry import MODELS, build_model, config_class, count_parameters, parse_model_config
-from pipelines.schema import ConfigError
+from preprocessing.schema import ConfigError
 
 # Small configs: fast on a shared 2-core CPU, still every component of the model.
 TINY: dict[str, dict] = {
@@ -254,7 +254,7 @@ def test_bad_model_configs_are_refused(value, message):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_summary_counts_every_model(name):
-    from pipelines.model_tools import summarize
+    from pipelines.models.tools import summarize
 
     overrides = [f"model.{k}={v}" for k, v in TINY[name].items()]
     s = summarize(name, 9, 17, overrides)
@@ -266,7 +266,7 @@ def test_summary_counts_every_model(name):
 def test_bench_model_reports_every_model(capsys):
     import argparse
 
-    from pipelines import bench_model
+    from pipelines.bench import model as bench_model
 
     parser = argparse.ArgumentParser()
     bench_model.add_arguments(parser)

@@ -86,7 +86,7 @@ def test_crossformer_shapes_any_T(frames, joints):
 
 
 def test_crossformer_registry_and_config_errors():
-    from pipelines.schema import ConfigError
+    from preprocessing.schema import ConfigError
 
     cfg = parse_model_config({"name": "crossformer", "spatial_dim": 8, "heads": 2, "depth": 1})
     assert isinstance(cfg, CrossFormerConfig)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipelines.predict import flip_poses, predict, predict_windows
+from pipelines.evaluate.prediction import flip_poses, predict, predict_windows
 from preprocessing.skeleton import H36M17, MPI17
 
 

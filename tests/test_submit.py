@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.local_cluster import group_members
-from pipelines.submit import WORKING_DIR_EXCLUDES, build_runtime_env, is_loopback, project_requirements, resolve_address
+from cluster.local import group_members
+from cluster.submit import WORKING_DIR_EXCLUDES, build_runtime_env, is_loopback, project_requirements, resolve_address
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,11 +15,11 @@ from models.checkpoint import CheckpointError, save_checkpoint
 from models.losses import build_loss, forward_for_loss
 from models.registry import build_model
 from pipelines.config import TrainConfig, config_from_dict
-from pipelines.train_checkpoints import (
+from pipelines.train.checkpoints import (
     best, checkpoint_name, latest, list_checkpoints, prune, to_keep, write_checkpoint,
 )
-from pipelines.train_logs import csv_text, read_csv, RunLog
-from pipelines.training_loop import (
+from pipelines.train.logs import csv_text, read_csv, RunLog
+from pipelines.train.loop import (
     build_optimizer, build_scheduler, build_train_state, capture_rng_state, check_compatible,
     checkpoint_meta, current_lr, epoch_line, load_resume_state, masked_error_sums, restore_rng_state,
     train_step, unwrap, validation_sums,
@@ -247,7 +247,7 @@ def test_csv_and_tensorboard_logs(tmp_path):
 
 
 def test_training_curves_png_and_epoch_line():
-    from pipelines.plots import training_curves_png
+    from pipelines.viz.plots import training_curves_png
 
     history = [{"epoch": e, "loss": 1.0 / e, "val_mpjpe": 100.0 / e, "lr": 1e-3 * 0.9**e} for e in (1, 2, 3)]
     png = training_curves_png(history, title="unit")
@@ -283,8 +283,8 @@ def synthetic_cfg(tmp_path, **train):
 
 
 def test_driver_process_run_resumes_and_refuses_mismatches(tmp_path, ray_local):
-    from pipelines.train import run_training
-    from pipelines.train_data import iter_val_batches
+    from pipelines.train.driver import run_training
+    from pipelines.train.data import iter_val_batches
     from preprocessing.readers import load_split_arrays
 
     lines: list[str] = []
@@ -338,7 +338,7 @@ def test_cli_reports_bad_configs_in_one_line(tmp_path, capsys):
 
 
 def test_bench_train_reports_figures():
-    from pipelines.bench_train import bench_train, format_result
+    from pipelines.bench.train import bench_train, format_result
 
     r = bench_train("mixste", frames=9, batch=2, steps=2, warmup=1, overrides=["model.dim=16", "model.depth=1",
                                                                                "model.heads=2"])

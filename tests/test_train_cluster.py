@@ -13,8 +13,8 @@ import pytest
 
 from models.checkpoint import CheckpointError, load_model, load_train_state
 from pipelines.config import config_from_dict
-from pipelines.train_checkpoints import checkpoint_name, latest, list_checkpoints, ray_registered
-from pipelines.train_logs import read_csv
+from pipelines.train.checkpoints import checkpoint_name, latest, list_checkpoints, ray_registered
+from pipelines.train.logs import read_csv
 
 pytestmark = pytest.mark.slow
 
@@ -109,7 +109,7 @@ def assert_intact(run_dir) -> None:
 
 
 def test_two_nodes_one_worker_each_survive_a_killed_worker(two_nodes, dataset, tmp_path):
-    from pipelines.train import run_training
+    from pipelines.train.driver import run_training
 
     root, uri = dataset
     storage = tmp_path / "shared"  # one directory both nodes write to
@@ -158,7 +158,7 @@ def test_two_nodes_one_worker_each_survive_a_killed_worker(two_nodes, dataset, t
 
 
 def test_rerunning_the_same_command_continues_a_finished_run(two_nodes, dataset, tmp_path):
-    from pipelines.train import run_training
+    from pipelines.train.driver import run_training
 
     root, uri = dataset
     storage = tmp_path / "shared"
@@ -177,8 +177,8 @@ def test_rerunning_the_same_command_continues_a_finished_run(two_nodes, dataset,
 
 def test_checkpoints_logs_and_results_on_s3(two_nodes, dataset, tmp_path, monkeypatch):
     """storage_path on a real S3 server (SeaweedFS on 127.0.0.1): both nodes' workers write there."""
-    from pipelines.train import run_training
-    from pipelines.train_checkpoints import local_copy
+    from pipelines.train.driver import run_training
+    from pipelines.train.checkpoints import local_copy
     from preprocessing import storage
     from tests.s3_server import s3_server, weed_binary
 

@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from pipelines.config import config_from_dict, load_config
-from pipelines.ray_session import init_ray
-from pipelines.schema import ConfigError
-from pipelines.search_space import candidate_overrides, data_key, data_variants, parse_space
-from pipelines.tune import check_space, tune_experiment
+from cluster.session import init_ray
+from preprocessing.schema import ConfigError
+from pipelines.tune.space import candidate_overrides, data_key, data_variants, parse_space
+from pipelines.tune.driver import check_space, tune_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -167,7 +167,7 @@ def test_interrupted_tune_resumes_without_rerunning_finished_trials(tmp_path):
 
 def test_write_results_table_plot_and_best_config(tmp_path):
     """Pure results writing: sorted table without repeated columns, plot, a valid best config."""
-    from pipelines.tune import write_results
+    from pipelines.tune.driver import write_results
 
     raw = _tiny_raw(tmp_path)
     rows = [

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from pipelines.cli import main
-from pipelines.infer import write_outputs
-from pipelines.metrics import mpjpe_frames, p_mpjpe_frames, summarise
-from pipelines.render import DPI
+from pipelines.evaluate.infer import write_outputs
+from pipelines.evaluate.metrics import mpjpe_frames, p_mpjpe_frames, summarise
+from pipelines.viz.render import DPI
 from preprocessing.skeleton import H36M17
 
 
@@ -96,7 +96,7 @@ def test_viz_bad_input_exit_2(tmp_path, capsys, argv, message):
 
 
 def test_curves_png_from_run_metrics_csv(tmp_path, capsys):
-    from pipelines.train_logs import csv_text
+    from pipelines.train.logs import csv_text
 
     run = tmp_path / "run"
     run.mkdir()
@@ -124,7 +124,7 @@ def test_results_png_per_activity_bars(tmp_path, capsys):
     def summary(p):
         return summarise({"mpjpe": (mpjpe_frames(p, gt), groups, None), "p_mpjpe": (p_mpjpe_frames(p, gt), groups, None)})
 
-    # The shape `raylift evaluate` writes (pipelines/evaluate.py: evaluate_arrays).
+    # The shape `raylift evaluate` writes (pipelines/evaluate/protocols.py: evaluate_arrays).
     doc = {"dataset": "d", "layout": "h36m", "protocol": "seq2seq, every real frame once", "metrics": ["mpjpe", "p_mpjpe"],
            "group_by": "activity", "group_mean_label": "action-wise", "frames": 60,
            "results": {"model": summary(pred), "baseline": summary(np.zeros_like(gt))}}
@@ -139,7 +139,7 @@ def test_results_png_per_activity_bars(tmp_path, capsys):
 
 
 def test_bone_colours_follow_skeleton_sides():
-    from pipelines.render import SIDE_COLOURS, bone_colours
+    from pipelines.viz.render import SIDE_COLOURS, bone_colours
 
     colours = dict(zip(H36M17.bones(), bone_colours(H36M17)))
     assert colours[(0, 4)] == colours[(11, 12)] == SIDE_COLOURS["left"]

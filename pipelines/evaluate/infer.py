@@ -8,8 +8,8 @@ Two inputs:
   (MPJPE / P-MPJPE printed and stored).
 
 Lifting (`lift_sequence`): keypoints normalised as `x / w * 2 - [1, h / w]`, cut into the model's
-windows so that every frame is predicted exactly once (`pipelines/inference_windows.py`), test-time
-flip averaging (default on) through `pipelines.predict.predict`, batched, on CPU or GPU.
+windows so that every frame is predicted exactly once (`pipelines/evaluate/windows.py`), test-time
+flip averaging (default on) through `pipelines.evaluate.prediction.predict`, batched, on CPU or GPU.
 
 Output (`--output P`): `P.npz` or `P.json` by suffix; any other suffix (or none) writes both
 `P.npz` and `P.json` (P + ".npz" / ".json"). Contents: `poses_3d` (F, 17, 3) camera-space metres,
@@ -90,8 +90,8 @@ def lift_sequence(
     """
     import torch
 
-    from pipelines.inference_windows import iter_batches, plan_windows, stitch_into
-    from pipelines.predict import predict
+    from pipelines.evaluate.windows import iter_batches, plan_windows, stitch_into
+    from pipelines.evaluate.prediction import predict
 
     kp = np.asarray(keypoints_2d, dtype=np.float32)
     if kp.ndim != 3 or kp.shape[-1] != 2:
@@ -164,8 +164,8 @@ def find_sequence(sequences: list, subject: str, action: str, camera: str) -> An
 
 
 def sequence_metrics(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> dict[str, Optional[float]]:
-    """MPJPE / P-MPJPE (mm) over the sequence's valid frames, as `pipelines.metrics` computes them."""
-    from pipelines import metrics
+    """MPJPE / P-MPJPE (mm) over the sequence's valid frames, as `pipelines.evaluate.metrics` computes them."""
+    from pipelines.evaluate import metrics
 
     w = valid.astype(np.float64)
     values = {

@@ -34,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _config(name: str, overrides: list[str]) -> Any:
     """`name`'s config with the overrides whose key it has (so `model.depth=2` shrinks all models)."""
     from models.registry import config_class
-    from pipelines.model_tools import model_config
-    from pipelines.schema import ConfigError, parse_override
+    from pipelines.models.tools import model_config
+    from preprocessing.schema import ConfigError, parse_override
 
     keys = {f.name for f in fields(config_class(name))}
     mine = []
@@ -54,7 +54,7 @@ def bench_one(name: str, frames: int, joints: int, batch: int, steps: int, warmu
     import torch
 
     from models.registry import build_model, count_parameters
-    from pipelines.model_tools import example_input
+    from pipelines.models.tools import example_input
 
     torch.manual_seed(0)
     model = build_model(_config(name, overrides), frames=frames, joints=joints).train()
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from models.registry import MODELS
-    from pipelines.schema import ConfigError
+    from preprocessing.schema import ConfigError
 
     names = list(MODELS) if not args.models else [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODELS]

@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def model_config(name: str, overrides: list[str]) -> Any:
     """The registry config of `name` with `model.KEY=VALUE` overrides applied and validated."""
     from models.registry import parse_model_config
-    from pipelines.schema import ConfigError, apply_overrides
+    from preprocessing.schema import ConfigError, apply_overrides
 
     for text in overrides:
         if not text.startswith("model."):
@@ -79,7 +79,7 @@ def summarize(name: str, frames: int, joints: int = 17, overrides: list[str] | N
     from torch.utils.flop_counter import FlopCounterMode
 
     from models.registry import build_model, count_parameters
-    from pipelines.schema import ConfigError
+    from preprocessing.schema import ConfigError
 
     if frames < 1 or joints < 1:
         raise ConfigError(f"--frames and --joints must be >= 1 (got {frames}, {joints})")

@@ -3,14 +3,14 @@ evaluate the best checkpoint next to the mean-pose baseline.
 
 The driver prepares (or finds, by id) the Parquet windows, checks the run directory
 `<train.storage_path>/<name>/` for a checkpoint to resume from, and runs a Ray Train V2
-`TorchTrainer` whose workers execute `pipelines.train_worker.train_loop_per_worker`:
+`TorchTrainer` whose workers execute `pipelines.train.worker.train_loop_per_worker`:
 
 - `train.num_workers` workers with `cpus_per_worker` CPUs, `gpus_per_worker` GPUs (`use_gpu`) and
   any custom `resources_per_worker` each; DDP over NCCL on GPUs, gloo on CPUs. `num_workers: 0`
   runs the loop in the driver process (one laptop core, no DDP).
 - Each worker streams its shard of the train split through Ray Data (local shuffle, prefetch)
   and scores validation MPJPE (no flip) on its share of the test split's Parquet row groups
-  (`pipelines/train_data.py`), so together they count every real test frame exactly once.
+  (`pipelines/train/data.py`), so together they count every real test frame exactly once.
 - A checkpoint every epoch: Ray keeps the `keep_best` lowest validation MPJPE ones plus the
   latest. Re-running the same command (same name and storage_path) resumes from the latest;
   `FailureConfig(max_failures)` restarts the workers from it after a worker or node dies.
@@ -42,7 +42,7 @@ class TrainOutcome:
     best_checkpoint: Optional[str]
     latest_checkpoint: Optional[str]
     history: list[dict] = field(default_factory=list)  # per-epoch metrics (metrics.csv)
-    evaluation: Optional[dict] = None  # pipelines.evaluate result for the best checkpoint
+    evaluation: Optional[dict] = None  # pipelines.evaluate.protocols result for the best checkpoint
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -66,8 +66,8 @@ def check_resume(run_uri: str, cfg_dict: dict, joints: int, dataset_id: str) -> 
     starts: another model, T, joint set or dataset, or an unreadable file, is a CheckpointError
     naming the checkpoint."""
     from models.checkpoint import load_state, load_train_state, read_meta
-    from pipelines.train_checkpoints import PREFIX, latest, list_checkpoints, local_copy, ray_registered
-    from pipelines.training_loop import check_compatible, check_train_state
+    from pipelines.train.checkpoints import PREFIX, latest, list_checkpoints, local_copy, ray_registered
+    from pipelines.train.loop import check_compatible, check_train_state
     from preprocessing import storage
 
     run = storage.open_location(run_uri)
@@ -102,8 +102,8 @@ def _ensure_ray(progress: Callable[[str], None]) -> None:
 
     if ray.is_initialized():
         return
-    from pipelines.preprocess import quiet_ray_data
-    from pipelines.ray_session import init_ray
+    from cluster.session import quiet_ray_data
+    from cluster.session import init_ray
 
     # RAY_ADDRESS's cluster, else a private instance (never a stray `ray start` one). The dashboard
     # stays on: Ray Train's placement-group cleaner queries the state API through it.
@@ -121,7 +121,7 @@ def build_trainer(cfg: ExperimentConfig, dataset_uri: str, loop_config: dict, ru
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from pipelines.train_worker import TRAIN, train_loop_per_worker
+    from pipelines.train.worker import TRAIN, train_loop_per_worker
     from preprocessing import storage as st
     from preprocessing.readers import open_split
 
@@ -169,7 +169,7 @@ def run_training(
 
     `callbacks` are Ray Train user callbacks (e.g. Tune's TuneReportCallback).
     """
-    from pipelines.train_checkpoints import best, forget_ray_snapshot, latest, list_checkpoints
+    from pipelines.train.checkpoints import best, forget_ray_snapshot, latest, list_checkpoints
     from preprocessing import storage
     from preprocessing.readers import read_manifest
 
@@ -209,7 +209,7 @@ def run_training(
     outcome = TrainOutcome(run_uri, dataset_uri, best_ckpt.uri if best_ckpt else None,
                            last_ckpt.uri if last_ckpt else None, history)
     if history:
-        from pipelines.plots import training_curves_png
+        from pipelines.viz.plots import training_curves_png
 
         png = training_curves_png(history, title=f"{cfg.model.name} T={cfg.data.windows.frames} ({name})")
         storage.write_bytes(storage.open_location(run_uri).child(PLOT_NAME), png)
@@ -225,7 +225,7 @@ def run_training(
 def _history(last) -> list[dict]:
     """Per-epoch metrics of the run, from the latest checkpoint's train state."""
     from models.checkpoint import load_train_state
-    from pipelines.train_checkpoints import local_copy
+    from pipelines.train.checkpoints import local_copy
 
     if last is None:
         return []
@@ -241,8 +241,8 @@ def evaluate_best(cfg: ExperimentConfig, checkpoint_uri: str, dataset_uri: str, 
     import tempfile
 
     from models.checkpoint import load_model
-    from pipelines.evaluate import evaluate_model, result_tables, write_results
-    from pipelines.train_checkpoints import local_copy
+    from pipelines.evaluate.protocols import evaluate_model, result_tables, write_results
+    from pipelines.train.checkpoints import local_copy
     from preprocessing import storage
 
     with local_copy(checkpoint_uri) as d:

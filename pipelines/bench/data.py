@@ -92,7 +92,7 @@ def read_back(uri: str, batch_size: int, shuffle_buffer: int) -> tuple[int, floa
 def run(args: argparse.Namespace) -> int:
     import ray
 
-    from pipelines.preprocess import quiet_ray_data
+    from cluster.session import quiet_ray_data
     from preprocessing.shards import build_dataset, hash_files
     from preprocessing.sources import load_sequences
 

@@ -6,7 +6,7 @@ Flow:
 2. Prepare the Parquet windows of every distinct `data.*` assignment once, through the data
    cache (by dataset id). Trials with the same windows share them.
 3. Each trial applies its sampled values to the base config and runs the training issue's code
-   path (`pipelines.train.run_training`) with its own workers/GPUs; Ray Train's
+   path (`pipelines.train.driver.run_training`) with its own workers/GPUs; Ray Train's
    `TuneReportCallback` forwards every epoch's `val_mpjpe` to Tune, where ASHA stops weak trials.
 4. Results: a sorted table (CSV + Markdown) of every trial with its T, depth, parameters, best
    MPJPE, epochs run and wall time; a PNG of MPJPE against T per depth; the best config as a
@@ -25,9 +25,9 @@ from typing import Any, Optional
 import yaml
 
 from pipelines.config import ExperimentConfig, add_config_arguments, config_from_dict, load_config
-from pipelines.ray_session import init_ray
-from pipelines.schema import ConfigError, apply_overrides, apply_values, load_yaml
-from pipelines.search_space import (
+from cluster.session import init_ray
+from preprocessing.schema import ConfigError, apply_overrides, apply_values, load_yaml
+from pipelines.tune.space import (
     candidate_overrides,
     data_key,
     data_variants,
@@ -108,7 +108,7 @@ def _trial(config: dict, base_raw: dict, datasets: dict[str, str], train_storage
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipelines.train import run_training
+    from pipelines.train.driver import run_training
 
     overrides = config["overrides"]
     cfg = config_from_dict(apply_values(base_raw, overrides))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-from pipelines.submit import ClusterError, add_address_argument, connect, follow_logs, report_outcome, resolve_address
+from cluster.submit import ClusterError, add_address_argument, connect, follow_logs, report_outcome, resolve_address
 
 
 def add_arguments(parser) -> None:

@@ -1,5 +1,5 @@
 """The function every Ray Train worker runs (`train_loop_per_worker`): a thin Ray layer around
-`pipelines.training_loop`.
+`pipelines.train.loop`.
 
 Per worker: build the model, restore the latest checkpoint if there is one (Ray's after a
 failure, else the run directory's on a restart), wrap in DDP (`prepare_model`: NCCL on GPUs, gloo
@@ -21,9 +21,9 @@ import torch
 
 from models.checkpoint import save_checkpoint
 from preprocessing.storage import Location
-from pipelines.train_data import iter_val_batches
-from pipelines.train_checkpoints import checkpoint_name, local_copy, prune, write_checkpoint
-from pipelines.training_loop import (
+from pipelines.train.data import iter_val_batches
+from pipelines.train.checkpoints import checkpoint_name, local_copy, prune, write_checkpoint
+from pipelines.train.loop import (
     build_optimizer, build_scheduler, build_train_state, capture_rng_state, checkpoint_meta,
     current_lr, epoch_line, load_resume_state, restore_rng_state, seed_everything, train_step,
     validation_sums,
@@ -83,7 +83,7 @@ def train_loop_per_worker(config: dict) -> None:
     from models.losses import build_loss, forward_for_loss
     from models.registry import build_model, count_parameters
     from pipelines.config import config_from_dict
-    from pipelines.train_logs import RunLog
+    from pipelines.train.logs import RunLog
     from preprocessing.readers import iter_torch_batches
 
     cfg_dict = config["cfg"]

@@ -4,7 +4,7 @@
   skeleton (and the ground truth when R holds `gt_3d`, as dataset-mode `raylift infer` outputs do,
   or from `--gt G`: another infer output's `gt_3d`, else its `poses_3d`).
 - `viz curves --run DIR`: training curves (PNG) from the run's `metrics.csv`, drawn by
-  `pipelines.plots.training_curves_png` (the same figure training writes).
+  `pipelines.viz.plots.training_curves_png` (the same figure training writes).
 - `viz results --results results.json`: per-group (H36M activity, 3DHP sequence) bars of every
   metric (PNG) from `raylift evaluate`'s JSON (`results` = {"model", "baseline"} summaries).
 """
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def animation_panels(arrays: dict[str, np.ndarray], gt: Optional[np.ndarray], gt_title: str) -> list:
-    from pipelines.render import Panel
+    from pipelines.viz.render import Panel
 
     panels = []
     if "keypoints_2d" in arrays:
@@ -68,8 +68,8 @@ def frame_indices(num_frames: int, stride: int, max_frames: Optional[int]) -> li
 
 
 def run_anim(args: argparse.Namespace) -> int:
-    from pipelines.infer import load_inference_output
-    from pipelines.render import SkeletonAnimator, iter_frames, write_animation
+    from pipelines.evaluate.infer import load_inference_output
+    from pipelines.viz.render import SkeletonAnimator, iter_frames, write_animation
     from preprocessing.skeleton import get_skeleton
 
     arrays, meta = load_inference_output(args.input)
@@ -95,10 +95,10 @@ def run_anim(args: argparse.Namespace) -> int:
 
 
 def run_curves(args: argparse.Namespace) -> int:
-    """The training engineer's figure (`pipelines.plots`) from the run's `metrics.csv` (local or S3)."""
-    from pipelines.plots import training_curves_png
+    """The training engineer's figure (`pipelines.viz.plots`) from the run's `metrics.csv` (local or S3)."""
+    from pipelines.viz.plots import training_curves_png
     from preprocessing.storage import write_local_atomic
-    from pipelines.train_logs import CSV_NAME, read_csv
+    from pipelines.train.logs import CSV_NAME, read_csv
     from preprocessing import storage
 
     run_uri = args.run.rstrip("/")
@@ -140,8 +140,8 @@ def results_summaries(doc: Any, where: str) -> dict[str, dict]:
 def plot_results(doc: Any, title: str, output: Path) -> Path:
     """One bar panel per metric: each group (activity / sequence) and the mean over groups, one bar
     colour per summary (the model, the mean-pose baseline)."""
-    from pipelines.metrics import METRIC_LABELS
-    from pipelines.render import new_figure, save_figure
+    from pipelines.evaluate.metrics import METRIC_LABELS
+    from pipelines.viz.render import new_figure, save_figure
 
     summaries = results_summaries(doc, title)
     metrics: list[str] = [m for m in doc.get("metrics") or [] if isinstance(m, str)]

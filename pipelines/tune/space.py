@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.schema import ConfigError
+from preprocessing.schema import ConfigError
 
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
 DATA_PREFIX = "data."

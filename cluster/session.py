@@ -42,3 +42,15 @@ def init_ray(address: Optional[str] = None, **kwargs: Any) -> None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def quiet_ray_data() -> None:
+    """Keep Ray Data's INFO logging off the console (raylift prints its own progress)."""
+    import logging
+
+    import ray.data  # noqa: F401  (importing it installs Ray Data's logging config, adjusted below)
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if type(handler).__name__ != "SessionFileHandler":  # keep the session's log file complete
+            handler.setLevel(logging.WARNING)
+    logging.getLogger("ray._private.worker").setLevel(logging.WARNING)

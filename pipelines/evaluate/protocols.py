@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from pipelines import metrics
+from pipelines.evaluate import metrics
 from preprocessing.errors import DataError
 from preprocessing.skeleton import MPI17, Skeleton, get_skeleton
 from preprocessing.storage import write_local_atomic
@@ -261,7 +261,7 @@ def evaluate_arrays(
     """`evaluate_model` on an already loaded test split (`load_split_arrays(uri, "test")`); the
     mean-pose baseline is scored too when the `train` split's arrays are given. `notes` are
     carried into the result (e.g. why the baseline is missing)."""
-    from pipelines.predict import default_device, predict_windows
+    from pipelines.evaluate.prediction import default_device, predict_windows
 
     skel = _skeleton(skeleton)
     keep = _real_rows(test)

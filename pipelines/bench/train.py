@@ -1,7 +1,7 @@
 """`raylift bench train --model M --frames T --batch B [--compile] [--steps N] [--device cpu|cuda]`:
 training throughput of one model, measured on the real training step.
 
-Each step is `pipelines.training_loop.train_step`: forward under bf16 autocast on CUDA (fp32 on
+Each step is `pipelines.train.loop.train_step`: forward under bf16 autocast on CUDA (fp32 on
 CPU), the model's training loss (`models.losses.build_loss`), backward, AdamW update; attention is
 PyTorch's fused `scaled_dot_product_attention` (models/layers.py). Reported:
 - training frames/s, frames = windows x T per step (the 2D frames the step consumes);
@@ -42,7 +42,7 @@ def example_batch(model, batch: int, frames: int, joints: int, device) -> dict:
     """A random training batch shaped like the Parquet windows the model trains on."""
     import torch
 
-    from pipelines.model_tools import example_input
+    from pipelines.models.tools import example_input
 
     x = example_input(model, batch, frames, joints, device=device)
     target_frames = frames if model.output_mode == "seq2seq" else 1
@@ -70,9 +70,9 @@ def bench_train(model_name: str, frames: int, batch: int, steps: int = 10, warmu
     from models.losses import build_loss, forward_for_loss
     from models.registry import build_model, count_parameters
     from pipelines.config import TrainConfig
-    from pipelines.model_tools import model_config
-    from pipelines.schema import ConfigError
-    from pipelines.training_loop import build_optimizer, train_step
+    from pipelines.models.tools import model_config
+    from preprocessing.schema import ConfigError
+    from pipelines.train.loop import build_optimizer, train_step
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda" and not torch.cuda.is_available():

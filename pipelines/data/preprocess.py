@@ -16,18 +16,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
 
 
-def quiet_ray_data() -> None:
-    """Keep Ray Data's INFO logging off the console (raylift prints its own progress)."""
-    import logging
-
-    import ray.data  # noqa: F401  (importing it installs Ray Data's logging config, adjusted below)
-
-    for handler in logging.getLogger("ray.data").handlers:
-        if type(handler).__name__ != "SessionFileHandler":  # keep the session's log file complete
-            handler.setLevel(logging.WARNING)
-    logging.getLogger("ray._private.worker").setLevel(logging.WARNING)
-
-
 def summary_lines(info, seconds: float) -> list[str]:
     """Human-readable summary of a built (or found) dataset."""
     m = info.manifest
@@ -50,6 +38,7 @@ def summary_lines(info, seconds: float) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cluster.session import quiet_ray_data
     from pipelines.config import load_config
     from preprocessing.shards import prepare_dataset
 

@@ -16,7 +16,7 @@ from typing import Optional
 
 import pyarrow.fs as pafs
 
-from pipelines.train_checkpoints import Where, _loc
+from pipelines.train.checkpoints import Where, _loc
 from preprocessing import storage
 
 CSV_NAME = "metrics.csv"

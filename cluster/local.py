@@ -24,7 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from pipelines.schema import ConfigError
+from preprocessing.schema import ConfigError
 
 STATE_FILE = "cluster.json"
 DEFAULT_DIR = ".raylift"

@@ -1,6 +1,6 @@
 """The pure pieces of a training run: optimiser, schedule, one step, validation sums, RNG state,
 checkpoint payloads and the resume checks. No Ray here, so every piece is unit-testable on CPU;
-`pipelines/train_worker.py` strings them together inside a Ray Train worker.
+`pipelines/train/worker.py` strings them together inside a Ray Train worker.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ The job's runtime environment carries:
 
 The entrypoint is `python -m pipelines.cli <command>`: the raylift CLI itself, run from the
 uploaded tree, so it works on clusters where raylift is not pip-installed. The command is parsed
-by the real CLI parser before anything is uploaded, so typos fail here, not on the cluster.
+by the real CLI parser (handed over by the CLI as `parser_for`) before anything is uploaded, so typos fail here, not on the cluster.
 `--follow` (default) streams the job's logs and exits with its outcome: 0 for SUCCEEDED,
 1 for FAILED or STOPPED.
 """
@@ -32,10 +32,10 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 from urllib.parse import urlparse
 
-from pipelines.schema import ConfigError
+from preprocessing.schema import ConfigError
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # gitignore-style, relative to the working directory (Ray's `excludes`).
@@ -208,24 +208,27 @@ def build_runtime_env(
     return runtime_env
 
 
-def parse_command(command: list[str]) -> list[str]:
-    """Strip the `--` separator and check the command with the real raylift parser."""
+def parse_command(command: list[str], parser_for: Callable[[str], Optional[argparse.ArgumentParser]]) -> list[str]:
+    """Strip the `--` separator and check the command with the parser `parser_for(name)` gives.
+
+    `parser_for` returns the full parser of `raylift <name>`, or None for an unknown command. The
+    CLI passes its own (`pipelines.cli.parser_for`), so `cluster/` never imports the commands.
+    """
     if command and command[0] == "--":
         command = command[1:]
     if not command:
         raise ClusterError("no command given: raylift submit [options] -- <command> [args]")
-    from pipelines.cli import COMMANDS, build_parser
-
-    if command[0] not in COMMANDS:
-        raise ClusterError(f"unknown raylift command {command[0]!r} (expected one of: {', '.join(COMMANDS)})")
+    parser = parser_for(command[0])
+    if parser is None:
+        raise ClusterError(f"unknown raylift command {command[0]!r} (run `raylift --help` for the list)")
     if command[0] in NOT_SUBMITTABLE:
         raise ClusterError(f"`raylift {command[0]}` runs on your machine, it cannot be a job")
-    build_parser(command[0]).parse_args(command)  # exits with usage (status 2) on bad arguments
+    parser.parse_args(command)  # exits with usage (status 2) on bad arguments
     return command
 
 
 def run(args) -> int:
-    command = parse_command(args.job_command)
+    command = parse_command(args.job_command, args.parser_for)
     address = resolve_address(args.address)
     working_dir = Path(args.working_dir).resolve() if args.working_dir else project_root()
     if not working_dir.is_dir():

@@ -1,6 +1,6 @@
 """`raylift bench {data,model,train}`: benchmarks that report figures, never pass/fail on time.
 
-Each benchmark lives in its own module (`pipelines.bench_<name>`) with `add_arguments`/`run`.
+Each benchmark lives in its own module (`pipelines.bench.<name>`) with `add_arguments`/`run`.
 """
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import argparse
 import importlib
 
 BENCHMARKS = {
-    "data": ("pipelines.bench_data", "preprocessing and read-back throughput (windows/s, bytes/window)"),
-    "model": ("pipelines.bench_model", "forward+backward step time of each model at a small batch"),
-    "train": ("pipelines.bench_train", "training frames/s, peak memory and TFLOP/s for one model"),
+    "data": ("pipelines.bench.data", "preprocessing and read-back throughput (windows/s, bytes/window)"),
+    "model": ("pipelines.bench.model", "forward+backward step time of each model at a small batch"),
+    "train": ("pipelines.bench.train", "training frames/s, peak memory and TFLOP/s for one model"),
 }
 
 
