@@ -47,7 +47,8 @@ reproduce its output to 1e-5. `paper` follows the paper's text. The differences,
 
 Parameter counts (J = 17, c = 32, 4 + 4 blocks, 8 heads)
 -------------------------------------------------------
-- official, T = 81: 14,665,939 (the released state dict holds 14,790,259: 124,320 of them unused).
+- official, T = 81: 14,624,501 (the released state dict holds 14,790,259 parameters; the
+  165,758 the code never uses are dropped on import).
 - paper, T = 81: 9,872,373 (the paper reports 9.93M); T = 9: 9,573,357. PoseFormer 9,602,885 /
   9,563,645 plus per spatial block LN 2c + two depth-wise convs 2(5c + c) + GN 2c = 16c, per
   temporal block LN 2Jc + K, Q, V convs 3·3T² + grouped conv 3T²/g + GN 2T.

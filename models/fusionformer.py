@@ -35,7 +35,11 @@ checkpoints load key for key (`models/convert.py`) and the parity tests reproduc
 2. Cross-trajectory attention: the code multiplies q and k by two learned scalars (`q_mask`,
    `k_mask`); the paper's attention is plain.
 3. LayerNorm eps 1e-5 in the code (plain `nn.LayerNorm`), the field's 1e-6 in `paper`.
-4. Refinement, as `run.py` runs it with `--refine`: one MLP over the WHOLE window
+4. Position leak: the code's `x += Temporal_pos_embed` (temporal encoder) and
+   `x += Cross_Trajectory_pos_embed` (cross-trajectory encoder) act in place on views of the
+   spatial and self-trajectory outputs, so those two maps enter the fusion with the next encoder's
+   positions added. `official` adds them explicitly (out of place); `paper` fuses clean maps.
+5. Refinement, as `run.py` runs it with `--refine`: one MLP over the WHOLE window
    (Linear(6·T·J -> 1024·T) -> ReLU -> Dropout(0.5) -> Linear(1024·T -> 2·T·J) -> sigmoid), and the
    2D is lifted by perspective back-projection (`common/camera.py get_uvd2xyz`): joint depths
    z_0 = root depth, z_j = predicted z_j + root depth, (x, y) = (uv − c)·z / f with the camera
@@ -83,19 +87,20 @@ ROOT = 0  # the released back-projection takes joint 0 as the root (H36M pelvis)
 
 @dataclass(frozen=True)
 class VariantSpec:
-    """Everything that differs between the released code and the paper (module docstring, 1-4)."""
+    """Everything that differs between the released code and the paper (module docstring, 1-5)."""
 
     fuse_all_encoders: bool  # fuse [spatial, temporal, self-, cross-trajectory] (4T) or [temporal, cross] (2T)
     fusion_gate: bool  # squeeze-excitation gate over the fused frame maps
     qk_gains: bool  # learned q/k scalars in the cross-trajectory attention
+    position_leak: bool  # spatial / self-trajectory maps fused with the next encoder's positions added
     eps: float  # LayerNorm epsilon of the encoders and the fusion
     refine_window: bool  # refinement MLP over the whole window (code) or frame-wise (paper)
     perspective: bool  # lift 2D by perspective back-projection (code) or weak perspective (paper)
 
 
 VARIANTS: dict[str, VariantSpec] = {
-    "official": VariantSpec(True, True, True, 1e-5, True, True),
-    "paper": VariantSpec(False, False, False, 1e-6, False, False),
+    "official": VariantSpec(True, True, True, True, 1e-5, True, True),
+    "paper": VariantSpec(False, False, False, False, 1e-6, False, False),
 }
 
 
@@ -179,12 +184,17 @@ class TemporalEncoder(nn.Module):
 
     def __init__(self, frames: int, joints: int, cfg: FusionformerConfig) -> None:
         super().__init__()
+        self.joints = joints
         self.encoder = Encoder(frames, joints * cfg.dim, cfg.L_s, cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         j = x.shape[2]
         x = self.encoder(rearrange(x, "b t j c -> b t (j c)"))  # (B, T, J*c)
         return rearrange(x, "b t (j c) -> b t j c", j=j)
+
+    def positions(self) -> torch.Tensor:
+        """The learned frame positions laid out as a feature map: (1, T, J, c)."""
+        return rearrange(self.encoder.pos, "o t (j c) -> o t j c", j=self.joints)
 
 
 class SelfTrajectoryEncoder(nn.Module):
@@ -206,6 +216,7 @@ class CrossTrajectoryEncoder(nn.Module):
 
     def __init__(self, frames: int, joints: int, cfg: FusionformerConfig) -> None:
         super().__init__()
+        self.frames = frames
         self.encoder = Encoder(joints, frames * cfg.dim, cfg.L_c, cfg, qk_gains=cfg.spec.qk_gains)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -213,31 +224,49 @@ class CrossTrajectoryEncoder(nn.Module):
         x = self.encoder(rearrange(x, "b t j c -> b j (t c)"))  # (B, J, T*c)
         return rearrange(x, "b j (t c) -> b t j c", t=t)
 
+    def positions(self) -> torch.Tensor:
+        """The learned trajectory positions laid out as a feature map: (1, T, J, c)."""
+        return rearrange(self.encoder.pos, "o j (t c) -> o t j c", t=self.frames)
+
 
 class GlobalInteractionModule(nn.Module):
-    """GIM: spatial then temporal encoder. (B, T, J, 2) -> both feature maps, each (B, T, J, c)."""
+    """GIM: spatial then temporal encoder. (B, T, J, 2) -> both feature maps, each (B, T, J, c).
+
+    With `position_leak` (official) the spatial map comes back with the temporal encoder's frame
+    positions added, as the released code leaves it: its `x += Temporal_pos_embed` acts in place
+    on a view of the spatial encoder's output, which is then fused.
+    """
 
     def __init__(self, frames: int, joints: int, cfg: FusionformerConfig) -> None:
         super().__init__()
+        self.position_leak = cfg.spec.position_leak
         self.spatial = SpatialEncoder(joints, cfg)
         self.temporal = TemporalEncoder(frames, joints, cfg)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.spatial(x)
-        return s, self.temporal(s)
+        t = self.temporal(s)
+        return (s + self.temporal.positions() if self.position_leak else s), t
 
 
 class LocalInteractionModule(nn.Module):
-    """LIM: self-trajectory then cross-trajectory encoder. (B, T, J, 2) -> both maps, each (B, T, J, c)."""
+    """LIM: self-trajectory then cross-trajectory encoder. (B, T, J, 2) -> both maps, each (B, T, J, c).
+
+    With `position_leak` (official) the self-trajectory map comes back with the cross-trajectory
+    encoder's positions added (the released `x += Cross_Trajectory_pos_embed` acts in place on a
+    view of it).
+    """
 
     def __init__(self, frames: int, joints: int, cfg: FusionformerConfig) -> None:
         super().__init__()
+        self.position_leak = cfg.spec.position_leak
         self.self_trajectory = SelfTrajectoryEncoder(frames, cfg)
         self.cross_trajectory = CrossTrajectoryEncoder(frames, joints, cfg)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.self_trajectory(x)
-        return s, self.cross_trajectory(s)
+        c = self.cross_trajectory(s)
+        return (s + self.cross_trajectory.positions() if self.position_leak else s), c
 
 
 class GlobalLocalFusion(nn.Module):
