@@ -81,7 +81,7 @@ def test_crossformer_shapes_any_T(frames, joints):
     out = model(torch.randn(2, frames, joints, 2))
     assert out.shape == (2, 1, joints, 3) and torch.isfinite(out).all()
     assert count_parameters(model) == count_parameters(
-        PoseFormer(PoseFormerConfig(**TINY_CROSS), frames, joints)
+        PoseFormer(PoseFormerConfig(spatial_dim=8, depth=2, heads=2), frames, joints)
     ) + crossformer_added_params(8, 2, joints, frames)
 
 
@@ -89,8 +89,12 @@ def test_crossformer_registry_and_config_errors():
     from pipelines.schema import ConfigError
 
     cfg = parse_model_config({"name": "crossformer", "spatial_dim": 8, "heads": 2, "depth": 1})
-    assert isinstance(cfg, CrossFormerConfig)
-    assert build_model(cfg, 27, 17).output_mode == "seq2frame"
+    assert isinstance(cfg, CrossFormerConfig) and cfg.variant == "official"
+    assert build_model(cfg, 81, 17).output_mode == "seq2frame"
+    with pytest.raises(ConfigError, match="T=81 frames only"):
+        build_model(cfg, 27, 17)
+    assert build_model(parse_model_config({"name": "crossformer", "variant": "paper", "spatial_dim": 8, "heads": 2,
+                                           "depth": 1}), 27, 17).output_mode == "seq2frame"
     with pytest.raises(ConfigError, match="cji_kernel"):
         parse_model_config({"name": "crossformer", "cji_kernel": 4})
     with pytest.raises(ConfigError, match="heads"):
