@@ -8,53 +8,100 @@ Seq2seq. Two feature branches run in parallel on the same 2D window and are fuse
   joint separately, its T frames as tokens of width c) followed by a cross-trajectory encoder (each
   joint's whole trajectory as one token of width T·c; the J trajectory tokens attend to each other,
   which is where the "joint motion synergy" is learned).
-- **Fusion**: the two (B, T, J·c) feature sequences are concatenated along frames (2T), a LayerNorm
-  and a 1D convolution (Conv1d(2T, T, 1)) map them back to T frames, and a head (LayerNorm + Linear
-  c -> 3) regresses each joint of each frame: `pose` (B, T, J, 3).
-- **Pose refinement** (`PoseRefinement`, after Cai et al. 2019, used by the released code): two
-  linear layers read the predicted pose and the input 2D lifted to 3D with the predicted depth, and
-  output sigmoid confidences that weigh the predicted x, y against the lifted x, y per joint.
+- **Fusion**: feature maps concatenated along frames, a LayerNorm over J·c and a Conv1d back to T
+  frames; a head (LayerNorm + Linear c -> 3) regresses each joint of each frame: `pose` (B, T, J, 3).
+- **Pose refinement** (`PoseRefinement`, after Cai et al. 2019): an MLP reads the predicted pose and
+  the 2D input lifted to 3D with the predicted depth, and outputs sigmoid confidences that weigh
+  the predicted x, y against the lifted x, y per joint; z is the predicted depth.
 
-Final prediction
-----------------
-The paper reports the pose after refinement (its test code evaluates the refined pose); the
-refinement network sees one frame at a time here, so `forward(x)` applies it to every frame and
-returns the refined (B, T, J, 3). `forward(x, return_all=True)` returns {"pose": (B, T, J, 3) before
-refinement, "refined": (B, 1, J, 3) the centre frame after refinement}; the training loss is the
-paper's λm·MPJPE(pose, all frames) + λr·MPJPE(refined, centre frame) (`models/losses.py`), so the
-refinement is trained on centre frames and, being frame-wise, applied to all.
+Depths: `L_s` is the number of blocks in each encoder of the global module (spatial and temporal),
+`L_c` in each encoder of the local module (self- and cross-trajectory); the paper uses
+L_s = L_c = 4. The released code has one `depth` for all four encoders (its `depth1..3` arguments
+are unused), i.e. L_s = L_c = depth.
 
-Lifting without a camera: the released code back-projects (u, v, predicted depth) with the camera
-intrinsics and the ground-truth root depth. A raylift model sees only normalised 2D, so the lift is
-weak-perspective: per frame the 2D shape (centred on its joint mean) is scaled by the least-squares
-factor that best matches the predicted x, y, and placed at the predicted joint mean; z is the
-predicted depth. This ignores the per-joint perspective term u·z/f (tens of millimetres at the
-extremities), which the learned confidences weigh against.
+Variants (`variant`, default `official`)
+----------------------------------------
+`official` computes what the authors' released code computes (github.com/yuxinwei123/Fusionformer,
+`common/Fusionformer.py` class `Fusionformer`, `common/refine.py` class `refine`, `run.py`); its two
+checkpoints load key for key (`models/convert.py`) and the parity tests reproduce its outputs to
+1e-5. `paper` follows the paper's text. The differences, code vs paper:
 
-Differences from the released code (`common/Fusionformer.py`): it concatenates four feature maps
-(spatial, temporal, self- and cross-trajectory: 4T) and adds a squeeze-excitation gate over them,
-scales q and k of the cross-trajectory attention by two learned scalars (absorbable into the qkv
-weights), and builds its refinement on all T frames jointly with a (1024·T)-unit hidden layer; this
-module follows the paper's 2T fusion and a frame-wise refinement of `refine_hidden` units.
+1. Fusion over 4T: the code concatenates all four encoder outputs along frames, [spatial,
+   temporal, self-trajectory, cross-trajectory] (B, 4T, J, c), gates the 4T maps with a
+   squeeze-excitation unit (`glf.fc`: mean over joints and channels -> Linear(4T, 1) -> ReLU ->
+   Linear(1, 4T) -> sigmoid; one hidden unit, `reducion = 4T`), then LayerNorm + Conv1d(4T -> T).
+   The paper fuses the two module outputs (temporal, cross-trajectory) over 2T with
+   LayerNorm + Conv1d(2T -> T), no gate.
+2. Cross-trajectory attention: the code multiplies q and k by two learned scalars (`q_mask`,
+   `k_mask`); the paper's attention is plain.
+3. LayerNorm eps 1e-5 in the code (plain `nn.LayerNorm`), the field's 1e-6 in `paper`.
+4. Position leak: the code's `x += Temporal_pos_embed` (temporal encoder) and
+   `x += Cross_Trajectory_pos_embed` (cross-trajectory encoder) act in place on views of the
+   spatial and self-trajectory outputs, so those two maps enter the fusion with the next encoder's
+   positions added. `official` adds them explicitly (out of place); `paper` fuses clean maps.
+5. Refinement, as `run.py` runs it with `--refine`: one MLP over the WHOLE window
+   (Linear(6·T·J -> 1024·T) -> ReLU -> Dropout(0.5) -> Linear(1024·T -> 2·T·J) -> sigmoid), and the
+   2D is lifted by perspective back-projection (`common/camera.py get_uvd2xyz`): joint depths
+   z_0 = root depth, z_j = predicted z_j + root depth, (x, y) = (uv − c)·z / f with the camera
+   intrinsics, then made root-relative. Its training loss uses the refined pose of all T frames.
+   The paper's reading (`paper`): a frame-wise MLP of `refine_hidden` units and a
+   weak-perspective lift (per frame, the 2D shape scaled by least squares onto the predicted x, y);
+   trained on the refined centre frame.
 
-Parameters (J = 17, T = 9, c = 32, L_s = L_c = 4, 8 heads, MLP ratio 2): 12,243,150 for the
-transformer (GIM 9,534,752; LIM 2,706,976; fusion 1,259; head 163) + 140,322 for the refinement
-(1024 hidden) = 12,383,472. The paper's 12.26M matches the transformer alone: by our count the
-released transformer has 12,244,813 parameters (its 4T fusion conv, SE gate, q/k scalars and an
-unused LayerNorm + Conv1d add 1,663 to ours); the refinement network is a separate model there.
-The cross-trajectory token width is T·c, so its blocks grow as T²: 9.7M parameters at T = 1, 33.7M
-at T = 27, 225M at T = 81 (the paper uses T = 9).
+Ground truth at test time. The released test code feeds the GROUND-TRUTH absolute root depth of
+the centre frame (`gt_3D[:, :, 0, 2]`, for all T frames) to the back-projection, so its refined
+numbers (the 48.49 mm checkpoint) use 3D ground truth, not 2D input alone. Here the root depth is
+an explicit argument, `Fusionformer.forward(x, root_depth=...)` / `PoseRefinement(..., root_depth)`:
+pass the ground truth to reproduce the official protocol. When it is not given (training and
+evaluation through raylift's pipelines, which have only 2D input) the refinement uses an honest
+estimate, `estimate_root_depth`: the depth at which the predicted root-relative pose, seen through
+the camera, has the size of the 2D pose, z_0 = f · rms(predicted x, y) / rms(2D) over the window
+(each centred per frame on its joint mean). Intrinsics default to the mean of the four Human3.6M
+cameras in normalised units (`H36M_MEAN_INTRINSICS`); pass the real ones when known.
+
+Parameters (J = 17, T = 9, c = 32, L_s = L_c = 4, 8 heads, MLP ratio 2):
+- official: transformer 12,243,392 (the released state dict holds 12,244,813: the unused `fcn`
+  LayerNorm + Conv1d, 1,421, are dropped on import), refinement 11,289,906 (1024·T hidden).
+- paper: transformer 12,243,150 (GIM 9,534,752; LIM 2,706,976; fusion 1,259; head 163), refinement
+  140,322 (1024 hidden). The paper's 12.26M matches the transformer alone.
+The cross-trajectory token width is T·c, so its blocks grow as T².
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Literal, Optional, Union
 
 import torch
 from einops import rearrange
 from torch import nn
 
-from models.layers import Block, LayerNorm, PoseHead, drop_path_schedule
+from models.layers import Block, PoseHead, drop_path_schedule
+
+Variant = Literal["official", "paper"]
+
+# Mean intrinsics of the four Human3.6M cameras, normalised like the keypoints (f / w · 2,
+# c / w · 2 − [1, h / w]): [fx, fy, cx, cy] (from h36m_cameras.json).
+H36M_MEAN_INTRINSICS = (2.2946886, 2.2924728, 0.0280871, 0.0124005)
+ROOT = 0  # the released back-projection takes joint 0 as the root (H36M pelvis)
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """Everything that differs between the released code and the paper (module docstring, 1-5)."""
+
+    fuse_all_encoders: bool  # fuse [spatial, temporal, self-, cross-trajectory] (4T) or [temporal, cross] (2T)
+    fusion_gate: bool  # squeeze-excitation gate over the fused frame maps
+    qk_gains: bool  # learned q/k scalars in the cross-trajectory attention
+    position_leak: bool  # spatial / self-trajectory maps fused with the next encoder's positions added
+    eps: float  # LayerNorm epsilon of the encoders and the fusion
+    refine_window: bool  # refinement MLP over the whole window (code) or frame-wise (paper)
+    perspective: bool  # lift 2D by perspective back-projection (code) or weak perspective (paper)
+
+
+VARIANTS: dict[str, VariantSpec] = {
+    "official": VariantSpec(True, True, True, True, 1e-5, True, True),
+    "paper": VariantSpec(False, False, False, False, 1e-6, False, False),
+}
 
 
 @dataclass
@@ -62,21 +109,28 @@ class FusionformerConfig:
     """Fusionformer hyper-parameters (the window T comes from `data.windows.frames`)."""
 
     name: str = "fusionformer"
+    variant: Variant = "official"  # official: the released code's computation; paper: the paper's text
     dim: int = 32  # per-joint channels c; temporal width J*c, cross-trajectory width T*c
-    L_s: int = 4  # blocks in each GIM encoder (spatial, temporal)
-    L_c: int = 4  # blocks in each LIM encoder (self-trajectory, cross-trajectory)
+    L_s: int = 4  # blocks in EACH encoder of the global module (spatial, temporal); paper L_s
+    L_c: int = 4  # blocks in EACH encoder of the local module (self-, cross-trajectory); paper L_c
     heads: int = 8
     mlp_ratio: float = 2.0
     qkv_bias: bool = True
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.1
-    refine_hidden: int = 1024  # hidden units of the pose refinement network
+    refine_hidden: int = 1024  # refinement hidden units per frame it reads (official: whole window, 1024·T)
     refine_drop: float = 0.5  # dropout between its two linear layers (released code: 0.5)
+
+    @property
+    def spec(self) -> VariantSpec:
+        return VARIANTS[self.variant]
 
     def validate(self) -> None:
         if self.name != "fusionformer":
             raise ValueError(f"name: got {self.name!r}, expected 'fusionformer'")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant: got {self.variant!r}, expected one of {', '.join(VARIANTS)}")
         for key in ("dim", "L_s", "L_c", "heads", "refine_hidden"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: got {getattr(self, key)}, expected >= 1")
@@ -92,15 +146,17 @@ class FusionformerConfig:
 class Encoder(nn.Module):
     """Learned positions + pre-norm blocks + LayerNorm over a token axis: (N, tokens, width) -> same."""
 
-    def __init__(self, tokens: int, width: int, depth: int, cfg: FusionformerConfig) -> None:
+    def __init__(self, tokens: int, width: int, depth: int, cfg: FusionformerConfig, qk_gains: bool = False) -> None:
         super().__init__()
+        eps = cfg.spec.eps
         self.pos = nn.Parameter(torch.zeros(1, tokens, width))  # (1, tokens, width)
         self.pos_drop = nn.Dropout(cfg.drop_rate)
         self.blocks = nn.ModuleList(
-            Block(width, cfg.heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.drop_rate, cfg.attn_drop_rate, r)
+            Block(width, cfg.heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.drop_rate, cfg.attn_drop_rate, r,
+                  eps=eps, qk_gains=qk_gains)
             for r in drop_path_schedule(cfg.drop_path_rate, depth)
         )
-        self.norm = LayerNorm(width)
+        self.norm = nn.LayerNorm(width, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, tokens, width)
         x = self.pos_drop(x + self.pos)
@@ -128,12 +184,17 @@ class TemporalEncoder(nn.Module):
 
     def __init__(self, frames: int, joints: int, cfg: FusionformerConfig) -> None:
         super().__init__()
+        self.joints = joints
         self.encoder = Encoder(frames, joints * cfg.dim, cfg.L_s, cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         j = x.shape[2]
         x = self.encoder(rearrange(x, "b t j c -> b t (j c)"))  # (B, T, J*c)
         return rearrange(x, "b t (j c) -> b t j c", j=j)
+
+    def positions(self) -> torch.Tensor:
+        """The learned frame positions laid out as a feature map: (1, T, J, c)."""
+        return rearrange(self.encoder.pos, "o t (j c) -> o t j c", j=self.joints)
 
 
 class SelfTrajectoryEncoder(nn.Module):
@@ -155,90 +216,168 @@ class CrossTrajectoryEncoder(nn.Module):
 
     def __init__(self, frames: int, joints: int, cfg: FusionformerConfig) -> None:
         super().__init__()
-        self.encoder = Encoder(joints, frames * cfg.dim, cfg.L_c, cfg)
+        self.frames = frames
+        self.encoder = Encoder(joints, frames * cfg.dim, cfg.L_c, cfg, qk_gains=cfg.spec.qk_gains)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = x.shape[1]
         x = self.encoder(rearrange(x, "b t j c -> b j (t c)"))  # (B, J, T*c)
         return rearrange(x, "b j (t c) -> b t j c", t=t)
 
+    def positions(self) -> torch.Tensor:
+        """The learned trajectory positions laid out as a feature map: (1, T, J, c)."""
+        return rearrange(self.encoder.pos, "o j (t c) -> o t j c", t=self.frames)
+
 
 class GlobalInteractionModule(nn.Module):
-    """GIM: spatial then temporal encoder. (B, T, J, 2) -> (B, T, J, c)."""
+    """GIM: spatial then temporal encoder. (B, T, J, 2) -> both feature maps, each (B, T, J, c).
+
+    With `position_leak` (official) the spatial map comes back with the temporal encoder's frame
+    positions added, as the released code leaves it: its `x += Temporal_pos_embed` acts in place
+    on a view of the spatial encoder's output, which is then fused.
+    """
 
     def __init__(self, frames: int, joints: int, cfg: FusionformerConfig) -> None:
         super().__init__()
+        self.position_leak = cfg.spec.position_leak
         self.spatial = SpatialEncoder(joints, cfg)
         self.temporal = TemporalEncoder(frames, joints, cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.temporal(self.spatial(x))
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.spatial(x)
+        t = self.temporal(s)
+        return (s + self.temporal.positions() if self.position_leak else s), t
 
 
 class LocalInteractionModule(nn.Module):
-    """LIM: self-trajectory then cross-trajectory encoder. (B, T, J, 2) -> (B, T, J, c)."""
+    """LIM: self-trajectory then cross-trajectory encoder. (B, T, J, 2) -> both maps, each (B, T, J, c).
+
+    With `position_leak` (official) the self-trajectory map comes back with the cross-trajectory
+    encoder's positions added (the released `x += Cross_Trajectory_pos_embed` acts in place on a
+    view of it).
+    """
 
     def __init__(self, frames: int, joints: int, cfg: FusionformerConfig) -> None:
         super().__init__()
+        self.position_leak = cfg.spec.position_leak
         self.self_trajectory = SelfTrajectoryEncoder(frames, cfg)
         self.cross_trajectory = CrossTrajectoryEncoder(frames, joints, cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cross_trajectory(self.self_trajectory(x))
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.self_trajectory(x)
+        c = self.cross_trajectory(s)
+        return (s + self.cross_trajectory.positions() if self.position_leak else s), c
 
 
 class GlobalLocalFusion(nn.Module):
-    """Concatenate GIM and LIM features along frames (2T), LayerNorm, Conv1d(2T -> T, k=1).
+    """Fuse F = n·T frame maps back to T: [SE gate] -> LayerNorm(J·c) -> Conv1d(F -> T, k=1).
 
-    (B, T, J, c) x 2 -> (B, T, J, c).
+    (B, F, J, c) -> (B, T, J, c). The gate (released `glf.fc`, one hidden unit) scales each of the F
+    maps by sigmoid(W2 ReLU(W1 m)), m (B, F) the maps' means over joints and channels.
     """
 
-    def __init__(self, frames: int, joints: int, dim: int) -> None:
+    def __init__(self, maps: int, frames: int, joints: int, dim: int, gate: bool, eps: float) -> None:
         super().__init__()
-        self.norm = LayerNorm(joints * dim)
-        self.conv = nn.Conv1d(2 * frames, frames, kernel_size=1)
+        self.gate = nn.Sequential(
+            nn.Linear(maps, 1, bias=False), nn.ReLU(), nn.Linear(1, maps, bias=False), nn.Sigmoid()
+        ) if gate else None
+        self.norm = nn.LayerNorm(joints * dim, eps=eps)
+        self.conv = nn.Conv1d(maps, frames, kernel_size=1)
 
-    def forward(self, g: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
-        j = g.shape[2]
-        x = rearrange(torch.cat([g, l], dim=1), "b t j c -> b t (j c)")  # (B, 2T, J*c)
-        x = self.conv(self.norm(x))  # (B, T, J*c): frames are the Conv1d channels
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, F, J, c)
+        j = x.shape[2]
+        if self.gate is not None:
+            x = x * self.gate(x.mean(dim=(2, 3)))[:, :, None, None]  # (B, F, J, c)
+        x = self.conv(self.norm(rearrange(x, "b f j c -> b f (j c)")))  # (B, T, J*c): maps are the channels
         return rearrange(x, "b t (j c) -> b t j c", j=j)
 
 
-class PoseRefinement(nn.Module):
-    """Frame-wise pose refinement: confidences weigh predicted x, y against the lifted 2D.
+def back_project(pose: torch.Tensor, keypoints: torch.Tensor, intrinsics: torch.Tensor,
+                 root_depth: torch.Tensor) -> torch.Tensor:
+    """Released `get_uvd2xyz` + `xyz[:, :, 0] = 0`: 2D lifted with the predicted relative depths.
 
-    pose (B, F, J, 3), keypoints (B, F, J, 2) -> (B, F, J, 3). Lifted pose: the 2D shape centred on
-    its joint mean, scaled by the per-frame least-squares factor s = Σ⟨d, p⟩ / Σ|d|² onto the
-    predicted x, y (also centred), re-placed at the predicted joint mean, with the predicted depth.
-    Confidences σ(W2 Dropout(ReLU(W1 [pose, lifted]))) in (0, 1), one per joint and axis (x, y):
-    refined x, y = σ · predicted + (1 - σ) · lifted; refined z = predicted z.
+    pose (B, T, J, 3) root-relative prediction, keypoints (B, T, J, 2) normalised 2D, intrinsics
+    (B, ≥4) [fx, fy, cx, cy, ...] normalised, root_depth (B,) or (B, T) absolute root depth (m)
+    -> (B, T, J, 3) root-relative camera-frame pose: z_root = root_depth, z_j = pose_z_j + root_depth,
+    (x, y) = (uv − c) · z / f, minus the root joint.
+    """
+    b, t, j, _ = pose.shape
+    z0 = root_depth.reshape(b, -1, 1).to(pose.dtype).expand(b, t, 1)  # (B, T, 1)
+    z = torch.cat([z0, pose[..., ROOT + 1 :, 2] + z0], dim=2)[..., None]  # (B, T, J, 1)
+    f = intrinsics[:, None, None, 0:2].to(pose.dtype)  # (B, 1, 1, 2)
+    c = intrinsics[:, None, None, 2:4].to(pose.dtype)
+    xyz = torch.cat([(keypoints - c) * z / f, z], dim=-1)  # (B, T, J, 3) absolute
+    return xyz - xyz[:, :, ROOT : ROOT + 1]
+
+
+def estimate_root_depth(pose: torch.Tensor, keypoints: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tensor:
+    """Root depth (B,) without ground truth: the depth at which the predicted pose has the 2D size.
+
+    Under perspective, (u − ū) ≈ f (x − x̄) / z_0; over the window (each frame centred on its joint
+    mean), z_0 = f̄ · rms(predicted x, y) / rms(2D), f̄ = (fx + fy) / 2. Detached: like the ground
+    truth it replaces, it is an input of the refinement, not a path for gradients.
+    """
+    with torch.no_grad():
+        p = pose[..., :2] - pose[..., :2].mean(dim=2, keepdim=True)  # (B, T, J, 2)
+        d = keypoints - keypoints.mean(dim=2, keepdim=True)
+        ratio = p.square().sum(dim=(1, 2, 3)).sqrt() / d.square().sum(dim=(1, 2, 3)).sqrt().clamp_min(1e-6)
+        return intrinsics[:, :2].mean(dim=1).to(pose.dtype) * ratio  # (B,)
+
+
+def weak_perspective_lift(pose: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
+    """(B, F, J, 3), (B, F, J, 2) -> (B, F, J, 3): per frame, the 2D shape centred on its joint mean,
+    scaled by the least-squares factor s = Σ⟨d, p⟩ / Σ|d|² onto the predicted x, y (also centred),
+    re-placed at the predicted joint mean, with the predicted depth (float32)."""
+    pose, keypoints = pose.float(), keypoints.float()
+    xy_mean = pose[..., :2].mean(dim=2, keepdim=True)  # (B, F, 1, 2)
+    d = keypoints - keypoints.mean(dim=2, keepdim=True)  # (B, F, J, 2) centred 2D
+    p = pose[..., :2] - xy_mean  # (B, F, J, 2) centred predicted x, y
+    s = (d * p).sum(dim=(2, 3), keepdim=True) / (d * d).sum(dim=(2, 3), keepdim=True).clamp_min(1e-8)
+    return torch.cat([s * d + xy_mean, pose[..., 2:]], dim=-1)  # (B, F, J, 3)
+
+
+class PoseRefinement(nn.Module):
+    """Confidences weigh predicted x, y against x, y lifted from the 2D: (B, T, J, 3) -> (B, T, J, 3).
+
+    conf = σ(W2 Dropout(ReLU(W1 [pose, lifted]))) in (0, 1), one per joint and axis (x, y), computed
+    over `window` frames at a time (official: the whole window, hidden = hidden_per_frame · T;
+    paper: each frame); refined x, y = conf · predicted + (1 − conf) · lifted; z = predicted z.
+    Lift: official, `back_project` with `intrinsics` (default H36M mean) and `root_depth`
+    (default `estimate_root_depth`; the released test code passes the ground truth); paper,
+    `weak_perspective_lift` (no camera, so no intrinsics / root depth).
     """
 
-    def __init__(self, joints: int, hidden: int, drop: float) -> None:
+    def __init__(self, frames: int, joints: int, hidden_per_frame: int, drop: float, spec: VariantSpec) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(joints * 6, hidden)
+        self.window = frames if spec.refine_window else 1
+        self.perspective = spec.perspective
+        self.fc1 = nn.Linear(self.window * joints * 6, self.window * hidden_per_frame)
         self.act = nn.ReLU()
         self.drop = nn.Dropout(drop)
-        self.fc2 = nn.Linear(hidden, joints * 2)
+        self.fc2 = nn.Linear(self.window * hidden_per_frame, self.window * joints * 2)
+        self.register_buffer("default_intrinsics", torch.tensor(H36M_MEAN_INTRINSICS), persistent=False)
 
-    @staticmethod
-    def lift(pose: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
-        """(B, F, J, 3), (B, F, J, 2) -> (B, F, J, 3) weak-perspective lift of the 2D (float32)."""
-        pose, keypoints = pose.float(), keypoints.float()
-        xy_mean = pose[..., :2].mean(dim=2, keepdim=True)  # (B, F, 1, 2)
-        d = keypoints - keypoints.mean(dim=2, keepdim=True)  # (B, F, J, 2) centred 2D
-        p = pose[..., :2] - xy_mean  # (B, F, J, 2) centred predicted x, y
-        s = (d * p).sum(dim=(2, 3), keepdim=True) / (d * d).sum(dim=(2, 3), keepdim=True).clamp_min(1e-8)
-        return torch.cat([s * d + xy_mean, pose[..., 2:]], dim=-1)  # (B, F, J, 3)
+    def lifted(self, pose: torch.Tensor, keypoints: torch.Tensor, intrinsics: Optional[torch.Tensor] = None,
+               root_depth: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The 2D input lifted to 3D, (B, T, J, 3), by this variant's projection model."""
+        if not self.perspective:
+            if intrinsics is not None or root_depth is not None:
+                raise ValueError("the paper variant's weak-perspective lift takes no intrinsics or root depth")
+            return weak_perspective_lift(pose, keypoints).to(pose.dtype)
+        if intrinsics is None:
+            intrinsics = self.default_intrinsics.expand(pose.shape[0], 4)
+        if root_depth is None:
+            root_depth = estimate_root_depth(pose, keypoints, intrinsics)
+        return back_project(pose, keypoints, intrinsics, root_depth)
 
-    def forward(self, pose: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
-        lifted = self.lift(pose, keypoints).to(pose.dtype)  # (B, F, J, 3)
-        h = rearrange(torch.cat([pose, lifted], dim=-1), "b f j c -> b f (j c)")  # (B, F, 6J)
-        conf = torch.sigmoid(self.fc2(self.drop(self.act(self.fc1(h)))))  # (B, F, 2J)
-        conf = rearrange(conf, "b f (j c) -> b f j c", c=2)  # (B, F, J, 2)
+    def forward(self, pose: torch.Tensor, keypoints: torch.Tensor, intrinsics: Optional[torch.Tensor] = None,
+                root_depth: Optional[torch.Tensor] = None) -> torch.Tensor:
+        lifted = self.lifted(pose, keypoints, intrinsics, root_depth)  # (B, T, J, 3)
+        h = rearrange(torch.cat([pose, lifted], dim=-1), "b (n w) j c -> b n (w j c)", w=self.window)
+        conf = torch.sigmoid(self.fc2(self.drop(self.act(self.fc1(h)))))  # (B, T / w, w*J*2)
+        conf = rearrange(conf, "b n (w j c) -> b (n w) j c", w=self.window, c=2)  # (B, T, J, 2)
         xy = conf * pose[..., :2] + (1 - conf) * lifted[..., :2]
-        return torch.cat([xy, pose[..., 2:]], dim=-1)  # (B, F, J, 3)
+        return torch.cat([xy, pose[..., 2:]], dim=-1)  # (B, T, J, 3)
 
 
 class Fusionformer(nn.Module):
@@ -250,22 +389,42 @@ class Fusionformer(nn.Module):
     def __init__(self, cfg: FusionformerConfig, frames: int, joints: int = 17) -> None:
         super().__init__()
         cfg.validate()
-        self.cfg, self.frames, self.joints = cfg, int(frames), int(joints)
+        spec = cfg.spec
+        self.cfg, self.spec, self.frames, self.joints = cfg, spec, int(frames), int(joints)
         self.gim = GlobalInteractionModule(frames, joints, cfg)
         self.lim = LocalInteractionModule(frames, joints, cfg)
-        self.fusion = GlobalLocalFusion(frames, joints, cfg.dim)
+        maps = (4 if spec.fuse_all_encoders else 2) * frames
+        self.fusion = GlobalLocalFusion(maps, frames, joints, cfg.dim, spec.fusion_gate, spec.eps)
         self.head = PoseHead(cfg.dim, 3)
-        self.refine = PoseRefinement(joints, cfg.refine_hidden, cfg.refine_drop)
+        self.refine = PoseRefinement(frames, joints, cfg.refine_hidden, cfg.refine_drop, spec)
 
-    def forward(
-        self, x: torch.Tensor, return_all: bool = False
-    ) -> Union[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward_pose(self, x: torch.Tensor) -> torch.Tensor:
+        """The transformer alone (the released `Fusionformer`): (B, T, J, 2) -> (B, T, J, 3) before refinement."""
         b, t, j, _ = x.shape
         if t != self.frames or j != self.joints:
             raise ValueError(f"Fusionformer built for T={self.frames}, J={self.joints}; got input {tuple(x.shape)}")
-        pose = self.head(self.fusion(self.gim(x), self.lim(x)))  # (B, T, J, 3)
+        spatial, temporal = self.gim(x)
+        self_traj, cross_traj = self.lim(x)
+        maps = [spatial, temporal, self_traj, cross_traj] if self.spec.fuse_all_encoders else [temporal, cross_traj]
+        return self.head(self.fusion(torch.cat(maps, dim=1)))  # (B, T, J, 3)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        return_all: bool = False,
+        intrinsics: Optional[torch.Tensor] = None,
+        root_depth: Optional[torch.Tensor] = None,
+    ) -> Union[torch.Tensor, dict[str, torch.Tensor]]:
+        """Refined pose (B, T, J, 3); with `return_all`, {"pose": before refinement (B, T, J, 3),
+        "refined": what the variant's refinement loss scores: official all T frames (B, T, J, 3),
+        paper the centre frame (B, 1, J, 3)}. `intrinsics` (B, 4) and `root_depth` (B,) or (B, T)
+        feed the official back-projection (pass the ground-truth root depth for the released test
+        protocol); left out, the H36M mean camera and `estimate_root_depth` are used."""
+        pose = self.forward_pose(x)  # (B, T, J, 3)
+        refined = self.refine(pose, x, intrinsics, root_depth)  # (B, T, J, 3)
         if not return_all:
-            return self.refine(pose, x)  # (B, T, J, 3)
-        c = t // 2
-        refined = self.refine(pose[:, c : c + 1], x[:, c : c + 1])  # (B, 1, J, 3)
+            return refined
+        if not self.spec.refine_window:
+            c = self.frames // 2
+            refined = refined[:, c : c + 1]  # (B, 1, J, 3)
         return {"pose": pose, "refined": refined}

@@ -55,11 +55,19 @@ class Attention(nn.Module):
     """Multi-head self-attention over the second-to-last axis, fused (SDPA).
 
     x: (B, N, C) -> (B, N, C). Scale is head_dim ** -0.5 as in the official codes (their
-    `qk_scale=None`).
+    `qk_scale=None`). With `qk_gains`, q and k are multiplied by two learned scalars first
+    (Fusionformer's cross-trajectory attention `CTA`; its names `q_mask`/`k_mask` are kept so
+    the released weights map key for key, although they are gains, not masks).
     """
 
     def __init__(
-        self, dim: int, heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
+        self,
+        dim: int,
+        heads: int = 8,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        qk_gains: bool = False,
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -69,11 +77,15 @@ class Attention(nn.Module):
         self.attn_drop = float(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.q_mask = nn.Parameter(torch.ones(1, 1, 1)) if qk_gains else None
+        self.k_mask = nn.Parameter(torch.ones(1, 1, 1)) if qk_gains else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, N, C/H)
+        if self.q_mask is not None:
+            q, k = q * self.q_mask, k * self.k_mask
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         x = x.transpose(1, 2).reshape(b, n, c)  # (B, N, C)
         return self.proj_drop(self.proj(x))
@@ -84,7 +96,10 @@ class Block(nn.Module):
 
     `between` is an optional module applied after the attention residual and before the MLP
     (CrossFormer's Cross-Joint / Cross-Frame Interaction, paper eqs. (6) and (9)); it carries its
-    own residual connection.
+    own residual connection. `layer_scale` (CaiT's LayerScale, used by the released CrossFormer)
+    multiplies each residual branch by a learned per-channel vector `gamma1` (attention) /
+    `gamma2` (MLP) initialised to that value. `eps` is the LayerNorms' epsilon (the field's 1e-6;
+    PyTorch's default 1e-5 where a released code uses plain `nn.LayerNorm`).
     """
 
     def __init__(
@@ -97,20 +112,30 @@ class Block(nn.Module):
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
         between: Optional[nn.Module] = None,
+        eps: float = 1e-6,
+        layer_scale: Optional[float] = None,
+        qk_gains: bool = False,
     ) -> None:
         super().__init__()
-        self.norm1 = LayerNorm(dim)
-        self.attn = Attention(dim, heads, qkv_bias, attn_drop, drop)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, heads, qkv_bias, attn_drop, drop, qk_gains)
         self.drop_path = DropPath(drop_path)
         self.between = between
-        self.norm2 = LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        scale = (lambda: nn.Parameter(layer_scale * torch.ones(dim))) if layer_scale is not None else (lambda: None)
+        self.gamma1, self.gamma2 = scale(), scale()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, C)
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+        x = x + self.drop_path(_scaled(self.attn(self.norm1(x)), self.gamma1))
         if self.between is not None:
             x = self.between(x)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return x + self.drop_path(_scaled(self.mlp(self.norm2(x)), self.gamma2))
+
+
+def _scaled(x: torch.Tensor, gamma: Optional[torch.Tensor]) -> torch.Tensor:
+    """x * gamma (LayerScale), or x when there is no gamma."""
+    return x if gamma is None else x * gamma
 
 
 class PoseHead(nn.Module):

@@ -12,9 +12,11 @@ so with an all-ones mask each loss equals the reference code's plain `torch.mean
   misuse is not reproduced).
 - `mpjpe`: MPJPE of the output against the target window (PoseFormer/CrossFormer: the centre
   frame, target (B, 1, J, 3)).
-- `fusionformer`: lambda_m * MPJPE(all frames of outputs["pose"]) + lambda_r * MPJPE(centre frame
-  of outputs["refined"]). lambda_m = lambda_r = 1: the Fusionformer paper's text gives no values
-  we could find; the authors' code (yuxinwei123/Fusionformer run.py) sums the two terms unweighted.
+- `fusionformer`: lambda_m * MPJPE(all frames of outputs["pose"]) + lambda_r * MPJPE(outputs["refined"]),
+  the refined pose being the centre frame (B, 1, J, 3; the paper variant) or every frame
+  (B, T, J, 3; the official variant, as the authors' run.py trains it). lambda_m = lambda_r = 1:
+  the Fusionformer paper's text gives no values we could find; the authors' code
+  (yuxinwei123/Fusionformer run.py) sums the two terms unweighted.
 - `multiview`: MPJPE per view, averaged over views (B, T, V, J, 3).
 
 `forward_for_loss(model, x)` calls a model the way its loss needs (Fusionformer with
@@ -187,11 +189,14 @@ def build_loss(
         target = _target(batch, root, pose)
         _check_shapes(pose, target, "fusionformer loss (pose)")
         mask = _frame_mask(batch, target)
-        c = target.shape[1] // 2
-        centre_target, centre_mask = target[:, c : c + 1], mask[:, c : c + 1]
-        _check_shapes(refined, centre_target, "fusionformer loss (refined centre frame)")
+        if refined.shape[1] == 1:  # paper variant: the refined centre frame
+            c = target.shape[1] // 2
+            refined_target, refined_mask = target[:, c : c + 1], mask[:, c : c + 1]
+        else:  # official variant (run.py): the refined pose of every frame
+            refined_target, refined_mask = target, mask
+        _check_shapes(refined, refined_target, "fusionformer loss (refined)")
         loss_m = mpjpe_loss(pose, target, mask)
-        loss_r = mpjpe_loss(refined, centre_target, centre_mask)
+        loss_r = mpjpe_loss(refined, refined_target, refined_mask)
         total = lambda_m * loss_m + lambda_r * loss_r
         logs = {"loss": float(total.detach()), "mpjpe_pose": float(loss_m.detach()),
                 "mpjpe_refined": float(loss_r.detach()), "mpjpe_mm": _mm(loss_m)}

@@ -14,12 +14,13 @@ Defaults are the paper's: c=32, 4 + 4 blocks, 8 heads, MLP ratio 2, drop-path 0 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from einops import rearrange
 from torch import nn
 
-from models.layers import Block, LayerNorm, PoseHead, drop_path_schedule
+from models.layers import Block, PoseHead, drop_path_schedule
 
 
 @dataclass
@@ -58,26 +59,39 @@ class PoseFormer(nn.Module):
     output_mode = "seq2frame"
     multiview = False
 
-    def __init__(self, cfg: PoseFormerConfig, frames: int, joints: int = 17) -> None:
+    def __init__(
+        self,
+        cfg: PoseFormerConfig,
+        frames: int,
+        joints: int = 17,
+        eps: float = 1e-6,
+        layer_scale: Optional[float] = None,
+        frame_positions: bool = True,
+    ) -> None:
+        """`eps`, `layer_scale` and `frame_positions` are for descendants (CrossFormer's released
+        code): LayerNorm epsilon, LayerScale on the blocks' residuals, and one learned position per
+        frame (True, PoseFormer) or a single vector added to every frame (False)."""
         super().__init__()
         cfg.validate()
         self.cfg, self.frames, self.joints = cfg, int(frames), int(joints)
         c, width = cfg.spatial_dim, cfg.spatial_dim * joints
         rates = drop_path_schedule(cfg.drop_path_rate, cfg.depth)
+
+        def block(dim: int, rate: float) -> Block:
+            return Block(dim, cfg.heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.drop_rate, cfg.attn_drop_rate, rate,
+                         eps=eps, layer_scale=layer_scale)
+
         # Spatial transformer: joints of one frame as tokens.
         self.joint_embed = nn.Linear(2, c)
         self.spatial_pos = nn.Parameter(torch.zeros(1, joints, c))  # (1, J, c), zero-init as official
         self.pos_drop = nn.Dropout(cfg.drop_rate)
-        self.spatial_blocks = nn.ModuleList(
-            Block(c, cfg.heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.drop_rate, cfg.attn_drop_rate, r) for r in rates
-        )
-        self.spatial_norm = LayerNorm(c)
+        self.spatial_blocks = nn.ModuleList(block(c, r) for r in rates)
+        self.spatial_norm = nn.LayerNorm(c, eps=eps)
         # Temporal transformer: frames as tokens of width J * c.
-        self.temporal_pos = nn.Parameter(torch.zeros(1, frames, width))  # (1, T, J*c)
-        self.temporal_blocks = nn.ModuleList(
-            Block(width, cfg.heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.drop_rate, cfg.attn_drop_rate, r) for r in rates
-        )
-        self.temporal_norm = LayerNorm(width)
+        # (1, T, J*c) one position per frame, or (1, J*c) one vector for all frames (as CrossFormer's code)
+        self.temporal_pos = nn.Parameter(torch.zeros((1, frames, width) if frame_positions else (1, width)))
+        self.temporal_blocks = nn.ModuleList(block(width, r) for r in rates)
+        self.temporal_norm = nn.LayerNorm(width, eps=eps)
         self.frame_weights = nn.Conv1d(frames, 1, kernel_size=1)  # learned weighted mean over T
         self.head = PoseHead(width, joints * 3)
 

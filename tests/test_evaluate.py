@@ -316,7 +316,7 @@ def test_cli_end_to_end_with_real_shards(tmp_path, capsys):
 TINY_MODELS = {
     "mixste": {"dim": 8, "depth": 1, "heads": 2},
     "poseformer": {"spatial_dim": 8, "depth": 1, "heads": 2},
-    "crossformer": {"spatial_dim": 8, "depth": 1, "heads": 2},
+    "crossformer": {"spatial_dim": 8, "depth": 1, "heads": 2, "variant": "paper"},  # official: T=81 only
     "fusionformer": {"dim": 8, "heads": 2, "refine_hidden": 16},
     "multiview": {"dim": 8, "spatial_depth": 1, "relation_depth": 1, "heads": 2},
 }

@@ -19,8 +19,8 @@ from preprocessing.schema import ConfigError
 TINY: dict[str, dict] = {
     "mixste": {"dim": 16, "depth": 2, "heads": 2},
     "poseformer": {"spatial_dim": 8, "depth": 2, "heads": 2},
-    "crossformer": {"spatial_dim": 8, "depth": 2, "heads": 2},
-    "fusionformer": {"dim": 8, "L_s": 1, "L_c": 1, "heads": 2, "refine_hidden": 16},
+    "crossformer": {"spatial_dim": 8, "depth": 2, "heads": 2, "variant": "paper"},  # official: T=81 only
+    "fusionformer": {"dim": 8, "L_s": 1, "L_c": 1, "heads": 2, "refine_hidden": 16, "variant": "paper"},
     "multiview": {"dim": 8, "spatial_depth": 1, "relation_depth": 1, "heads": 2},
 }
 NAMES = list(MODELS)
@@ -271,7 +271,7 @@ def test_bench_model_reports_every_model(capsys):
     parser = argparse.ArgumentParser()
     bench_model.add_arguments(parser)
     small = ["model.dim=8", "model.spatial_dim=8", "model.depth=1", "model.heads=2", "model.L_s=1", "model.L_c=1",
-             "model.spatial_depth=1", "model.relation_depth=1", "model.refine_hidden=16"]
+             "model.spatial_depth=1", "model.relation_depth=1", "model.refine_hidden=16", "model.variant=paper"]
     args = parser.parse_args(["--frames", "9", "--batch", "1", "--steps", "1", "--warmup", "0", "--json",
                               *[a for k in small for a in ("--set", k)]])
     assert bench_model.run(args) == 0

@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from models.crossformer import CrossFormer, CrossFormerConfig, CrossFrameInteraction, CrossJointInteraction
-from models.fusionformer import Fusionformer, FusionformerConfig, PoseRefinement
+from models.fusionformer import Fusionformer, FusionformerConfig, weak_perspective_lift
 from models.multiview import MultiViewConfig, MultiViewRelationTransformer, SpatialModule
 from models.poseformer import PoseFormer, PoseFormerConfig
 from models.registry import build_model, count_parameters, parse_model_config
 
-TINY_CROSS = dict(spatial_dim=8, depth=2, heads=2)
-TINY_FUSION = dict(dim=8, L_s=1, L_c=1, heads=2, refine_hidden=32)
+TINY_CROSS = dict(spatial_dim=8, depth=2, heads=2, variant="paper")  # the official variants: test_parity_*.py
+TINY_FUSION = dict(dim=8, L_s=1, L_c=1, heads=2, refine_hidden=32, variant="paper")
 TINY_MV = dict(dim=8, spatial_depth=2, relation_depth=1, heads=2)
 
 
@@ -65,7 +65,7 @@ def crossformer_added_params(c: int, depth: int, joints: int, frames: int, k_cji
 
 @pytest.mark.parametrize("frames, expected", [(81, 9_872_373), (9, 9_573_357)])
 def test_crossformer_paper_parameter_count(frames, expected):
-    cfg = CrossFormerConfig()
+    cfg = CrossFormerConfig(variant="paper")
     n = count_parameters(CrossFormer(cfg, frames, 17))
     base = count_parameters(PoseFormer(PoseFormerConfig(), frames, 17))
     print(f"CrossFormer T={frames}: {n:,} parameters (paper: 9.93M; PoseFormer {base:,})")
@@ -81,7 +81,7 @@ def test_crossformer_shapes_any_T(frames, joints):
     out = model(torch.randn(2, frames, joints, 2))
     assert out.shape == (2, 1, joints, 3) and torch.isfinite(out).all()
     assert count_parameters(model) == count_parameters(
-        PoseFormer(PoseFormerConfig(**TINY_CROSS), frames, joints)
+        PoseFormer(PoseFormerConfig(spatial_dim=8, depth=2, heads=2), frames, joints)
     ) + crossformer_added_params(8, 2, joints, frames)
 
 
@@ -89,8 +89,12 @@ def test_crossformer_registry_and_config_errors():
     from preprocessing.schema import ConfigError
 
     cfg = parse_model_config({"name": "crossformer", "spatial_dim": 8, "heads": 2, "depth": 1})
-    assert isinstance(cfg, CrossFormerConfig)
-    assert build_model(cfg, 27, 17).output_mode == "seq2frame"
+    assert isinstance(cfg, CrossFormerConfig) and cfg.variant == "official"
+    assert build_model(cfg, 81, 17).output_mode == "seq2frame"
+    with pytest.raises(ConfigError, match="T=81 frames only"):
+        build_model(cfg, 27, 17)
+    assert build_model(parse_model_config({"name": "crossformer", "variant": "paper", "spatial_dim": 8, "heads": 2,
+                                           "depth": 1}), 27, 17).output_mode == "seq2frame"
     with pytest.raises(ConfigError, match="cji_kernel"):
         parse_model_config({"name": "crossformer", "cji_kernel": 4})
     with pytest.raises(ConfigError, match="heads"):
@@ -124,7 +128,7 @@ def fusionformer_params(frames: int, joints: int, c: int, l_s: int, l_c: int, hi
 
 
 def test_fusionformer_paper_parameter_count():
-    model = Fusionformer(FusionformerConfig(), 9, 17)
+    model = Fusionformer(FusionformerConfig(variant="paper"), 9, 17)
     trans, refine = fusionformer_params(9, 17, 32, 4, 4, 1024)
     n = count_parameters(model)
     print(f"Fusionformer T=9 L_s=L_c=4: {n:,} = transformer {trans:,} + refinement {refine:,} (paper: 12.26M)")
@@ -152,7 +156,7 @@ def test_fusionformer_shapes_and_return_all(frames, joints):
 def test_refinement_lift_recovers_a_scaled_copy_of_the_2d():
     kp = torch.randn(2, 3, 17, 2)
     pose = torch.cat([0.7 * kp + torch.tensor([0.1, -0.2]), torch.randn(2, 3, 17, 1)], dim=-1)
-    torch.testing.assert_close(PoseRefinement.lift(pose, kp), pose)
+    torch.testing.assert_close(weak_perspective_lift(pose, kp), pose)
 
 
 def test_fusionformer_grads_determinism_bf16():

@@ -1,7 +1,8 @@
 """`raylift models`: model summaries (parameters, FLOPs) and import of the authors' checkpoints.
 
     raylift models summary --model mixste --frames 243 [--joints 17] [--set model.dim=256] [--json]
-    raylift models import --from mixste|poseformer FILE --out CKPT_DIR [--frames T] [--heads H]
+    raylift models import --from mixste|poseformer|crossformer|fusionformer FILE --out CKPT_DIR
+                          [--frames T] [--heads H] [--refine REFINE_FILE (fusionformer)]
 
 FLOPs are counted with `torch.utils.flop_counter.FlopCounterMode` on one forward pass of batch 1
 on the meta device (no memory, no compute). What counts: every matrix multiply (Linear layers,
@@ -32,10 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="override a model config value, e.g. --set model.dim=256 (repeatable)")
     s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
-    i = sub.add_parser("import", help="convert an official MixSTE/PoseFormer checkpoint",
-                       description="convert a checkpoint released by the MixSTE or PoseFormer authors "
+    i = sub.add_parser("import", help="convert an official MixSTE/PoseFormer/CrossFormer/Fusionformer checkpoint",
+                       description="convert a checkpoint released by the MixSTE, PoseFormer, CrossFormer or "
+                                   "Fusionformer authors "
                                    "into a raylift checkpoint (H36M joint layout)")
-    i.add_argument("--from", dest="source", required=True, choices=["mixste", "poseformer"],
+    i.add_argument("--from", dest="source", required=True, choices=["mixste", "poseformer", "crossformer", "fusionformer"],
                    help="whose checkpoint format FILE is in")
     i.add_argument("file", help="official checkpoint (.bin/.pth with a 'model_pos' state dict)")
     i.add_argument("--out", required=True, help="raylift checkpoint directory to write")
@@ -43,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="expected window length T (checked against the checkpoint's Temporal_pos_embed)")
     i.add_argument("--heads", type=int, default=None,
                    help="attention heads (not visible in the weights; default: the paper's 8)")
+    i.add_argument("--refine", default=None, help="Fusionformer only: the refinement network's checkpoint")
 
 
 def model_config(name: str, overrides: list[str]) -> Any:
@@ -133,8 +136,10 @@ def run(args: argparse.Namespace) -> int:
     from models.convert import import_official
     from models.checkpoint import read_meta
 
-    out = import_official(args.source, args.file, args.out, frames=args.frames, heads=args.heads)
+    out = import_official(args.source, args.file, args.out, frames=args.frames, heads=args.heads, refine=args.refine)
     meta = read_meta(out)
+    if meta["imported_from"]["dropped_unused"]:
+        print("dropped tensors the released code never uses: " + ", ".join(meta["imported_from"]["dropped_unused"]))
     print(f"imported {args.source} checkpoint {args.file} (epoch {meta['epoch']}, T={meta['frames']}, "
           f"J={meta['joints']}) -> {out}", file=sys.stdout)
     return 0
