@@ -227,7 +227,7 @@ class CrossFormer(PoseFormer):
     multiview = False
 
     def __init__(self, cfg: CrossFormerConfig, frames: int, joints: int = 17) -> None:
-        from pipelines.schema import ConfigError
+        from preprocessing.schema import ConfigError
 
         cfg.validate()
         spec = cfg.spec

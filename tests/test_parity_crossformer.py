@@ -30,7 +30,7 @@ from models.convert import (
 from models.crossformer import CrossFormer, CrossFormerConfig
 from models.registry import build_model, count_parameters
 from pipelines.cli import main
-from pipelines.schema import ConfigError
+from preprocessing.schema import ConfigError
 
 LEFT, RIGHT = [4, 5, 6, 11, 12, 13], [1, 2, 3, 14, 15, 16]  # the fixture README's flip (evaluate())
 OFFICIAL_PARAMS = 14_624_501  # paper size, used tensors only (the released state dict: 14,790,259)
