@@ -114,8 +114,18 @@ def check_space(raw: dict) -> tuple[ExperimentConfig, list]:
 
 def prepare_datasets(raw: dict, dims: list, progress=print) -> dict[str, str]:
     """Prepare (or find in the cache) the windows of every data.* assignment: data_key -> dataset uri."""
+    from pipelines.train.driver import prepared_dataset_uri
     from preprocessing.shards import prepare_dataset
 
+    base = config_from_dict(raw)
+    if base.data.dataset is not None:
+        searched = [d.key for d in dims if d.key.startswith("data.")]
+        if searched:
+            raise ConfigError(f"data.dataset names one prepared dataset, but tune.space searches {searched}: "
+                              "drop data.dataset so each variant's windows are prepared")
+        uri = prepared_dataset_uri(base)
+        progress(f"dataset for all trials: {uri}")
+        return {data_key({}): uri}
     uris = {}
     for values in data_variants(dims):
         cfg = config_from_dict(apply_values(raw, values))
