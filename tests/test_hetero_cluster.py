@@ -72,14 +72,16 @@ def test_preprocess_train_evaluate_tune_with_a_worker_node_killed(tmp_path, hete
     t0 = time.perf_counter()
     info = prepare_dataset(cfg.data, progress=lambda m: None)
     times["preprocess"] = time.perf_counter() - t0
+    print(f"\npreprocess: {times['preprocess']:.1f} s", flush=True)
 
     cfg.data.dataset = info.uri
     lines: list[str] = []
     t0 = time.perf_counter()
     out = run_training(cfg, progress=lines.append)
     times["train (2 epochs) + evaluate"] = time.perf_counter() - t0
+    print(f"train (2 epochs) + evaluate: {times['train (2 epochs) + evaluate']:.1f} s", flush=True)
     assert out.evaluation is not None and out.evaluation["frames"] > 0
-    assert any(f"Ray Data batch inference on 1 actor(s) with 0 GPU(s) and {{'{GPU_LIKE}': 1}}" in l for l in lines)
+    assert any("Ray Data batch inference on 1 actor(s)" in l and GPU_LIKE in l for l in lines), lines
 
     raw = copy.deepcopy(cfg.to_dict())
     raw["name"] = "hetero"
