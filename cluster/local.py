@@ -21,7 +21,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from preprocessing.schema import ConfigError
@@ -139,19 +138,17 @@ def _node_ports() -> list[str]:
 
 
 def _alive_nodes(dashboard: str) -> int:
-    """Number of ALIVE nodes the head's dashboard reports (0 while it is not answering)."""
-    from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
+    """Number of ALIVE nodes the head reports through Ray's public state API (0 while it is not
+    answering). The state client adds the auth token itself under RAY_AUTH_MODE=token."""
+    from ray.util.state import list_nodes
+    from ray.util.state.exception import RayStateApiException
 
-    # Under RAY_AUTH_MODE=token (Ray's default for local clusters once a driver has started one)
-    # the dashboard answers 401 without the token, exactly as it does for Ray's own clients.
-    request = urllib.request.Request(f"{dashboard}/nodes?view=summary", headers=get_auth_headers_if_auth_enabled({}))
     try:
-        with urllib.request.urlopen(request, timeout=3) as r:
-            data = json.load(r)
-    except (OSError, ValueError):
+        nodes = list_nodes(address=dashboard, filters=[("state", "=", "ALIVE")], timeout=3,
+                           raise_on_missing_output=False)
+    except (RayStateApiException, ConnectionError, OSError, ValueError):
         return 0
-    summary = data.get("data", {}).get("summary", [])
-    return sum(1 for n in summary if n.get("raylet", {}).get("state") == "ALIVE")
+    return len(nodes)
 
 
 def start_cluster(

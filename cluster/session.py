@@ -24,7 +24,7 @@ def _free_port() -> int:
 def init_ray(address: Optional[str] = None, **kwargs: Any) -> None:
     """Connect to `address` (or `RAY_ADDRESS`), else start a private local Ray instance."""
     import ray
-    from ray._private.services import get_node_ip_address
+    from ray.util import get_node_ip_address
 
     address = address or os.environ.get("RAY_ADDRESS")
     if address:

@@ -32,7 +32,10 @@ class TrainConfig:
     """
 
     epochs: int = 10
-    batch_size: int = 4  # windows per worker per step
+    batch_size: int = 4  # windows per worker per step (ignored when batch_frames is set)
+    # Batch size in frames, as MixSTE's `-b` counts it: windows per step = max(1, batch_frames // T),
+    # so a sweep over T gives every trial the same frames and optimiser steps per epoch.
+    batch_frames: Optional[int] = None
     lr: float = 4e-5
     weight_decay: float = 0.1
     optimizer: Literal["adamw", "adam"] = "adamw"
@@ -61,6 +64,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.epochs < 1:
             raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
+        if self.batch_frames is not None and self.batch_frames < 1:
+            raise ValueError(f"train.batch_frames must be >= 1 or null, got {self.batch_frames}")
         if self.batch_size < 1 or self.val_batch_size < 1:
             raise ValueError(
                 f"train.batch_size and train.val_batch_size must be >= 1, got {self.batch_size}, "
@@ -91,6 +96,13 @@ class TrainConfig:
         if self.shuffle_buffer < 0 or self.prefetch_batches < 0:
             raise ValueError("train.shuffle_buffer and train.prefetch_batches must be >= 0")
 
+    def windows_per_batch(self, frames: int) -> int:
+        """Windows per worker per step for windows of `frames` frames: `batch_frames // frames`
+        (at least 1) when `batch_frames` is set, else `batch_size`."""
+        if self.batch_frames is None:
+            return self.batch_size
+        return max(1, self.batch_frames // frames)
+
 
 @dataclass
 class EvalConfig:
@@ -108,9 +120,23 @@ class TuneConfig:
     scheduler: Literal["asha", "fifo"] = "asha"
     grace_period: int = 1
     reduction_factor: int = 2
-    max_concurrent: int = 0  # 0: as many as the cluster's resources allow
+    max_concurrent: int = 0  # 0: as many as `resources` (else the cluster's resources now) allow
+    # The resources the search is meant to use, e.g. {GPU: 8}: concurrency = how many trials'
+    # Train workers fit in them (Ray's Tune guide sizes max_concurrent_trials this way). Empty: the
+    # cluster's resources at start, which on an autoscaling cluster may be far fewer than it will have.
+    resources: dict[str, float] = field(default_factory=dict)
+    # What each trial's driver (the function calling TorchTrainer.fit, where Train V2 places its
+    # controller) requests. Empty: {raylift_driver: 1} when a node advertises that resource (the
+    # on-demand head in cluster/*.yaml and kuberay/), else a sliver of a CPU (a laptop).
+    driver_resources: dict[str, float] = field(default_factory=dict)
     max_failures: int = 1  # retries of a failed trial
-    storage_path: str = "runs/tune"
+    storage_path: str = "runs/tune"  # local directory or s3://...: Tune's state and raylift's tables
+
+    def validate(self) -> None:
+        for key in ("resources", "driver_resources"):
+            for name, amount in getattr(self, key).items():
+                if not amount >= 0:
+                    raise ValueError(f"tune.{key}.{name} must be >= 0, got {amount}")
 
 
 @dataclass

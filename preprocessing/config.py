@@ -121,7 +121,13 @@ class DataConfig:
     root: str = "data/datasets"
     rows_per_shard: int = 4096  # windows per Parquet file
     rows_per_group: int = 256  # windows per Parquet row group (streaming granularity)
+    # A prepared dataset to train/tune/evaluate on instead of preparing one from `source`: its URI
+    # (s3://bucket/prefix/<id>, a local directory) or its id under `root`. With it, the source
+    # files are never read, so a cluster needs only the Parquet windows.
+    dataset: Optional[str] = None
 
     def validate(self) -> None:
+        if self.dataset is not None and not self.dataset.strip():
+            raise ValueError("data.dataset must be a dataset URI or id, got an empty string")
         if self.rows_per_shard < 1 or self.rows_per_group < 1:
             raise ValueError("rows_per_shard and rows_per_group must be >= 1")

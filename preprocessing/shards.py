@@ -365,6 +365,7 @@ def config_for_id(data: DataConfig) -> dict:
 
     cfg = to_dict(data)
     cfg.pop("root", None)
+    cfg.pop("dataset", None)  # names a prepared dataset, never part of one's content
     for key in _LOCATION_FIELDS:
         cfg["source"].pop(key, None)
     cfg["source"].get("synthetic", {}).pop("out_dir", None)

@@ -257,10 +257,13 @@ def evaluate_arrays(
     train: Optional[dict[str, np.ndarray]] = None,
     bf16: bool = False,
     notes: Sequence[str] = (),
+    pred: Optional[np.ndarray] = None,
 ) -> dict[str, Any]:
     """`evaluate_model` on an already loaded test split (`load_split_arrays(uri, "test")`); the
     mean-pose baseline is scored too when the `train` split's arrays are given. `notes` are
-    carried into the result (e.g. why the baseline is missing)."""
+    carried into the result (e.g. why the baseline is missing). `pred`: the model's predictions
+    for every row of `test`, made elsewhere (Ray Data, `pipelines/evaluate/batch.py`); `model` is
+    then not used."""
     from pipelines.evaluate.prediction import default_device, predict_windows
 
     skel = _skeleton(skeleton)
@@ -271,7 +274,10 @@ def evaluate_arrays(
     kp = _column(test, "keypoints_2d")
     if kp.shape[-2] != skel.num_joints:
         raise DataError(f"{dataset_uri}: test keypoints have {kp.shape[-2]} joints, layout {skel.name!r} has {skel.num_joints}")
-    pred = predict_windows(model, kp, skel, flip=flip, batch_size=batch_size, device=default_device(device), bf16=bf16)
+    if pred is None:
+        pred = predict_windows(model, kp, skel, flip=flip, batch_size=batch_size, device=default_device(device), bf16=bf16)
+    else:
+        pred = np.asarray(pred)[keep]
     frames = collect_frames(pred, test, skel)
     if frames.num_frames == 0:
         raise DataError(f"{dataset_uri}: test split has no real (mask 1) frame to score")

@@ -38,7 +38,11 @@ def _loc(where: Where) -> Location:
 
 PREFIX = "checkpoint_epoch"
 REQUIRED_FILES = ("meta.json", "model.pt", "train_state.pt")
-RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of the checkpoints it registered
+# Ray Train's record of the checkpoints it registered. Its contents are read only through the
+# public `ray.train.Result.from_path`; the file name itself has no public constant, and Ray has no
+# public API to reset a run's record (the request for a run-level checkpoint API, closed without
+# one: https://github.com/ray-project/ray/issues/45516), hence the name here.
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
 
 
 def checkpoint_name(epoch: int) -> str:
@@ -81,18 +85,22 @@ def list_checkpoints(run_uri: Where) -> list[CheckpointInfo]:
 
 
 def ray_registered(run_uri: Where) -> Optional[set[str]]:
-    """Checkpoint directory names Ray Train's snapshot lists (None when there is no snapshot)."""
-    loc = _loc(run_uri).child(RAY_SNAPSHOT)
-    if not storage.exists(loc):
+    """Checkpoint directory names Ray Train registered (fully uploaded) for this run, read through
+    Ray's public `ray.train.Result.from_path(...).best_checkpoints` (with the default
+    CheckpointConfig it lists every registered checkpoint); None when Ray Train never recorded one."""
+    import ray.train
+
+    run = _loc(run_uri)
+    if not storage.exists(run.child(RAY_SNAPSHOT)):
         return None
     try:
-        snap = json.loads(storage.read_bytes(loc))
-        results = list(snap.get("checkpoint_results") or []) + [snap.get("latest_checkpoint_result") or {}]
-        return {r["checkpoint_dir_name"] for r in results if r.get("checkpoint_dir_name")}
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, KeyError) as e:
+        result = ray.train.Result.from_path(run.path, storage_filesystem=run.fs)
+    except Exception as e:  # Ray raises RuntimeError/ValueError/JSON errors for a damaged record
         from models.checkpoint import CheckpointError
 
-        raise CheckpointError(f"{loc.uri}: unreadable Ray Train snapshot ({e})") from None
+        raise CheckpointError(f"{run.child(RAY_SNAPSHOT).uri}: unreadable Ray Train snapshot ({e})") from None
+    checkpoints = [c for c, _ in (result.best_checkpoints or [])] + [result.checkpoint]
+    return {os.path.basename(c.path.rstrip("/")) for c in checkpoints if c is not None}
 
 
 def forget_ray_snapshot(run_uri: Where) -> None:

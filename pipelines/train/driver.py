@@ -29,6 +29,7 @@ import yaml
 
 from models.checkpoint import CheckpointError
 from pipelines.config import ExperimentConfig, add_config_arguments, load_config
+from preprocessing.schema import ConfigError
 
 EVAL_DIR = "eval"
 PLOT_NAME = "training_curves.png"
@@ -59,6 +60,28 @@ def dataset_facts(manifest: dict, cfg: ExperimentConfig) -> tuple[str, int, str]
     layout = source.get("layout") or ("mpi_inf_3dhp" if cfg.data.source.kind == "mpi3dhp" else "h36m")
     joints = source.get("joints") or get_skeleton(layout).num_joints
     return str(manifest["id"]), int(joints), str(layout)
+
+
+def prepared_dataset_uri(cfg: ExperimentConfig) -> Optional[str]:
+    """The URI of `data.dataset` (a URI, or an id under `data.root`), checked to exist and to hold
+    the windows the config's model expects; None when the config names no prepared dataset."""
+    from preprocessing import storage
+    from preprocessing.readers import read_manifest
+
+    named = cfg.data.dataset
+    if named is None:
+        return None
+    is_id = "/" not in named and "\\" not in named
+    uri = storage.join(storage_root(cfg.data.root), named) if is_id else storage_root(named)
+    manifest = read_manifest(uri)  # DataError naming the URI when there is no dataset there
+    windows, want = manifest.get("windows") or {}, cfg.data.windows
+    have = (windows.get("frames"), windows.get("mode"), bool(windows.get("multiview")))
+    if have != (want.frames, want.mode, bool(want.multiview)):
+        raise ConfigError(
+            f"data.dataset {uri} holds {have[1]} windows of T={have[0]} (multiview={have[2]}) but "
+            f"data.windows asks for {want.mode} T={want.frames} (multiview={bool(want.multiview)}): "
+            "set data.windows to match the dataset")
+    return uri
 
 
 def check_resume(run_uri: str, cfg_dict: dict, joints: int, dataset_id: str) -> Optional[str]:
@@ -176,6 +199,8 @@ def run_training(
     tc = cfg.train
     _ensure_ray(progress)
     if dataset_uri is None:
+        dataset_uri = prepared_dataset_uri(cfg)
+    if dataset_uri is None:
         from preprocessing.shards import prepare_dataset
 
         dataset_uri = prepare_dataset(cfg.data, progress=progress).uri
@@ -237,19 +262,21 @@ def _history(last) -> list[dict]:
 def evaluate_best(cfg: ExperimentConfig, checkpoint_uri: str, dataset_uri: str, layout: str, run_uri: str,
                   progress: Callable[[str], None] = print) -> dict:
     """Full-protocol evaluation of a checkpoint (with the mean-pose baseline); results are printed
-    and written to `<run>/eval/results.{md,json}`."""
+    and written to `<run>/eval/results.{md,json}`. The forward passes run as Ray Data batch
+    inference on the training workers' resources (GPU actors, or CPU tasks), never in this
+    driver, which on a cluster runs on a head without a GPU."""
     import tempfile
 
-    from models.checkpoint import load_model
-    from pipelines.evaluate.protocols import evaluate_model, result_tables, write_results
-    from pipelines.train.checkpoints import local_copy
+    from pipelines.evaluate.batch import evaluate_on_ray, placement_for
+    from pipelines.evaluate.protocols import result_tables, write_results
     from preprocessing import storage
 
-    with local_copy(checkpoint_uri) as d:
-        model, meta = load_model(d, expect_model=cfg.model.name, expect_frames=cfg.data.windows.frames)
-    device = "cuda" if cfg.train.use_gpu else "cpu"
-    result = evaluate_model(model, dataset_uri, layout, flip=cfg.eval.flip, batch_size=cfg.eval.batch_size,
-                            device=device, baseline=True, bf16=cfg.train.bf16 and cfg.train.use_gpu)
+    # The checkpoint was chosen by list_checkpoints, which already parsed this meta.json.
+    meta = json.loads(storage.read_bytes(storage.open_location(checkpoint_uri).child("meta.json")))
+    result = evaluate_on_ray(storage.open_location(checkpoint_uri), dataset_uri, layout, placement_for(cfg.train),
+                             flip=cfg.eval.flip, batch_size=cfg.eval.batch_size, baseline=True,
+                             bf16=cfg.train.bf16 and cfg.train.use_gpu, expect_model=cfg.model.name,
+                             expect_frames=cfg.data.windows.frames, progress=progress)
     result = {"checkpoint": checkpoint_uri, "model_name": cfg.model.name, "epoch": meta.get("epoch"),
               "frames_T": int(meta["frames"]), **result}
     progress(f"evaluation of the best checkpoint (epoch {meta.get('epoch')}): {result['protocol']}")
@@ -267,9 +294,16 @@ def evaluate_best(cfg: ExperimentConfig, checkpoint_uri: str, dataset_uri: str, 
 # ----------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
+    parser.add_argument("--data", metavar="URI_OR_ID",
+                        help="train on this prepared dataset (sets data.dataset: a URI, or an id under "
+                             "data.root); the source files are not needed")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
+    if args.data is not None:
+        if not args.data.strip():
+            raise ConfigError("--data: expected a dataset URI or id, got an empty string")
+        cfg.data.dataset = args.data  # taken verbatim: an all-digit id must stay a string
     run_training(cfg)
     return 0

@@ -143,7 +143,7 @@ def train_loop_per_worker(config: dict) -> None:
             loss_sum, steps, windows = 0.0, 0, 0
             term_sums: dict[str, float] = {}
             batches = iter_torch_batches(
-                train_shard, tc.batch_size, shuffle_buffer=tc.shuffle_buffer,
+                train_shard, tc.windows_per_batch(frames), shuffle_buffer=tc.shuffle_buffer,
                 prefetch_batches=tc.prefetch_batches, seed=tc.seed * 1_000_003 + epoch * 1009 + rank,
                 device=str(device),
             )

@@ -45,6 +45,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="DIR", help="finish an interrupted tune (its experiment directory)")
     parser.add_argument("--name", help="experiment name (default: the config's name)")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    parser.add_argument("--resources", metavar="NAME=N[,NAME=N]",
+                        help="the resources the search may use, e.g. GPU=8 (sets tune.resources; sizes "
+                             "how many trials run at once)")
+
+
+def parse_resources(text: str) -> dict[str, float]:
+    """`GPU=8,CPU=64` -> {"GPU": 8.0, "CPU": 64.0}; anything else is a ConfigError naming it."""
+    out = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, amount = item.partition("=")
+        try:
+            value = float(amount)
+        except ValueError:
+            value = float("nan")
+        if not sep or not name.strip() or not value >= 0:
+            raise ConfigError(f"--resources: expected NAME=AMOUNT (AMOUNT >= 0), got {item!r}")
+        out[name.strip()] = value
+    if not out:
+        raise ConfigError(f"--resources: expected NAME=AMOUNT[,NAME=AMOUNT], got {text!r}")
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.config}: no 'tune:' section (see configs/tune_*.yaml)")
         name = args.name or cfg.name
         storage = cfg.tune.storage_path
+    if args.resources:
+        raw.setdefault("tune", {})["resources"] = parse_resources(args.resources)
     summary = tune_experiment(raw, name, storage, resume=bool(args.resume), address=args.address)
     print(summary["markdown"])
     print(f"\nresults: {summary['dir']}")
@@ -92,8 +114,18 @@ def check_space(raw: dict) -> tuple[ExperimentConfig, list]:
 
 def prepare_datasets(raw: dict, dims: list, progress=print) -> dict[str, str]:
     """Prepare (or find in the cache) the windows of every data.* assignment: data_key -> dataset uri."""
+    from pipelines.train.driver import prepared_dataset_uri
     from preprocessing.shards import prepare_dataset
 
+    base = config_from_dict(raw)
+    if base.data.dataset is not None:
+        searched = [d.key for d in dims if d.key.startswith("data.")]
+        if searched:
+            raise ConfigError(f"data.dataset names one prepared dataset, but tune.space searches {searched}: "
+                              "drop data.dataset so each variant's windows are prepared")
+        uri = prepared_dataset_uri(base)
+        progress(f"dataset for all trials: {uri}")
+        return {data_key({}): uri}
     uris = {}
     for values in data_variants(dims):
         cfg = config_from_dict(apply_values(raw, values))
@@ -128,23 +160,74 @@ def _trial(config: dict, base_raw: dict, datasets: dict[str, str], train_storage
     )
 
 
-def _concurrency(cfg: ExperimentConfig) -> int:
-    """Trials that fit the cluster at once, from each trial's Train workers' resources."""
-    import ray
+def trial_needs(cfg: ExperimentConfig) -> dict[str, float]:
+    """Resources one trial's Ray Train workers take together (the trial driver's are negligible)."""
+    tc = cfg.train
+    workers = max(tc.num_workers, 1)
+    needs = {"CPU": workers * tc.cpus_per_worker}
+    if tc.use_gpu:
+        needs["GPU"] = workers * tc.gpus_per_worker
+    for name, amount in tc.resources_per_worker.items():
+        needs[name] = needs.get(name, 0.0) + workers * amount
+    return needs
 
+
+def trial_concurrency(cfg: ExperimentConfig, resources: dict[str, float], source: str) -> int:
+    """Trials whose Train workers fit in `resources` at once: the smallest floor(total / need) over
+    the resources a trial needs that `resources` names (Ray's Tune guide sizes
+    `max_concurrent_trials` so). `tune.max_concurrent > 0` wins. `source` names where `resources`
+    came from, for the error when they name nothing a trial needs."""
     if cfg.tune.max_concurrent > 0:
         return cfg.tune.max_concurrent
-    resources = ray.cluster_resources()
-    workers = max(cfg.train.num_workers, 1)
-    fits = [math.floor(resources.get("CPU", 1) / (workers * cfg.train.cpus_per_worker))]
-    if cfg.train.use_gpu:
-        fits.append(math.floor(resources.get("GPU", 0) / (workers * cfg.train.gpus_per_worker)))
+    needs = trial_needs(cfg)
+    fits = [math.floor(resources[k] / v) for k, v in needs.items() if k in resources and v > 0]
+    if not fits:
+        raise ConfigError(f"{source} {resources} names none of the resources a trial needs {needs}")
     return max(1, min(fits))
 
 
-# The trial function only drives its Train run (the workers have their own resources): a sliver
-# of a CPU lets it be scheduled without taking a core from the workers or Ray Data.
-TRIAL_DRIVER_RESOURCES = {"CPU": 0.01}
+def intended_resources(cfg: ExperimentConfig, progress=print) -> tuple[dict[str, float], str]:
+    """The resources concurrency is sized from: `tune.resources` (or `--resources`) when given,
+    else what the cluster has now (fine on a fixed cluster or a laptop; an autoscaling cluster
+    whose workers start at 0 should say what it will scale to)."""
+    if cfg.tune.resources:
+        return dict(cfg.tune.resources), "tune.resources"
+    import ray
+
+    live = {k: float(v) for k, v in ray.cluster_resources().items()}
+    progress(f"tune: concurrency sized from the cluster's resources now ({live.get('CPU', 0):g} CPUs, "
+             f"{live.get('GPU', 0):g} GPUs); set tune.resources (or --resources) on an autoscaling cluster")
+    return live, "the cluster's resources"
+
+
+# Ray's pattern for Train inside Tune (docs.ray.io/en/latest/train/user-guides/
+# hyperparameter-optimization.html): the trial driver, where Train V2 places the run's controller,
+# asks for a custom resource that only on-demand nodes advertise (the heads in cluster/aws.yaml,
+# cluster/gcp.yaml and cluster/kuberay/), so a preempted spot GPU node never takes a trial's driver
+# with it. Without such a node (a laptop), a sliver of a CPU that takes no core from the workers.
+DRIVER_RESOURCE = "raylift_driver"
+FALLBACK_DRIVER_RESOURCES = {"CPU": 0.01}
+
+
+def driver_resources(cfg: ExperimentConfig, cluster: dict[str, float]) -> dict[str, float]:
+    """What each trial driver requests: `tune.driver_resources`, else one unit of
+    `DRIVER_RESOURCE` when the cluster advertises it, else `FALLBACK_DRIVER_RESOURCES`."""
+    if cfg.tune.driver_resources:
+        return dict(cfg.tune.driver_resources)
+    if cluster.get(DRIVER_RESOURCE, 0) > 0:
+        return {DRIVER_RESOURCE: 1.0}
+    return dict(FALLBACK_DRIVER_RESOURCES)
+
+
+def make_scheduler(cfg: ExperimentConfig):
+    """ASHA over the reported `epoch` (Train's own count, which continues at k+1 after a trial is
+    retried or resumed, where Tune's training_iteration would restart at 1), or FIFO."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if cfg.tune.scheduler != "asha":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs,
+                         grace_period=cfg.tune.grace_period, reduction_factor=cfg.tune.reduction_factor)
 
 
 def tune_experiment(raw: dict, name: str, storage_path: str, resume: bool = False,
@@ -152,34 +235,30 @@ def tune_experiment(raw: dict, name: str, storage_path: str, resume: bool = Fals
     """Run (or resume) a search; returns the summary (rows, markdown, paths)."""
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from preprocessing import storage as st
 
     cfg, dims = check_space(raw)
-    experiment_dir = _local_dir(storage_path, name)
+    experiment_path = st.join(_absolute(storage_path), name)
     if not ray.is_initialized():
         # The dashboard stays on: Train frees stopped trials' resources through its state API.
         init_ray(address, log_to_driver=False)
     datasets = prepare_datasets(raw, dims, progress)
+    resources, source = intended_resources(cfg, progress)
+    concurrency = trial_concurrency(cfg, resources, source)
+    per_driver = driver_resources(cfg, {k: float(v) for k, v in ray.cluster_resources().items()})
+    progress(f"tune: up to {concurrency} trial(s) at once; each trial driver requests {per_driver}")
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base_raw=raw, datasets=datasets,
-                             train_storage=os.path.join(_absolute(storage_path), name, "train")),
-        TRIAL_DRIVER_RESOURCES,
+                             train_storage=st.join(experiment_path, "train")),
+        per_driver,
     )
-    if cfg.tune.scheduler == "asha":
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration", max_t=cfg.train.epochs,
-            grace_period=cfg.tune.grace_period, reduction_factor=cfg.tune.reduction_factor,
-        )
-    else:
-        scheduler = FIFOScheduler()
-    experiment_path = os.path.join(_absolute(storage_path), name)
+    scheduler = make_scheduler(cfg)
     if resume:
         if not tune.Tuner.can_restore(experiment_path):
             raise ConfigError(f"{experiment_path}: no Tune experiment state to resume")
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True)
     else:
-        from preprocessing import storage as st
-
         # Beside Tune's own experiment state (local or S3), so `--resume` finds it there.
         st.write_bytes(st.open_location(experiment_path).child(BASE_CONFIG_FILE),
                        yaml.safe_dump(raw, sort_keys=False).encode())
@@ -188,7 +267,7 @@ def tune_experiment(raw: dict, name: str, storage_path: str, resume: bool = Fals
             param_space=param_space(dims),
             tune_config=tune.TuneConfig(
                 metric=cfg.tune.metric, mode="min", scheduler=scheduler,
-                num_samples=cfg.tune.num_samples, max_concurrent_trials=_concurrency(cfg),
+                num_samples=cfg.tune.num_samples, max_concurrent_trials=concurrency,
             ),
             run_config=tune.RunConfig(
                 name=name, storage_path=_absolute(storage_path),
@@ -198,18 +277,11 @@ def tune_experiment(raw: dict, name: str, storage_path: str, resume: bool = Fals
         )
     grid = tuner.fit()
     rows = collect_rows(grid, raw, cfg.tune.metric)
-    return write_results(rows, raw, experiment_dir)
+    return write_results(rows, raw, experiment_path)
 
 
 def _absolute(storage_path: str) -> str:
     return storage_path if "://" in storage_path else str(Path(storage_path).resolve())
-
-
-def _local_dir(storage_path: str, name: str) -> Path:
-    """Where the tables, plot and best config go (local: inside the experiment directory)."""
-    if "://" in storage_path:
-        return Path("runs") / "tune" / name
-    return Path(storage_path).resolve() / name
 
 
 def collect_rows(grid, base_raw: dict, metric: str) -> list[dict[str, Any]]:
@@ -222,6 +294,10 @@ def collect_rows(grid, base_raw: dict, metric: str) -> list[dict[str, Any]]:
         cfg = config_from_dict(apply_values(base_raw, overrides))
         df = result.metrics_dataframe
         values = df[metric].dropna() if df is not None and metric in df else []
+        # Train's own epoch count: a retried or resumed trial restarts Tune's training_iteration
+        # (and may redo an epoch whose checkpoint was lost), so rows are not epochs.
+        epochs = df["epoch"].dropna() if df is not None and "epoch" in df else []
+        trained = int(max(epochs)) if len(epochs) else 0
         # Every supported layout (H36M, MPI-INF-3DHP) has 17 joints.
         params = count_parameters(build_model(cfg.model, frames=cfg.data.windows.frames, joints=17))
         rows.append({
@@ -230,9 +306,9 @@ def collect_rows(grid, base_raw: dict, metric: str) -> list[dict[str, Any]]:
             "depth": getattr(cfg.model, "depth", None),
             "params": params,
             "best_" + metric: float(min(values)) if len(values) else None,
-            "epochs": int(len(values)),
+            "epochs": trained,
             "wall_s": round(float(df["time_total_s"].max()), 1) if df is not None and "time_total_s" in df and len(df) else None,
-            "status": "ERROR" if result.error else ("STOPPED" if len(values) < cfg.train.epochs else "DONE"),
+            "status": "ERROR" if result.error else ("STOPPED" if trained < cfg.train.epochs else "DONE"),
             "trial": os.path.basename(result.path) if result.path else "",
         })
     key = "best_" + metric
@@ -240,11 +316,32 @@ def collect_rows(grid, base_raw: dict, metric: str) -> list[dict[str, Any]]:
     return rows
 
 
-def write_results(rows: list[dict[str, Any]], base_raw: dict, out_dir: Path) -> dict[str, Any]:
-    """trials.csv, trials.md, mpjpe_vs_frames.png and best.yaml in `out_dir`."""
+RESULT_FILES = ("trials.csv", "trials.md", "mpjpe_vs_frames.png", "best.yaml")
+
+
+def write_results(rows: list[dict[str, Any]], base_raw: dict, out_uri: str) -> dict[str, Any]:
+    """trials.csv, trials.md, mpjpe_vs_frames.png and best.yaml into `out_uri`: the experiment
+    directory under `tune.storage_path`, local or an object store, next to Tune's own state (a
+    job's working directory on KubeRay is gone when the job ends). Each file is built in a local
+    temporary directory and then written whole (atomically on local disk, one PUT on S3)."""
+    import tempfile
+
+    from preprocessing import storage as st
+
+    out = st.open_location(str(out_uri))
+    with tempfile.TemporaryDirectory(prefix="raylift-tune-") as tmp:
+        summary = _write_results_local(rows, base_raw, Path(tmp))
+        for fname in RESULT_FILES:
+            if (Path(tmp) / fname).is_file():
+                st.write_bytes(out.child(fname), (Path(tmp) / fname).read_bytes())
+    best = out.child("best.yaml").uri if summary["has_best"] else None
+    return {"rows": rows, "markdown": summary["markdown"], "dir": out.uri, "best_config": best}
+
+
+def _write_results_local(rows: list[dict[str, Any]], base_raw: dict, out_dir: Path) -> dict[str, Any]:
+    """The result files in a local directory `out_dir`."""
     import pandas as pd
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows)
     # T and depth have their own columns; the searched keys behind them would repeat them.
     table = df.drop(columns=[c for c in (FRAMES_KEY, DEPTH_KEY) if c in df.columns])
@@ -252,7 +349,6 @@ def write_results(rows: list[dict[str, Any]], base_raw: dict, out_dir: Path) -> 
     markdown = _markdown_table(table)
     (out_dir / "trials.md").write_text(markdown + "\n")
     plot_metric_vs_frames(df, out_dir / "mpjpe_vs_frames.png")
-    best_path = out_dir / "best.yaml"
     metric_col = [c for c in df.columns if c.startswith("best_")][0]
     finished = df[df[metric_col].notna()]
     if len(finished):
@@ -262,12 +358,12 @@ def write_results(rows: list[dict[str, Any]], base_raw: dict, out_dir: Path) -> 
         best_raw.pop("tune", None)
         best_raw["name"] = f"{base_raw.get('name', 'experiment')}_best"
         config_from_dict(best_raw)  # the written file must be a valid training config
-        best_path.write_text(
+        (out_dir / "best.yaml").write_text(
             f"# Best trial of raylift tune ({metric_col} = {best[metric_col]:.2f} mm): "
-            f"train it with `raylift train --config {best_path.name}`\n"
+            f"train it with `raylift train --config best.yaml`\n"
             + yaml.safe_dump(best_raw, sort_keys=False)
         )
-    return {"rows": rows, "markdown": markdown, "dir": str(out_dir), "best_config": str(best_path)}
+    return {"markdown": markdown, "has_best": bool(len(finished))}
 
 
 def _plain(value: Any) -> Any:
