@@ -20,6 +20,7 @@ MODELS: dict[str, tuple[str, str, str]] = {
     "crossformer": ("models.crossformer", "CrossFormer", "CrossFormerConfig"),
     "fusionformer": ("models.fusionformer", "Fusionformer", "FusionformerConfig"),
     "multiview": ("models.multiview", "MultiViewRelationTransformer", "MultiViewConfig"),
+    "mpstr": ("models.mpstr", "MPSTR", "MPSTRConfig"),
 }
 
 
