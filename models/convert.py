@@ -305,9 +305,14 @@ _MPSTR_BUFFERS = ("relative_position_index", "attn_mask")
 _MPSTR_UNUSED = ("backbone.head.", "keypoint_head.Temporal_pos_embed", "keypoint_head.weighted_mean.")
 
 
+def _mpstr_dropped(key: str) -> bool:
+    """Whether an authors' SwinPose key is a config-derived buffer or a tensor it never uses."""
+    return key.rsplit(".", 1)[-1] in _MPSTR_BUFFERS or key.startswith(_MPSTR_UNUSED)
+
+
 def mpstr_key(key: str) -> Optional[str]:
-    """Authors' SwinPose key -> raylift MPSTR key; None for dropped buffers and unused tensors."""
-    if key.rsplit(".", 1)[-1] in _MPSTR_BUFFERS or key.startswith(_MPSTR_UNUSED):
+    """Authors' SwinPose key -> raylift MPSTR key; None for dropped keys and unknown ones."""
+    if _mpstr_dropped(key):
         return None
     new = _rename(key, MPSTR_PREFIXES)
     if new is None:
@@ -342,7 +347,7 @@ def convert_mpstr_state_dict(
     mapped, dropped, unmatched = {}, [], []
     for key, value in state.items():
         new = mpstr_key(key)
-        if new is None and (key.rsplit(".", 1)[-1] in _MPSTR_BUFFERS or key.startswith(_MPSTR_UNUSED)):
+        if _mpstr_dropped(key):
             dropped.append(key)
         elif new is None or new not in own:
             unmatched.append(key)

@@ -23,12 +23,21 @@ from models.convert import (
 )
 from models.losses import build_loss, forward_for_loss
 from models.mpstr import MPSTRConfig
-from models.registry import build_model, count_parameters, parse_model_config
+from models.registry import IMAGE_MODELS, MODELS, build_model, count_parameters, parse_model_config
 from pipelines.schema import ConfigError
 
 # Tensors SwinPose holds but never uses in its forward pass (README "What runs").
 UNUSED = ["backbone.head.bias", "backbone.head.weight", "keypoint_head.Temporal_pos_embed",
           "keypoint_head.weighted_mean.bias", "keypoint_head.weighted_mean.weight"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest single-threaded on a CPU shared with other jobs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny(**overrides) -> MPSTRConfig:
@@ -59,7 +68,7 @@ def test_official_outputs_reproduced(mpstr_fixture):
     assert np.abs(y.numpy() - io["output"]).max() < 1e-5
     assert np.abs(tokens.numpy() - io["backbone_tokens"][0]).max() < 1e-5
     assert info["epoch"] == 7
-    # Only config-derived buffers and unused tensors are dropped: 5 attn_masks... of the fixture.
+    # Only config-derived buffers and the tensors SwinPose never uses are dropped.
     buffers = [k for k in info["dropped"] if k.endswith(("relative_position_index", "attn_mask"))]
     assert sorted(set(info["dropped"]) - set(buffers)) == UNUSED
     assert len(buffers) == 8 + 3  # one index per block, masks in layers 0-2 block 1
@@ -200,6 +209,7 @@ def test_config_validation_and_registry():
                               "embed_dim": 16, "img_size": 32, "window_size": 4, "relation_heads": 4})
     assert cfg.depths == (2, 2) and cfg.variant == "official" and cfg.pretrained is None
     assert MPSTRConfig().variant == "paper" and MPSTRConfig().swin_width == 768
+    assert "mpstr" in IMAGE_MODELS and "mpstr" not in MODELS  # keypoint tools iterate MODELS
     bad = [{"variant": "other"}, {"depths": [2, 2], "num_heads": [3]}, {"img_size": 30},
            {"variant": "official", "baseline": True}, {"variant": "official", "token_dim": 64},
            {"relation_heads": 7}, {"drop_path_rate": 1.0}, {"num_heads": [5, 6, 12, 24]}]
