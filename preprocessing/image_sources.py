@@ -210,3 +210,47 @@ def background_of(seq: ImageSequence, view: int, seed: int) -> Background:
     from preprocessing.render import sequence_seed
 
     return Background.random(sequence_seed(seed, seq.subject, seq.action, seq.cameras[view]))
+
+
+# ----------------------------------------------------------------------------- synthetic files
+
+
+def render_full_frames(seq: ImageSequence, view: int, scale: float, seed: int, blur_px: float = 0.0,
+                       noise_std: float = 0.0) -> Iterator[np.ndarray]:
+    """Whole frames of a synthetic sequence at `scale` x the camera resolution (even sizes, for
+    H.264), (H, W, 3) uint8 each."""
+    from preprocessing.render import PixelGrid, render_frame, sequence_seed
+
+    w, h = seq.image_sizes[view]
+    width, height = 2 * max(8, round(w * scale / 2)), 2 * max(8, round(h * scale / 2))
+    grid = PixelGrid(0.0, 0.0, width / w, width, height)
+    background = background_of(seq, view, seed)
+    for k in range(seq.num_frames):
+        yield render_frame(seq.joints_cam[k, view], seq.intrinsics[view], grid, background, k, blur_px, noise_std,
+                           seed=sequence_seed(seed, seq.subject, seq.action, seq.cameras[view]))
+
+
+def write_synthetic_videos(data: DataConfig, out_root: str, scale: float = 0.2, frames_dir: bool = False) -> list[str]:
+    """Render the `synthetic_images` source of `data` as Human3.6M-layout MP4 files
+    (`<out_root>/<subject>/Videos/<action>.<camera>.mp4`) or, with `frames_dir`, as frame folders
+    (`<out_root>/<subject>/<action>.<camera>/<frame:06d>.png`), so the real video and frame paths
+    can be run on real files. Returns the written paths."""
+    from PIL import Image
+
+    from preprocessing.render import write_video
+
+    if data.source.kind != "synthetic_images":
+        raise DataError(f"source.kind must be synthetic_images to render videos, got {data.source.kind!r}")
+    written = []
+    for seq in load_image_sequences(data).sequences:
+        for v, cam in enumerate(seq.cameras):
+            frames = render_full_frames(seq, v, scale, data.source.synthetic.seed)
+            if frames_dir:
+                folder = Path(out_root) / seq.subject / f"{seq.action}.{cam}"
+                folder.mkdir(parents=True, exist_ok=True)
+                for k, frame in enumerate(frames):
+                    Image.fromarray(frame).save(folder / f"{k:06d}.png")
+                written.append(str(folder))
+            else:
+                written.append(str(write_video(video_path(out_root, seq.subject, seq.action, cam), frames, data.source.synthetic.fps)))
+    return written
