@@ -21,7 +21,6 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
