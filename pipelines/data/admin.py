@@ -68,7 +68,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if not manifests:
         print(f"no datasets under {root.uri}")
         return 0
-    header = f"{'ID':<18}{'SOURCE':<11}{'MODE':<10}{'T':>5}{'VIEWS':>6}{'TRAIN':>10}{'TEST':>9}{'SIZE':>10}  CREATED"
+    header = f"{'ID':<18}{'SOURCE':<18}{'MODE':<10}{'T':>5}{'VIEWS':>6}{'TRAIN':>10}{'TEST':>9}{'SIZE':>10}  CREATED"
     print(f"datasets under {root.uri}:")
     print(header)
     for m in manifests:
@@ -76,7 +76,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         images = m.get("kind") == "images"
         views = w["views"] if images else len(w["cameras"]) if w["multiview"] else 1
         print(
-            f"{m['id']:<18}{m['source']['kind']:<11}{'images' if images else w['mode']:<10}{w['frames']:>5}{views:>6}"
+            f"{m['id']:<18}{m['source']['kind']:<18}{'images' if images else w['mode']:<10}{w['frames']:>5}{views:>6}"
             f"{s.get('train', {}).get('windows', 0):>10}{s.get('test', {}).get('windows', 0):>9}"
             f"{_size(m['total_bytes']):>10}  {m.get('created', '?')}"
         )
