@@ -62,7 +62,7 @@ TENSOR_COLUMNS = ("keypoints_2d", "positions_3d", "mask", "intrinsics")
 STRING_COLUMNS = ("subject", "action", "activity", "camera")
 SCHEMA_COLUMNS = TENSOR_COLUMNS + STRING_COLUMNS + ("start", "flipped", "sequence_length")
 # Config fields that only say where source files are (their content is hashed instead).
-_LOCATION_FIELDS = ("data_3d", "data_2d", "cameras", "mpi_train", "mpi_test")
+_LOCATION_FIELDS = ("data_3d", "data_2d", "cameras", "mpi_train", "mpi_test", "videos", "frames_dir")
 
 Progress = Callable[[str], None]
 
@@ -366,6 +366,7 @@ def config_for_id(data: DataConfig) -> dict:
     cfg = to_dict(data)
     cfg.pop("root", None)
     cfg.pop("dataset", None)  # names a prepared dataset, never part of one's content
+    cfg.pop("images", None)  # image datasets have their own id (preprocessing/image_shards.py)
     for key in _LOCATION_FIELDS:
         cfg["source"].pop(key, None)
     cfg["source"].get("synthetic", {}).pop("out_dir", None)
