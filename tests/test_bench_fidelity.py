@@ -190,6 +190,7 @@ FAKE_RUN = """
 """
 
 
+@pytest.mark.slow  # starts a Python subprocess that imports torch
 def test_run_official_runs_the_script_with_the_adapter(tmp_path):
     repo = tmp_path / "repo"
     for name, text in FAKE_COMMON.items():
@@ -211,6 +212,7 @@ def test_run_official_runs_the_script_with_the_adapter(tmp_path):
     assert "removed [4, 5, 9, 10, 11, 16, 20, 21, 22, 23, 24, 28, 29, 30, 31]" in log
 
 
+@pytest.mark.slow  # starts a Python subprocess
 def test_run_official_reports_a_failing_script(tmp_path):
     repo = tmp_path / "repo"
     for name, text in FAKE_COMMON.items():
