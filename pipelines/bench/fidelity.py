@@ -12,6 +12,9 @@ VideoPose3D-format files. Run-time shims (no official file is edited):
   unconditionally); every other `.cuda()` in both scripts is behind `torch.cuda.is_available()`.
 - `torch.utils.tensorboard` gets a no-op `SummaryWriter` when tensorboard is not installed (both
   scripts import it at the top; `--nolog` keeps it unused).
+- `torch.load` of a checkpoint the script itself wrote in the work directory passes
+  `weights_only=False` (their checkpoints hold a numpy RandomState, refused by torch >= 2.6's
+  weights-only default when the script reloads `best_epoch.bin` for the final evaluation).
 - the import stubs of `pipelines/bench/official.py` (`local_attention` for MixSTE).
 
 Recipe mapping (config → authors' flags): subjects `-str/-ste`, T `-f` (and `-s` = T for MixSTE, so
@@ -288,6 +291,16 @@ def _run_script(official_dir: str, script: str, cameras_json: str, argv: list[st
     sys.path.insert(0, root)
     register_stubs()
     torch.Tensor.cuda = lambda self, *a, **k: self  # CPU: MixSTE calls .cuda() unconditionally
+    work, load = os.getcwd(), torch.load
+
+    def load_own_checkpoint(f, *a, **k):
+        # The scripts save a numpy RandomState in their checkpoints, which torch >= 2.6's
+        # weights-only default refuses; files the script wrote in this work directory are trusted.
+        if isinstance(f, (str, os.PathLike)) and os.path.abspath(f).startswith(work + os.sep):
+            k.setdefault("weights_only", False)
+        return load(f, *a, **k)
+
+    torch.load = load_own_checkpoint
     try:
         import torch.utils.tensorboard  # noqa: F401
     except ImportError:
