@@ -238,11 +238,21 @@ def move_tree(src: Location, dst: Location) -> None:
         raise DataError(f"cannot move {src.uri} to {dst.uri}: {e}") from None
 
 
+def new_file_mode() -> int:
+    """The mode `open()` gives a new file under this process's umask (0644 under umask 022).
+    Reading the umask means setting it: it is restored at once."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_local_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of local `path` to write; it replaces `path` only on success.
 
-    Readers never see a half-written result file, and a failed write leaves nothing behind.
+    Readers never see a half-written result file, and a failed write leaves nothing behind. The
+    file gets the mode any new file gets (0644 under umask 022), not mkstemp's private 0600, so a
+    team sharing a run directory can read it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -250,6 +260,7 @@ def atomic_local_file(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
