@@ -133,7 +133,7 @@ def build_trainer(cfg: ExperimentConfig, dataset_uri: str, loop_config: dict, ru
     run_config = ray.train.RunConfig(
         name=run_name,
         storage_path=loc.path,
-        storage_filesystem=loc.fs if st.is_s3(storage) else None,
+        storage_filesystem=None if st.is_local(storage) else loc.fs,
         failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(
             num_to_keep=tc.keep_best, checkpoint_score_attribute="val_mpjpe", checkpoint_score_order="min",
