@@ -107,8 +107,8 @@ def _ensure_ray(progress: Callable[[str], None]) -> None:
 
     # RAY_ADDRESS's cluster, else a private instance (never a stray `ray start` one). The dashboard
     # stays on: Ray Train's placement-group cleaner queries the state API through it.
-    init_ray()
     quiet_ray_data()
+    init_ray()
     res = ray.cluster_resources()
     progress(f"Ray: {len(ray.nodes())} node(s), {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
 
