@@ -37,6 +37,7 @@ SKIP = (
     r"Dataset \S+ execution finished in",
     r"A new progress UI is available",
     r"Registered dataset logger for dataset",
+    r"Progress bars disabled\. To enable",
 )
 SKIP_REGEX = "|".join(f"(?:{s})" for s in SKIP)
 LOG_DIR_HINT = "/tmp/ray/session_latest/logs"

@@ -24,6 +24,7 @@ RAY_LINES = [
     "Starting execution of Dataset train_0356_0. Full logs are in /tmp/ray/session_x/logs/ray-data",
     "Execution plan of Dataset train_0356_0: InputDataBuffer[Input] -> TaskPoolMapOperator[ReadParquetShards]",
     "✔️  Dataset train_0356EWbW3bpqiAlSkoBT8J_0 execution finished in 10.95 seconds",
+    "Progress bars disabled. To enable, set `ray.data.DataContext.get_current().enable_progress_bars = True`.",
 ]
 RAYLIFT_LINES = [
     "training mixste (35,971 parameters, T=27) on 2 worker(s), 1 node(s) on cpu: starting",
