@@ -10,7 +10,8 @@ deduplicator reads them at import) and before a local Ray instance starts (its w
 environment):
 
 - `RAY_DEDUP_LOGS_SKIP_REGEX` ("Log deduplication", Ray's logging guide): lines forwarded from
-  workers that match are not printed. `SKIP` lists the lines Ray prints on every run: Ray Train's
+  workers that match are not printed (Ray applies it only with `RAY_DEDUP_LOGS=1`, its default,
+  which the default console therefore sets). `SKIP` lists the lines Ray prints on every run: Ray Train's
   "Reporting training result" dictionaries, Ray Data's per-epoch execution notices, the
   `PreemptionWatcher` core_worker error (Ray issue 53727; harmless, printed at every Train start)
   and deprecation warnings;
@@ -61,6 +62,7 @@ def configure(verbose_console: bool) -> None:
         os.environ[VERBOSE_ENV] = "1"
         return
     os.environ.pop(VERBOSE_ENV, None)
+    os.environ["RAY_DEDUP_LOGS"] = "1"  # Ray applies the skip filter only while deduplicating
     os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", SKIP_REGEX)
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
     warnings.filterwarnings("ignore", category=DeprecationWarning)

@@ -35,8 +35,10 @@ RAYLIFT_LINES = [
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    for key in (console.VERBOSE_ENV, "RAY_DEDUP_LOGS_SKIP_REGEX", "PYTHONWARNINGS"):
-        monkeypatch.delenv(key, raising=False)
+    """No console variables set; whatever `configure` sets is undone afterwards."""
+    for key in (console.VERBOSE_ENV, "RAY_DEDUP_LOGS", "RAY_DEDUP_LOGS_SKIP_REGEX", "PYTHONWARNINGS"):
+        monkeypatch.setenv(key, "recorded")  # so that monkeypatch restores the original at teardown
+        monkeypatch.delenv(key)
 
 
 def test_ray_noise_is_dropped_and_raylift_lines_are_kept(clean_env):
@@ -44,6 +46,7 @@ def test_ray_noise_is_dropped_and_raylift_lines_are_kept(clean_env):
     assert all(console.is_ray_noise(line) for line in RAY_LINES)
     assert not any(console.is_ray_noise(line) for line in RAYLIFT_LINES)
     assert os.environ["PYTHONWARNINGS"] == "ignore::DeprecationWarning"  # inherited by local Ray workers
+    assert os.environ["RAY_DEDUP_LOGS"] == "1"  # Ray skips lines only while deduplicating
 
 
 def test_verbose_turns_the_filters_off(clean_env):
@@ -64,6 +67,7 @@ def test_cli_accepts_verbose_before_and_after_the_command():
 
 @pytest.mark.slow
 def test_demo_console_is_raylifts_own(tmp_path):
+    # conftest's RAY_DEDUP_LOGS=0 stays: the default console must filter even then.
     env = {k: v for k, v in os.environ.items()
            if k not in (console.VERBOSE_ENV, "RAY_DEDUP_LOGS_SKIP_REGEX", "RAY_ADDRESS")}
     env["PYTHONPATH"] = str(REPO)
