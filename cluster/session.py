@@ -45,12 +45,8 @@ def init_ray(address: Optional[str] = None, **kwargs: Any) -> None:
 
 
 def quiet_ray_data() -> None:
-    """Keep Ray Data's INFO logging off the console (raylift prints its own progress)."""
-    import logging
+    """Keep Ray's own lines off the default console (raylift prints its own progress); see
+    `cluster.console`. Call before `init_ray`, so Ray's start-up INFO lines are quiet too."""
+    from cluster.console import quiet_ray
 
-    import ray.data  # noqa: F401  (importing it installs Ray Data's logging config, adjusted below)
-
-    for handler in logging.getLogger("ray.data").handlers:
-        if type(handler).__name__ != "SessionFileHandler":  # keep the session's log file complete
-            handler.setLevel(logging.WARNING)
-    logging.getLogger("ray._private.worker").setLevel(logging.WARNING)
+    quiet_ray()

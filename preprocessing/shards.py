@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -560,19 +561,26 @@ def _run_shard_tasks(plans: list[ShardPlan], sources: list[WindowSource], job: W
     """The parallel part: a Ray Data dataset of shard plans mapped through `write_shard`."""
     import ray
 
+    from tqdm import tqdm
+
     refs = [ray.put(s) for s in sources]
     items = [{"plan": json.dumps({"split": p.split, "index": p.index, "groups": p.groups})} for p in plans]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map(_write_shard_row, fn_kwargs={"sources": refs, "job": job}, num_cpus=1)
     records = []
+    # A progress bar on a terminal; one line per shard where output is a log (no terminal).
+    bar = tqdm(total=len(plans), unit="shard", desc="writing shards", disable=not sys.stderr.isatty())
     try:
         for record in ds.iter_rows():
             if record["error"]:
                 raise DataError(record["error"])
             records.append({k: v for k, v in record.items() if k != "error"})
-            progress(f"  wrote {record['path']} ({record['rows']} windows, {record['bytes'] / 1e6:.1f} MB) "
-                     f"[{len(records)}/{len(plans)}]")
+            bar.update(1)
+            if bar.disable:
+                progress(f"  wrote {record['path']} ({record['rows']} windows, {record['bytes'] / 1e6:.1f} MB) "
+                         f"[{len(records)}/{len(plans)}]")
     finally:
+        bar.close()
         del refs
     return records
 

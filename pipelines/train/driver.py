@@ -130,8 +130,8 @@ def _ensure_ray(progress: Callable[[str], None]) -> None:
 
     # RAY_ADDRESS's cluster, else a private instance (never a stray `ray start` one). The dashboard
     # stays on: Ray Train's placement-group cleaner queries the state API through it.
-    init_ray()
     quiet_ray_data()
+    init_ray()
     res = ray.cluster_resources()
     progress(f"Ray: {len(ray.nodes())} node(s), {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
 
@@ -156,7 +156,7 @@ def build_trainer(cfg: ExperimentConfig, dataset_uri: str, loop_config: dict, ru
     run_config = ray.train.RunConfig(
         name=run_name,
         storage_path=loc.path,
-        storage_filesystem=loc.fs if st.is_s3(storage) else None,
+        storage_filesystem=None if st.is_local(storage) else loc.fs,
         failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(
             num_to_keep=tc.keep_best, checkpoint_score_attribute="val_mpjpe", checkpoint_score_order="min",
