@@ -505,14 +505,19 @@ def _check_root(root: Location) -> None:
     storage.make_dirs(root)
 
 
-def _ensure_ray() -> bool:
-    """Use the running Ray; else connect to RAY_ADDRESS if set, else start a private local
-    instance (never silently join another process's cluster). True if we initialised Ray."""
+def _ensure_ray(start_ray: Optional[Callable[[], None]] = None) -> bool:
+    """Use the running Ray; else `start_ray()` when given (the caller then owns the instance and
+    its shutdown, e.g. `cluster.session.init_ray`, which also stops it on signals); else connect
+    to RAY_ADDRESS if set, else start a private local instance (never silently join another
+    process's cluster). True if this call initialised Ray and must shut it down."""
     import os
 
     import ray
 
     if ray.is_initialized():
+        return False
+    if start_ray is not None:
+        start_ray()
         return False
     ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
              log_to_driver=False, configure_logging=False)
@@ -525,9 +530,11 @@ def build_dataset(
     skeleton: Skeleton,
     source_files: list[dict],
     progress: Progress = print,
+    start_ray: Optional[Callable[[], None]] = None,
 ) -> DatasetInfo:
     """Window `sequences` into shards under `data.root` (see module doc). `source_files` are the
-    records from `hash_files`; their hashes define the id together with the config."""
+    records from `hash_files`; their hashes define the id together with the config. `start_ray`:
+    how to start Ray if it is not running and shards must be written (see `_ensure_ray`)."""
     started = time.monotonic()
     root = storage.open_location(data.root)
     id_ = compute_id(data, [f["sha256"] for f in source_files])
@@ -572,7 +579,7 @@ def build_dataset(
         # run's and proves the destination is writable.
         marker = staging.child(OWNER_NAME)
         storage.write_bytes(marker, held.owner.to_json())
-        started_ray = _ensure_ray()
+        started_ray = _ensure_ray(start_ray)
         try:
             records = _run_shard_tasks(plans, sources, job, progress)
             shards = sorted(records, key=lambda r: (SPLITS.index(r["split"]), r["path"]))
@@ -662,7 +669,8 @@ def _manifest(data, id_, skeleton, source_files, sources, job, camera_ids, count
     }
 
 
-def prepare_dataset(data: DataConfig, progress: Progress = print) -> DatasetInfo:
+def prepare_dataset(data: DataConfig, progress: Progress = print,
+                    start_ray: Optional[Callable[[], None]] = None) -> DatasetInfo:
     """Build (or find) the dataset `data` describes; returns its id, URI and manifest."""
     from preprocessing.sources import load_sequences
 
@@ -673,4 +681,4 @@ def prepare_dataset(data: DataConfig, progress: Progress = print) -> DatasetInfo
     progress(f"loaded {len(source.sequences)} sequences ({source.skeleton.name}, "
              f"{sum(s.num_frames for s in source.sequences)} camera-frames) and hashed "
              f"{len(files)} files in {time.monotonic() - t0:.1f} s")
-    return build_dataset(data, source.sequences, source.skeleton, files, progress)
+    return build_dataset(data, source.sequences, source.skeleton, files, progress, start_ray)

@@ -38,14 +38,17 @@ def summary_lines(info, seconds: float) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cluster.session import quiet_ray_data
+    from cluster.session import init_ray, quiet_ray_data
     from pipelines.config import load_config
     from preprocessing.shards import prepare_dataset
 
     cfg = load_config(args.config, args.overrides)
     quiet_ray_data()
     t0 = time.monotonic()
-    info = prepare_dataset(cfg.data, progress=lambda msg: print(msg, flush=True))
+    # Ray starts only if shards must be written; a private instance is stopped on every exit path.
+    info = prepare_dataset(cfg.data, progress=lambda msg: print(msg, flush=True),
+                           start_ray=lambda: init_ray(include_dashboard=False, log_to_driver=False,
+                                                      configure_logging=False))
     for line in summary_lines(info, time.monotonic() - t0):
         print(line)
     return 0

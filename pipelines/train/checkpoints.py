@@ -202,8 +202,13 @@ def local_copy(uri: Where) -> Iterator[str]:
     if isinstance(loc.fs, pafs.LocalFileSystem):
         yield loc.path
         return
+    files = storage.list_files(loc)
+    if not files:
+        from models.checkpoint import CheckpointError
+
+        raise CheckpointError(f"{loc.uri}: no checkpoint there (no files under that prefix)")
     with tempfile.TemporaryDirectory(prefix="raylift-ckpt-") as tmp:
-        for rel in storage.list_files(loc):
+        for rel in files:
             dest = os.path.join(tmp, rel)
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             with open(dest, "wb") as f:

@@ -327,6 +327,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cluster.session import quiet_ray_data
+
     cfg = load_config(args.config, args.overrides)
+    quiet_ray_data()
     run_training(cfg)
     return 0
