@@ -41,10 +41,14 @@ def test_signalled_driver_leaves_no_ray_processes(tmp_path, sig):
     script = tmp_path / "driver.py"
     script.write_text(SCRIPT.format(repo=str(REPO)))
     env = {**os.environ, "RAY_ADDRESS": ""}
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, env=env, start_new_session=True)
+    log = tmp_path / "driver.err"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=err,
+                                text=True, env=env, start_new_session=True)
     try:
-        pids = json.loads(proc.stdout.readline())
+        first = proc.stdout.readline()
+        assert first.startswith("["), f"the driver did not start Ray: {log.read_text()[-2000:]}"
+        pids = json.loads(first)
         ray_procs = [p for p in map(psutil.Process, pids) if "cluster.watchdog" not in " ".join(p.cmdline())]
         cmdlines = " ".join(" ".join(p.cmdline()) for p in ray_procs)
         assert "raylet" in cmdlines and "agent" in cmdlines, cmdlines
