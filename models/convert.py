@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 import torch
 
-from models.checkpoint import CheckpointError, load_into, save_checkpoint
+from models.checkpoint import CheckpointError, load_error, load_into, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -223,12 +223,7 @@ def load_official_file(path: str | os.PathLike) -> dict[str, Any]:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for refused globals, RuntimeError/EOFError for corrupt files
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        # torch wraps the reason ("Unsupported global: GLOBAL builtins.open ...") in advice text.
-        reason = next((line for line in lines if line.startswith("WeightsUnpickler error")), lines[0] if lines else "")
-        raise CheckpointError(
-            f"{path}: refused or unreadable as a weights-only checkpoint ({type(e).__name__}: {reason})"
-        ) from None
+        raise load_error(path, e, "an official checkpoint") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict with 'model_pos', got {type(obj).__name__}")
     return obj

@@ -58,7 +58,7 @@ def image_summary_lines(info, seconds: float) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cluster.session import quiet_ray_data
+    from cluster.session import init_ray, quiet_ray_data
     from pipelines.config import load_config
     from preprocessing.config import IMAGE_KINDS
     from preprocessing.image_shards import build_image_dataset
@@ -68,8 +68,13 @@ def run(args: argparse.Namespace) -> int:
     quiet_ray_data()
     t0 = time.monotonic()
     images = cfg.data.source.kind in IMAGE_KINDS
-    build = build_image_dataset if images else prepare_dataset
-    info = build(cfg.data, progress=lambda msg: print(msg, flush=True))
+    if images:
+        info = build_image_dataset(cfg.data, progress=lambda msg: print(msg, flush=True))
+    else:
+        # Ray starts only if shards must be written; a private instance is stopped on every exit path.
+        info = prepare_dataset(cfg.data, progress=lambda msg: print(msg, flush=True),
+                               start_ray=lambda: init_ray(include_dashboard=False, log_to_driver=False,
+                                                          configure_logging=False))
     for line in (image_summary_lines if images else summary_lines)(info, time.monotonic() - t0):
         print(line)
     return 0

@@ -466,11 +466,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = args.out or default_out_dir(args.checkpoint)
-    result = evaluate_checkpoint(
-        args.checkpoint, data=args.data, root=args.root, flip=not args.no_flip, out=out,
-        batch_size=args.batch_size, device=args.device, baseline=not args.no_baseline, bf16=args.bf16,
-    )
+    from pipelines.train.checkpoints import local_copy
+    from preprocessing import storage
+
+    if storage.is_s3(args.checkpoint):  # an unreachable endpoint is named, not "no meta.json"
+        storage.check_s3_endpoint(args.checkpoint)
+    out = args.out or default_out_dir(args.checkpoint.split("://", 1)[-1] if storage.is_s3(args.checkpoint)
+                                      else args.checkpoint)
+    with local_copy(args.checkpoint) as checkpoint:
+        result = evaluate_checkpoint(
+            checkpoint, data=args.data, root=args.root, flip=not args.no_flip, out=out,
+            batch_size=args.batch_size, device=args.device, baseline=not args.no_baseline, bf16=args.bf16,
+        )
     print(f"{result['model_name']} on {result['dataset']} ({result['frames']} frames)")
     print(f"protocol: {result['protocol']}")
     print(result_tables(result))
