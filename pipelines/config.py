@@ -36,8 +36,14 @@ class TrainConfig:
     lr: float = 4e-5
     weight_decay: float = 0.1
     optimizer: Literal["adamw", "adam"] = "adamw"
+    amsgrad: bool = False  # the AMSGrad variant of Adam/AdamW (Fusionformer's run.py)
     betas: tuple[float, float] = (0.9, 0.999)
-    lr_decay: float = 0.99  # multiplicative, per epoch (ExponentialLR)
+    # Per-epoch schedule (pipelines/train/schedules.py): lr of epoch e = lr * factor(e - 1).
+    lr_schedule: Literal["exponential", "step", "exponential_step", "cosine_warmup"] = "exponential"
+    lr_decay: float = 0.99  # exponential, exponential_step: x lr_decay after every epoch
+    lr_step_every: int = 5  # step, exponential_step: x lr_step_factor after every lr_step_every epochs
+    lr_step_factor: float = 0.5
+    warmup_epochs: int = 0  # cosine_warmup: linear warm-up epochs before the cosine decay
     clip_grad: Optional[float] = None  # max gradient norm (None: no clipping)
     loss: Literal["auto", "mixste", "mpjpe", "fusionformer", "multiview"] = "auto"
     num_workers: int = 2  # Ray Train workers; 0 runs the loop in the driver process
@@ -76,6 +82,17 @@ class TrainConfig:
             raise ValueError(f"train.num_workers must be >= 0, got {self.num_workers}")
         if not 0 < self.lr_decay <= 1:
             raise ValueError(f"train.lr_decay must be in (0, 1], got {self.lr_decay}")
+        if self.lr_step_every < 1:
+            raise ValueError(f"train.lr_step_every must be >= 1, got {self.lr_step_every}")
+        if not 0 < self.lr_step_factor <= 1:
+            raise ValueError(f"train.lr_step_factor must be in (0, 1], got {self.lr_step_factor}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"train.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.lr_schedule == "cosine_warmup" and self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"train.warmup_epochs ({self.warmup_epochs}) must be < train.epochs ({self.epochs}) "
+                "for lr_schedule cosine_warmup"
+            )
         if self.clip_grad is not None and self.clip_grad <= 0:
             raise ValueError(f"train.clip_grad must be > 0 or null, got {self.clip_grad}")
         if self.keep_best < 1:
