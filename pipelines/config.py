@@ -113,6 +113,9 @@ class TrainConfig:
 class EvalConfig:
     flip: bool = True  # test-time flip augmentation
     batch_size: int = 64
+    # bf16 autocast for evaluation and per-epoch validation forwards (CUDA only). Off: scores are
+    # fp32 unless asked, whatever train.bf16 says (train.bf16 autocasts only training forwards).
+    bf16: bool = False
 
 
 @dataclass

@@ -249,7 +249,7 @@ def evaluate_best(cfg: ExperimentConfig, checkpoint_uri: str, dataset_uri: str, 
         model, meta = load_model(d, expect_model=cfg.model.name, expect_frames=cfg.data.windows.frames)
     device = "cuda" if cfg.train.use_gpu else "cpu"
     result = evaluate_model(model, dataset_uri, layout, flip=cfg.eval.flip, batch_size=cfg.eval.batch_size,
-                            device=device, baseline=True, bf16=cfg.train.bf16 and cfg.train.use_gpu)
+                            device=device, baseline=True, bf16=cfg.eval.bf16 and cfg.train.use_gpu)
     result = {"checkpoint": checkpoint_uri, "model_name": cfg.model.name, "epoch": meta.get("epoch"),
               "frames_T": int(meta["frames"]), **result}
     progress(f"evaluation of the best checkpoint (epoch {meta.get('epoch')}): {result['protocol']}")

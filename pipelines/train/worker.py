@@ -164,7 +164,7 @@ def train_loop_per_worker(config: dict) -> None:
 
             val_cap = None if tc.max_val_windows is None else -(-tc.max_val_windows // world)
             val_batches = iter_val_batches(config["dataset_loc"], "test", tc.val_batch_size, rank, world, val_cap)
-            err, count = validation_sums(net, val_batches, device, tc.bf16)
+            err, count = validation_sums(net, val_batches, device, cfg.eval.bf16)
             err, count = _all_reduce_sum([err, count], device)
             elapsed = time.perf_counter() - t0
             durations.append(elapsed)
