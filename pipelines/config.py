@@ -57,6 +57,11 @@ class TrainConfig:
     bf16: bool = True  # autocast to bfloat16 on GPU (ignored on CPU)
     compile: bool = False  # torch.compile the model
     seed: int = 0
+    # Training order. global: each epoch every worker reads its share of a seeded permutation of
+    # all the train split's row groups (files and row groups in random order; resumable: the order
+    # depends on seed and epoch only), and shuffles rows within its buffer. local: the manifest
+    # order through Ray Train's dataset split, only the local buffer shuffles (raylift < 0.x).
+    shuffle: Literal["global", "local"] = "global"
     shuffle_buffer: int = 256  # windows in each worker's local shuffle buffer
     prefetch_batches: int = 4
     max_windows_per_epoch: Optional[int] = None  # cap on training windows per epoch (None: all)

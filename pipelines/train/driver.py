@@ -123,9 +123,11 @@ def build_trainer(cfg: ExperimentConfig, dataset_uri: str, loop_config: dict, ru
 
     from pipelines.train.worker import TRAIN, train_loop_per_worker
     from preprocessing import storage as st
-    from preprocessing.readers import open_split
+    from preprocessing.readers import check_shards, open_split
 
     tc = cfg.train
+    if tc.shuffle == "global":
+        check_shards(dataset_uri, "train")  # a missing or damaged shard fails here, not in a worker
     resources = {"CPU": tc.cpus_per_worker, **tc.resources_per_worker}
     if tc.use_gpu:
         resources["GPU"] = tc.gpus_per_worker
@@ -150,7 +152,8 @@ def build_trainer(cfg: ExperimentConfig, dataset_uri: str, loop_config: dict, ru
             num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources,
         ),
         run_config=run_config,
-        datasets={TRAIN: open_split(dataset_uri, "train")},
+        # train.shuffle global: each worker opens its own per-epoch share (pipelines/train/worker.py)
+        datasets={TRAIN: open_split(dataset_uri, "train")} if tc.shuffle == "local" else None,
     )
 
 
