@@ -6,10 +6,15 @@ Protocol (stated in every result):
   scored at its centre frame. Frames with mask 0 (padding, 3DHP invalid frames) never count.
 - Windows are put back into their sequences ((subject, action, camera), frame = `start` + offset)
   so MPJVE differences only join two real consecutive frames of one sequence.
-- Targets have their root joint zeroed; predictions are scored as the model made them.
+- Targets have their root joint zeroed; predictions are scored as the model made them, except on
+  MPI-INF-3DHP, where the predicted pelvis is zeroed too before scoring, as P-STMO's and
+  MotionAGFormer's test code do (`output_3D[:, :, 14] = 0`).
 - Human3.6M layout: MPJPE, P-MPJPE, N-MPJPE, MPJVE per activity, the mean of the activities
-  ("action-wise") and frame-wise. MPI-INF-3DHP layout: PCK@150, AUC, MPJPE per test sequence
-  (TS1..TS6), their mean and over all frames.
+  ("action-wise", the summary papers report) and frame-wise. MPI-INF-3DHP layout: PCK@150, AUC,
+  MPJPE per test sequence (TS1..TS6), and the summary the field reports: "All", pooled over every
+  valid frame (the MATLAB evaluation's "All" row), beside the plain mean of TS1-TS6.
+- `eval.protocol` other than `raylift` (MixSTE's test windows, Fusionformer's centre frames,
+  VideoPose3D's seq2frame) is computed in `pipelines/evaluate/protocol_defs.py`.
 - A mean-pose baseline (the mean training pose for every frame) is scored the same way.
 """
 from __future__ import annotations
@@ -138,8 +143,11 @@ def collect_frames(pred: np.ndarray, arrays: dict[str, np.ndarray], skeleton: Un
         )
     f_gt = np.array(f_gt[order], dtype=np.float32)
     f_gt[:, skel.root] = 0.0
+    f_pred = np.array(f_pred[order], dtype=np.float32)
+    if skel.name == MPI17.name:
+        f_pred[:, skel.root] = 0.0  # P-STMO / MotionAGFormer zero the predicted pelvis
     return ScoredFrames(
-        pred=np.asarray(f_pred[order], dtype=np.float32), gt=f_gt, sequence=seq_id, index=index,
+        pred=f_pred, gt=f_gt, sequence=seq_id, index=index,
         activity=activity[rows_v][order], subject=subject[rows_v][order],
     )
 
@@ -177,8 +185,16 @@ def score_frames(frames: ScoredFrames, skeleton: Union[str, Skeleton]) -> dict[s
 def layout_metrics(skeleton: Union[str, Skeleton]) -> tuple[tuple[str, ...], str, str]:
     """(metric names, group key, label of the mean over groups) for a layout."""
     if _skeleton(skeleton).name == MPI17.name:
-        return MPI_METRICS, "sequence", "sequence mean"
+        return MPI_METRICS, "sequence", "mean of TS1-TS6 (not the field's summary)"
     return H36M_METRICS, "activity", "action-wise"
+
+
+def summary_rows(skeleton: Union[str, Skeleton]) -> tuple[str, str]:
+    """(the summary key papers report, label of the pooled frame-wise row) for a layout: H36M
+    reports the action-wise mean; MPI-INF-3DHP the MATLAB "All", pooled over every valid frame."""
+    if _skeleton(skeleton).name == MPI17.name:
+        return "frame_wise", "All (pooled over valid frames, as MATLAB)"
+    return "group_mean", "frame-wise"
 
 
 def baseline_mean_pose(train_arrays: dict[str, np.ndarray], test_arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -276,6 +292,7 @@ def evaluate_arrays(
     if frames.num_frames == 0:
         raise DataError(f"{dataset_uri}: test split has no real (mask 1) frame to score")
     names, group_by, mean_label = layout_metrics(skel)
+    summary_key, frame_wise_label = summary_rows(skel)
     results = {"model": score_frames(frames, skel)}
     if train is not None:
         base = collect_frames(np.asarray(baseline_mean_pose(train, test)), test, skel)
@@ -290,6 +307,8 @@ def evaluate_arrays(
         "metrics": list(names),
         "group_by": group_by,
         "group_mean_label": mean_label,
+        "frame_wise_label": frame_wise_label,
+        "summary_key": summary_key,
         "windows": int(len(kp)),
         "frames": frames.num_frames,
         "results": results,
@@ -412,7 +431,8 @@ def default_out_dir(checkpoint: str) -> str:
 
 def result_tables(result: dict[str, Any], markdown: bool = False) -> str:
     fmt = metrics.markdown_table if markdown else metrics.format_table
-    return fmt(result["results"], result["metrics"], result["group_mean_label"])
+    return fmt(result["results"], result["metrics"], result["group_mean_label"],
+               result.get("frame_wise_label", "frame-wise"))
 
 
 def results_markdown(result: dict[str, Any]) -> str:
