@@ -67,7 +67,11 @@ class TrainConfig:
     max_windows_per_epoch: Optional[int] = None  # cap on training windows per epoch (None: all)
     val_batch_size: int = 64  # windows per validation batch
     max_val_windows: Optional[int] = None  # cap on validation windows per epoch (None: all)
-    evaluate: bool = True  # evaluate the best checkpoint with the full protocol after training
+    evaluate: bool = True  # evaluate the selected checkpoint with the full protocol after training
+    # Which checkpoint the final evaluation scores. test: the epoch with the lowest per-epoch
+    # validation MPJPE, which is measured on the test split (the papers' habit: chosen on the split
+    # it is then scored on; results say so). last: the last epoch (no selection on test data).
+    select: Literal["test", "last"] = "test"
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -121,6 +125,10 @@ class EvalConfig:
     # bf16 autocast for evaluation and per-epoch validation forwards (CUDA only). Off: scores are
     # fp32 unless asked, whatever train.bf16 says (train.bf16 autocasts only training forwards).
     bf16: bool = False
+    # What the tables reproduce (pipelines/evaluate/protocol_defs.py): raylift (each real frame
+    # once), mixste (MixSTE's test windows), videopose3d_seq2frame (PoseFormer, CrossFormer),
+    # fusionformer (centre frame of stride-1 windows after refinement).
+    protocol: Literal["raylift", "mixste", "videopose3d_seq2frame", "fusionformer"] = "raylift"
 
 
 @dataclass
@@ -155,6 +163,12 @@ class ExperimentConfig:
             raise ValueError(
                 f"model {self.model.name!r} is {cls.output_mode} but data.windows.mode is "
                 f"{self.data.windows.mode!r}"
+            )
+        need = {"mixste": "seq2seq", "fusionformer": "seq2seq", "videopose3d_seq2frame": "seq2frame"}.get(self.eval.protocol)
+        if need is not None and need != cls.output_mode:
+            raise ValueError(
+                f"eval.protocol {self.eval.protocol!r} scores {need} models, but model {self.model.name!r} is "
+                f"{cls.output_mode}"
             )
         if bool(self.data.windows.multiview) != bool(cls.multiview):
             raise ValueError(

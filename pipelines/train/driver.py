@@ -31,6 +31,11 @@ from models.checkpoint import CheckpointError
 from pipelines.config import ExperimentConfig, add_config_arguments, load_config
 
 EVAL_DIR = "eval"
+# How the evaluated checkpoint was chosen (train.select), as results state it.
+SELECTION_LABELS = {
+    "test": "best-on-test epoch (lowest per-epoch MPJPE on the test split, then scored on it: the papers' habit)",
+    "last": "last epoch (no selection on test data)",
+}
 PLOT_NAME = "training_curves.png"
 CONFIG_NAME = "config.yaml"
 
@@ -217,8 +222,9 @@ def run_training(
         png = training_curves_png(history, title=f"{cfg.model.name} T={cfg.data.windows.frames} ({name})")
         storage.write_bytes(storage.open_location(run_uri).child(PLOT_NAME), png)
     do_eval = tc.evaluate if evaluate_after is None else evaluate_after
-    if do_eval and best_ckpt is not None:
-        outcome.evaluation = evaluate_best(cfg, best_ckpt.uri, dataset_uri, layout, run_uri, progress)
+    chosen = best_ckpt if tc.select == "test" else last_ckpt
+    if do_eval and chosen is not None:
+        outcome.evaluation = evaluate_best(cfg, chosen.uri, dataset_uri, layout, run_uri, progress)
     progress(f"run directory: {run_uri}")
     if best_ckpt is not None:
         progress(f"best checkpoint: {best_ckpt.uri} (epoch {best_ckpt.epoch}, val MPJPE {best_ckpt.val_mpjpe:.2f} mm)")
@@ -252,10 +258,11 @@ def evaluate_best(cfg: ExperimentConfig, checkpoint_uri: str, dataset_uri: str, 
         model, meta = load_model(d, expect_model=cfg.model.name, expect_frames=cfg.data.windows.frames)
     device = "cuda" if cfg.train.use_gpu else "cpu"
     result = evaluate_model(model, dataset_uri, layout, flip=cfg.eval.flip, batch_size=cfg.eval.batch_size,
-                            device=device, baseline=True, bf16=cfg.eval.bf16 and cfg.train.use_gpu)
+                            device=device, baseline=True, bf16=cfg.eval.bf16 and cfg.train.use_gpu,
+                            protocol=cfg.eval.protocol, selection=SELECTION_LABELS[cfg.train.select])
     result = {"checkpoint": checkpoint_uri, "model_name": cfg.model.name, "epoch": meta.get("epoch"),
               "frames_T": int(meta["frames"]), **result}
-    progress(f"evaluation of the best checkpoint (epoch {meta.get('epoch')}): {result['protocol']}")
+    progress(f"evaluation of the {SELECTION_LABELS[cfg.train.select]}, epoch {meta.get('epoch')}: {result['protocol']}")
     progress(result_tables(result))
     eval_dir = storage.open_location(run_uri).child(EVAL_DIR)
     with tempfile.TemporaryDirectory(prefix="raylift-eval-") as tmp:
