@@ -68,10 +68,11 @@ class TrainConfig:
     val_batch_size: int = 64  # windows per validation batch
     max_val_windows: Optional[int] = None  # cap on validation windows per epoch (None: all)
     evaluate: bool = True  # evaluate the selected checkpoint with the full protocol after training
-    # Which checkpoint the final evaluation scores. test: the epoch with the lowest per-epoch
-    # validation MPJPE, which is measured on the test split (the papers' habit: chosen on the split
-    # it is then scored on; results say so). last: the last epoch (no selection on test data).
-    select: Literal["test", "last"] = "test"
+    # Which checkpoint the final evaluation scores, and where per-epoch validation MPJPE is measured.
+    # test: lowest MPJPE on the test split (the papers' habit: chosen on the split it is then scored
+    # on; results say so). val: lowest MPJPE on the validation split (data.source.val_subjects).
+    # last: the last epoch (validation on the val split if there is one, else on test).
+    select: Literal["test", "val", "last"] = "test"
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -170,6 +171,8 @@ class ExperimentConfig:
                 f"eval.protocol {self.eval.protocol!r} scores {need} models, but model {self.model.name!r} is "
                 f"{cls.output_mode}"
             )
+        if self.train.select == "val" and not self.data.source.val_subjects:
+            raise ValueError("train.select=val needs a validation split: set data.source.val_subjects")
         if bool(self.data.windows.multiview) != bool(cls.multiview):
             raise ValueError(
                 f"model {self.model.name!r} needs data.windows.multiview={str(cls.multiview).lower()}"

@@ -66,6 +66,9 @@ class SourceConfig:
     mpi_test: str = ""
     train_subjects: list[str] = field(default_factory=list)
     test_subjects: list[str] = field(default_factory=list)
+    # Training subjects held out as the validation split (per-epoch validation and
+    # train.select: val); empty = no validation split.
+    val_subjects: list[str] = field(default_factory=list)
     activities: list[str] = field(default_factory=list)  # optional filter; empty = all
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -77,6 +80,9 @@ class SourceConfig:
             raise ValueError("source.kind=generic needs source.cameras (a cameras JSON)")
         if self.kind == "generic" and not (self.train_subjects or self.test_subjects):
             raise ValueError("source.kind=generic needs source.train_subjects and/or test_subjects")
+        both = sorted(set(self.val_subjects) & set(self.test_subjects))
+        if both:
+            raise ValueError(f"source.val_subjects {both} are also test subjects: validation must not see test data")
         if self.kind == "mpi3dhp" and not (self.mpi_train or self.mpi_test):
             raise ValueError("source.kind=mpi3dhp needs source.mpi_train and/or source.mpi_test")
 

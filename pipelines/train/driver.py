@@ -28,14 +28,25 @@ from typing import Any, Callable, Optional, Sequence
 import yaml
 
 from models.checkpoint import CheckpointError
+from preprocessing.errors import DataError
 from pipelines.config import ExperimentConfig, add_config_arguments, load_config
 
 EVAL_DIR = "eval"
 # How the evaluated checkpoint was chosen (train.select), as results state it.
 SELECTION_LABELS = {
     "test": "best-on-test epoch (lowest per-epoch MPJPE on the test split, then scored on it: the papers' habit)",
-    "last": "last epoch (no selection on test data)",
+    "val": "best-on-validation epoch (lowest per-epoch MPJPE on the held-out validation subjects)",
+    "last": "last epoch (no selection)",
 }
+
+
+def validation_split(cfg: ExperimentConfig, manifest: dict) -> str:
+    """The split per-epoch validation MPJPE is measured on (see train.select)."""
+    has_val = bool((manifest.get("splits") or {}).get("val", {}).get("windows"))
+    if cfg.train.select == "val" and not has_val:
+        raise DataError(f"train.select=val but dataset {manifest.get('id')} has no validation split "
+                              "(data.source.val_subjects)")
+    return "val" if has_val and cfg.train.select != "test" else "test"
 PLOT_NAME = "training_curves.png"
 CONFIG_NAME = "config.yaml"
 
@@ -187,7 +198,9 @@ def run_training(
         from preprocessing.shards import prepare_dataset
 
         dataset_uri = prepare_dataset(cfg.data, progress=progress).uri
-    dataset_id, joints, layout = dataset_facts(read_manifest(dataset_uri), cfg)
+    manifest = read_manifest(dataset_uri)
+    dataset_id, joints, layout = dataset_facts(manifest, cfg)
+    val_split = validation_split(cfg, manifest)
     name = run_name or cfg.name
     root = storage_root(storage_path or tc.storage_path)
     run_uri = storage.join(root, name)
@@ -204,6 +217,7 @@ def run_training(
         "cfg": cfg_dict, "dataset_loc": storage.open_location(dataset_uri), "dataset_id": dataset_id,
         "joints": joints, "layout": layout, "run_loc": storage.open_location(run_uri),
         "resume_loc": storage.open_location(resume_from) if resume_from else None,
+        "val_split": val_split,
         "local_mode": tc.num_workers == 0,
         # Ray Train runs no callbacks in local mode; the loop (in this process) calls them itself.
         "local_callbacks": list(callbacks) if tc.num_workers == 0 else [],

@@ -168,7 +168,8 @@ def train_loop_per_worker(config: dict) -> None:
             terms_mean = {f"train_{k}": v / max(steps, 1) for k, v in zip(term_keys, reduced[3:]) if k != "loss"}
 
             val_cap = None if tc.max_val_windows is None else -(-tc.max_val_windows // world)
-            val_batches = iter_val_batches(config["dataset_loc"], "test", tc.val_batch_size, rank, world, val_cap)
+            val_batches = iter_val_batches(config["dataset_loc"], config.get("val_split", "test"), tc.val_batch_size,
+                                           rank, world, val_cap)
             err, count = validation_sums(net, val_batches, device, cfg.eval.bf16)
             err, count = _all_reduce_sum([err, count], device)
             elapsed = time.perf_counter() - t0
