@@ -41,7 +41,8 @@ class TrainConfig:
     # Per-epoch schedule (pipelines/train/schedules.py): lr of epoch e = lr * factor(e - 1).
     lr_schedule: Literal["exponential", "step", "exponential_step", "cosine_warmup"] = "exponential"
     lr_decay: float = 0.99  # exponential, exponential_step: x lr_decay after every epoch
-    lr_step_every: int = 5  # step, exponential_step: x lr_step_factor after every lr_step_every epochs
+    lr_step_every: int = 5  # step, exponential_step: x lr_step_factor after every lr_step_every-th epoch
+    # (exponential_step: instead of lr_decay for that epoch, as Fusionformer's run.py)
     lr_step_factor: float = 0.5
     warmup_epochs: int = 0  # cosine_warmup: linear warm-up epochs before the cosine decay
     clip_grad: Optional[float] = None  # max gradient norm (None: no clipping)

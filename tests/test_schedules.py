@@ -28,12 +28,13 @@ def _stepped(tc: TrainConfig, epochs: int, model=None, opt=None, sched=None) -> 
 # Hand-computed per-epoch learning rates (epoch 1 first).
 FUSIONFORMER = TrainConfig(optimizer="adam", amsgrad=True, lr=1e-3, lr_schedule="exponential_step",
                            lr_decay=0.95, lr_step_every=5, lr_step_factor=0.5, epochs=12, weight_decay=0.0)
+# Fusionformer run.py: after epochs 5, 10, ... x0.5 INSTEAD of x0.95 (if/else in the code).
 FUSIONFORMER_LR = [1e-3, 9.5e-4, 9.025e-4, 8.57375e-4, 8.1450625e-4,
-                   # after epoch 5: x0.95 and x0.5 -> 1e-3 * 0.95**5 * 0.5
-                   3.8689046875e-4, 3.675459453125e-4, 3.49168648046875e-4, 3.3171021564453e-4,
-                   3.1512470486230e-4,
-                   # after epoch 10: x0.5 again -> 1e-3 * 0.95**10 * 0.25
-                   1.4968423480959e-4, 1.42200023069115e-4]
+                   # after epoch 5: x0.5 -> 1e-3 * 0.95**4 * 0.5
+                   4.07253125e-4, 3.8689046875e-4, 3.675459453125e-4, 3.49168648046875e-4,
+                   3.3171021564453125e-4,
+                   # after epoch 10: x0.5 again -> 1e-3 * 0.95**8 * 0.25
+                   1.6585510782226562e-4, 1.5756235243115234e-4]
 STEP = TrainConfig(lr=0.1, lr_schedule="step", lr_step_every=3, lr_step_factor=0.1, epochs=7)
 STEP_LR = [0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.001]
 EXPONENTIAL = TrainConfig(lr=4e-5, lr_decay=0.99, epochs=4)

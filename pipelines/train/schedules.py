@@ -5,8 +5,10 @@ and the scheduler is stepped once after every epoch:
 
 - `exponential` (default, MixSTE/PoseFormer): `lr_decay ** k`.
 - `step`: `lr_step_factor ** (k // lr_step_every)` (×factor after every `lr_step_every` epochs).
-- `exponential_step` (Fusionformer's run.py): `lr_decay ** k * lr_step_factor ** (k // lr_step_every)`,
-  i.e. ×lr_decay after every epoch and additionally ×lr_step_factor after every `lr_step_every`-th.
+- `exponential_step` (Fusionformer's run.py): after every `lr_step_every`-th epoch ×lr_step_factor,
+  after every other epoch ×lr_decay (the code's `if epoch % large_decay_epoch == 0: lr *= 0.5
+  else: lr *= 0.95`: the two never apply together), so with s = k // lr_step_every the factor is
+  `lr_decay ** (k - s) * lr_step_factor ** s`.
 - `cosine_warmup` (the multi-view image paper: 20-epoch linear warm-up, cosine over the rest):
   `(k + 1) / warmup_epochs` for k < warmup_epochs, then `0.5 * (1 + cos(pi * (k - W) / (epochs - W)))`.
   Stepped per epoch (the paper does not say per iteration), so the first epoch trains at lr / W.
@@ -37,7 +39,8 @@ def lr_factor(k: int, train: TrainConfig) -> float:
     if kind == "step":
         return train.lr_step_factor ** (k // train.lr_step_every)
     if kind == "exponential_step":
-        return train.lr_decay**k * train.lr_step_factor ** (k // train.lr_step_every)
+        steps = k // train.lr_step_every
+        return train.lr_decay ** (k - steps) * train.lr_step_factor**steps
     if kind == "cosine_warmup":
         warm = train.warmup_epochs
         if k < warm:
