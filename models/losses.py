@@ -22,6 +22,11 @@ so with an all-ones mask each loss equals the reference code's plain `torch.mean
   (B, T, V, J, 2) against `batch["keypoints_2d"]` (pixels of the crop), as the authors' training
   (`nn.MSELoss` on pixel coordinates); no root zeroing. Logs `rmse_px`.
 
+Precision: every loss is computed in fp32 from the fp32 targets, with autocast disabled inside
+the loss, whatever the forward pass ran in. Under bf16 autocast only the model's forward is bf16;
+its output is promoted to fp32 here (bf16 would round metres in 2-4 mm steps, the size of the
+velocity and temporal-consistency terms MixSTE supervises).
+
 `forward_for_loss(model, x)` calls a model the way its loss needs (Fusionformer with
 `return_all=True`), so the training loop stays model-agnostic.
 """
@@ -86,11 +91,32 @@ def _frame_mask(batch: Mapping[str, torch.Tensor], target: torch.Tensor) -> torc
     return mask
 
 
+def _fp32(t: torch.Tensor) -> torch.Tensor:
+    """`t` promoted to at least fp32 (bf16/fp16 autocast outputs become fp32; fp64 stays)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def _target(batch: Mapping[str, torch.Tensor], root: int, like: torch.Tensor) -> torch.Tensor:
-    target = batch["positions_3d"].to(device=like.device, dtype=like.dtype)
+    """The batch's target on `like`'s device, in fp32 (never the prediction's bf16), root zeroed."""
+    target = _fp32(batch["positions_3d"].to(device=like.device))
     target = target.clone()
     target[..., root, :] = 0.0
     return target
+
+
+def _device_type(outputs: Any) -> str:
+    """'cuda' or 'cpu': where the (first tensor of the) model outputs live."""
+    tensors = [outputs] if isinstance(outputs, torch.Tensor) else list(outputs.values()) if isinstance(outputs, Mapping) else []
+    return next((t.device.type for t in tensors if isinstance(t, torch.Tensor)), "cpu")
+
+
+def _fp32_outputs(outputs: Any) -> Any:
+    """Tensor outputs (or a mapping of them) promoted to fp32 for the loss."""
+    if isinstance(outputs, torch.Tensor):
+        return _fp32(outputs)
+    if isinstance(outputs, Mapping):
+        return {k: _fp32(v) if isinstance(v, torch.Tensor) else v for k, v in outputs.items()}
+    return outputs
 
 
 def _check_shapes(pred: torch.Tensor, target: torch.Tensor, what: str) -> None:
@@ -228,8 +254,14 @@ def build_loss(
         value = masked_mean((pred - target).square(), _frame_mask(batch, target))
         return value, {"loss": float(value.detach()), "rmse_px": float(value.detach()) ** 0.5}
 
-    return {"mixste": mixste, "mpjpe": mpjpe, "fusionformer": fusionformer, "multiview": multiview,
-            "keypoints_2d": keypoints_2d}[loss]
+    chosen = {"mixste": mixste, "mpjpe": mpjpe, "fusionformer": fusionformer, "multiview": multiview,
+              "keypoints_2d": keypoints_2d}[loss]
+
+    def fp32_loss(outputs: Any, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        with torch.autocast(device_type=_device_type(outputs), enabled=False):
+            return chosen(_fp32_outputs(outputs), batch)
+
+    return fp32_loss
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -39,8 +39,15 @@ class TrainConfig:
     lr: float = 4e-5
     weight_decay: float = 0.1
     optimizer: Literal["adamw", "adam"] = "adamw"
+    amsgrad: bool = False  # the AMSGrad variant of Adam/AdamW (Fusionformer's run.py)
     betas: tuple[float, float] = (0.9, 0.999)
-    lr_decay: float = 0.99  # multiplicative, per epoch (ExponentialLR)
+    # Per-epoch schedule (pipelines/train/schedules.py): lr of epoch e = lr * factor(e - 1).
+    lr_schedule: Literal["exponential", "step", "exponential_step", "cosine_warmup"] = "exponential"
+    lr_decay: float = 0.99  # exponential, exponential_step: x lr_decay after every epoch
+    lr_step_every: int = 5  # step, exponential_step: x lr_step_factor after every lr_step_every-th epoch
+    # (exponential_step: instead of lr_decay for that epoch, as Fusionformer's run.py)
+    lr_step_factor: float = 0.5
+    warmup_epochs: int = 0  # cosine_warmup: linear warm-up epochs before the cosine decay
     clip_grad: Optional[float] = None  # max gradient norm (None: no clipping)
     loss: Literal["auto", "mixste", "mpjpe", "fusionformer", "multiview"] = "auto"
     num_workers: int = 2  # Ray Train workers; 0 runs the loop in the driver process
@@ -54,12 +61,22 @@ class TrainConfig:
     bf16: bool = True  # autocast to bfloat16 on GPU (ignored on CPU)
     compile: bool = False  # torch.compile the model
     seed: int = 0
+    # Training order. global: each epoch every worker reads its share of a seeded permutation of
+    # all the train split's row groups (files and row groups in random order; resumable: the order
+    # depends on seed and epoch only), and shuffles rows within its buffer. local: the manifest
+    # order through Ray Train's dataset split, only the local buffer shuffles (raylift < 0.x).
+    shuffle: Literal["global", "local"] = "global"
     shuffle_buffer: int = 256  # windows in each worker's local shuffle buffer
     prefetch_batches: int = 4
     max_windows_per_epoch: Optional[int] = None  # cap on training windows per epoch (None: all)
     val_batch_size: int = 64  # windows per validation batch
     max_val_windows: Optional[int] = None  # cap on validation windows per epoch (None: all)
-    evaluate: bool = True  # evaluate the best checkpoint with the full protocol after training
+    evaluate: bool = True  # evaluate the selected checkpoint with the full protocol after training
+    # Which checkpoint the final evaluation scores, and where per-epoch validation MPJPE is measured.
+    # test: lowest MPJPE on the test split (the papers' habit: chosen on the split it is then scored
+    # on; results say so). val: lowest MPJPE on the validation split (data.source.val_subjects).
+    # last: the last epoch (validation on the val split if there is one, else on test).
+    select: Literal["test", "val", "last"] = "test"
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -81,6 +98,17 @@ class TrainConfig:
             raise ValueError(f"train.num_workers must be >= 0, got {self.num_workers}")
         if not 0 < self.lr_decay <= 1:
             raise ValueError(f"train.lr_decay must be in (0, 1], got {self.lr_decay}")
+        if self.lr_step_every < 1:
+            raise ValueError(f"train.lr_step_every must be >= 1, got {self.lr_step_every}")
+        if not 0 < self.lr_step_factor <= 1:
+            raise ValueError(f"train.lr_step_factor must be in (0, 1], got {self.lr_step_factor}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"train.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.lr_schedule == "cosine_warmup" and self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"train.warmup_epochs ({self.warmup_epochs}) must be < train.epochs ({self.epochs}) "
+                "for lr_schedule cosine_warmup"
+            )
         if self.clip_grad is not None and self.clip_grad <= 0:
             raise ValueError(f"train.clip_grad must be > 0 or null, got {self.clip_grad}")
         if self.keep_best < 1:
@@ -108,6 +136,13 @@ class TrainConfig:
 class EvalConfig:
     flip: bool = True  # test-time flip augmentation
     batch_size: int = 64
+    # bf16 autocast for evaluation and per-epoch validation forwards (CUDA only). Off: scores are
+    # fp32 unless asked, whatever train.bf16 says (train.bf16 autocasts only training forwards).
+    bf16: bool = False
+    # What the tables reproduce (pipelines/evaluate/protocol_defs.py): raylift (each real frame
+    # once), mixste (MixSTE's test windows), videopose3d_seq2frame (PoseFormer, CrossFormer),
+    # fusionformer (centre frame of stride-1 windows after refinement).
+    protocol: Literal["raylift", "mixste", "videopose3d_seq2frame", "fusionformer"] = "raylift"
 
 
 @dataclass
@@ -157,6 +192,14 @@ class ExperimentConfig:
                 f"model {self.model.name!r} is {cls.output_mode} but data.windows.mode is "
                 f"{self.data.windows.mode!r}"
             )
+        need = {"mixste": "seq2seq", "fusionformer": "seq2seq", "videopose3d_seq2frame": "seq2frame"}.get(self.eval.protocol)
+        if need is not None and need != cls.output_mode:
+            raise ValueError(
+                f"eval.protocol {self.eval.protocol!r} scores {need} models, but model {self.model.name!r} is "
+                f"{cls.output_mode}"
+            )
+        if self.train.select == "val" and not self.data.source.val_subjects:
+            raise ValueError("train.select=val needs a validation split: set data.source.val_subjects")
         if bool(self.data.windows.multiview) != bool(cls.multiview):
             raise ValueError(
                 f"model {self.model.name!r} needs data.windows.multiview={str(cls.multiview).lower()}"

@@ -77,6 +77,9 @@ class SourceConfig:
     frames_dir: str = ""  # frames: root of <subject>/<action>.<camera>/<frame>.jpg|png
     train_subjects: list[str] = field(default_factory=list)
     test_subjects: list[str] = field(default_factory=list)
+    # Training subjects held out as the validation split (per-epoch validation and
+    # train.select: val); empty = no validation split.
+    val_subjects: list[str] = field(default_factory=list)
     activities: list[str] = field(default_factory=list)  # optional filter; empty = all
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -95,6 +98,9 @@ class SourceConfig:
         if self.kind == "synthetic_images" and bool(self.data_3d) != bool(self.cameras):
             raise ValueError("source.kind=synthetic_images renders the synthetic motion, or a VideoPose3D "
                              "dataset given by both source.data_3d (+ data_2d) and source.cameras")
+        both = sorted(set(self.val_subjects) & set(self.test_subjects))
+        if both:
+            raise ValueError(f"source.val_subjects {both} are also test subjects: validation must not see test data")
         if self.kind == "mpi3dhp" and not (self.mpi_train or self.mpi_test):
             raise ValueError("source.kind=mpi3dhp needs source.mpi_train and/or source.mpi_test")
 

@@ -6,6 +6,9 @@
   `iter_torch_batches(ray.train.get_dataset_shard(...), ...)`. Its read tasks decode whole row
   groups with plain pyarrow: Ray's generic `read_parquet` spent ~1/3 more CPU per window and, on
   first use in each worker process, seconds importing its listing/HTTP machinery.
+  `open_split(..., groups=[...])` reads only the listed row groups (indices into the split's row
+  groups in manifest order, `split_row_groups`), in the listed order: a seeded permutation of them
+  is the per-epoch global shuffle of training (`pipelines/train/data.py`).
 - `iter_torch_batches(ds_or_shard, batch_size, ...)`: dicts of torch tensors, windows × frames ×
   joints (`keypoints_2d` (B, T, [V,] J, 2), `positions_3d`, `mask`, `intrinsics`, `flipped`), with
   an optional seeded local shuffle buffer; works on a Dataset and on a Ray Train DataIterator alike.
@@ -44,8 +47,9 @@ def read_manifest(uri: str) -> dict:
     return read_manifest_at(storage.open_location(uri))
 
 
-def _split_files(uri: str, split: str) -> tuple[storage.Location, list[storage.Location], dict]:
-    dataset = storage.open_location(uri)
+def _split_files(uri, split: str) -> tuple[storage.Location, list[storage.Location], dict]:
+    dataset = uri if isinstance(uri, storage.Location) else storage.open_location(uri)
+    uri = dataset.uri
     manifest = read_manifest_at(dataset)
     paths = shard_paths(manifest, split)
     if not paths:
@@ -97,7 +101,7 @@ def shard_hashes(dataset: storage.Location, manifest: dict) -> dict[str, str]:
     return {dataset.child(s["path"]).path: s["sha256"] for s in manifest["shards"]}
 
 
-def _split_footers(uri: str, split: str) -> list[tuple[storage.Location, Any]]:
+def _split_footers(uri, split: str) -> list[tuple[storage.Location, Any]]:
     """(shard, Parquet footer metadata) of every shard of the split, in row order, each footer's
     row count checked against the manifest (no data read)."""
     dataset, files, manifest = _split_files(uri, split)
@@ -170,11 +174,8 @@ def _read_blocks(fs, blocks: list[tuple[str, str, list[int]]], columns: list[str
         yield table
 
 
-def _shard_datasource(footers: list[tuple[storage.Location, Any]], columns: list[str], hashes: dict[str, str]):
-    """A Ray Data datasource whose read tasks decode the shards' row groups with pyarrow."""
-    from ray.data import Datasource, ReadTask
-    from ray.data.block import BlockMetadata
-
+def _row_groups(footers: list[tuple[storage.Location, Any]], columns: Sequence[str]) -> list[RowGroup]:
+    """Every row group of the split, in manifest (row) order."""
     groups = []
     for loc, meta in footers:
         wanted = [j for j in range(meta.num_columns) if meta.schema.column(j).path.split(".")[0] in columns]
@@ -182,6 +183,28 @@ def _shard_datasource(footers: list[tuple[storage.Location, Any]], columns: list
             rg = meta.row_group(i)
             groups.append(RowGroup(loc.uri, loc.path, i, rg.num_rows,
                                    sum(rg.column(j).total_uncompressed_size for j in wanted)))
+    return groups
+
+
+def split_row_groups(uri, split: str) -> list[int]:
+    """Rows of each row group of the split, in manifest order (what `open_split(groups=...)` indexes)."""
+    return [g.rows for g in _row_groups(_split_footers(uri, split), TORCH_COLUMNS)]
+
+
+def _shard_datasource(footers: list[tuple[storage.Location, Any]], columns: list[str], hashes: dict[str, str],
+                      selection: Optional[Sequence[int]] = None):
+    """A Ray Data datasource whose read tasks decode the shards' row groups with pyarrow, each shard
+    checked against its sha256 (`hashes`) first; only the row groups `selection` (indices in
+    manifest order), in that order, when given."""
+    from ray.data import Datasource, ReadTask
+    from ray.data.block import BlockMetadata
+
+    groups = _row_groups(footers, columns)
+    if selection is not None:
+        bad = [i for i in selection if not 0 <= i < len(groups)]
+        if bad:
+            raise DataError(f"row group(s) {bad[:5]} out of range: the split has {len(groups)}")
+        groups = [groups[i] for i in selection]
     fs = footers[0][0].fs
 
     class ParquetShards(Datasource):
@@ -205,19 +228,20 @@ def _shard_datasource(footers: list[tuple[storage.Location, Any]], columns: list
     return ParquetShards()
 
 
-def open_split(uri: str, split: str, columns: Optional[Sequence[str]] = None):
+def open_split(uri, split: str, columns: Optional[Sequence[str]] = None, groups: Optional[Sequence[int]] = None):
     """The split as a streaming `ray.data.Dataset` of Arrow blocks (rows in shard order). `columns`
     limits what is read: by default the columns `iter_torch_batches` yields (`TORCH_COLUMNS`);
-    pass `SCHEMA_COLUMNS` for all of them."""
+    pass `SCHEMA_COLUMNS` for all of them. `groups`: read only these row groups (indices into
+    `split_row_groups`), in this order. `uri` may be a URI or a `storage.Location`."""
     import ray
 
     columns = list(TORCH_COLUMNS if columns is None else columns)
     unknown = [c for c in columns if c not in SCHEMA_COLUMNS]
     if unknown or not columns:
         raise DataError(f"unknown column(s) {unknown or columns} for {uri} (columns: {', '.join(SCHEMA_COLUMNS)})")
-    dataset = storage.open_location(uri)
+    dataset = uri if isinstance(uri, storage.Location) else storage.open_location(uri)
     hashes = shard_hashes(dataset, read_manifest_at(dataset))
-    return ray.data.read_datasource(_shard_datasource(_split_footers(uri, split), columns, hashes))
+    return ray.data.read_datasource(_shard_datasource(_split_footers(dataset, split), columns, hashes, groups))
 
 
 def _column_numpy(array) -> np.ndarray:

@@ -22,7 +22,7 @@ class Sequence:
     activity: str  # grouping key, e.g. "Walking" (action.split(' ')[0], canonicalised)
     camera: str  # camera id, e.g. "54138969"
     camera_index: int  # position of the camera in the source's camera list
-    split: str  # "train" or "test"
+    split: str  # "train", "val" (held-out training subjects) or "test"
     layout: str  # skeleton name: "h36m" or "mpi_inf_3dhp"
     keypoints_2d: np.ndarray  # (N, J, 2) float32
     positions_3d: np.ndarray  # (N, J, 3) float32

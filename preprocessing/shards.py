@@ -65,7 +65,7 @@ from preprocessing.windows import (
     window_starts,
 )
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")  # "val": source.val_subjects, windowed like "test"
 TENSOR_COLUMNS = ("keypoints_2d", "positions_3d", "mask", "intrinsics")
 STRING_COLUMNS = ("subject", "action", "activity", "camera")
 SCHEMA_COLUMNS = TENSOR_COLUMNS + STRING_COLUMNS + ("start", "flipped", "sequence_length")
@@ -381,6 +381,8 @@ def config_for_id(data: DataConfig) -> dict:
         cfg["source"].pop(key, None)
     cfg["source"].get("synthetic", {}).pop("out_dir", None)
     cfg["windows"]["stride"] = data.windows.effective_stride
+    if not cfg["source"].get("val_subjects"):
+        cfg["source"].pop("val_subjects", None)  # ids of datasets without a validation split unchanged
     return cfg
 
 

@@ -15,8 +15,9 @@ NoGreenScreen TS3-4, Outdoor TS5-6), the sequence name ("Seq1") for training.
 
 Intrinsics: P-STMO's npz carries no calibration, and `univ_annot3` is rescaled to a universal
 skeleton height, so no pinhole model reproduces its 2D from its 3D anyway. We store all-zero
-intrinsics: an explicit "unknown" (fx = 0 can never be mistaken for a real camera), which flip
-augmentation (negating cx, p1) leaves unchanged.
+intrinsics: an explicit "unknown" (fx = 0 can never be mistaken for a real camera). Flip
+augmentation does change them: it mirrors the principal point, cx' = image width - cx, so a
+flipped window carries cx = 2048 (or 1920) and p1 = -0 while fx = fy = 0 still marks them unknown.
 
 Frame rates: training = the fps stored in the file; if absent, the table of the dataset's
 `mpii_get_sequence_info.m` (25 fps, 50 fps for S1 Seq2, S3, S5). Test = 25 fps for the studio

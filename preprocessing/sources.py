@@ -38,12 +38,28 @@ def _load_synthetic(source: SourceConfig) -> tuple[list[Sequence], list[str]]:
     return sequences, [files.data_3d, files.data_2d, files.cameras]
 
 
+def _hold_out(sequences: list[Sequence], val_subjects: list[str], where: str) -> list[Sequence]:
+    """Move the training sequences of `val_subjects` into the "val" split (test-style windows:
+    each real frame once, no flipped copies)."""
+    found = {s.subject for s in sequences if s.subject in val_subjects and s.split == "train"}
+    missing = sorted(set(val_subjects) - found)
+    if missing:
+        raise DataError(f"{where}: source.val_subjects {missing} have no training sequences "
+                        f"(training subjects: {sorted({s.subject for s in sequences if s.split == 'train'})})")
+    for seq in sequences:
+        if seq.subject in found:
+            seq.split = "val"
+    return sequences
+
+
 def load_sequences(source: SourceConfig) -> SourceData:
     """Read `source` into canonical sequences (see preprocessing/sequences.py). Raises DataError."""
     loaders = {"synthetic": _load_synthetic, "h36m": load_h36m, "generic": load_generic, "mpi3dhp": load_mpi3dhp}
     if source.kind not in loaders:
         raise DataError(f"source.kind: unknown source {source.kind!r} (expected one of {sorted(loaders)})")
     sequences, files = loaders[source.kind](source)
+    if source.val_subjects:
+        sequences = _hold_out(sequences, source.val_subjects, files[0])
     skeleton = MPI17 if source.kind == "mpi3dhp" else H36M17
     for seq in sequences:
         try:

@@ -50,11 +50,12 @@ def seq2frame_starts(num_frames: int, frames: int, stride: int) -> np.ndarray:
 
 
 def window_starts(num_frames: int, mode: str, frames: int, stride: int, split: str) -> np.ndarray:
-    """Starts for `split`: training uses `stride`; the test split ignores it (seq2seq: T, seq2frame: 1)."""
+    """Starts for `split`: training uses `stride`; the test and val splits ignore it (seq2seq: T,
+    seq2frame: 1), so each real frame is scored once."""
     if mode == "seq2seq":
-        return seq2seq_starts(num_frames, frames, frames if split == "test" else stride)
+        return seq2seq_starts(num_frames, frames, stride if split == "train" else frames)
     if mode == "seq2frame":
-        return seq2frame_starts(num_frames, frames, 1 if split == "test" else stride)
+        return seq2frame_starts(num_frames, frames, stride if split == "train" else 1)
     raise ValueError(f"unknown window mode {mode!r} (expected one of {MODES})")
 
 

@@ -34,3 +34,9 @@ def test_paper_settings():
             pf.train.epochs) == ("seq2frame", 81, 2e-4, 0.98, 1024, 130)
     demo = load_config(str(CONFIGS[0].parent / "demo.yaml"))
     assert demo.data.source.kind == "synthetic" and demo.train.num_workers == 2 and not demo.train.use_gpu
+
+
+def test_mixste_3dhp_uses_the_papers_table3_window():
+    cfg = load_config(str(CONFIGS[0].parent / "mixste_3dhp.yaml"))
+    assert (cfg.data.source.kind, cfg.data.windows.frames, cfg.data.windows.mode) == ("mpi3dhp", 27, "seq2seq")
+    assert (cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay, cfg.train.lr_decay) == ("adamw", 4e-5, 0.1, 0.99)

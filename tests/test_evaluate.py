@@ -164,13 +164,16 @@ def test_3dhp_pck_auc_per_sequence_valid_frames_only():
     valid[[2, 5]] = False
     seqs = [
         make_sequence("TS1", "TS1", "0", 8, layout=MPI17, valid=valid, seed=4, step=0.0123),
-        make_sequence("TS2", "TS2", "0", 6, layout=MPI17, seed=5, step=0.0123),
+        make_sequence("TS2", "TS2", "0", 9, layout=MPI17, seed=5, step=0.0123),
     ]
     test = windows_of(seqs, frames=4)
-    result = protocols.evaluate_arrays(DepthlessLift(), test, "mem://3dhp", MPI17, )
-    assert result["metrics"] == ["pck", "auc", "mpjpe"] and result["group_mean_label"] == "sequence mean"
+    result = protocols.evaluate_arrays(PelvisOffset(), test, "mem://3dhp", MPI17, )
+    assert result["metrics"] == ["pck", "auc", "mpjpe"]
+    # The field's summary is MATLAB's "All": pooled over every valid frame, not the mean of TS1-6.
+    assert result["summary_key"] == "frame_wise" and result["frame_wise_label"].startswith("All")
+    assert "All (pooled" in protocols.result_tables(result) and "mean of TS1-TS6" in protocols.result_tables(result)
     model = result["results"]["model"]
-    assert model["groups"]["TS1"]["frames"] == 6 and model["frames"] == 12
+    assert model["groups"]["TS1"]["frames"] == 6 and model["frames"] == 15
     # Errors are 12.3 t mm (t = frame; never on a threshold) on all 14 PCK joints (root 14 is not
     # one of them): every frame below 150 mm -> PCK 100; AUC per frame = fraction of thresholds > 12.3 t.
     assert model["groups"]["TS1"]["pck"] == pytest.approx(100.0)
@@ -178,10 +181,23 @@ def test_3dhp_pck_auc_per_sequence_valid_frames_only():
     t1 = np.nonzero(valid)[0]
     auc1 = np.mean([(12.3 * t < thresholds).mean() * 100 for t in t1])
     assert model["groups"]["TS1"]["auc"] == pytest.approx(auc1, rel=1e-5)
-    auc2 = np.mean([(12.3 * t < thresholds).mean() * 100 for t in range(6)])
+    auc2 = np.mean([(12.3 * t < thresholds).mean() * 100 for t in range(9)])
     assert model["group_mean"]["auc"] == pytest.approx((auc1 + auc2) / 2, rel=1e-5)
-    assert model["groups"]["TS2"]["mpjpe"] == pytest.approx(np.mean(12.3 * np.arange(6) * 16 / 17), rel=1e-5)
+    assert model["groups"]["TS2"]["mpjpe"] == pytest.approx(np.mean(12.3 * np.arange(9) * 16 / 17), rel=1e-5)
+    # The predicted pelvis (10 cm off in PelvisOffset) is zeroed before scoring, as P-STMO does.
     assert model["groups"]["TS1"]["mpjpe"] == pytest.approx(np.mean(12.3 * t1 * 16 / 17), rel=1e-5)
+    auc_all = np.mean([(12.3 * t < thresholds).mean() * 100 for t in list(t1) + list(range(9))])
+    assert model["frame_wise"]["auc"] == pytest.approx(auc_all, rel=1e-5)
+    assert model["frame_wise"]["auc"] != pytest.approx(model["group_mean"]["auc"])  # unbalanced on purpose
+
+
+class PelvisOffset(DepthlessLift):
+    """DepthlessLift with the MPI pelvis (joint 14) predicted 10 cm off."""
+
+    def forward(self, x):
+        out = super().forward(x).clone()
+        out[..., MPI17.root, :] += 0.1
+        return out
 
 
 def test_multiview_views_scored_as_camera_sequences():

@@ -204,3 +204,39 @@ def test_real_mixste_model_trains_through_the_loss():
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
     assert set(logs) == {"loss", "wmpjpe", "tc", "mpjve", "mpjpe_mm"}
+
+
+# ----------------------------------------------------------------------------- precision
+def _reference_mixste(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MixSTE's loss in float64 from the exact targets (root zeroed), all frames real."""
+    p, t = pred.double(), target.double().clone()
+    t[..., 0, :] = 0.0
+    w = torch.tensor(H36M_JOINT_WEIGHTS, dtype=torch.float64)
+    wmpjpe = (torch.linalg.vector_norm(p - t, dim=-1) * w).mean()
+    dp, dt = p[:, 1:] - p[:, :-1], t[:, 1:] - t[:, :-1]
+    tc = (dp.square() * w[:, None]).mean()
+    vel = torch.linalg.vector_norm(dp - dt, dim=-1).mean()
+    return wmpjpe + 0.5 * tc + 2.0 * vel
+
+
+def test_losses_are_fp32_from_fp32_targets_under_bf16_autocast():
+    """A bf16 prediction (what an autocast forward returns) must be scored in fp32 against the
+    fp32 targets: bf16 rounds metres in 2-4 mm steps, the size of the velocity terms."""
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(2, 9, 17, 3, generator=g) * 0.4 + 1.0  # metres, as in a camera frame
+    x = torch.randn(2, 9, 17, 3, generator=g)
+    lin = nn.Linear(3, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pred = lin(x)  # bf16, like a model's autocast forward
+        assert pred.dtype == torch.bfloat16
+        loss, logs = build_loss("mixste")(pred, batch_of(target))
+    assert loss.dtype == torch.float32
+    expected = _reference_mixste(pred.float(), target)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    loss.backward()
+    assert lin.weight.grad is not None and torch.isfinite(lin.weight.grad).all()
+    value, _ = build_loss("poseformer")(pred[:, :1], batch_of(target[:, :1]))
+    t = target[:, :1].double().clone()
+    t[..., 0, :] = 0.0
+    assert value.dtype == torch.float32
+    assert value.item() == pytest.approx(torch.linalg.vector_norm(pred[:, :1].double() - t, dim=-1).mean().item(), rel=1e-5)

@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray instance")
     parser.add_argument("--batch-size", type=int, default=64, help="read-back batch size (windows)")
     parser.add_argument("--shuffle-buffer", type=int, default=256, help="read-back local shuffle buffer (windows)")
+    parser.add_argument("--shuffle", choices=["global", "local"], default="global",
+                        help="read-back order: global = a seeded permutation of all row groups (train.shuffle "
+                             "global), local = manifest order (both with the local shuffle buffer)")
     parser.add_argument("--rows-per-shard", type=int, default=None, help="override data.rows_per_shard")
     parser.add_argument("--workdir", default=None, help="where to write (default: a temporary directory, removed afterwards)")
     parser.add_argument("--keep", action="store_true", help="keep the generated data and shards")
@@ -77,12 +80,15 @@ def tree_cpu_seconds() -> float:
     return total
 
 
-def read_back(uri: str, batch_size: int, shuffle_buffer: int) -> tuple[int, float]:
-    """Iterate the training split once as torch batches; (windows, seconds)."""
-    from preprocessing.readers import iter_torch_batches, open_split
+def read_back(uri: str, batch_size: int, shuffle_buffer: int, shuffle: str = "global") -> tuple[int, float]:
+    """Iterate the training split once as torch batches, in the order `train.shuffle` would read
+    it (one worker, epoch 1); (windows, seconds)."""
+    from pipelines.train.data import epoch_shares
+    from preprocessing.readers import iter_torch_batches, open_split, split_row_groups
 
     t0 = time.monotonic()
-    ds = open_split(uri, "train")
+    groups = epoch_shares(split_row_groups(uri, "train"), 0, 1, 1)[0][0] if shuffle == "global" else None
+    ds = open_split(uri, "train", groups=groups)
     windows = 0
     for batch in iter_torch_batches(ds, batch_size, shuffle_buffer=shuffle_buffer, seed=0):
         windows += int(batch["keypoints_2d"].shape[0])
@@ -99,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     quiet_ray_data()
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="raylift-bench-data-"))
     work.mkdir(parents=True, exist_ok=True)
-    results: dict = {"scale": args.scale, "cpus": args.cpus, "runs": []}
+    results: dict = {"scale": args.scale, "cpus": args.cpus, "shuffle": args.shuffle, "runs": []}
     try:
         t0 = time.monotonic()
         ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
@@ -122,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
             m = info.manifest
             windows = sum(c["windows"] for c in m["splits"].values())
             cpu0 = tree_cpu_seconds()
-            read_windows, read_s = read_back(info.uri, args.batch_size, args.shuffle_buffer)
+            read_windows, read_s = read_back(info.uri, args.batch_size, args.shuffle_buffer, args.shuffle)
             read_cpu = tree_cpu_seconds() - cpu0
             run = {
                 "frames": frames,

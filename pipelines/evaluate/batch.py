@@ -136,7 +136,7 @@ def predict_split(checkpoint: Union[str, Location], dataset_uri: str, layout: st
 def evaluate_on_ray(checkpoint: Union[str, Location], dataset_uri: str, layout: str, placement: Placement,
                     flip: bool = True, batch_size: int = 64, bf16: bool = False, baseline: bool = True,
                     expect_model: Optional[str] = None, expect_frames: Optional[int] = None,
-                    progress: Callable[[str], None] = print) -> dict[str, Any]:
+                    progress: Callable[[str], None] = print, selection: Optional[str] = None) -> dict[str, Any]:
     """`protocols.evaluate_model`'s result for a checkpoint, with the forward passes run by Ray Data
     on `placement`; the mean-pose baseline (numpy) is computed in the driver as before."""
     from pipelines.evaluate.protocols import evaluate_arrays, load_train_for_baseline
@@ -149,4 +149,4 @@ def evaluate_on_ray(checkpoint: Union[str, Location], dataset_uri: str, layout: 
     pred = arrays.pop("pred")
     train, notes = load_train_for_baseline(dataset_uri) if baseline else (None, [])
     return evaluate_arrays(None, arrays, dataset_uri, layout, flip=flip, batch_size=batch_size, train=train,
-                           notes=notes, pred=pred)
+                           notes=notes, pred=pred, selection=selection)

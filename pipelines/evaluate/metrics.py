@@ -283,10 +283,11 @@ def _fmt(value: Optional[float]) -> str:
 
 
 def table_rows(
-    summaries: Mapping[str, Mapping[str, Any]], metrics: Sequence[str], group_mean_label: str
+    summaries: Mapping[str, Mapping[str, Any]], metrics: Sequence[str], group_mean_label: str,
+    frame_wise_label: str = "frame-wise",
 ) -> tuple[list[str], list[list[str]]]:
     """Header and rows of a results table: one row per group, then the group mean and frame-wise
-    rows; columns = `metric` for each summary (e.g. the model and the mean-pose baseline)."""
+    (pooled) rows; columns = `metric` for each summary (e.g. the model and the mean-pose baseline)."""
     names = list(summaries)
     header = ["group"] + [
         METRIC_LABELS.get(m, m) if len(names) == 1 else f"{n} {METRIC_LABELS.get(m, m)}"
@@ -300,7 +301,7 @@ def table_rows(
             grp = summaries[n]["groups"].get(g, {})
             row += [_fmt(grp.get(m)) for m in metrics]
         rows.append(row + [str(first["groups"][g].get("frames", ""))])
-    for key, label in (("group_mean", group_mean_label), ("frame_wise", "frame-wise")):
+    for key, label in (("group_mean", group_mean_label), ("frame_wise", frame_wise_label)):
         row = [label]
         for n in names:
             row += [_fmt(summaries[n][key].get(m)) for m in metrics]
@@ -309,10 +310,11 @@ def table_rows(
 
 
 def format_table(
-    summaries: Mapping[str, Mapping[str, Any]], metrics: Sequence[str], group_mean_label: str = "action-wise"
+    summaries: Mapping[str, Mapping[str, Any]], metrics: Sequence[str], group_mean_label: str = "action-wise",
+    frame_wise_label: str = "frame-wise",
 ) -> str:
     """Plain-text, column-aligned table for the terminal."""
-    header, rows = table_rows(summaries, metrics, group_mean_label)
+    header, rows = table_rows(summaries, metrics, group_mean_label, frame_wise_label)
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
     lines.append("  ".join("-" * w for w in widths))
@@ -322,10 +324,11 @@ def format_table(
 
 
 def markdown_table(
-    summaries: Mapping[str, Mapping[str, Any]], metrics: Sequence[str], group_mean_label: str = "action-wise"
+    summaries: Mapping[str, Mapping[str, Any]], metrics: Sequence[str], group_mean_label: str = "action-wise",
+    frame_wise_label: str = "frame-wise",
 ) -> str:
     """GitHub Markdown table (group-mean and frame-wise rows in bold)."""
-    header, rows = table_rows(summaries, metrics, group_mean_label)
+    header, rows = table_rows(summaries, metrics, group_mean_label, frame_wise_label)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     n_groups = len(rows) - 2
     for i, r in enumerate(rows):

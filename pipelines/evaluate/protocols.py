@@ -6,10 +6,15 @@ Protocol (stated in every result):
   scored at its centre frame. Frames with mask 0 (padding, 3DHP invalid frames) never count.
 - Windows are put back into their sequences ((subject, action, camera), frame = `start` + offset)
   so MPJVE differences only join two real consecutive frames of one sequence.
-- Targets have their root joint zeroed; predictions are scored as the model made them.
+- Targets have their root joint zeroed; predictions are scored as the model made them, except on
+  MPI-INF-3DHP, where the predicted pelvis is zeroed too before scoring, as P-STMO's and
+  MotionAGFormer's test code do (`output_3D[:, :, 14] = 0`).
 - Human3.6M layout: MPJPE, P-MPJPE, N-MPJPE, MPJVE per activity, the mean of the activities
-  ("action-wise") and frame-wise. MPI-INF-3DHP layout: PCK@150, AUC, MPJPE per test sequence
-  (TS1..TS6), their mean and over all frames.
+  ("action-wise", the summary papers report) and frame-wise. MPI-INF-3DHP layout: PCK@150, AUC,
+  MPJPE per test sequence (TS1..TS6), and the summary the field reports: "All", pooled over every
+  valid frame (the MATLAB evaluation's "All" row), beside the plain mean of TS1-TS6.
+- `eval.protocol` other than `raylift` (MixSTE's test windows, Fusionformer's centre frames,
+  VideoPose3D's seq2frame) is computed in `pipelines/evaluate/protocol_defs.py`.
 - A mean-pose baseline (the mean training pose for every frame) is scored the same way.
 """
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from pipelines.evaluate import metrics
+from pipelines.evaluate import metrics, protocol_defs
 from preprocessing.errors import DataError
 from preprocessing.skeleton import MPI17, Skeleton, get_skeleton
 from preprocessing.storage import write_local_atomic
@@ -36,7 +41,8 @@ H36M_METRICS = ("mpjpe", "p_mpjpe", "n_mpjpe", "mpjve")
 MPI_METRICS = ("pck", "auc", "mpjpe")
 CHUNK_FRAMES = 65536
 # Columns of the test split that evaluation reads.
-TEST_COLUMNS = ("keypoints_2d", "positions_3d", "mask", "subject", "action", "activity", "camera", "start", "flipped")  # frames per vectorised metric call (bounds float64 temporaries)
+TEST_COLUMNS = ("keypoints_2d", "positions_3d", "mask", "subject", "action", "activity", "camera", "start",
+                "sequence_length", "flipped")  # frames per vectorised metric call (bounds float64 temporaries)
 
 PROTOCOL_SEQ2SEQ = "seq2seq: non-overlapping windows, each real frame counted once"
 PROTOCOL_SEQ2FRAME = "seq2frame: one window per frame, scored at its centre frame, each real frame counted once"
@@ -138,8 +144,11 @@ def collect_frames(pred: np.ndarray, arrays: dict[str, np.ndarray], skeleton: Un
         )
     f_gt = np.array(f_gt[order], dtype=np.float32)
     f_gt[:, skel.root] = 0.0
+    f_pred = np.array(f_pred[order], dtype=np.float32)
+    if skel.name == MPI17.name:
+        f_pred[:, skel.root] = 0.0  # P-STMO / MotionAGFormer zero the predicted pelvis
     return ScoredFrames(
-        pred=np.asarray(f_pred[order], dtype=np.float32), gt=f_gt, sequence=seq_id, index=index,
+        pred=f_pred, gt=f_gt, sequence=seq_id, index=index,
         activity=activity[rows_v][order], subject=subject[rows_v][order],
     )
 
@@ -177,8 +186,16 @@ def score_frames(frames: ScoredFrames, skeleton: Union[str, Skeleton]) -> dict[s
 def layout_metrics(skeleton: Union[str, Skeleton]) -> tuple[tuple[str, ...], str, str]:
     """(metric names, group key, label of the mean over groups) for a layout."""
     if _skeleton(skeleton).name == MPI17.name:
-        return MPI_METRICS, "sequence", "sequence mean"
+        return MPI_METRICS, "sequence", "mean of TS1-TS6 (not the field's summary)"
     return H36M_METRICS, "activity", "action-wise"
+
+
+def summary_rows(skeleton: Union[str, Skeleton]) -> tuple[str, str]:
+    """(the summary key papers report, label of the pooled frame-wise row) for a layout: H36M
+    reports the action-wise mean; MPI-INF-3DHP the MATLAB "All", pooled over every valid frame."""
+    if _skeleton(skeleton).name == MPI17.name:
+        return "frame_wise", "All (pooled over valid frames, as MATLAB)"
+    return "group_mean", "frame-wise"
 
 
 def baseline_mean_pose(train_arrays: dict[str, np.ndarray], test_arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -222,8 +239,11 @@ def evaluate_model(
     device: Optional[str] = None,
     baseline: bool = True,
     bf16: bool = False,
+    protocol: str = "raylift",
+    selection: Optional[str] = None,
 ) -> dict[str, Any]:
     """Predict the test split of `dataset_uri` and score it; also the mean-pose baseline.
+    `protocol`: `eval.protocol`; `selection`: how the checkpoint was chosen (for the labels).
 
     Returns a JSON-ready dict: `dataset`, `layout`, `protocol`, `metrics`, `group_by`,
     `group_mean_label`, `windows`, `frames`, `results` ({"model": summary, "baseline": summary}
@@ -233,7 +253,8 @@ def evaluate_model(
 
     test = load_split_arrays(dataset_uri, "test", columns=list(TEST_COLUMNS))
     train, notes = load_train_for_baseline(dataset_uri) if baseline else (None, [])
-    return evaluate_arrays(model, test, dataset_uri, skeleton, flip, batch_size, device, train, bf16, notes)
+    return evaluate_arrays(model, test, dataset_uri, skeleton, flip, batch_size, device, train, bf16, notes,
+                           protocol, selection)
 
 
 def load_train_for_baseline(dataset_uri: str) -> tuple[Optional[dict[str, np.ndarray]], list[str]]:
@@ -258,6 +279,8 @@ def evaluate_arrays(
     bf16: bool = False,
     notes: Sequence[str] = (),
     pred: Optional[np.ndarray] = None,
+    protocol: str = "raylift",
+    selection: Optional[str] = None,
 ) -> dict[str, Any]:
     """`evaluate_model` on an already loaded test split (`load_split_arrays(uri, "test")`); the
     mean-pose baseline is scored too when the `train` split's arrays are given. `notes` are
@@ -274,6 +297,8 @@ def evaluate_arrays(
     kp = _column(test, "keypoints_2d")
     if kp.shape[-2] != skel.num_joints:
         raise DataError(f"{dataset_uri}: test keypoints have {kp.shape[-2]} joints, layout {skel.name!r} has {skel.num_joints}")
+    if protocol != "raylift":
+        return _paper_protocol(model, test, dataset_uri, skel, protocol, flip, batch_size, device, notes, selection)
     if pred is None:
         pred = predict_windows(model, kp, skel, flip=flip, batch_size=batch_size, device=default_device(device), bf16=bf16)
     else:
@@ -282,6 +307,7 @@ def evaluate_arrays(
     if frames.num_frames == 0:
         raise DataError(f"{dataset_uri}: test split has no real (mask 1) frame to score")
     names, group_by, mean_label = layout_metrics(skel)
+    summary_key, frame_wise_label = summary_rows(skel)
     results = {"model": score_frames(frames, skel)}
     if train is not None:
         base = collect_frames(np.asarray(baseline_mean_pose(train, test)), test, skel)
@@ -296,10 +322,34 @@ def evaluate_arrays(
         "metrics": list(names),
         "group_by": group_by,
         "group_mean_label": mean_label,
+        "frame_wise_label": frame_wise_label,
+        "summary_key": summary_key,
         "windows": int(len(kp)),
         "frames": frames.num_frames,
+        "protocol_spec": protocol_defs.spec_dict("raylift", flip, selection),
         "results": results,
         "notes": list(notes),
+    }
+
+
+def _paper_protocol(model, test: dict[str, np.ndarray], dataset_uri: str, skel: Skeleton, protocol: str, flip: bool,
+                    batch_size: int, device: Optional[str], notes: Sequence[str], selection: Optional[str]) -> dict[str, Any]:
+    """`evaluate_arrays` under a paper's protocol (protocol_defs); no mean-pose baseline there."""
+    from pipelines.evaluate.prediction import default_device
+
+    kp = _column(test, "keypoints_2d")
+    summary = protocol_defs.evaluate_protocol(model, test, skel, protocol, frames=int(kp.shape[1]), flip=flip,
+                                              batch_size=batch_size, device=default_device(device))
+    spec = protocol_defs.spec_dict(protocol, flip, selection)
+    return {
+        "dataset": str(dataset_uri), "layout": skel.name,
+        "protocol": f"{protocol}: {spec['reproduces']}; {spec['frames_counted']}"
+                    + ("; test-time flip averaged" if flip else "; no test-time flip"),
+        "mode": window_mode(test), "flip": bool(flip), "metrics": list(H36M_METRICS), "group_by": "activity",
+        "group_mean_label": "action-wise", "frame_wise_label": "frame-wise", "summary_key": "group_mean",
+        "windows": int(len(kp)), "frames": summary["frames"], "protocol_spec": spec,
+        "results": {"model": summary},
+        "notes": list(notes) + ["mean-pose baseline is scored under the raylift protocol only"],
     }
 
 
@@ -389,6 +439,7 @@ def evaluate_checkpoint(
     baseline: bool = True,
     bf16: bool = False,
     progress=print,
+    protocol: str = "raylift",
 ) -> dict[str, Any]:
     """Load `checkpoint`, resolve its dataset, check they fit, evaluate, write results.md/.json."""
     from models.checkpoint import load_model, read_meta
@@ -404,7 +455,7 @@ def evaluate_checkpoint(
     layout = described["layout"]
     train, notes = load_train_for_baseline(uri) if baseline else (None, [])
     result = evaluate_arrays(model, test, uri, layout, flip=flip, batch_size=batch_size, device=device,
-                             train=train, bf16=bf16, notes=notes)
+                             train=train, bf16=bf16, notes=notes, protocol=protocol)
     result = {"checkpoint": str(checkpoint), "model_name": meta["model"].get("name"), "epoch": meta.get("epoch"),
               "frames_T": int(meta["frames"]), **result}
     write_results(result, out or default_out_dir(checkpoint))
@@ -418,7 +469,8 @@ def default_out_dir(checkpoint: str) -> str:
 
 def result_tables(result: dict[str, Any], markdown: bool = False) -> str:
     fmt = metrics.markdown_table if markdown else metrics.format_table
-    return fmt(result["results"], result["metrics"], result["group_mean_label"])
+    return fmt(result["results"], result["metrics"], result["group_mean_label"],
+               result.get("frame_wise_label", "frame-wise"))
 
 
 def results_markdown(result: dict[str, Any]) -> str:
@@ -426,7 +478,10 @@ def results_markdown(result: dict[str, Any]) -> str:
     for key in ("checkpoint", "model_name", "epoch", "dataset", "layout", "windows", "frames"):
         if key in result:
             lines.append(f"- {key}: `{result[key]}`")
-    lines += [f"- protocol: {result['protocol']}", "", result_tables(result, markdown=True), ""]
+    lines.append(f"- protocol: {result['protocol']}")
+    for key, value in (result.get("protocol_spec") or {}).items():
+        lines.append(f"  - {key}: {value}")
+    lines += ["", result_tables(result, markdown=True), ""]
     if "baseline" in result["results"]:
         lines.append("`baseline` = the mean training pose predicted for every frame, scored with the same protocol.")
     lines += [f"- {n}" for n in result.get("notes", [])]
@@ -463,6 +518,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="windows per forward pass")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward passes (CUDA only)")
+    parser.add_argument("--protocol", default="raylift", choices=protocol_defs.PROTOCOL_NAMES,
+                        help="what the tables reproduce (eval.protocol): raylift = each real frame once; mixste = "
+                             "MixSTE's test windows; videopose3d_seq2frame = PoseFormer/CrossFormer; fusionformer")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -477,6 +535,7 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_checkpoint(
             checkpoint, data=args.data, root=args.root, flip=not args.no_flip, out=out,
             batch_size=args.batch_size, device=args.device, baseline=not args.no_baseline, bf16=args.bf16,
+            protocol=args.protocol,
         )
     print(f"{result['model_name']} on {result['dataset']} ({result['frames']} frames)")
     print(f"protocol: {result['protocol']}")

@@ -1,4 +1,5 @@
-"""Validation batches read straight from the test split's Parquet row groups, a share per worker.
+"""Validation batches read straight from the test split's Parquet row groups, a share per worker,
+and the order in which the training split's row groups are read each epoch (`epoch_shares`).
 
 Training streams through Ray Data (`get_dataset_shard`); per-epoch validation does not need a
 shuffle or a streaming executor, and starting one per epoch per worker costs seconds. Here worker
@@ -83,3 +84,24 @@ def iter_val_batches(
             hi = min(n, lo + batch_size, lo + (max_windows - seen if max_windows is not None else n))
             seen += hi - lo
             yield {k: torch.from_numpy(np.array(v[lo:hi])) for k, v in arrays.items()}
+
+
+# --------------------------------------------------------------------------- training order
+def epoch_shares(group_rows: list[int], seed: int, epoch: int, world: int) -> tuple[list[list[int]], int]:
+    """The global per-epoch shuffle of the training split's row groups, dealt to the workers.
+
+    A permutation of all row groups (so of files and of row groups within them) drawn from
+    (seed, epoch) alone, dealt round-robin to the `world` workers: every worker computes the same
+    permutation, the workers' shares partition the split, and a resumed run redraws exactly the
+    order an uninterrupted run would have used at that epoch. Returns (row-group indices per worker,
+    windows per worker), the latter the smallest share's row count, so that DDP workers take the
+    same number of steps (a few windows of the larger shares wait for another epoch).
+    """
+    if world < 1:
+        raise ValueError(f"world must be >= 1, got {world}")
+    if len(group_rows) < world:
+        raise DataError(f"the train split has {len(group_rows)} row group(s), fewer than the {world} workers: "
+                        "lower data.rows_per_group or train.num_workers")
+    order = np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch)])).permutation(len(group_rows))
+    shares = [order[r::world].tolist() for r in range(world)]
+    return shares, min(sum(group_rows[i] for i in share) for share in shares)

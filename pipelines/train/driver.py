@@ -28,10 +28,26 @@ from typing import Any, Callable, Optional, Sequence
 import yaml
 
 from models.checkpoint import CheckpointError
+from preprocessing.errors import DataError
 from pipelines.config import ExperimentConfig, add_config_arguments, load_config
 from preprocessing.schema import ConfigError
 
 EVAL_DIR = "eval"
+# How the evaluated checkpoint was chosen (train.select), as results state it.
+SELECTION_LABELS = {
+    "test": "best-on-test epoch (lowest per-epoch MPJPE on the test split, then scored on it: the papers' habit)",
+    "val": "best-on-validation epoch (lowest per-epoch MPJPE on the held-out validation subjects)",
+    "last": "last epoch (no selection)",
+}
+
+
+def validation_split(cfg: ExperimentConfig, manifest: dict) -> str:
+    """The split per-epoch validation MPJPE is measured on (see train.select)."""
+    has_val = bool((manifest.get("splits") or {}).get("val", {}).get("windows"))
+    if cfg.train.select == "val" and not has_val:
+        raise DataError(f"train.select=val but dataset {manifest.get('id')} has no validation split "
+                              "(data.source.val_subjects)")
+    return "val" if has_val and cfg.train.select != "test" else "test"
 PLOT_NAME = "training_curves.png"
 CONFIG_NAME = "config.yaml"
 RUN_LOCK = ".lock"  # the lease of the one live run of a run directory (preprocessing.lease)
@@ -153,13 +169,13 @@ def user_error_in(error: BaseException) -> Optional[Exception]:
 def _ensure_ray(progress: Callable[[str], None]) -> None:
     import ray
 
-    if ray.is_initialized():
-        return
     from cluster.session import init_ray, quiet_ray_data
 
+    quiet_ray_data()  # also for a Ray this process already runs: its console echo stays quiet
+    if ray.is_initialized():
+        return
     # RAY_ADDRESS's cluster, else a private instance (never a stray `ray start` one). The dashboard
     # stays on: Ray Train's placement-group cleaner queries the state API through it.
-    quiet_ray_data()
     init_ray()
     res = ray.cluster_resources()
     progress(f"Ray: {len(ray.nodes())} node(s), {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
@@ -175,9 +191,11 @@ def build_trainer(cfg: ExperimentConfig, dataset_uri: str, loop_config: dict, ru
 
     from pipelines.train.worker import TRAIN, train_loop_per_worker
     from preprocessing import storage as st
-    from preprocessing.readers import open_split
+    from preprocessing.readers import check_shards, open_split
 
     tc = cfg.train
+    if tc.shuffle == "global":
+        check_shards(dataset_uri, "train")  # a missing or damaged shard fails here, not in a worker
     resources = {"CPU": tc.cpus_per_worker, **tc.resources_per_worker}
     if tc.use_gpu:
         resources["GPU"] = tc.gpus_per_worker
@@ -202,7 +220,8 @@ def build_trainer(cfg: ExperimentConfig, dataset_uri: str, loop_config: dict, ru
             num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources,
         ),
         run_config=run_config,
-        datasets={TRAIN: open_split(dataset_uri, "train")},
+        # train.shuffle global: each worker opens its own per-epoch share (pipelines/train/worker.py)
+        datasets={TRAIN: open_split(dataset_uri, "train")} if tc.shuffle == "local" else None,
     )
 
 
@@ -235,7 +254,9 @@ def run_training(
         from preprocessing.shards import prepare_dataset
 
         dataset_uri = prepare_dataset(cfg.data, progress=progress).uri
-    dataset_id, joints, layout = dataset_facts(read_manifest(dataset_uri), cfg)
+    manifest = read_manifest(dataset_uri)
+    dataset_id, joints, layout = dataset_facts(manifest, cfg)
+    val_split = validation_split(cfg, manifest)
     name = run_name or cfg.name
     root = storage_root(storage_path or tc.storage_path)
     run_uri = storage.join(root, name)
@@ -244,14 +265,14 @@ def run_training(
     held = lease.acquire(storage.open_location(run_uri).child(RUN_LOCK), f"raylift train of run {name}",
                          wait_s=lock_wait_s)
     try:
-        return _train_locked(cfg, cfg_dict, dataset_uri, dataset_id, joints, layout, name, root, run_uri,
-                             callbacks, evaluate_after, progress, held)
+        return _train_locked(cfg, cfg_dict, dataset_uri, dataset_id, joints, layout, val_split, name, root,
+                             run_uri, callbacks, evaluate_after, progress, held)
     finally:
         held.release()
 
 
 def _train_locked(cfg: ExperimentConfig, cfg_dict: dict, dataset_uri: str, dataset_id: str, joints: int,
-                  layout: str, name: str, root: str, run_uri: str, callbacks: Sequence[Any],
+                  layout: str, val_split: str, name: str, root: str, run_uri: str, callbacks: Sequence[Any],
                   evaluate_after: Optional[bool], progress: Callable[[str], None], held: Any) -> TrainOutcome:
     """The part of `run_training` that runs while this process holds the run directory's lease."""
     from pipelines.train.checkpoints import best, forget_ray_snapshot, latest, list_checkpoints
@@ -270,6 +291,7 @@ def _train_locked(cfg: ExperimentConfig, cfg_dict: dict, dataset_uri: str, datas
         "cfg": cfg_dict, "dataset_loc": storage.open_location(dataset_uri), "dataset_id": dataset_id,
         "joints": joints, "layout": layout, "run_loc": storage.open_location(run_uri),
         "resume_loc": storage.open_location(resume_from) if resume_from else None,
+        "val_split": val_split,
         "local_mode": tc.num_workers == 0,
         # Ray Train runs no callbacks in local mode; the loop (in this process) calls them itself.
         "local_callbacks": list(callbacks) if tc.num_workers == 0 else [],
@@ -295,8 +317,9 @@ def _train_locked(cfg: ExperimentConfig, cfg_dict: dict, dataset_uri: str, datas
         png = training_curves_png(history, title=f"{cfg.model.name} T={cfg.data.windows.frames} ({name})")
         storage.write_bytes(storage.open_location(run_uri).child(PLOT_NAME), png)
     do_eval = tc.evaluate if evaluate_after is None else evaluate_after
-    if do_eval and best_ckpt is not None:
-        outcome.evaluation = evaluate_best(cfg, best_ckpt.uri, dataset_uri, layout, run_uri, progress)
+    chosen = best_ckpt if tc.select == "test" else last_ckpt
+    if do_eval and chosen is not None:
+        outcome.evaluation = evaluate_best(cfg, chosen.uri, dataset_uri, layout, run_uri, progress)
     progress(f"run directory: {run_uri}")
     if best_ckpt is not None:
         progress(f"best checkpoint: {best_ckpt.uri} (epoch {best_ckpt.epoch}, val MPJPE {best_ckpt.val_mpjpe:.2f} mm)")
@@ -327,15 +350,32 @@ def evaluate_best(cfg: ExperimentConfig, checkpoint_uri: str, dataset_uri: str, 
     from pipelines.evaluate.protocols import result_tables, write_results
     from preprocessing import storage
 
-    # The checkpoint was chosen by list_checkpoints, which already parsed this meta.json.
-    meta = json.loads(storage.read_bytes(storage.open_location(checkpoint_uri).child("meta.json")))
-    result = evaluate_on_ray(storage.open_location(checkpoint_uri), dataset_uri, layout, placement_for(cfg.train),
-                             flip=cfg.eval.flip, batch_size=cfg.eval.batch_size, baseline=True,
-                             bf16=cfg.train.bf16 and cfg.train.use_gpu, expect_model=cfg.model.name,
-                             expect_frames=cfg.data.windows.frames, progress=progress)
+    selection = SELECTION_LABELS[cfg.train.select]
+    if cfg.eval.protocol == "raylift":
+        # The checkpoint was chosen by list_checkpoints, which already parsed this meta.json.
+        meta = json.loads(storage.read_bytes(storage.open_location(checkpoint_uri).child("meta.json")))
+        result = evaluate_on_ray(storage.open_location(checkpoint_uri), dataset_uri, layout, placement_for(cfg.train),
+                                 flip=cfg.eval.flip, batch_size=cfg.eval.batch_size, baseline=True,
+                                 bf16=cfg.eval.bf16 and cfg.train.use_gpu, expect_model=cfg.model.name,
+                                 expect_frames=cfg.data.windows.frames, progress=progress, selection=selection)
+    else:
+        # A paper's protocol re-cuts whole test sequences into that paper's windows, so the model
+        # runs here, in the driver: on its GPU when it has one, else on its CPUs.
+        import torch
+
+        from models.checkpoint import load_model
+        from pipelines.evaluate.protocols import evaluate_model
+        from pipelines.train.checkpoints import local_copy
+
+        with local_copy(checkpoint_uri) as d:
+            model, meta = load_model(d, expect_model=cfg.model.name, expect_frames=cfg.data.windows.frames)
+        device = "cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu"
+        result = evaluate_model(model, dataset_uri, layout, flip=cfg.eval.flip, batch_size=cfg.eval.batch_size,
+                                device=device, baseline=True, bf16=cfg.eval.bf16 and device == "cuda",
+                                protocol=cfg.eval.protocol, selection=selection)
     result = {"checkpoint": checkpoint_uri, "model_name": cfg.model.name, "epoch": meta.get("epoch"),
               "frames_T": int(meta["frames"]), **result}
-    progress(f"evaluation of the best checkpoint (epoch {meta.get('epoch')}): {result['protocol']}")
+    progress(f"evaluation of the {SELECTION_LABELS[cfg.train.select]}, epoch {meta.get('epoch')}: {result['protocol']}")
     progress(result_tables(result))
     eval_dir = storage.open_location(run_uri).child(EVAL_DIR)
     with tempfile.TemporaryDirectory(prefix="raylift-eval-") as tmp:

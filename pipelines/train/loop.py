@@ -21,15 +21,18 @@ LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
 
 # --------------------------------------------------------------------------- optimisation
 def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
-    """Adam or AdamW over every trainable parameter, as the papers do (no per-group decay rules)."""
+    """Adam or AdamW (optionally AMSGrad) over every trainable parameter, as the papers do (no
+    per-group decay rules)."""
     params = [p for p in model.parameters() if p.requires_grad]
     cls = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=train.lr, weight_decay=train.weight_decay, betas=tuple(train.betas))
+    return cls(params, lr=train.lr, weight_decay=train.weight_decay, betas=tuple(train.betas), amsgrad=train.amsgrad)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """Exponential decay stepped once per epoch (lr_epoch = lr * lr_decay ** epoch)."""
-    return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=train.lr_decay)
+    """The per-epoch schedule `train.lr_schedule` (see pipelines/train/schedules.py)."""
+    from pipelines.train.schedules import build_scheduler as build
+
+    return build(optimizer, train)
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:

@@ -23,7 +23,7 @@ import torch
 from models.checkpoint import save_checkpoint
 from preprocessing import storage
 from preprocessing.storage import Location
-from pipelines.train.data import iter_val_batches
+from pipelines.train.data import epoch_shares, iter_val_batches
 from pipelines.train.checkpoints import (
     checkpoint_name, disk_full, is_disk_full, local_copy, prune, state_bytes, write_checkpoint,
 )
@@ -88,7 +88,7 @@ def train_loop_per_worker(config: dict) -> None:
     from models.registry import build_model, count_parameters
     from pipelines.config import config_from_dict
     from pipelines.train.logs import RunLog
-    from preprocessing.readers import iter_torch_batches
+    from preprocessing.readers import iter_torch_batches, split_row_groups
 
     cfg_dict = config["cfg"]
     cfg = config_from_dict(cfg_dict)
@@ -137,7 +137,10 @@ def train_loop_per_worker(config: dict) -> None:
         _say(f"training {cfg.model.name} ({count_parameters(net):,} parameters, T={frames}) {where} "
              f"on {device.type}: {what}")
 
-    train_shard = ray.train.get_dataset_shard(TRAIN)
+    if tc.shuffle == "global":  # this worker reads its share of a per-epoch permutation of row groups
+        group_rows = split_row_groups(config["dataset_loc"], "train")
+    else:  # manifest order, split across workers by Ray Train
+        train_shard = ray.train.get_dataset_shard(TRAIN)
     cap = None if tc.max_windows_per_epoch is None else -(-tc.max_windows_per_epoch // world)
     durations: list[float] = []
     try:
@@ -146,8 +149,10 @@ def train_loop_per_worker(config: dict) -> None:
             model.train()
             loss_sum, steps, windows = 0.0, 0, 0
             term_sums: dict[str, float] = {}
+            source, epoch_cap = (train_shard, cap) if tc.shuffle == "local" else _global_share(
+                config["dataset_loc"], group_rows, tc.seed, epoch, rank, world, cap)
             batches = iter_torch_batches(
-                train_shard, tc.windows_per_batch(frames), shuffle_buffer=tc.shuffle_buffer,
+                source, tc.windows_per_batch(frames), shuffle_buffer=tc.shuffle_buffer,
                 prefetch_batches=tc.prefetch_batches, seed=tc.seed * 1_000_003 + epoch * 1009 + rank,
                 device=str(device),
             )
@@ -158,7 +163,7 @@ def train_loop_per_worker(config: dict) -> None:
                 windows += int(batch["keypoints_2d"].shape[0])
                 for k, v in terms.items():
                     term_sums[k] = term_sums.get(k, 0.0) + float(v)
-                if cap is not None and windows >= cap:
+                if epoch_cap is not None and windows >= epoch_cap:
                     break
             train_time = time.perf_counter() - t0
             term_keys = sorted(term_sums)
@@ -167,8 +172,9 @@ def train_loop_per_worker(config: dict) -> None:
             terms_mean = {f"train_{k}": v / max(steps, 1) for k, v in zip(term_keys, reduced[3:]) if k != "loss"}
 
             val_cap = None if tc.max_val_windows is None else -(-tc.max_val_windows // world)
-            val_batches = iter_val_batches(config["dataset_loc"], "test", tc.val_batch_size, rank, world, val_cap)
-            err, count = validation_sums(net, val_batches, device, tc.bf16)
+            val_batches = iter_val_batches(config["dataset_loc"], config.get("val_split", "test"), tc.val_batch_size,
+                                           rank, world, val_cap)
+            err, count = validation_sums(net, val_batches, device, cfg.eval.bf16)
             err, count = _all_reduce_sum([err, count], device)
             elapsed = time.perf_counter() - t0
             durations.append(elapsed)
@@ -198,6 +204,16 @@ def train_loop_per_worker(config: dict) -> None:
     finally:
         if log is not None:
             log.close()
+
+
+def _global_share(dataset_loc: Location, group_rows: list[int], seed: int, epoch: int, rank: int, world: int,
+                  cap: Optional[int]) -> tuple[Any, int]:
+    """This worker's Ray Dataset for `epoch` under `train.shuffle: global` and its window cap
+    (equal on every worker, so DDP steps stay in lockstep)."""
+    from preprocessing.readers import open_split
+
+    shares, per_worker = epoch_shares(group_rows, seed, epoch, world)
+    return open_split(dataset_loc, "train", groups=shares[rank]), per_worker if cap is None else min(cap, per_worker)
 
 
 def _report(row: dict, net: torch.nn.Module, meta: dict, train_state: dict, rank: int, run_uri: Location,

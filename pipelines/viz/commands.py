@@ -150,7 +150,9 @@ def plot_results(doc: Any, title: str, output: Path) -> Path:
             metrics += [m for m, v in row.items() if m != "frames" and isinstance(v, (int, float)) and m not in metrics]
     if not metrics:
         raise DataError(f"{title}: the results' groups hold no numeric metrics")
-    mean_label = str(doc.get("group_mean_label", "mean"))
+    # The summary bar is what the field reports: H36M's action-wise mean, 3DHP's pooled "All".
+    summary_key = "frame_wise" if doc.get("summary_key") == "frame_wise" else "group_mean"
+    mean_label = str(doc.get("frame_wise_label" if summary_key == "frame_wise" else "group_mean_label", "mean"))
     if doc.get("protocol"):
         title = f"{title}\n{doc['protocol']}"
     groups = list(next(iter(summaries.values()))["groups"])
@@ -161,7 +163,7 @@ def plot_results(doc: Any, title: str, output: Path) -> Path:
         labels = groups + [mean_label]
         for k, (name, s) in enumerate(summaries.items()):
             values = [s["groups"].get(g, {}).get(metric) for g in groups]
-            values.append(s.get("group_mean", {}).get(metric))
+            values.append(s.get(summary_key, {}).get(metric))
             y = np.array([np.nan if v is None else v for v in values], dtype=float)
             pos = np.arange(len(labels)) + (k - (len(summaries) - 1) / 2) * width
             bars = ax.bar(pos, y, width=width, label=name)
