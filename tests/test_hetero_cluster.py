@@ -50,7 +50,8 @@ def _node_of_train_worker() -> str | None:
 def _trial_driver_nodes() -> set[str]:
     from ray.util.state import list_actors
 
-    return {a.node_id for a in list_actors(filters=[("class_name", "=", "ImplicitFunc")])}
+    placed = list_actors(filters=[("class_name", "=", "ImplicitFunc"), ("state", "=", "ALIVE")])
+    return {a.node_id for a in placed}
 
 
 TUNE_EPOCHS = 10  # tiny epochs (well under a second each): room to kill the node mid-trial

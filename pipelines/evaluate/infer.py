@@ -10,6 +10,9 @@ Two inputs:
 Lifting (`lift_sequence`): keypoints normalised as `x / w * 2 - [1, h / w]`, cut into the model's
 windows so that every frame is predicted exactly once (`pipelines/evaluate/windows.py`), test-time
 flip averaging (default on) through `pipelines.evaluate.prediction.predict`, batched, on CPU or GPU.
+A `--input` file is lifted in this process; a `--dataset` sequence runs the same windows as Ray Data
+batch inference (`pipelines.evaluate.batch.lift_sequence_on_ray`: GPU or custom-resource actors, or
+CPU tasks), so a job driver on a GPU-less head never runs the model.
 
 Output (`--output P`): `P.npz` or `P.json` by suffix; any other suffix (or none) writes both
 `P.npz` and `P.json` (P + ".npz" / ".json"). Contents: `poses_3d` (F, 17, 3) camera-space metres,
