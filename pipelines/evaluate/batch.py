@@ -1,4 +1,4 @@
-"""Evaluation as Ray Data batch inference: the model runs where the resources are, not in the driver.
+"""Ray Data batch inference (evaluation, `infer --dataset`): the model runs where the resources are.
 
 A Ray job's driver runs on the head node, and cluster heads have no GPU (cluster/*.yaml,
 cluster/kuberay/). So the test split is streamed through `Dataset.map_batches`:
@@ -19,7 +19,8 @@ windows there, and the driver stitches the predictions back into frames with the
 
 The model comes from a checkpoint the workers can read (a run directory on shared or object
 storage, as after training), or, for a checkpoint only the driver can read (`raylift evaluate
---checkpoint ./local/dir`), from `ship_checkpoint`: its meta and weights put in the object store.
+--checkpoint ./local/dir`, `raylift infer --dataset`), from `ship_model`: the driver loads and checks
+it on its CPU and puts its meta and weights in the object store.
 """
 from __future__ import annotations
 
