@@ -404,10 +404,10 @@ def evaluate_checkpoint(
     from preprocessing.readers import read_manifest
 
     meta = read_meta(checkpoint)
+    ensure_ray()  # before resolve_dataset, which may prepare a YAML's dataset with Ray Data
     uri = resolve_dataset(data, root, meta, progress)
     described = describe_manifest(read_manifest(uri))
     check_compatible(meta, described, checkpoint, uri)
-    ensure_ray()
     placement = placement_for_cli(device, resources, actors)
     model, meta = load_model(checkpoint)  # on this CPU: a damaged file fails here, naming it
     result = evaluate_on_ray(ship_model(model, meta, checkpoint), uri, described["layout"], placement, flip=flip, batch_size=batch_size,
