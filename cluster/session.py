@@ -7,12 +7,27 @@ a Train run that ended ungracefully (a Tune trial stopped by ASHA) is never rele
 trials wait forever for its CPUs. A private instance is therefore started on a chosen GCS port with
 `RAY_ADDRESS` set in the environment its processes inherit; the caller's own environment is
 restored afterwards, so a later `ray.init` in this process is not pointed at a dead cluster.
+
+A private instance belongs to this process and is stopped on every way out: a normal return, an
+exception, `sys.exit`, SIGINT, SIGTERM and SIGHUP (the last two become `SystemExit(128 + signal)`
+in the main thread, so `finally` blocks (leases, staging directories) still run). Stopping calls
+`ray.shutdown()`, then waits up to `STOP_WAIT_S` for every Ray process this one started (raylet,
+GCS, dashboard and runtime-env agents, workers) to end and kills, by pid, any that do not. A SIGKILL
+cannot be caught: then a watchdog process (`cluster.watchdog`) kills, by pid, the Ray processes the
+dead driver had started (Ray's own fate-sharing ends only the raylet and GCS; its agents outlived a
+killed driver by about a minute).
 """
 from __future__ import annotations
 
+import atexit
 import os
+import signal
 import socket
+import threading
 from typing import Any, Optional
+
+STOP_WAIT_S = 10.0
+_private: dict[str, Any] = {"started": False, "pid": None, "watchdog": None}
 
 
 def _free_port() -> int:
@@ -42,15 +57,107 @@ def init_ray(address: Optional[str] = None, **kwargs: Any) -> None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+    _own_private_instance()
+
+
+def _ray_descendants() -> list:
+    """The Ray processes this process started (its descendants that run Ray code)."""
+    import psutil
+
+    out = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmd = " ".join(child.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if "ray" in cmd or child.name().startswith(("ray", "gcs_server", "raylet")):
+            out.append(child)
+    return out
+
+
+def stop_private_ray() -> None:
+    """Stop the private instance this process started (no-op otherwise) and leave no Ray process
+    behind: `ray.shutdown()`, then kill by pid what is still alive after `STOP_WAIT_S`."""
+    import psutil
+    import ray
+
+    if not _private["started"] or _private["pid"] != os.getpid():
+        return
+    _private["started"] = False
+    children = [p for p in _ray_descendants() if p.pid != _private["watchdog"].pid]
+    try:
+        ray.shutdown()
+    finally:
+        _, alive = psutil.wait_procs(children, timeout=STOP_WAIT_S)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+        _private["watchdog"].kill()  # nothing left for it to do
+        _private["watchdog"].wait(timeout=5)
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    signal.signal(signum, _stop_and_die)  # a second signal while unwinding: stop Ray and go
+    raise SystemExit(128 + signum)
+
+
+def _stop_and_die(signum: int, frame: Any) -> None:
+    stop_private_ray()
+    os._exit(128 + signum)
+
+
+def _own_private_instance() -> None:
+    """Register the private instance's stop on exit and on SIGTERM/SIGHUP (SIGINT already raises
+    KeyboardInterrupt). Handlers can only be set from the main thread; elsewhere atexit remains."""
+    if _private["started"]:
+        return
+    from cluster import watchdog
+
+    _private.update(started=True, pid=os.getpid(), watchdog=watchdog.start(os.getpid()))
+    atexit.register(stop_private_ray)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(sig) in (signal.SIG_DFL, None):
+                signal.signal(sig, _exit_on_signal)
 
 
 def quiet_ray_data() -> None:
-    """Keep Ray Data's INFO logging off the console (raylift prints its own progress)."""
+    """Keep Ray's own lines off the default console (raylift prints its own progress); see
+    `cluster.console`. Call before `init_ray`, so Ray's start-up INFO lines are quiet too."""
+    from cluster.console import quiet_ray
+
+    quiet_ray()
+    _filter_user_errors()
+
+
+def _filter_user_errors() -> None:
+    """Ray Data console handlers drop records of tasks that failed with a raylift user error."""
     import logging
 
-    import ray.data  # noqa: F401  (importing it installs Ray Data's logging config, adjusted below)
+    import ray.data  # noqa: F401  (importing it installs Ray Data's logging config)
 
     for handler in logging.getLogger("ray.data").handlers:
         if type(handler).__name__ != "SessionFileHandler":  # keep the session's log file complete
-            handler.setLevel(logging.WARNING)
-    logging.getLogger("ray._private.worker").setLevel(logging.WARNING)
+            if not any(isinstance(f, _UserErrorFilter) for f in handler.filters):
+                handler.addFilter(_UserErrorFilter())
+
+
+class _UserErrorFilter:
+    """Drops console records of a task that failed with a raylift user error (a damaged shard,
+    a bad checkpoint): raylift reports those in one line; Ray's log files keep the traceback."""
+
+    NAMES = ("DataError", "CheckpointError", "ConfigError")
+
+    def filter(self, record) -> bool:
+        from models.checkpoint import CheckpointError
+        from preprocessing.errors import DataError
+        from preprocessing.schema import ConfigError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (DataError, CheckpointError, ConfigError)):
+            return False
+        text = record.getMessage()
+        return not any(f"{name}: " in text for name in self.NAMES)

@@ -80,7 +80,24 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated/corrupt files
-        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {e})") from None
+        raise load_error(path, e, "a checkpoint") from None
+
+
+def load_error(path: str | os.PathLike, e: Exception, what: str) -> CheckpointError:
+    """One line for a file torch's weights-only loader would not read. A refused pickle (one that
+    names functions or classes beyond tensors and plain data: code would run on loading) says so;
+    torch's own multi-line advice, which suggests disabling the check, is never passed on."""
+    import pickle
+
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if isinstance(e, pickle.UnpicklingError) and any("Weights only load failed" in ln for ln in lines):
+        import re
+
+        names = re.findall(r"GLOBAL (\S+)", " ".join(lines))
+        detail = f"it names {names[0]}" if names else "objects other than tensors and plain data"
+        return CheckpointError(f"{path}: holds code-bearing pickles ({detail}) and was refused; "
+                               "raylift loads only tensors and plain data")
+    return CheckpointError(f"{path}: cannot be read as {what} ({type(e).__name__}: {lines[0] if lines else e})")
 
 
 def load_state(directory: str | os.PathLike) -> dict[str, torch.Tensor]:

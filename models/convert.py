@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 import torch
 
-from models.checkpoint import CheckpointError, load_into, save_checkpoint
+from models.checkpoint import CheckpointError, load_error, load_into, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -223,12 +223,7 @@ def load_official_file(path: str | os.PathLike) -> dict[str, Any]:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for refused globals, RuntimeError/EOFError for corrupt files
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        # torch wraps the reason ("Unsupported global: GLOBAL builtins.open ...") in advice text.
-        reason = next((line for line in lines if line.startswith("WeightsUnpickler error")), lines[0] if lines else "")
-        raise CheckpointError(
-            f"{path}: refused or unreadable as a weights-only checkpoint ({type(e).__name__}: {reason})"
-        ) from None
+        raise load_error(path, e, "an official checkpoint") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict with 'model_pos', got {type(obj).__name__}")
     return obj
@@ -461,3 +456,147 @@ def import_official(
                           "dropped_unused": info["dropped"]},
     }
     return save_checkpoint(out, model.state_dict(), meta)
+
+
+# --- MPSTR (the authors' `SwinPose`, WUJINHUAN/3D-human-pose) ------------------------------------
+#
+# Their checkpoint is `{'model': state_dict, 'epoch', ...}` with no `module.` prefix. The backbone
+# is the original Microsoft Swin (`SwinTransformerspace`), the head `PoseTransformer`. Mapping onto
+# raylift's `MPSTR` (timm SwinTransformer + `SequenceRelations` + `PoseHead`):
+# - original Swin puts PatchMerging at the END of stage i, timm at the START of stage i+1:
+#   `layers.i.downsample.*` -> `layers.{i+1}.downsample.*`. Both concatenate the 2x2 neighbours in
+#   the order x0 (even row, even col), x1 (odd, even), x2 (even, odd), x3 (odd, odd): timm's
+#   reshape(B, H/2, 2, W/2, 2, C).permute(0, 1, 3, 4, 2, 5) flattens column-parity-major, which
+#   is that same order, so the reduction / norm weights are copied unpermuted (the parity test
+#   would expose a swap: 0.82 at the fixture's output).
+# - `relative_position_index` and `attn_mask` are config-derived buffers (timm rebuilds them,
+#   non-persistent): dropped.
+# - unused by the authors' forward: `backbone.head` (Linear 768 -> 34), `keypoint_head.
+#   Temporal_pos_embed` (replaced by zeros at run time) and `keypoint_head.weighted_mean`: dropped.
+MPSTR_PREFIXES: list[tuple[str, str]] = [
+    ("backbone.", "backbone."),
+    ("keypoint_head.blocks.", "relations.temporal_blocks."),
+    ("keypoint_head.Temporal_norm.", "relations.norm."),
+    ("keypoint_head.head.0.", "head.norm."),
+    ("keypoint_head.head.1.", "head.proj."),
+]
+_MPSTR_BUFFERS = ("relative_position_index", "attn_mask")
+_MPSTR_UNUSED = ("backbone.head.", "keypoint_head.Temporal_pos_embed", "keypoint_head.weighted_mean.")
+
+
+def _mpstr_dropped(key: str) -> bool:
+    """Whether an authors' SwinPose key is a config-derived buffer or a tensor it never uses."""
+    return key.rsplit(".", 1)[-1] in _MPSTR_BUFFERS or key.startswith(_MPSTR_UNUSED)
+
+
+def mpstr_key(key: str) -> Optional[str]:
+    """Authors' SwinPose key -> raylift MPSTR key; None for dropped keys and unknown ones."""
+    if _mpstr_dropped(key):
+        return None
+    new = _rename(key, MPSTR_PREFIXES)
+    if new is None:
+        return None
+    return re.sub(r"^backbone\.layers\.(\d+)\.downsample\.",
+                  lambda m: f"backbone.layers.{int(m.group(1)) + 1}.downsample.", new)
+
+
+def mpstr_official_state_dict(obj: dict[str, Any], source: str) -> dict[str, torch.Tensor]:
+    """The `model` state dict of a SwinPose training checkpoint (`module.` stripped if present)."""
+    state = obj.get("model")
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"{source}: no 'model' state dict (keys: {', '.join(map(str, obj))})")
+    out = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{source}: model[{key!r}] is {type(value).__name__}, expected a tensor")
+        out[key[len("module."):] if key.startswith("module.") else key] = value
+    return out
+
+
+def convert_mpstr_state_dict(
+    state: dict[str, Any], model: torch.nn.Module, source: str
+) -> tuple[dict[str, Any], list[str]]:
+    """(raylift state dict, dropped official keys) for an authors' SwinPose state dict.
+
+    Dropped keys are only the config-derived buffers and the tensors SwinPose never uses; any
+    other key without a counterpart, any model key left unfilled, or a shape mismatch is a
+    CheckpointError naming them.
+    """
+    own = model.state_dict()
+    mapped, dropped, unmatched = {}, [], []
+    for key, value in state.items():
+        new = mpstr_key(key)
+        if _mpstr_dropped(key):
+            dropped.append(key)
+        elif new is None or new not in own:
+            unmatched.append(key)
+        else:
+            mapped[new] = value
+    missing = sorted(k for k in own if k not in mapped)
+    shapes = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in mapped.items()
+              if tuple(v.shape) != tuple(own[k].shape)]
+    if missing or unmatched or shapes:
+        parts = [f"{what}: {', '.join(keys[:8])}" for what, keys in
+                 (("missing keys", missing), ("unexpected keys", sorted(unmatched)), ("shape mismatches", shapes))
+                 if keys]
+        raise CheckpointError(f"{source}: does not fit mpstr ({'; '.join(parts)})")
+    return mapped, sorted(dropped)
+
+
+def mpstr_config_from_official(backbone: dict[str, Any], joints: int = 17) -> Any:
+    """raylift `MPSTRConfig` (variant official) from the authors' `cfg.model['backbone']` dict.
+
+    Missing entries take `SwinTransformerspace`'s defaults (Swin-T, 224, window 7), as their
+    `configs/swin.py` does. The head is always `PoseTransformer()`: 4 blocks, 8 heads, MLP ratio 2,
+    drop path 0.2; its width is the backbone's final width.
+    """
+    from models.mpstr import MPSTRConfig
+
+    if backbone.get("qk_scale") is not None:
+        raise CheckpointError(f"official mpstr config: qk_scale={backbone['qk_scale']}, only the default is supported")
+    if backbone.get("ape", False) or not backbone.get("patch_norm", True):
+        raise CheckpointError("official mpstr config: ape=True / patch_norm=False are not supported by timm's Swin")
+    if joints != 17:
+        raise CheckpointError(f"official mpstr config: SwinPose hard-wires 17 keypoints, got joints={joints}")
+    cfg = MPSTRConfig(
+        variant="official",
+        img_size=int(backbone.get("img_size", 224)),
+        patch_size=int(backbone.get("patch_size", 4)),
+        in_chans=int(backbone.get("in_chans", 3)),
+        embed_dim=int(backbone.get("embed_dim", 96)),
+        depths=tuple(int(d) for d in backbone.get("depths", (2, 2, 6, 2))),
+        num_heads=tuple(int(h) for h in backbone.get("num_heads", (3, 6, 12, 24))),
+        window_size=int(backbone.get("window_size", 7)),
+        mlp_ratio=float(backbone.get("mlp_ratio", 4.0)),
+        qkv_bias=bool(backbone.get("qkv_bias", True)),
+        relation_depth=4,
+        relation_heads=8,
+        relation_mlp_ratio=2.0,
+        drop_rate=float(backbone.get("drop_rate", 0.0)),
+        attn_drop_rate=float(backbone.get("attn_drop_rate", 0.0)),
+        drop_path_rate=float(backbone.get("drop_path_rate", 0.1)),
+        relation_drop_path_rate=0.2,
+    )
+    cfg.validate()
+    return cfg
+
+
+def load_official_mpstr(
+    path: str | os.PathLike, backbone: Optional[dict[str, Any]] = None
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Build raylift's official-variant MPSTR for an authors' SwinPose checkpoint and load it (eval).
+
+    `backbone` is their `cfg.model['backbone']` (None: the Swin-T defaults). Returns (model, info)
+    with info = {"config", "epoch", "dropped"} (dropped: official keys not carried over).
+    """
+    from models.registry import build_model
+
+    source = str(path)
+    obj = load_official_file(path)
+    cfg = mpstr_config_from_official(backbone or {})
+    model = build_model(cfg, frames=1, joints=17)
+    state, dropped = convert_mpstr_state_dict(mpstr_official_state_dict(obj, source), model, source)
+    load_into(model, state, source)
+    model.eval()
+    epoch = obj.get("epoch")
+    return model, {"config": cfg, "epoch": int(epoch) if isinstance(epoch, int) else None, "dropped": dropped}

@@ -18,6 +18,9 @@ so with an all-ones mask each loss equals the reference code's plain `torch.mean
   the Fusionformer paper's text gives no values we could find; the authors' code
   (yuxinwei123/Fusionformer run.py) sums the two terms unweighted.
 - `multiview`: MPJPE per view, averaged over views (B, T, V, J, 3).
+- `keypoints_2d` (MPSTR, an images -> 2D model): masked MSE of the predicted 2D keypoints
+  (B, T, V, J, 2) against `batch["keypoints_2d"]` (pixels of the crop), as the authors' training
+  (`nn.MSELoss` on pixel coordinates); no root zeroing. Logs `rmse_px`.
 
 `forward_for_loss(model, x)` calls a model the way its loss needs (Fusionformer with
 `return_all=True`), so the training loop stays model-agnostic.
@@ -41,8 +44,9 @@ AUTO_LOSS: dict[str, str] = {
     "crossformer": "mpjpe",
     "fusionformer": "fusionformer",
     "multiview": "multiview",
+    "mpstr": "keypoints_2d",
 }
-LOSSES = ("mixste", "mpjpe", "fusionformer", "multiview")
+LOSSES = ("mixste", "mpjpe", "fusionformer", "multiview", "keypoints_2d")
 
 # MixSTE's weights of the temporal-consistency and velocity terms.
 MIXSTE_TC_WEIGHT = 0.5
@@ -217,7 +221,15 @@ def build_loss(
         logs.update({f"mpjpe_view{v}": float(x) for v, x in enumerate(per_view.detach().tolist())})
         return value, logs
 
-    return {"mixste": mixste, "mpjpe": mpjpe, "fusionformer": fusionformer, "multiview": multiview}[loss]
+    def keypoints_2d(outputs: Any, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        pred = _as_tensor_output(outputs, "keypoints_2d")  # (B, T, V, J, 2) pixels
+        target = batch["keypoints_2d"].to(device=pred.device, dtype=pred.dtype)
+        _check_shapes(pred, target, "keypoints_2d loss")
+        value = masked_mean((pred - target).square(), _frame_mask(batch, target))
+        return value, {"loss": float(value.detach()), "rmse_px": float(value.detach()) ** 0.5}
+
+    return {"mixste": mixste, "mpjpe": mpjpe, "fusionformer": fusionformer, "multiview": multiview,
+            "keypoints_2d": keypoints_2d}[loss]
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

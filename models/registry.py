@@ -22,11 +22,20 @@ MODELS: dict[str, tuple[str, str, str]] = {
     "multiview": ("models.multiview", "MultiViewRelationTransformer", "MultiViewConfig"),
 }
 
+# Image -> 2D keypoint models (stage 1 of a two-stage system; class attributes `input_kind =
+# "images"`, `output_kind = "keypoints_2d"`). Built and configured like the lifters, but kept out
+# of MODELS: the keypoint tools (training data, evaluation, inference, `models summary`, benches)
+# iterate MODELS and feed 2D keypoints.
+IMAGE_MODELS: dict[str, tuple[str, str, str]] = {
+    "mpstr": ("models.mpstr", "MPSTR", "MPSTRConfig"),
+}
+
 
 def _lookup(name: str, where: str = "model.name") -> tuple[type, type]:
-    if name not in MODELS:
-        raise ValueError(f"{where}: unknown model {name!r} (expected one of {', '.join(MODELS)})")
-    module, model_cls, cfg_cls = MODELS[name]
+    entry = MODELS.get(name) or IMAGE_MODELS.get(name)
+    if entry is None:
+        raise ValueError(f"{where}: unknown model {name!r} (expected one of {', '.join([*MODELS, *IMAGE_MODELS])})")
+    module, model_cls, cfg_cls = entry
     mod = importlib.import_module(module)
     return getattr(mod, model_cls), getattr(mod, cfg_cls)
 

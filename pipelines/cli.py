@@ -28,6 +28,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+VERBOSE_HELP = "also show Ray's own log lines (by default they only go to Ray's log files)"
+
+
 def user_error_types() -> tuple[type, ...]:
     """Exception types that mean 'the user gave bad input', not 'raylift has a bug'."""
     from models.checkpoint import CheckpointError
@@ -45,9 +48,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     from preprocessing.version import __version__
 
     parser.add_argument("--version", action="version", version=f"raylift {__version__}")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        # Also after the command; SUPPRESS keeps a top-level `raylift --verbose CMD` set.
+        p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
         if name == command:
             importlib.import_module(module).add_arguments(p)
             p.set_defaults(parser_for=parser_for)  # `submit` checks the command it sends with it
@@ -73,6 +79,10 @@ def _command_of(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Before anything imports Ray: its log filter is read at import (cluster/console.py).
+    from cluster.console import configure, wants_verbose
+
+    configure(wants_verbose(argv))
     command = _command_of(argv)
     parser = build_parser(command)
     args = parser.parse_args(argv)

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-SourceKind = Literal["synthetic", "h36m", "generic", "mpi3dhp"]
+SourceKind = Literal["synthetic", "h36m", "generic", "mpi3dhp", "synthetic_images", "h36m_video", "frames"]
+# Sources of person crops (images), built by preprocessing/image_shards.py instead of shards.py.
+IMAGE_KINDS = ("synthetic_images", "h36m_video", "frames")
 
 
 @dataclass
@@ -55,6 +57,13 @@ class SourceConfig:
       (GT, CPN, ...), built-in Human3.6M cameras unless `cameras` is given.
     - generic: VideoPose3D-format `data_3d` (17 or 32 joints) + `data_2d` + a `cameras` JSON.
     - mpi3dhp: P-STMO's `mpi_train` (data_train_3dhp.npz) and `mpi_test` (data_test_3dhp.npz).
+    Image sources (person crops, see `ImagesConfig`):
+    - synthetic_images: the synthetic motion (or, with `data_3d` + `data_2d` + `cameras`, any
+      VideoPose3D-format dataset such as cmu-dev) rendered through its cameras.
+    - h36m_video: `videos` = a folder of `<subject>/Videos/<action>.<camera id>.mp4` (Human3.6M's
+      layout); labels from `data_3d` + `data_2d` (the GT projection file or any detector's 2D).
+    - frames: `frames_dir` = a folder of `<subject>/<action>.<camera id>/<frame index>.jpg|png`;
+      labels as for h36m_video.
     Empty subject lists mean the source's standard split (H36M: S1,S5-S8 / S9,S11).
     """
 
@@ -64,19 +73,28 @@ class SourceConfig:
     cameras: str = ""
     mpi_train: str = ""
     mpi_test: str = ""
+    videos: str = ""  # h36m_video: root of <subject>/Videos/<action>.<camera>.mp4
+    frames_dir: str = ""  # frames: root of <subject>/<action>.<camera>/<frame>.jpg|png
     train_subjects: list[str] = field(default_factory=list)
     test_subjects: list[str] = field(default_factory=list)
     activities: list[str] = field(default_factory=list)  # optional filter; empty = all
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def validate(self) -> None:
-        if self.kind in ("h36m", "generic"):
+        if self.kind in ("h36m", "generic", "h36m_video", "frames"):
             if not self.data_3d or not self.data_2d:
                 raise ValueError(f"source.kind={self.kind} needs source.data_3d and source.data_2d")
         if self.kind == "generic" and not self.cameras:
             raise ValueError("source.kind=generic needs source.cameras (a cameras JSON)")
         if self.kind == "generic" and not (self.train_subjects or self.test_subjects):
             raise ValueError("source.kind=generic needs source.train_subjects and/or test_subjects")
+        if self.kind == "h36m_video" and not self.videos:
+            raise ValueError("source.kind=h36m_video needs source.videos (a folder of <subject>/Videos/<action>.<camera>.mp4)")
+        if self.kind == "frames" and not self.frames_dir:
+            raise ValueError("source.kind=frames needs source.frames_dir (a folder of <subject>/<action>.<camera>/<frame>.jpg)")
+        if self.kind == "synthetic_images" and bool(self.data_3d) != bool(self.cameras):
+            raise ValueError("source.kind=synthetic_images renders the synthetic motion, or a VideoPose3D "
+                             "dataset given by both source.data_3d (+ data_2d) and source.cameras")
         if self.kind == "mpi3dhp" and not (self.mpi_train or self.mpi_test):
             raise ValueError("source.kind=mpi3dhp needs source.mpi_train and/or source.mpi_test")
 
@@ -113,11 +131,54 @@ class WindowConfig:
 
 
 @dataclass
+class ImagesConfig:
+    """The `data.images:` section: how person crops are cut, encoded and grouped (image sources).
+
+    Each person is cropped around the box of its 2D keypoints, enlarged by `margin` of the box's
+    longer side on every side, made square (same centre) and resized to `size` x `size` pixels.
+    One row of a shard is a window of `frames` consecutive frames x `views` synchronised cameras
+    (non-overlapping, so every image is stored once). `flip` mirrors a training window at read
+    time with probability 1/2 (image and left/right labels). Synthetic rendering: `blur_px`
+    (Gaussian radius, pixels of the crop) and `noise_std` (on 0-255) per image, after rendering.
+    `on_missing`: a (subject, action) without every camera is an error, or is skipped and listed
+    in the manifest's `skipped` ("skip"); never dropped silently.
+    """
+
+    size: int = 64  # crop side in pixels (the paper: 224; 64-96 keeps CPU training feasible)
+    margin: float = 0.15  # fraction of the keypoint box's longer side added on each side
+    format: Literal["jpeg", "png"] = "jpeg"
+    quality: int = 90  # JPEG quality (ignored for PNG)
+    frames: int = 8  # f: frames per window (the paper: 8, 32, 128)
+    views: int = 4  # V: cameras per window (the first `views` of the source's camera order)
+    flip: bool = True
+    blur_px: float = 0.0
+    noise_std: float = 0.0
+    on_missing: Literal["error", "skip"] = "error"
+    windows_per_shard: int = 256  # rows (windows) per Parquet file
+    windows_per_group: int = 16  # rows per Parquet row group (the read granularity)
+
+    def validate(self) -> None:
+        if self.windows_per_shard < 1 or self.windows_per_group < 1:
+            raise ValueError("images.windows_per_shard and images.windows_per_group must be >= 1")
+        if not 16 <= self.size <= 1024:
+            raise ValueError(f"images.size must be in [16, 1024] pixels, got {self.size}")
+        if not 0.0 <= self.margin <= 2.0:
+            raise ValueError(f"images.margin must be in [0, 2] (fraction of the box side), got {self.margin}")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"images.quality must be in [1, 100], got {self.quality}")
+        if self.frames < 1 or self.views < 1:
+            raise ValueError(f"images.frames and images.views must be >= 1, got {self.frames} and {self.views}")
+        if self.blur_px < 0 or self.noise_std < 0:
+            raise ValueError(f"images.blur_px and images.noise_std must be >= 0, got {self.blur_px} and {self.noise_std}")
+
+
+@dataclass
 class DataConfig:
     """The `data:` section: source + windows + destination root (local path or s3://bucket/prefix)."""
 
     source: SourceConfig = field(default_factory=SourceConfig)
     windows: WindowConfig = field(default_factory=WindowConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)  # image sources only
     root: str = "data/datasets"
     rows_per_shard: int = 4096  # windows per Parquet file
     rows_per_group: int = 256  # windows per Parquet row group (streaming granularity)

@@ -14,11 +14,14 @@
   shuffle + numpy conversion + the copy torch needed made three).
 - `load_split_arrays(uri, split)`: the whole split as numpy arrays, read without Ray.
 - `read_manifest(uri)`.
-Any shard that is missing or is not Parquet raises a DataError naming the file.
+Any shard that is missing, is not Parquet, or whose bytes differ from the manifest's sha256 raises
+a DataError naming the file: every reader hashes a shard's bytes as it reads them (once per shard
+per read task; `verified_parquet`), so damaged bytes are never trained or evaluated on.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
 
@@ -62,6 +65,36 @@ def _parquet_file(loc: storage.Location):
         raise DataError(f"shard not found: {loc.uri}") from None
     except (OSError, pa.ArrowException) as e:
         raise DataError(f"{loc.uri}: not a readable Parquet shard ({e})") from None
+
+
+def verified_parquet(fs, uri: str, path: str, sha256: Optional[str]):
+    """A shard's bytes read once, checked against the manifest's sha256, opened as Parquet from
+    memory: a damaged shard (flipped bytes in a page) is refused before any value is decoded.
+    DataError naming the shard and suggesting `raylift data verify` on a mismatch."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        with fs.open_input_stream(path) as f:
+            buf = f.read_buffer()
+    except FileNotFoundError:
+        raise DataError(f"shard not found: {uri}") from None
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"{uri}: cannot read shard ({e})") from None
+    if sha256 is not None:
+        digest = hashlib.sha256(memoryview(buf)).hexdigest()
+        if digest != sha256:
+            raise DataError(f"{uri}: sha256 {digest[:16]}... differs from the manifest's {sha256[:16]}... "
+                            "(the shard is damaged); run `raylift data verify` on the dataset and rebuild it")
+    try:
+        return pq.ParquetFile(pa.BufferReader(buf))
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"{uri}: not a readable Parquet shard ({e})") from None
+
+
+def shard_hashes(dataset: storage.Location, manifest: dict) -> dict[str, str]:
+    """Path inside the filesystem -> the manifest's sha256, for every shard of a dataset."""
+    return {dataset.child(s["path"]).path: s["sha256"] for s in manifest["shards"]}
 
 
 def _split_footers(uri: str, split: str) -> list[tuple[storage.Location, Any]]:
@@ -121,24 +154,23 @@ def plan_read_tasks(groups: list[RowGroup], parallelism: int, task_bytes: int, b
     return tasks
 
 
-def _read_blocks(fs, blocks: list[tuple[str, str, list[int]]], columns: list[str]) -> Iterator:
+def _read_blocks(fs, blocks: list[tuple[str, str, list[int]]], columns: list[str], hashes: dict[str, str]) -> Iterator:
     """Ray read task body: one Arrow table per planned block, decoded by plain pyarrow
-    (fixed-shape tensor columns stay as stored)."""
+    (fixed-shape tensor columns stay as stored), each shard checked against its sha256 first."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     opened: Optional[tuple] = None
     for uri, path, indices in blocks:
+        if opened is None or opened[0] != path:
+            opened = (path, verified_parquet(fs, uri, path, hashes.get(path)))
         try:
-            if opened is None or opened[0] != path:
-                opened = (path, pq.ParquetFile(fs.open_input_file(path)))
             table = opened[1].read_row_groups(indices, columns=columns, use_threads=False)
         except (OSError, pa.ArrowException) as e:
             raise DataError(f"{uri}: cannot read shard ({e})") from None
         yield table
 
 
-def _shard_datasource(footers: list[tuple[storage.Location, Any]], columns: list[str]):
+def _shard_datasource(footers: list[tuple[storage.Location, Any]], columns: list[str], hashes: dict[str, str]):
     """A Ray Data datasource whose read tasks decode the shards' row groups with pyarrow."""
     from ray.data import Datasource, ReadTask
     from ray.data.block import BlockMetadata
@@ -166,7 +198,7 @@ def _shard_datasource(footers: list[tuple[storage.Location, Any]], columns: list
                     num_rows=sum(g.rows for g in mine), size_bytes=sum(g.nbytes for g in mine),
                     input_files=tuple(dict.fromkeys(b[0] for b in blocks)), exec_stats=None,
                 )
-                tasks.append(ReadTask(functools.partial(_read_blocks, fs, blocks, list(columns)), meta,
+                tasks.append(ReadTask(functools.partial(_read_blocks, fs, blocks, list(columns), hashes), meta,
                                       per_task_row_limit=per_task_row_limit))
             return tasks
 
@@ -183,7 +215,9 @@ def open_split(uri: str, split: str, columns: Optional[Sequence[str]] = None):
     unknown = [c for c in columns if c not in SCHEMA_COLUMNS]
     if unknown or not columns:
         raise DataError(f"unknown column(s) {unknown or columns} for {uri} (columns: {', '.join(SCHEMA_COLUMNS)})")
-    return ray.data.read_datasource(_shard_datasource(_split_footers(uri, split), columns))
+    dataset = storage.open_location(uri)
+    hashes = shard_hashes(dataset, read_manifest_at(dataset))
+    return ray.data.read_datasource(_shard_datasource(_split_footers(uri, split), columns, hashes))
 
 
 def _column_numpy(array) -> np.ndarray:
@@ -293,10 +327,12 @@ def load_split_arrays(uri: str, split: str, columns: Optional[list[str]] = None)
     import pyarrow as pa
 
     files = check_shards(uri, split)
+    dataset = storage.open_location(uri)
+    hashes = shard_hashes(dataset, read_manifest_at(dataset))
     tables = []
     for loc in files:
         try:
-            tables.append(_parquet_file(loc).read(columns=columns))
+            tables.append(verified_parquet(loc.fs, loc.uri, loc.path, hashes.get(loc.path)).read(columns=columns))
         except (OSError, pa.ArrowException) as e:
             raise DataError(f"{loc.uri}: cannot read shard ({e})") from None
     table = pa.concat_tables(tables)

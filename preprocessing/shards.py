@@ -15,10 +15,17 @@ How a dataset is built (`prepare_dataset`):
 3. Ray Data runs one task per shard (`ray.data.from_items(shards).map(...)`): it cuts its windows
    from the sources (shared through the object store), and streams them row group by row group
    into `<staging>/<split>/part-NNNNN.parquet`, hashing the bytes as they are written.
-4. publish: move the staging directory to `<root>/<id>`, then write the manifest.
+4. publish: move the staging directory to `<root>/<id>`, check every shard is there, then write
+   the manifest.
+Steps 3-4 run under the id's lease `<root>/.lock-<id>` (`preprocessing.lease`: exclusive create on
+local disk, a conditional PUT on S3), so at most one run writes a dataset id at a time: a second
+run is refused with the holder's host and pid, or finds the first's manifest (cache hit). Each
+staging directory holds its run's owner record (`_OWNER.json`: host, pid, start time, lease
+expiry); a leftover is removed only when that owner is provably gone.
 The file names, row order and row groups depend only on the data and the config, and the Parquet
 writer adds no timestamps, so the same inputs give byte-identical shards. A run that dies leaves
-only a `.staging-<id>-*` directory (no manifest, so no dataset); the next run for that id removes it.
+only a `.staging-<id>-*` directory (no manifest, so no dataset) and a stale lease; the next run for
+that id takes the lease over and removes the directory.
 
 Dataset id: sha256 of (DataConfig without `root` and without source file *locations*, the source
 files' content hashes in load order, FORMAT_VERSION), 16 hex digits. Locations are left out
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -35,7 +43,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from preprocessing import storage
+from preprocessing import lease, storage
 from preprocessing.config import DataConfig
 from preprocessing.errors import DataError
 from preprocessing.manifest import (
@@ -61,8 +69,10 @@ SPLITS = ("train", "test")
 TENSOR_COLUMNS = ("keypoints_2d", "positions_3d", "mask", "intrinsics")
 STRING_COLUMNS = ("subject", "action", "activity", "camera")
 SCHEMA_COLUMNS = TENSOR_COLUMNS + STRING_COLUMNS + ("start", "flipped", "sequence_length")
+OWNER_NAME = "_OWNER.json"  # a staging directory's owner record (preprocessing.lease.Owner)
+LOCK_PREFIX = ".lock-"  # <root>/.lock-<id>: the lease of the one run that may build dataset <id>
 # Config fields that only say where source files are (their content is hashed instead).
-_LOCATION_FIELDS = ("data_3d", "data_2d", "cameras", "mpi_train", "mpi_test")
+_LOCATION_FIELDS = ("data_3d", "data_2d", "cameras", "mpi_train", "mpi_test", "videos", "frames_dir")
 
 Progress = Callable[[str], None]
 
@@ -366,6 +376,7 @@ def config_for_id(data: DataConfig) -> dict:
     cfg = to_dict(data)
     cfg.pop("root", None)
     cfg.pop("dataset", None)  # names a prepared dataset, never part of one's content
+    cfg.pop("images", None)  # image datasets have their own id (preprocessing/image_shards.py)
     for key in _LOCATION_FIELDS:
         cfg["source"].pop(key, None)
     cfg["source"].get("synthetic", {}).pop("out_dir", None)
@@ -447,14 +458,44 @@ def _shapes(sources: list[WindowSource], job: WindowJob) -> dict:
 
 
 def _clean_leftovers(root: Location, dataset: Location, id_: str, progress: Progress) -> None:
-    """Remove staging directories of earlier runs for this id, and an unpublished dataset dir."""
+    """Remove staging directories of earlier runs for this id whose owner is provably gone (dead
+    pid on this host, or lease expired: `lease.owner_gone`), and an unpublished dataset dir.
+    Runs only while this run holds the id's lease, so no live writer can own the dataset dir."""
     for info in storage.list_dir(root):
-        if info.base_name.startswith(f"{STAGING_PREFIX}{id_}-"):
-            progress(f"removing leftover staging directory {root.child(info.base_name).uri}")
-            storage.delete_tree(root.child(info.base_name))
+        if not info.base_name.startswith(f"{STAGING_PREFIX}{id_}-"):
+            continue
+        leftover = root.child(info.base_name)
+        owner = _staging_owner(leftover)
+        if not lease.owner_gone(owner):
+            progress(f"keeping staging directory {leftover.uri}: its owner {owner.describe()} is alive")
+            continue
+        progress(f"removing leftover staging directory {leftover.uri}"
+                 + (f" (owner {owner.describe()} is gone)" if owner else " (no owner record)"))
+        storage.delete_tree(leftover)
     if storage.exists(dataset):
         progress(f"removing incomplete dataset directory {dataset.uri} (no manifest)")
         storage.delete_tree(dataset)
+
+
+def _staging_owner(staging: Location) -> Optional[lease.Owner]:
+    marker = staging.child(OWNER_NAME)
+    if not storage.is_file(marker):
+        return None
+    return lease.Owner.parse(storage.read_bytes(marker))
+
+
+def _check_complete(dataset: Location, shards: list[dict]) -> None:
+    """Refuse to publish a manifest listing a shard that is not there (or not at its size)."""
+    present = {}
+    for info in storage.list_dir(dataset):
+        if info.type == storage.pafs.FileType.Directory:
+            for sub in storage.list_dir(dataset.child(info.base_name)):
+                present[f"{info.base_name}/{sub.base_name}"] = sub.size
+    for shard in shards:
+        if present.get(shard["path"]) != shard["bytes"]:
+            raise DataError(f"{dataset.child(shard['path']).uri}: "
+                            + ("missing" if shard["path"] not in present else f"{present[shard['path']]} bytes, expected {shard['bytes']}")
+                            + " after publishing; the manifest was not written")
 
 
 def _check_root(root: Location) -> None:
@@ -467,14 +508,19 @@ def _check_root(root: Location) -> None:
     storage.make_dirs(root)
 
 
-def _ensure_ray() -> bool:
-    """Use the running Ray; else connect to RAY_ADDRESS if set, else start a private local
-    instance (never silently join another process's cluster). True if we initialised Ray."""
+def _ensure_ray(start_ray: Optional[Callable[[], None]] = None) -> bool:
+    """Use the running Ray; else `start_ray()` when given (the caller then owns the instance and
+    its shutdown, e.g. `cluster.session.init_ray`, which also stops it on signals); else connect
+    to RAY_ADDRESS if set, else start a private local instance (never silently join another
+    process's cluster). True if this call initialised Ray and must shut it down."""
     import os
 
     import ray
 
     if ray.is_initialized():
+        return False
+    if start_ray is not None:
+        start_ray()
         return False
     ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
              log_to_driver=False, configure_logging=False)
@@ -487,9 +533,11 @@ def build_dataset(
     skeleton: Skeleton,
     source_files: list[dict],
     progress: Progress = print,
+    start_ray: Optional[Callable[[], None]] = None,
 ) -> DatasetInfo:
     """Window `sequences` into shards under `data.root` (see module doc). `source_files` are the
-    records from `hash_files`; their hashes define the id together with the config."""
+    records from `hash_files`; their hashes define the id together with the config. `start_ray`:
+    how to start Ray if it is not running and shards must be written (see `_ensure_ray`)."""
     started = time.monotonic()
     root = storage.open_location(data.root)
     id_ = compute_id(data, [f["sha256"] for f in source_files])
@@ -525,28 +573,36 @@ def build_dataset(
         + f" -> {len(plans)} shards ({w.mode}, T={w.frames}, stride {w.effective_stride})"
     )
 
-    _clean_leftovers(root, dataset, id_, progress)
-    marker = staging.child("_STAGING")
-    storage.write_bytes(marker, f"{id_}\n".encode())  # proves the destination is writable
-    started_ray = _ensure_ray()
-    try:
-        records = _run_shard_tasks(plans, sources, job, progress)
-        storage.delete_tree(marker)
-        shards = sorted(records, key=lambda r: (SPLITS.index(r["split"]), r["path"]))
-        manifest = _manifest(data, id_, skeleton, source_files, sources, job, camera_ids, counts, shards, started)
-        storage.move_tree(staging, dataset)
-        write_manifest_at(dataset, manifest)
-    except BaseException:
+    with lease.acquire(root.child(f"{LOCK_PREFIX}{id_}"), f"raylift preprocess of dataset {id_}") as held:
+        if has_manifest(dataset):  # another run published it while this one was planning
+            progress(f"dataset {id_} was published at {dataset.uri} meanwhile (cache hit, nothing to do)")
+            return DatasetInfo(id_, dataset.uri, read_manifest_at(dataset), cached=True)
+        _clean_leftovers(root, dataset, id_, progress)
+        # The owner record (host, pid, start, lease expiry) marks the staging directory as this
+        # run's and proves the destination is writable.
+        marker = staging.child(OWNER_NAME)
+        storage.write_bytes(marker, held.owner.to_json())
+        started_ray = _ensure_ray(start_ray)
         try:
-            storage.delete_tree(staging)
-        except DataError:
-            pass  # the original error matters more; the next run cleans this id's staging
-        raise
-    finally:
-        if started_ray:
-            import ray
+            records = _run_shard_tasks(plans, sources, job, progress)
+            shards = sorted(records, key=lambda r: (SPLITS.index(r["split"]), r["path"]))
+            manifest = _manifest(data, id_, skeleton, source_files, sources, job, camera_ids, counts, shards, started)
+            held.check()  # still ours: nobody took over while the shards were written
+            storage.delete_tree(marker)
+            storage.move_tree(staging, dataset)
+            _check_complete(dataset, shards)
+            write_manifest_at(dataset, manifest)
+        except BaseException:
+            try:
+                storage.delete_tree(staging)
+            except DataError:
+                pass  # the original error matters more; the next run cleans this id's staging
+            raise
+        finally:
+            if started_ray:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
     total = manifest["total_bytes"]
     progress(
         f"published {dataset.uri}: " + ", ".join(f"{k} {v['windows']}" for k, v in counts.items())
@@ -559,19 +615,26 @@ def _run_shard_tasks(plans: list[ShardPlan], sources: list[WindowSource], job: W
     """The parallel part: a Ray Data dataset of shard plans mapped through `write_shard`."""
     import ray
 
+    from tqdm import tqdm
+
     refs = [ray.put(s) for s in sources]
     items = [{"plan": json.dumps({"split": p.split, "index": p.index, "groups": p.groups})} for p in plans]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map(_write_shard_row, fn_kwargs={"sources": refs, "job": job}, num_cpus=1)
     records = []
+    # A progress bar on a terminal; one line per shard where output is a log (no terminal).
+    bar = tqdm(total=len(plans), unit="shard", desc="writing shards", disable=not sys.stderr.isatty())
     try:
         for record in ds.iter_rows():
             if record["error"]:
                 raise DataError(record["error"])
             records.append({k: v for k, v in record.items() if k != "error"})
-            progress(f"  wrote {record['path']} ({record['rows']} windows, {record['bytes'] / 1e6:.1f} MB) "
-                     f"[{len(records)}/{len(plans)}]")
+            bar.update(1)
+            if bar.disable:
+                progress(f"  wrote {record['path']} ({record['rows']} windows, {record['bytes'] / 1e6:.1f} MB) "
+                         f"[{len(records)}/{len(plans)}]")
     finally:
+        bar.close()
         del refs
     return records
 
@@ -616,7 +679,8 @@ def _manifest(data, id_, skeleton, source_files, sources, job, camera_ids, count
     }
 
 
-def prepare_dataset(data: DataConfig, progress: Progress = print) -> DatasetInfo:
+def prepare_dataset(data: DataConfig, progress: Progress = print,
+                    start_ray: Optional[Callable[[], None]] = None) -> DatasetInfo:
     """Build (or find) the dataset `data` describes; returns its id, URI and manifest."""
     from preprocessing.sources import load_sequences
 
@@ -627,4 +691,4 @@ def prepare_dataset(data: DataConfig, progress: Progress = print) -> DatasetInfo
     progress(f"loaded {len(source.sequences)} sequences ({source.skeleton.name}, "
              f"{sum(s.num_frames for s in source.sequences)} camera-frames) and hashed "
              f"{len(files)} files in {time.monotonic() - t0:.1f} s")
-    return build_dataset(data, source.sequences, source.skeleton, files, progress)
+    return build_dataset(data, source.sequences, source.skeleton, files, progress, start_ray)

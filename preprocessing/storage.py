@@ -1,16 +1,24 @@
-"""Where datasets live: local directories and `s3://bucket/prefix`, behind one small API.
+"""Where datasets and runs live: any URI pyarrow or fsspec can open, behind one small API.
 
-Everything goes through `pyarrow.fs` (LocalFileSystem or S3FileSystem), the filesystem layer Ray
-Data itself reads and writes with, so a `Location` can be handed to Ray tasks (it pickles) and to
-`ray.data.read_parquet(filesystem=...)` unchanged.
+Everything goes through `pyarrow.fs`, the filesystem layer Ray Data and Ray Train read and write
+with, so a `Location` can be handed to Ray tasks (it pickles) and to Ray unchanged:
+
+- a local path or `file://` URI: `LocalFileSystem`;
+- `s3://`: pyarrow's S3FileSystem, configured from the environment (below);
+- any other scheme pyarrow has a native filesystem for (`gs://`, `abfs://`, `hdfs://`, ...):
+  `pyarrow.fs.FileSystem.from_uri`;
+- every other scheme fsspec knows (`memory://`, `az://` with adlfs, `sftp://`, ...): the fsspec
+  filesystem wrapped in `pyarrow.fs.PyFileSystem(FSSpecHandler(...))`. A scheme whose package is
+  missing is a DataError naming the URI and what to install (`raylift[azure]` for `az://`).
 
 S3 settings come from the usual AWS environment variables, read once in the process that opens the
 location and carried inside the pickled filesystem to Ray workers (which may have been started
 before the variables were set): `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` (e.g.
 `http://127.0.0.1:8333`), `AWS_REGION` / `AWS_DEFAULT_REGION`, `AWS_ACCESS_KEY_ID`,
 `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`. Without explicit keys the AWS SDK's default chain
-(profiles, instance roles) applies. Credentials are never put in configs, manifests or messages.
-Every failure to reach or write a destination becomes a `DataError` naming the URI.
+(profiles, instance roles) applies. Other stores use their SDK's default credentials. Credentials
+are never put in configs, manifests or messages. Every failure to reach or write a destination
+becomes a `DataError` naming the URI.
 """
 from __future__ import annotations
 
@@ -34,8 +42,18 @@ S3_CONNECT_TIMEOUT_S = 5.0
 S3_REQUEST_TIMEOUT_S = 120.0
 
 
+def scheme_of(uri: str) -> str:
+    """The URI's scheme in lower case ('' for a plain local path)."""
+    return uri.split("://", 1)[0].lower() if "://" in uri else ""
+
+
+def is_local(uri: str) -> bool:
+    """A local path or a `file://` URI."""
+    return scheme_of(uri) in ("", "file")
+
+
 def is_s3(uri: str) -> bool:
-    return uri.startswith("s3://")
+    return scheme_of(uri) == "s3"
 
 
 def join(uri: str, *parts: str) -> str:
@@ -108,18 +126,47 @@ class Location:
 
 
 def open_location(uri: str) -> Location:
-    """Resolve `uri` (local path, relative or absolute, or s3://bucket/prefix) to a Location."""
+    """Resolve `uri` (a local path, relative or absolute, or any URI pyarrow or fsspec can open)
+    to a Location."""
     if not uri:
-        raise DataError("empty dataset location (expected a local path or s3://bucket/prefix)")
-    if is_s3(uri):
-        path = uri[len("s3://"):].strip("/")
-        if not path:
-            raise DataError(f"S3 location {uri!r} has no bucket (expected s3://bucket/prefix)")
-        return Location(f"s3://{path}", _s3_filesystem(uri), path)
-    if "://" in uri:
-        raise DataError(f"unsupported location {uri!r} (expected a local path or s3://bucket/prefix)")
-    path = os.path.abspath(os.path.expanduser(uri))
-    return Location(path, pafs.LocalFileSystem(), path)
+        raise DataError("empty dataset location (expected a local path or a URI such as s3://bucket/prefix)")
+    scheme = scheme_of(uri)
+    if scheme in ("", "file"):
+        path = uri[len("file://"):] if scheme == "file" else uri
+        path = os.path.abspath(os.path.expanduser(path))
+        return Location(path, pafs.LocalFileSystem(), path)
+    rest = uri.split("://", 1)[1].strip("/")
+    if not rest:
+        raise DataError(f"location {uri!r} has no bucket or path (expected {scheme}://bucket/prefix)")
+    if scheme == "s3":
+        return Location(f"s3://{rest}", _s3_filesystem(uri), rest)
+    fs, path = _filesystem(uri, scheme)
+    return Location(f"{scheme}://{rest}", fs, path.rstrip("/"))
+
+
+def _filesystem(uri: str, scheme: str) -> tuple[pafs.FileSystem, str]:
+    """pyarrow's native filesystem for `uri` where it has one, else fsspec's, wrapped for pyarrow."""
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except pa.ArrowInvalid as e:
+        if "Unrecognized filesystem type" not in str(e):
+            raise DataError(f"cannot open {uri}: {e}") from None
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"cannot open {uri}: {e}") from None
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(uri)
+    except ImportError as e:
+        hint = "pip install 'raylift[azure]'" if scheme in ("az", "adl") else "install the fsspec package for it"
+        raise DataError(f"cannot open {uri}: the {scheme}:// filesystem needs a package that is not "
+                        f"installed ({e}); {hint}") from None
+    except ValueError as e:
+        raise DataError(f"unsupported location {uri!r}: {e} (expected a local path or a URI that "
+                        "pyarrow or fsspec supports, e.g. s3://bucket/prefix)") from None
+    except OSError as e:
+        raise DataError(f"cannot open {uri}: {e}") from None
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
 def _fail(action: str, loc: Location, e: Exception) -> DataError:
@@ -238,11 +285,21 @@ def move_tree(src: Location, dst: Location) -> None:
         raise DataError(f"cannot move {src.uri} to {dst.uri}: {e}") from None
 
 
+def new_file_mode() -> int:
+    """The mode `open()` gives a new file under this process's umask (0644 under umask 022).
+    Reading the umask means setting it: it is restored at once."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_local_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of local `path` to write; it replaces `path` only on success.
 
-    Readers never see a half-written result file, and a failed write leaves nothing behind.
+    Readers never see a half-written result file, and a failed write leaves nothing behind. The
+    file gets the mode any new file gets (0644 under umask 022), not mkstemp's private 0600, so a
+    team sharing a run directory can read it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -250,6 +307,7 @@ def atomic_local_file(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

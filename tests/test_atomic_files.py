@@ -23,3 +23,23 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
             raise RuntimeError("renderer crashed")
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
+
+
+def test_result_files_are_readable_by_the_team(tmp_path):
+    """Run directories live on shared storage: files 0644 and directories 0755 under the usual
+    umask 022, like any file a program creates (mkstemp's 0600 must not leak through)."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = write_local_atomic(tmp_path / "run" / "config.yaml", "a: 1\n")
+        with atomic_local_file(tmp_path / "run" / "metrics.csv") as tmp:
+            tmp.write_text("epoch\n1\n")
+        os.umask(0o077)  # a private umask is honoured too
+        private = write_local_atomic(tmp_path / "private.txt", "x")
+    finally:
+        os.umask(old)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+    assert oct((tmp_path / "run" / "metrics.csv").stat().st_mode & 0o777) == oct(0o644)
+    assert oct((tmp_path / "run").stat().st_mode & 0o777) == oct(0o755)
+    assert oct(private.stat().st_mode & 0o777) == oct(0o600)

@@ -2,16 +2,19 @@
 
 - Launcher YAMLs (cluster/aws.yaml, cluster/gcp.yaml): Ray's own autoscaler schema (shipped inside
   the ray package), then Ray's own default-filling and validation, then raylift's expectations
-  (GPU worker groups of 8, spot/preemptible allowed, bounds that fit `max_workers`, raylift
-  installed from the synced working tree).
-- KubeRay manifests (cluster/kuberay/): the fields KubeRay's CRDs require, checked explicitly
-  (the CRD schemas accept misspelt optional fields silently), unknown spec keys rejected, and
-  RayJob runtime envs that can work on a cluster (remote working_dir, pip = pyproject minus Ray).
+  (GPU worker groups of 8, spot/preemptible allowed, bounds that fit `max_workers`, the raylift
+  image with the synced working tree linked in).
+- KubeRay manifests (cluster/kuberay/): KubeRay's real RayCluster/RayJob CRD schemas of the
+  minimum (v1.2.0) and newest (v1.7.0) releases, unknown fields rejected; the raylift image and a
+  /dev/shm volume in every pod; no per-job pip installs.
+- The Dockerfile: parsed, base image and torch build agree on CUDA; built where docker exists.
+- AWS: every worker node type has an instance profile, and the policies it needs are shipped.
 - Every raylift command named in entrypoints, YAML comments and docs/clusters.md is parsed by the
   real CLI parser, the configs it references exist, and its `--set` overrides validate.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import shlex
@@ -69,126 +72,67 @@ def test_launcher_yaml_has_gpu_workers_bounds_and_installs_raylift(path):
     if config["provider"]["type"] == "aws":
         kinds = {t["node_config"]["InstanceType"].split(".")[0] for t in gpu.values()}
         assert kinds == {"p4d", "p5"}
-    # raylift comes from the working tree synced by file_mounts.
+    # The raylift image, and raylift's code from the working tree synced by file_mounts.
+    assert config["docker"]["image"] == "my-registry.example.com/raylift:0.1.0-cu128"
+    assert not config["docker"].get("disable_shm_size_detection"), "Ray sizes /dev/shm itself"
     mounts = {remote for remote, local in config["file_mounts"].items() if local == "."}
     assert len(mounts) == 1
-    setup = " && ".join(config["setup_commands"])
-    assert "pip install -q torch==" in setup
-    assert f"pip install -q -e {mounts.pop()}" in setup
+    assert config["setup_commands"] == [f"pip install -q --no-deps -e {mounts.pop()}"]  # no wheels
     assert {".venv", ".git", "data", "runs"} <= set(config["rsync_exclude"])
 
 
+def test_aws_workers_get_an_instance_profile_and_the_documented_policies():
+    config = yaml.safe_load(LAUNCHER[0].read_text())
+    workers = {n: t for n, t in config["available_node_types"].items() if n != config["head_node_type"]}
+    profiles = {n: t["node_config"].get("IamInstanceProfile") for n, t in workers.items()}
+    assert profiles == {n: {"Name": "raylift-worker"} for n in workers}, profiles
+    worker = json.loads((REPO / "cluster" / "aws-worker-policy.json").read_text())
+    allowed = {(a, r) for s in worker["Statement"] if s["Effect"] == "Allow"
+               for a in s["Action"] for r in [s["Resource"]]}
+    bucket = "arn:aws:s3:::my-raylift-bucket"
+    for action in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject"):
+        assert (action, f"{bucket}/*") in allowed  # shards, checkpoints, results
+    assert ("s3:ListBucket", bucket) in allowed  # listing runs and datasets
+    head = json.loads((REPO / "cluster" / "aws-head-passrole-policy.json").read_text())
+    assert head["Statement"][0]["Action"] == "iam:PassRole"
+    assert head["Statement"][0]["Resource"].endswith(":role/raylift-worker")
+    docs = DOCS.read_text()
+    assert "cluster/aws-worker-policy.json" in docs and "cluster/aws-head-passrole-policy.json" in docs
+
+
 # -------------------------------------------------------------------------------------------
-# KubeRay
+# KubeRay: the real CRD schemas (tests/data/kuberay/<tag>/<Kind>.json.gz, vendored by vendor.py)
 
-RAYCLUSTER_SPEC_KEYS = {
-    "headGroupSpec", "workerGroupSpecs", "rayVersion", "enableInTreeAutoscaling",
-    "autoscalerOptions", "headServiceAnnotations", "suspend", "managedBy",
-    "gcsFaultToleranceOptions", "upgradeStrategy", "authOptions",
-}
-RAYJOB_SPEC_KEYS = {
-    "entrypoint", "runtimeEnvYAML", "jobId", "shutdownAfterJobFinishes", "ttlSecondsAfterFinished",
-    "activeDeadlineSeconds", "backoffLimit", "rayClusterSpec", "clusterSelector",
-    "submitterPodTemplate", "submitterConfig", "metadata", "suspend", "submissionMode",
-    "entrypointNumCpus", "entrypointNumGpus", "entrypointResources", "managedBy",
-    "deletionStrategy", "schedule",
-}
-HEAD_GROUP_KEYS = {"rayStartParams", "template", "serviceType", "headService", "enableIngress"}
-WORKER_GROUP_KEYS = {
-    "groupName", "replicas", "minReplicas", "maxReplicas", "rayStartParams", "template",
-    "numOfHosts", "scaleStrategy", "suspend", "idleTimeoutSeconds",
-}
-REMOTE_PACKAGE = ("s3://", "gs://", "https://", "http://", "azure://", "abfss://")
+KUBERAY_MIN = "v1.2.0"  # RayJob.spec.backoffLimit first appears in v1.2.0
+KUBERAY_NEWEST = "v1.7.0"
+KUBERAY_BELOW_MIN = "v1.1.1"
+CRD_DIR = REPO / "tests" / "data" / "kuberay"
+IMAGE = "my-registry.example.com/raylift:0.1.0-cu128"
 
 
-def _unknown(where: str, mapping: dict, allowed: set) -> list[str]:
-    return [f"{where}: unknown key {k!r}" for k in mapping if k not in allowed]
+def strict(schema):
+    """The CRD schema as `kubectl apply --validate=strict` applies it: an object that lists its
+    `properties` rejects any other field, unless it preserves unknown fields."""
+    if isinstance(schema, list):
+        return [strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict(v) for k, v in schema.items()}
+    if "properties" in out and "additionalProperties" not in out \
+            and not out.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
 
 
-def _pod_problems(where: str, template) -> list[str]:
-    if not isinstance(template, dict) or not isinstance(template.get("spec"), dict):
-        return [f"{where}.template.spec: missing"]
-    containers = template["spec"].get("containers")
-    if not containers:
-        return [f"{where}.template.spec.containers: missing or empty"]
-    problems = []
-    for i, c in enumerate(containers):
-        at = f"{where}.template.spec.containers[{i}]"
-        if not c.get("name"):
-            problems.append(f"{at}.name: missing")
-        if not str(c.get("image", "")).startswith("rayproject/ray:2.60"):
-            problems.append(f"{at}.image: expected rayproject/ray:2.60.*, got {c.get('image')!r}")
-        res = c.get("resources")
-        if not isinstance(res, dict) or not res.get("limits"):
-            problems.append(f"{at}.resources.limits: missing")
-        problems += _unknown(f"{at}.resources", res or {}, {"requests", "limits", "claims"})
-    return problems
+def crd_schema(tag: str, kind: str) -> dict:
+    path = CRD_DIR / tag / f"{kind}.json.gz"
+    return strict(json.loads(gzip.decompress(path.read_bytes())))
 
 
-def raycluster_spec_problems(where: str, spec) -> list[str]:
-    """What KubeRay's RayClusterSpec requires, and nothing it would not recognise."""
-    if not isinstance(spec, dict):
-        return [f"{where}: missing"]
-    problems = _unknown(where, spec, RAYCLUSTER_SPEC_KEYS)
-    head = spec.get("headGroupSpec")
-    if not isinstance(head, dict):
-        problems.append(f"{where}.headGroupSpec: missing")
-    else:
-        problems += _unknown(f"{where}.headGroupSpec", head, HEAD_GROUP_KEYS)
-        if not isinstance(head.get("rayStartParams"), dict):
-            problems.append(f"{where}.headGroupSpec.rayStartParams: missing")
-        problems += _pod_problems(f"{where}.headGroupSpec", head.get("template"))
-    groups = spec.get("workerGroupSpecs")
-    if not isinstance(groups, list) or not groups:
-        problems.append(f"{where}.workerGroupSpecs: missing or empty")
-        groups = []
-    for i, g in enumerate(groups):
-        at = f"{where}.workerGroupSpecs[{i}]"
-        problems += _unknown(at, g, WORKER_GROUP_KEYS)
-        for key in ("groupName", "replicas", "minReplicas", "maxReplicas", "rayStartParams", "template"):
-            if key not in g:
-                problems.append(f"{at}.{key}: missing")
-        counts = [g.get(k) for k in ("minReplicas", "replicas", "maxReplicas")]
-        if all(isinstance(n, int) for n in counts) and not counts[0] <= counts[1] <= counts[2]:
-            problems.append(f"{at}: expected minReplicas <= replicas <= maxReplicas, got {counts}")
-        if not isinstance(g.get("rayStartParams", {}), dict):
-            problems.append(f"{at}.rayStartParams: expected a mapping")
-        problems += _pod_problems(at, g.get("template"))
-    return problems
-
-
-def kuberay_problems(doc) -> list[str]:
-    """Everything wrong with a RayCluster or RayJob manifest (empty list: fine)."""
-    if not isinstance(doc, dict):
-        return ["manifest: expected a mapping"]
-    problems = []
-    if doc.get("apiVersion") != "ray.io/v1":
-        problems.append(f"apiVersion: expected ray.io/v1, got {doc.get('apiVersion')!r}")
-    if not (doc.get("metadata") or {}).get("name"):
-        problems.append("metadata.name: missing")
-    problems += _unknown("manifest", doc, {"apiVersion", "kind", "metadata", "spec"})
-    spec = doc.get("spec")
-    if doc.get("kind") == "RayCluster":
-        return problems + raycluster_spec_problems("spec", spec)
-    if doc.get("kind") != "RayJob":
-        return problems + [f"kind: expected RayCluster or RayJob, got {doc.get('kind')!r}"]
-    if not isinstance(spec, dict):
-        return problems + ["spec: missing"]
-    problems += _unknown("spec", spec, RAYJOB_SPEC_KEYS)
-    if not str(spec.get("entrypoint", "")).strip():
-        problems.append("spec.entrypoint: missing")
-    if spec.get("shutdownAfterJobFinishes") is not True:
-        problems.append("spec.shutdownAfterJobFinishes: expected true (delete the cluster afterwards)")
-    if "runtimeEnvYAML" in spec:
-        env = yaml.safe_load(spec["runtimeEnvYAML"])
-        if not isinstance(env, dict):
-            problems.append("spec.runtimeEnvYAML: expected a YAML mapping")
-        else:
-            problems += _unknown("spec.runtimeEnvYAML", env,
-                                 {"working_dir", "pip", "env_vars", "py_modules", "excludes", "config"})
-    if "clusterSelector" not in spec:
-        problems += raycluster_spec_problems("spec.rayClusterSpec", spec.get("rayClusterSpec"))
-    return problems
+def crd_problems(doc: dict, tag: str) -> list[str]:
+    """Every violation of KubeRay `tag`'s schema for the manifest's kind, as 'path: message'."""
+    validator = jsonschema.Draft7Validator(crd_schema(tag, doc["kind"]))
+    return sorted(f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc))
 
 
 def load_manifest(path: Path) -> dict:
@@ -197,32 +141,70 @@ def load_manifest(path: Path) -> dict:
     return docs[0]
 
 
+def pod_templates(doc: dict) -> list[tuple[str, dict]]:
+    """(where, pod spec) of every Ray pod a manifest creates."""
+    spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+    pods = [("head", spec["headGroupSpec"]["template"]["spec"])]
+    pods += [(g["groupName"], g["template"]["spec"]) for g in spec["workerGroupSpecs"]]
+    return pods
+
+
 def test_kuberay_manifests_exist():
     kinds = sorted(load_manifest(p)["kind"] for p in KUBERAY)
     assert kinds == ["RayCluster", "RayJob", "RayJob", "RayJob"]
 
 
+@pytest.mark.parametrize("tag", [KUBERAY_MIN, KUBERAY_NEWEST])
 @pytest.mark.parametrize("path", KUBERAY, ids=lambda p: p.name)
-def test_kuberay_manifest_has_the_required_fields(path):
-    assert kuberay_problems(load_manifest(path)) == []
+def test_kuberay_manifest_passes_the_real_crd_schema(path, tag):
+    assert crd_problems(load_manifest(path), tag) == []
+
+
+def test_the_stated_minimum_is_the_minimum():
+    """One release below the minimum rejects the RayJobs (`backoffLimit`), and the docs state it."""
+    problems = [p for path in KUBERAY if path.name.startswith("rayjob")
+                for p in crd_problems(load_manifest(path), KUBERAY_BELOW_MIN)]
+    assert problems and all("backoffLimit" in p for p in problems), problems
+    assert f"KubeRay operator **{KUBERAY_MIN} or later**" in DOCS.read_text()
 
 
 @pytest.mark.parametrize("mutate, expected", [
-    (lambda d: d.update(apiVersion="ray.io/v1alpha1"), "apiVersion"),
     (lambda d: d["spec"].update(shutdownAfterJobFinish=d["spec"].pop("shutdownAfterJobFinishes")),
-     "shutdownAfterJobFinish'"),
+     "'shutdownAfterJobFinish' was unexpected"),
     (lambda d: d["spec"]["rayClusterSpec"].update(workerGroupSpec=d["spec"]["rayClusterSpec"].pop("workerGroupSpecs")),
-     "workerGroupSpec'"),
-    (lambda d: d["spec"]["rayClusterSpec"]["workerGroupSpecs"][0].pop("maxReplicas"), "maxReplicas: missing"),
-    (lambda d: d["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0].pop("image"),
-     "image"),
-    (lambda d: d["spec"].pop("entrypoint"), "entrypoint: missing"),
+     "'workerGroupSpec' was unexpected"),
+    (lambda d: d["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+     .update(volumeMount=[]), "'volumeMount' was unexpected"),
+    (lambda d: d["spec"]["rayClusterSpec"]["headGroupSpec"].pop("template"), "'template' is a required property"),
+    (lambda d: d["spec"]["rayClusterSpec"]["workerGroupSpecs"][0].update(replicas="2"), "'2' is not of type 'integer'"),
+    (lambda d: d["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0].pop("name"),
+     "'name' is a required property"),
 ])
-def test_kuberay_check_catches_misspelt_and_missing_fields(mutate, expected):
+@pytest.mark.parametrize("tag", [KUBERAY_MIN, KUBERAY_NEWEST])
+def test_crd_check_catches_misspelt_missing_and_mistyped_fields(tag, mutate, expected):
     doc = load_manifest(REPO / "cluster" / "kuberay" / "rayjob-train.yaml")
     mutate(doc)
-    problems = kuberay_problems(doc)
-    assert any(expected in p for p in problems), problems
+    assert any(expected in p for p in crd_problems(doc, tag)), crd_problems(doc, tag)
+
+
+@pytest.mark.parametrize("path", KUBERAY, ids=lambda p: p.name)
+def test_every_ray_pod_runs_the_raylift_image_with_a_dev_shm_volume(path):
+    doc = load_manifest(path)
+    for where, pod in pod_templates(doc):
+        memory_volumes = {v["name"] for v in pod.get("volumes", []) if v.get("emptyDir", {}).get("medium") == "Memory"}
+        for c in pod["containers"]:
+            assert c["image"] == IMAGE, f"{path.name} {where}: {c['image']}"
+            mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+            assert mounts.get("/dev/shm") in memory_volumes, f"{path.name} {where}: no memory-backed /dev/shm"
+
+
+@pytest.mark.parametrize("path", [p for p in KUBERAY if p.name.startswith("rayjob")], ids=lambda p: p.name)
+def test_rayjob_runs_the_image_without_per_job_installs(path):
+    spec = load_manifest(path)["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True
+    env = yaml.safe_load(spec.get("runtimeEnvYAML") or "{}")
+    assert not {"pip", "uv", "conda", "working_dir"} & set(env), env  # the code and deps are the image's
+    assert spec["entrypoint"].startswith("cd /home/ray/raylift && python -m pipelines.cli ")
 
 
 def test_raycluster_has_an_autoscaling_gpu_worker_group():
@@ -234,15 +216,51 @@ def test_raycluster_has_an_autoscaling_gpu_worker_group():
     assert doc["spec"]["enableInTreeAutoscaling"] is True
 
 
-@pytest.mark.parametrize("path", [p for p in KUBERAY if p.name.startswith("rayjob")], ids=lambda p: p.name)
-def test_rayjob_runtime_env_can_work_on_a_cluster(path):
-    from cluster.submit import project_requirements
+# -------------------------------------------------------------------------------------------
+# The image
 
-    env = yaml.safe_load(load_manifest(path)["spec"]["runtimeEnvYAML"])
-    # The submitter runs inside Kubernetes: a local working_dir would not exist there.
-    assert env["working_dir"].startswith(REMOTE_PACKAGE) and env["working_dir"].endswith(".zip")
-    # The same dependencies as pyproject.toml (minus Ray, which the image provides).
-    assert env["pip"] == project_requirements(REPO)
+
+def dockerfile():
+    from dockerfile_parse import DockerfileParser
+
+    parser = DockerfileParser(path=str(REPO / "Dockerfile"))
+    return parser
+
+
+def test_dockerfile_parses_and_pins_torch_to_the_base_images_cuda():
+    parser = dockerfile()
+    instructions = [i["instruction"] for i in parser.structure if i["instruction"] != "COMMENT"]
+    assert instructions[:2] == ["ARG", "FROM"] and "COPY" in instructions and instructions.count("FROM") == 1
+    args = dict(i["value"].split("=", 1) for i in parser.structure if i["instruction"] == "ARG")  # defaults
+    base = args["RAY_IMAGE"]
+    assert parser.baseimage in (base, "${RAY_IMAGE}")
+    assert re.fullmatch(r"rayproject/ray:2\.60\.\d+-py311-cu\d+", base), base
+    cuda = base.rsplit("-", 1)[1]
+    assert args["CUDA_TAG"] == cuda  # torch's wheel index and local version match the base's CUDA
+    install = " ".join(i["value"] for i in parser.structure if i["instruction"] == "RUN" and "torch==" in i["value"])
+    assert f"download.pytorch.org/whl/${{CUDA_TAG}}" in install
+    assert "torch==${TORCH_VERSION}+${CUDA_TAG}" in install and "torchvision==${TORCHVISION_VERSION}+${CUDA_TAG}" in install
+    # The same torch/torchvision pair as the Makefile's CPU install.
+    makefile = (REPO / "Makefile").read_text()
+    assert f"torch=={args['TORCH_VERSION']}" in makefile and f"torchvision=={args['TORCHVISION_VERSION']}" in makefile
+    # The image name everywhere says which CUDA it carries.
+    assert IMAGE.endswith(f"-{cuda}")
+
+
+def test_dockerignore_keeps_local_state_out_of_the_image():
+    ignored = set((REPO / ".dockerignore").read_text().split())
+    assert {".venv", ".git", "data", "runs"} <= ignored
+
+
+@pytest.mark.slow
+def test_dockerfile_builds_where_a_builder_exists(tmp_path):
+    import shutil
+    import subprocess
+
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "info"], capture_output=True).returncode != 0:
+        pytest.skip("no docker builder on this machine")
+    subprocess.run([docker, "build", "-q", "-t", "raylift-test:ci", str(REPO)], check=True, timeout=3600)
 
 
 # -------------------------------------------------------------------------------------------

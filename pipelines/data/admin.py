@@ -68,14 +68,15 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if not manifests:
         print(f"no datasets under {root.uri}")
         return 0
-    header = f"{'ID':<18}{'SOURCE':<11}{'MODE':<10}{'T':>5}{'VIEWS':>6}{'TRAIN':>10}{'TEST':>9}{'SIZE':>10}  CREATED"
+    header = f"{'ID':<18}{'SOURCE':<18}{'MODE':<10}{'T':>5}{'VIEWS':>6}{'TRAIN':>10}{'TEST':>9}{'SIZE':>10}  CREATED"
     print(f"datasets under {root.uri}:")
     print(header)
     for m in manifests:
         w, s = m["windows"], m["splits"]
-        views = len(w["cameras"]) if w["multiview"] else 1
+        images = m.get("kind") == "images"
+        views = w["views"] if images else len(w["cameras"]) if w["multiview"] else 1
         print(
-            f"{m['id']:<18}{m['source']['kind']:<11}{w['mode']:<10}{w['frames']:>5}{views:>6}"
+            f"{m['id']:<18}{m['source']['kind']:<18}{'images' if images else w['mode']:<10}{w['frames']:>5}{views:>6}"
             f"{s.get('train', {}).get('windows', 0):>10}{s.get('test', {}).get('windows', 0):>9}"
             f"{_size(m['total_bytes']):>10}  {m.get('created', '?')}"
         )
@@ -101,6 +102,13 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     dataset = dataset_location(args)
     m = read_manifest_at(dataset)
+    if m.get("kind") == "images":
+        from pipelines.data.preprocess import image_summary_lines
+        from preprocessing.shards import DatasetInfo
+
+        for line in image_summary_lines(DatasetInfo(m["id"], dataset.uri, m, cached=True), 0.0)[:-1]:
+            print(line)
+        return 0
     w, src = m["windows"], m["source"]
     print(f"dataset    {m['id']}")
     print(f"uri        {dataset.uri}")

@@ -37,15 +37,44 @@ def summary_lines(info, seconds: float) -> list[str]:
     return lines
 
 
+def image_summary_lines(info, seconds: float) -> list[str]:
+    """Summary of a person-crop dataset (source kinds synthetic_images, h36m_video, frames)."""
+    m = info.manifest
+    w = m["windows"]
+    lines = [
+        f"dataset   {info.id}{'  (cache hit: already built)' if info.cached else ''}",
+        f"uri       {info.uri}",
+        f"source    {m['source']['kind']} ({m['source']['layout']}, {m['source']['joints']} joints), cameras {','.join(m['cameras'])}",
+        f"windows   f={w['frames']} frames x V={w['views']} views, {w['size']}x{w['size']} {w['format']} crops, flip {str(w['flip']).lower()}",
+    ]
+    for split, c in sorted(m["splits"].items(), key=lambda kv: kv[0] != "train"):
+        lines.append(f"{split:<9} {c['windows']} windows, {c['images']} images from {c['sequences']} sequences, "
+                     f"{c['shards']} shards, {c['bytes'] / 1e6:.1f} MB")
+    if m["skipped"]:
+        lines.append(f"skipped   {len(m['skipped'])} sequence(s): " + "; ".join(m["skipped"]))
+    lines.append(f"total     {m['total_bytes'] / 1e6:.1f} MB, {m['bytes_per_image']:.0f} bytes/image")
+    lines.append(f"time      {seconds:.1f} s" + ("" if info.cached else f" (build {m['build_seconds']:.1f} s)"))
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
-    from cluster.session import quiet_ray_data
+    from cluster.session import init_ray, quiet_ray_data
     from pipelines.config import load_config
+    from preprocessing.config import IMAGE_KINDS
+    from preprocessing.image_shards import build_image_dataset
     from preprocessing.shards import prepare_dataset
 
     cfg = load_config(args.config, args.overrides)
     quiet_ray_data()
     t0 = time.monotonic()
-    info = prepare_dataset(cfg.data, progress=lambda msg: print(msg, flush=True))
-    for line in summary_lines(info, time.monotonic() - t0):
+    images = cfg.data.source.kind in IMAGE_KINDS
+    if images:
+        info = build_image_dataset(cfg.data, progress=lambda msg: print(msg, flush=True))
+    else:
+        # Ray starts only if shards must be written; a private instance is stopped on every exit path.
+        info = prepare_dataset(cfg.data, progress=lambda msg: print(msg, flush=True),
+                               start_ray=lambda: init_ray(include_dashboard=False, log_to_driver=False,
+                                                          configure_logging=False))
+    for line in (image_summary_lines if images else summary_lines)(info, time.monotonic() - t0):
         print(line)
     return 0

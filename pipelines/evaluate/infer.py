@@ -33,6 +33,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from preprocessing import storage
 from preprocessing.errors import DataError
 
 OUTPUT_FORMAT = "raylift-inference/1"
@@ -205,6 +206,7 @@ def _stage(path: Path, write: Any) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, storage.new_file_mode())  # 0644 like any new file, not mkstemp's 0600
         return Path(tmp)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

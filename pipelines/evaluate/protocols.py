@@ -410,8 +410,8 @@ def evaluate_checkpoint(
     check_compatible(meta, described, checkpoint, uri)
     placement = placement_for_cli(device, resources, actors)
     model, meta = load_model(checkpoint)  # on this CPU: a damaged file fails here, naming it
-    result = evaluate_on_ray(ship_model(model, meta, checkpoint), uri, described["layout"], placement, flip=flip, batch_size=batch_size,
-                             bf16=bf16, baseline=baseline, progress=progress)
+    result = evaluate_on_ray(ship_model(model, meta, checkpoint), uri, described["layout"], placement, flip=flip,
+                             batch_size=batch_size, bf16=bf16, baseline=baseline, progress=progress)
     result = {"checkpoint": str(checkpoint), "model_name": meta["model"].get("name"), "epoch": meta.get("epoch"),
               "frames_T": int(meta["frames"]), **result}
     write_results(result, out or default_out_dir(checkpoint))
@@ -490,12 +490,19 @@ def parse_placement_resources(text: Optional[str]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = args.out or default_out_dir(args.checkpoint)
-    result = evaluate_checkpoint(
-        args.checkpoint, data=args.data, root=args.root, flip=not args.no_flip, out=out,
-        batch_size=args.batch_size, device=args.device, baseline=not args.no_baseline, bf16=args.bf16,
-        resources=parse_placement_resources(args.resources), actors=args.actors,
-    )
+    from pipelines.train.checkpoints import local_copy
+    from preprocessing import storage
+
+    if storage.is_s3(args.checkpoint):  # an unreachable endpoint is named, not "no meta.json"
+        storage.check_s3_endpoint(args.checkpoint)
+    out = args.out or default_out_dir(args.checkpoint.split("://", 1)[-1] if storage.is_s3(args.checkpoint)
+                                      else args.checkpoint)
+    with local_copy(args.checkpoint) as checkpoint:
+        result = evaluate_checkpoint(
+            checkpoint, data=args.data, root=args.root, flip=not args.no_flip, out=out,
+            batch_size=args.batch_size, device=args.device, baseline=not args.no_baseline, bf16=args.bf16,
+            resources=parse_placement_resources(args.resources), actors=args.actors,
+        )
     print(f"{result['model_name']} on {result['dataset']} ({result['frames']} frames)")
     print(f"protocol: {result['protocol']}")
     print(result_tables(result))

@@ -139,6 +139,41 @@ def prune(run_uri: Where, keep_best: int) -> list[str]:
     return deleted
 
 
+def state_bytes(obj: object) -> int:
+    """Bytes of the tensors in a (nested) state: what a checkpoint of it needs on disk, about."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(state_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(state_bytes(v) for v in obj)
+    return 0
+
+
+def disk_full(target: Location, needed: int, epoch: int):
+    """The one-line CheckpointError for a checkpoint that did not fit: path, bytes needed, free."""
+    import shutil
+
+    from models.checkpoint import CheckpointError
+
+    free = ""
+    if isinstance(target.fs, pafs.LocalFileSystem):
+        with contextlib.suppress(OSError):
+            free = f", {shutil.disk_usage(os.path.dirname(target.path)).free / 1e6:.1f} MB free"
+    return CheckpointError(
+        f"no space left on device writing checkpoint {target.uri}: it needs about {needed / 1e6:.1f} MB{free}; "
+        f"nothing of epoch {epoch} was kept: free space (or set train.storage_path elsewhere) and re-run to resume"
+    )
+
+
+def is_disk_full(e: BaseException) -> bool:
+    import errno
+
+    return isinstance(e, OSError) and (e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e))
+
+
 def write_checkpoint(run_uri: Where, epoch: int, model_state: dict, meta: dict, train_state: dict) -> str:
     """Write checkpoint `epoch` straight into the run directory (for runs in the driver process).
 
@@ -150,15 +185,20 @@ def write_checkpoint(run_uri: Where, epoch: int, model_state: dict, meta: dict, 
 
     run = _loc(run_uri)
     target = run.child(checkpoint_name(epoch))
-    if isinstance(run.fs, pafs.LocalFileSystem):
-        save_checkpoint(target.path, model_state, meta, train_state)
-        return target.uri
-    with tempfile.TemporaryDirectory(prefix="raylift-ckpt-") as tmp:
-        local = save_checkpoint(os.path.join(tmp, target.name), model_state, meta, train_state)
-        storage.delete_tree(target)
-        for name in sorted(os.listdir(local), key=lambda n: n == "meta.json"):
-            with open(os.path.join(local, name), "rb") as f:
-                storage.write_bytes(target.child(name), f.read())
+    try:
+        if isinstance(run.fs, pafs.LocalFileSystem):
+            save_checkpoint(target.path, model_state, meta, train_state)
+            return target.uri
+        with tempfile.TemporaryDirectory(prefix="raylift-ckpt-") as tmp:
+            local = save_checkpoint(os.path.join(tmp, target.name), model_state, meta, train_state)
+            storage.delete_tree(target)
+            for name in sorted(os.listdir(local), key=lambda n: n == "meta.json"):
+                with open(os.path.join(local, name), "rb") as f:
+                    storage.write_bytes(target.child(name), f.read())
+    except OSError as e:
+        if is_disk_full(e):
+            raise disk_full(target, state_bytes(model_state) + state_bytes(train_state), epoch) from None
+        raise
     return target.uri
 
 
@@ -170,8 +210,13 @@ def local_copy(uri: Where) -> Iterator[str]:
     if isinstance(loc.fs, pafs.LocalFileSystem):
         yield loc.path
         return
+    files = storage.list_files(loc)
+    if not files:
+        from models.checkpoint import CheckpointError
+
+        raise CheckpointError(f"{loc.uri}: no checkpoint there (no files under that prefix)")
     with tempfile.TemporaryDirectory(prefix="raylift-ckpt-") as tmp:
-        for rel in storage.list_files(loc):
+        for rel in files:
             dest = os.path.join(tmp, rel)
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             with open(dest, "wb") as f:

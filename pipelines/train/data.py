@@ -3,7 +3,8 @@
 Training streams through Ray Data (`get_dataset_shard`); per-epoch validation does not need a
 shuffle or a streaming executor, and starting one per epoch per worker costs seconds. Here worker
 `rank` of `world` reads row groups rank, rank + world, ... of the split (in manifest order) with
-plain pyarrow, so the workers together score every window exactly once.
+plain pyarrow, so the workers together score every window exactly once. Each shard is read whole
+once per epoch and checked against the manifest's sha256 before it is decoded.
 """
 from __future__ import annotations
 
@@ -40,12 +41,11 @@ def row_groups(dataset: Union[str, storage.Location], split: str) -> list[tuple[
     return out
 
 
-def _read_group(loc: storage.Location, index: int) -> dict[str, np.ndarray]:
+def _read_group(shard, loc: storage.Location, index: int) -> dict[str, np.ndarray]:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     try:
-        table = pq.ParquetFile(loc.fs.open_input_file(loc.path)).read_row_group(index, columns=list(COLUMNS))
+        table = shard.read_row_group(index, columns=list(COLUMNS))
     except (OSError, pa.ArrowException) as e:
         raise DataError(f"{loc.uri}: cannot read row group {index} ({e})") from None
     out = {}
@@ -65,9 +65,17 @@ def iter_val_batches(
 ) -> Iterator[dict]:
     """Batches (dicts of CPU torch tensors: `keypoints_2d`, `positions_3d`, `mask`, `flipped`) of
     this worker's row groups; `max_windows` caps the windows this call yields."""
+    from preprocessing.manifest import read_manifest_at
+    from preprocessing.readers import shard_hashes, verified_parquet
+
+    dataset = uri if isinstance(uri, storage.Location) else storage.open_location(uri)
+    hashes = shard_hashes(dataset, read_manifest_at(dataset))
     seen = 0
-    for loc, index in row_groups(uri, split)[rank::world]:
-        arrays = _read_group(loc, index)
+    opened: Optional[tuple] = None
+    for loc, index in row_groups(dataset, split)[rank::world]:
+        if opened is None or opened[0] != loc.path:  # each shard read and checked once per call
+            opened = (loc.path, verified_parquet(loc.fs, loc.uri, loc.path, hashes.get(loc.path)))
+        arrays = _read_group(opened[1], loc, index)
         n = len(arrays["mask"])
         for lo in range(0, n, batch_size):
             if max_windows is not None and seen >= max_windows:

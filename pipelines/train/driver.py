@@ -34,6 +34,7 @@ from preprocessing.schema import ConfigError
 EVAL_DIR = "eval"
 PLOT_NAME = "training_curves.png"
 CONFIG_NAME = "config.yaml"
+RUN_LOCK = ".lock"  # the lease of the one live run of a run directory (preprocessing.lease)
 
 
 @dataclass
@@ -120,18 +121,46 @@ def check_resume(run_uri: str, cfg_dict: dict, joints: int, dataset_id: str) -> 
     return found.uri
 
 
+def user_error_in(error: BaseException) -> Optional[Exception]:
+    """The first raylift user error (DataError, CheckpointError, ConfigError) inside a Ray Train
+    failure (worker failures, Ray task errors, exception causes), as a plain exception of its own
+    type with its own one-line message; None when there is none (a bug keeps its traceback)."""
+    from pipelines.cli import user_error_types
+
+    kinds = user_error_types()
+    seen: set[int] = set()
+    todo: list[BaseException] = [error]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, kinds):
+            kind = next(k for k in kinds if isinstance(e, k))
+            cause = getattr(e, "cause", None)  # a RayTaskError(DataError) carries the original
+            if isinstance(cause, kinds):
+                return kind(str(cause))
+            # Ray's wrappers render a traceback: keep the line the error itself printed.
+            lines = str(e).strip().splitlines()
+            marks = [ln.split(": ", 1)[1] for ln in lines if ln.split(": ", 1)[0].rsplit(".", 1)[-1] == kind.__name__
+                     and ": " in ln]
+            return kind(marks[-1] if marks else lines[0])
+        todo += list((getattr(e, "worker_failures", None) or {}).values())
+        todo += [getattr(e, "controller_failure", None), getattr(e, "cause", None), e.__cause__, e.__context__]
+    return None
+
+
 def _ensure_ray(progress: Callable[[str], None]) -> None:
     import ray
 
     if ray.is_initialized():
         return
-    from cluster.session import quiet_ray_data
-    from cluster.session import init_ray
+    from cluster.session import init_ray, quiet_ray_data
 
     # RAY_ADDRESS's cluster, else a private instance (never a stray `ray start` one). The dashboard
     # stays on: Ray Train's placement-group cleaner queries the state API through it.
-    init_ray()
     quiet_ray_data()
+    init_ray()
     res = ray.cluster_resources()
     progress(f"Ray: {len(ray.nodes())} node(s), {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
 
@@ -156,7 +185,7 @@ def build_trainer(cfg: ExperimentConfig, dataset_uri: str, loop_config: dict, ru
     run_config = ray.train.RunConfig(
         name=run_name,
         storage_path=loc.path,
-        storage_filesystem=loc.fs if st.is_s3(storage) else None,
+        storage_filesystem=None if st.is_local(storage) else loc.fs,
         failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(
             num_to_keep=tc.keep_best, checkpoint_score_attribute="val_mpjpe", checkpoint_score_order="min",
@@ -186,14 +215,16 @@ def run_training(
     callbacks: Sequence[Any] = (),
     evaluate_after: Optional[bool] = None,
     progress: Callable[[str], None] = print,
+    lock_wait_s: float = 0.0,
 ) -> TrainOutcome:
     """Prepare data (unless `dataset_uri` is given), train (resuming if the run directory has a
     checkpoint), plot, and evaluate the best checkpoint (`evaluate_after`, default train.evaluate).
 
-    `callbacks` are Ray Train user callbacks (e.g. Tune's TuneReportCallback).
+    `callbacks` are Ray Train user callbacks (e.g. Tune's TuneReportCallback). The run directory's
+    lease (`<run>/.lock`) is held throughout; `lock_wait_s` waits that long for a holder to finish
+    or be proven gone (a retried Tune trial whose previous attempt died on another node).
     """
-    from pipelines.train.checkpoints import best, forget_ray_snapshot, latest, list_checkpoints
-    from preprocessing import storage
+    from preprocessing import lease, storage
     from preprocessing.readers import read_manifest
 
     tc = cfg.train
@@ -209,6 +240,24 @@ def run_training(
     root = storage_root(storage_path or tc.storage_path)
     run_uri = storage.join(root, name)
     cfg_dict = cfg.to_dict()
+    # One live run per run directory: a second is refused naming the directory and the holder.
+    held = lease.acquire(storage.open_location(run_uri).child(RUN_LOCK), f"raylift train of run {name}",
+                         wait_s=lock_wait_s)
+    try:
+        return _train_locked(cfg, cfg_dict, dataset_uri, dataset_id, joints, layout, name, root, run_uri,
+                             callbacks, evaluate_after, progress, held)
+    finally:
+        held.release()
+
+
+def _train_locked(cfg: ExperimentConfig, cfg_dict: dict, dataset_uri: str, dataset_id: str, joints: int,
+                  layout: str, name: str, root: str, run_uri: str, callbacks: Sequence[Any],
+                  evaluate_after: Optional[bool], progress: Callable[[str], None], held: Any) -> TrainOutcome:
+    """The part of `run_training` that runs while this process holds the run directory's lease."""
+    from pipelines.train.checkpoints import best, forget_ray_snapshot, latest, list_checkpoints
+    from preprocessing import storage
+
+    tc = cfg.train
     resume_from = check_resume(run_uri, cfg_dict, joints, dataset_id)
     if tc.num_workers == 0:
         forget_ray_snapshot(run_uri)
@@ -226,7 +275,14 @@ def run_training(
         "local_callbacks": list(callbacks) if tc.num_workers == 0 else [],
     }
     trainer = build_trainer(cfg, dataset_uri, loop_config, name, root, callbacks)
-    trainer.fit()
+    held.check()
+    try:
+        trainer.fit()
+    except Exception as e:  # Ray Train wraps a worker's error: surface raylift's one-line ones
+        user = user_error_in(e)
+        if user is None:
+            raise
+        raise user from None
 
     checkpoints = list_checkpoints(run_uri)
     best_ckpt, last_ckpt = best(checkpoints), latest(checkpoints)

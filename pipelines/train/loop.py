@@ -214,6 +214,48 @@ def check_compatible(meta: dict, cfg_dict: dict, joints: int, dataset_id: str, s
             f"{source}: trained on dataset {meta.get('dataset_id')!r}, the config gives {dataset_id!r}; "
             "use another run name or storage_path"
         )
+    if isinstance(meta.get("config"), dict):
+        diff = config_differences(meta["config"], cfg_dict)
+        if diff:
+            shown = "; ".join(f"{k}: checkpoint {a!r}, config {b!r}" for k, a, b in diff[:4])
+            raise CheckpointError(
+                f"{source}: was trained with other settings ({shown}{' ...' if len(diff) > 4 else ''}); "
+                "resume with the same config, or use another run name or storage_path"
+            )
+
+
+# Config keys a resumed run may change: where things are stored and read from, how many epochs in
+# total, placement and retry settings, and everything about evaluation. Anything else shapes the
+# training itself (optimiser, schedule, batch, workers (the global batch), data, seeds, precision).
+RESUME_MAY_DIFFER = (
+    "name", "train.epochs", "train.storage_path", "train.cpus_per_worker", "train.gpus_per_worker",
+    "train.resources_per_worker", "train.max_failures", "train.keep_best", "train.prefetch_batches",
+    "train.val_batch_size", "train.evaluate", "eval", "tune", "data.root", "data.source.data_3d",
+    "data.source.data_2d", "data.source.cameras", "data.source.mpi_train", "data.source.mpi_test",
+    "data.source.synthetic.out_dir",
+)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, dotted + "."))
+        else:
+            out[dotted] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def config_differences(have: dict, want: dict) -> list[tuple[str, Any, Any]]:
+    """(dotted key, checkpoint value, config value) for every setting that differs between two
+    experiment configs, except the keys (and sections) in `RESUME_MAY_DIFFER`."""
+    a, b = _flatten(have), _flatten(want)
+
+    def allowed(key: str) -> bool:
+        return any(key == p or key.startswith(p + ".") for p in RESUME_MAY_DIFFER)
+
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if not allowed(k) and a.get(k) != b.get(k)]
 
 
 def check_train_state(state: Any, source: str) -> dict:

@@ -17,12 +17,16 @@ import tempfile
 import time
 from typing import Any, Optional
 
+import pyarrow.fs as pafs
 import torch
 
 from models.checkpoint import save_checkpoint
+from preprocessing import storage
 from preprocessing.storage import Location
 from pipelines.train.data import iter_val_batches
-from pipelines.train.checkpoints import checkpoint_name, local_copy, prune, write_checkpoint
+from pipelines.train.checkpoints import (
+    checkpoint_name, disk_full, is_disk_full, local_copy, prune, state_bytes, write_checkpoint,
+)
 from pipelines.train.loop import (
     build_optimizer, build_scheduler, build_train_state, capture_rng_state, checkpoint_meta,
     current_lr, epoch_line, load_resume_state, restore_rng_state, seed_everything, train_step,
@@ -183,14 +187,14 @@ def train_loop_per_worker(config: dict) -> None:
             history.append(row)
             rng_states = _all_gather(capture_rng_state(), world)
             scheduler.step()  # per-epoch decay, after the epoch's lr was recorded
-            if rank == 0:
-                eta = (tc.epochs - epoch) * sum(durations) / len(durations)
-                _say(epoch_line(row, tc.epochs, eta))
-                log.write(history)
             meta = checkpoint_meta(cfg_dict, epoch, config["dataset_id"], joints, config["layout"], row)
             train_state = build_train_state(optimizer, scheduler, epoch, rng_states, history)
             _report(row, net, meta, train_state, rank, config["run_loc"], local_mode, tc.keep_best,
                     config.get("local_callbacks") or [])
+            if rank == 0:  # logged only once the epoch's checkpoint is committed
+                eta = (tc.epochs - epoch) * sum(durations) / len(durations)
+                _say(epoch_line(row, tc.epochs, eta))
+                log.write(history)
     finally:
         if log is not None:
             log.close()
@@ -213,10 +217,30 @@ def _report(row: dict, net: torch.nn.Module, meta: dict, train_state: dict, rank
         for callback in local_callbacks:  # e.g. Tune's TuneReportCallback (same process here)
             callback.after_report(None, [metrics], None)
         return
+    # Ray Train copies the directory into the run directory file by file (not atomically): check
+    # the space first, and remove a partial copy if the disk fills up anyway.
+    target = run_uri.child(checkpoint_name(epoch))
     tmp = tempfile.mkdtemp(prefix="raylift-ckpt-")
     try:
-        directory = save_checkpoint(os.path.join(tmp, checkpoint_name(epoch)), net.state_dict(), meta, train_state)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
-                         checkpoint_dir_name=checkpoint_name(epoch))
+        try:
+            directory = save_checkpoint(os.path.join(tmp, checkpoint_name(epoch)), net.state_dict(), meta, train_state)
+        except OSError as e:
+            if is_disk_full(e):
+                raise disk_full(storage.open_location(tmp), state_bytes(net.state_dict()) + state_bytes(train_state),
+                                epoch) from None
+            raise
+        needed = sum(f.stat().st_size for f in directory.iterdir())
+        if isinstance(target.fs, pafs.LocalFileSystem):
+            os.makedirs(os.path.dirname(target.path), exist_ok=True)
+            if shutil.disk_usage(os.path.dirname(target.path)).free < needed + (1 << 20):
+                raise disk_full(target, needed, epoch)
+        try:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
+                             checkpoint_dir_name=checkpoint_name(epoch))
+        except OSError as e:
+            if is_disk_full(e):
+                storage.delete_tree(target)
+                raise disk_full(target, needed, epoch) from None
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

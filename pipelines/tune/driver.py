@@ -141,6 +141,7 @@ def _trial(config: dict, base_raw: dict, datasets: dict[str, str], train_storage
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from pipelines.train.driver import run_training
+    from preprocessing.lease import DEFAULT_TTL_S
 
     overrides = config["overrides"]
     cfg = config_from_dict(apply_values(base_raw, overrides))
@@ -157,6 +158,9 @@ def _trial(config: dict, base_raw: dict, datasets: dict[str, str], train_storage
         storage_path=train_storage,
         callbacks=[TuneReportCallback()],
         evaluate_after=False,
+        # A retried trial may start before its dead predecessor on another node has lost its
+        # run-directory lease: wait out one lease period rather than fail the retry.
+        lock_wait_s=DEFAULT_TTL_S + 5,
     )
 
 

@@ -102,7 +102,7 @@ def run_curves(args: argparse.Namespace) -> int:
     from preprocessing import storage
 
     run_uri = args.run.rstrip("/")
-    if not storage.is_s3(run_uri) and not Path(run_uri).is_dir():
+    if storage.is_local(run_uri) and not Path(storage.open_location(run_uri).path).is_dir():
         raise DataError(f"{run_uri}: run directory not found")
     try:
         history = read_csv(run_uri)
@@ -117,7 +117,7 @@ def run_curves(args: argparse.Namespace) -> int:
         raise DataError(f"{storage.join(run_uri, CSV_NAME)}: rows lack column(s) {missing}")
     if args.output:
         out = Path(args.output)
-    elif storage.is_s3(run_uri):
+    elif not storage.is_local(run_uri):
         out = Path(f"{run_uri.rsplit('/', 1)[-1]}_curves.png")
     else:
         out = Path(run_uri) / "curves.png"

@@ -1,0 +1,88 @@
+"""What a user reads: raylift's own lines on the console, Ray's own logs in files.
+
+By default the console shows what raylift prints (preprocessing progress, per-epoch lines with an
+ETA, the tables). Ray keeps writing its complete logs under each node's session directory
+(`/tmp/ray/session_latest/logs`); only their echo on the driver's console is filtered. `--verbose`
+(`RAYLIFT_VERBOSE=1`) turns every filter off.
+
+The filters use Ray's documented switches, which must be in place before `ray` is imported (its log
+deduplicator reads them at import) and before a local Ray instance starts (its workers inherit the
+environment):
+
+- `RAY_DEDUP_LOGS_SKIP_REGEX` ("Log deduplication", Ray's logging guide): lines forwarded from
+  workers that match are not printed (Ray applies it only with `RAY_DEDUP_LOGS=1`, its default,
+  which the default console therefore sets). `SKIP` lists the lines Ray prints on every run: Ray Train's
+  "Reporting training result" dictionaries, Ray Data's per-epoch execution notices, the
+  `PreemptionWatcher` core_worker error (Ray issue 53727; harmless, printed at every Train start)
+  and deprecation warnings;
+- `PYTHONWARNINGS=ignore::DeprecationWarning` for this process and the local Ray workers;
+- Ray Data's progress bars off (`DataContext.enable_progress_bars`; the datasets a driver creates
+  carry its context to the actors that execute them), INFO logging of the driver's `ray` loggers
+  off (`quiet_ray`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+
+VERBOSE_ENV = "RAYLIFT_VERBOSE"
+
+SKIP = (
+    r"Reporting training result",
+    r"PreemptionWatcher",
+    r"DeprecationWarning",
+    r"Starting execution of Dataset",
+    r"Execution plan of Dataset",
+    r"Dataset \S+ execution finished in",
+    r"A new progress UI is available",
+    r"Registered dataset logger for dataset",
+    r"Progress bars disabled\. To enable",
+)
+SKIP_REGEX = "|".join(f"(?:{s})" for s in SKIP)
+LOG_DIR_HINT = "/tmp/ray/session_latest/logs"
+
+
+def wants_verbose(argv: list[str]) -> bool:
+    """`--verbose` among raylift's own options (not in the command `raylift submit` sends after
+    `--`), or RAYLIFT_VERBOSE=1 in the environment."""
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    return "--verbose" in own or os.environ.get(VERBOSE_ENV) == "1"
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV) == "1"
+
+
+def configure(verbose_console: bool) -> None:
+    """Set the console filters (or, verbose, mark them off) for this process and the Ray processes
+    it starts. Call before anything imports `ray`."""
+    if verbose_console:
+        os.environ[VERBOSE_ENV] = "1"
+        return
+    os.environ.pop(VERBOSE_ENV, None)
+    os.environ["RAY_DEDUP_LOGS"] = "1"  # Ray applies the skip filter only while deduplicating
+    os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", SKIP_REGEX)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def is_ray_noise(line: str) -> bool:
+    """Whether the default console drops this forwarded Ray line (what `SKIP_REGEX` does in Ray)."""
+    return re.search(os.environ.get("RAY_DEDUP_LOGS_SKIP_REGEX", SKIP_REGEX), line) is not None
+
+
+def quiet_ray() -> None:
+    """After `import ray`: Ray Data's progress bars and the driver's Ray INFO lines off, unless
+    verbose. Ray's session log files keep every level."""
+    if verbose():
+        return
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    for handler in logging.getLogger("ray.data").handlers:
+        if type(handler).__name__ != "SessionFileHandler":  # keep the session's log file complete
+            handler.setLevel(logging.WARNING)
+    for name in ("ray", "ray._private.worker"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,0 +1,287 @@
+"""MPSTR stage 1: images -> 2D keypoints with a Swin spatial module and an image-relations module.
+
+After "Towards Precise 3D Human Pose Estimation with Multi-Perspective Spatial-Temporal Relational
+Transformers" (Jiao et al., arXiv 2401.16700) and its authors' code (WUJINHUAN/3D-human-pose,
+`models/model.py` class `SwinPose`).
+
+- **Spatial module**: timm's `SwinTransformer` (W-MSA / SW-MSA, patch merging), any size from a
+  toy one to Swin-T/B. Each image becomes one token: final LayerNorm + global average pooling over
+  the patch grid (width `embed_dim * 2**(stages-1)`, 768 for Swin-T), optionally projected to
+  `token_dim`. ImageNet weights come only from a local file (`pretrained`); never downloaded.
+- **Image-relations module** (`variant: paper`, paper eqs. (10)-(14)): learned frame embedding
+  E_time is added and a temporal transformer attends over the T frames of each view; learned
+  per-camera embedding E_3D is added and a cross-view transformer attends over the V views of each
+  instant; pre-norm blocks, then a final LayerNorm. `baseline: true` drops this module (the
+  paper's baseline): tokens go straight to the head.
+- **Head**: LayerNorm (eps 1e-5) + Linear(D -> 2J) per image: keypoints in pixels of the crop.
+
+`variant: official` reproduces `SwinPose` exactly, including its quirks: no cross-view module, no
+time embedding (its positional embedding is a fresh zero tensor), and "the batch is the sequence":
+the N images of ONE call form the token sequence of a 4-block ViT head (8 heads, MLP ratio 2,
+LayerNorm eps 1e-6), so each prediction depends on the other images of the call. It takes
+(N, 3, H, W) -> (N, J, 2); given paper-style (B, T, V, 3, H, W) it flattens all B·T·V images into
+that one sequence (in b, t, v order) and returns (B, T, V, J, 2). Its checkpoints import through
+`models.convert.convert_mpstr_state_dict`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from models.layers import Block, LayerNorm, PoseHead, drop_path_schedule
+
+
+@dataclass
+class MPSTRConfig:
+    """MPSTR hyper-parameters. Defaults: Swin-T at 224x224, 4 + 4 relation blocks, 4 views.
+
+    The number of frames T comes from `data.windows.frames` and the joints J from the data layout
+    (`build_model(cfg, frames, joints)`), as for every raylift model.
+    """
+
+    name: str = "mpstr"
+    variant: Literal["paper", "official"] = "paper"
+    baseline: bool = False  # paper's baseline: no image-relations module
+    # Spatial module (timm SwinTransformer)
+    img_size: int = 224
+    patch_size: int = 4
+    in_chans: int = 3
+    embed_dim: int = 96
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window_size: int = 7
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    pretrained: Optional[str] = None  # local ImageNet Swin checkpoint (timm or Microsoft layout)
+    # Image tokens and relations module
+    token_dim: Optional[int] = None  # None: the Swin's final width (768 for Swin-T); else a Linear projection
+    relation_depth: int = 4  # blocks of the temporal and of the cross-view transformer (each)
+    relation_heads: int = 8
+    relation_mlp_ratio: float = 2.0
+    views: int = 4  # rows of E_3D: views per instant (paper: 4 synchronised cameras)
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.1  # Swin stochastic depth (authors' default)
+    relation_drop_path_rate: float = 0.2  # relations-module stochastic depth (authors' PoseTransformer)
+
+    @property
+    def swin_width(self) -> int:
+        return self.embed_dim * 2 ** (len(self.depths) - 1)
+
+    @property
+    def width(self) -> int:
+        return self.token_dim or self.swin_width
+
+    def validate(self) -> None:
+        if self.name != "mpstr":
+            raise ValueError(f"name: got {self.name!r}, expected 'mpstr'")
+        for key in ("img_size", "patch_size", "in_chans", "embed_dim", "window_size", "relation_depth",
+                    "relation_heads", "views"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}: got {getattr(self, key)}, expected >= 1")
+        if not self.depths or len(self.depths) != len(self.num_heads):
+            raise ValueError(f"depths {self.depths} and num_heads {self.num_heads} need the same, non-zero length")
+        if min(self.depths) < 1 or min(self.num_heads) < 1:
+            raise ValueError(f"depths {self.depths} and num_heads {self.num_heads} must be positive")
+        for i, heads in enumerate(self.num_heads):
+            if (self.embed_dim * 2**i) % heads:
+                raise ValueError(f"stage {i} width {self.embed_dim * 2**i} is not divisible by num_heads[{i}]={heads}")
+        if self.img_size % self.patch_size:
+            raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
+        if self.token_dim is not None and self.token_dim < 1:
+            raise ValueError(f"token_dim: got {self.token_dim}, expected >= 1 or null")
+        if self.width % self.relation_heads:
+            raise ValueError(f"token width {self.width} is not divisible by relation_heads {self.relation_heads}")
+        if self.variant == "official":
+            if self.baseline:
+                raise ValueError("baseline: the official variant always has its temporal head; use variant 'paper'")
+            if self.token_dim not in (None, self.swin_width):
+                raise ValueError(f"token_dim: the official variant feeds the Swin's {self.swin_width}-d tokens "
+                                 "to its head unprojected; leave it null")
+        for key in ("mlp_ratio", "relation_mlp_ratio"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key}: got {getattr(self, key)}, expected > 0")
+        for key in ("drop_rate", "attn_drop_rate", "drop_path_rate", "relation_drop_path_rate"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ValueError(f"{key}: got {getattr(self, key)}, expected a probability in [0, 1)")
+
+
+def build_swin(cfg: MPSTRConfig) -> nn.Module:
+    """timm SwinTransformer returning one pooled token per image: (N, 3, H, W) -> (N, swin_width).
+
+    `num_classes=0` removes the classifier (timm's `head.fc` is Identity; average pooling stays).
+    Stage windows shrink to the grid where the grid is not larger (no shift there), as in the
+    original Swin; `strict_img_size` keeps the fixed input size the attention masks were built for.
+    """
+    from models.timm_loader import import_timm
+
+    import_timm()
+    from timm.models.swin_transformer import SwinTransformer
+
+    swin = SwinTransformer(
+        img_size=cfg.img_size,
+        patch_size=cfg.patch_size,
+        in_chans=cfg.in_chans,
+        num_classes=0,
+        global_pool="avg",
+        embed_dim=cfg.embed_dim,
+        depths=tuple(cfg.depths),
+        num_heads=tuple(cfg.num_heads),
+        window_size=cfg.window_size,
+        mlp_ratio=cfg.mlp_ratio,
+        qkv_bias=cfg.qkv_bias,
+        proj_drop_rate=cfg.drop_rate,
+        attn_drop_rate=cfg.attn_drop_rate,
+        drop_path_rate=cfg.drop_path_rate,
+    )
+    if cfg.pretrained:
+        load_pretrained_swin(swin, cfg.pretrained)
+    return swin
+
+
+def load_pretrained_swin(swin: nn.Module, path: str) -> None:
+    """Load ImageNet Swin weights from a local file into `swin` (classifier weights ignored).
+
+    Accepts timm state dicts and the Microsoft release layout (`{'model': ...}`, downsample at the
+    end of each stage); timm's own filter renames and resizes them. Read with `weights_only=True`.
+    Any backbone parameter the file lacks, or a shape that cannot be fitted, is an error.
+    """
+    from models.timm_loader import import_timm
+
+    import_timm()
+    from timm.models.swin_transformer import checkpoint_filter_fn
+
+    from models.checkpoint import CheckpointError
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # missing file, refused pickle, corrupt file
+        raise CheckpointError(f"{path}: cannot read pretrained Swin weights ({type(e).__name__}: {e})") from None
+    state = {k: v for k, v in checkpoint_filter_fn(obj, swin).items() if not k.startswith("head.")}
+    own = swin.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: does not fit the configured Swin (missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]})")
+    swin.load_state_dict(state)
+
+
+class SequenceRelations(nn.Module):
+    """Official head body: pre-norm blocks over ONE sequence of image tokens, then LayerNorm.
+
+    (1, N, D) -> (1, N, D). No positional embedding (the authors add zeros).
+    """
+
+    def __init__(self, cfg: MPSTRConfig) -> None:
+        super().__init__()
+        d = cfg.width
+        rates = drop_path_schedule(cfg.relation_drop_path_rate, cfg.relation_depth)
+        self.pos_drop = nn.Dropout(cfg.drop_rate)
+        self.temporal_blocks = nn.ModuleList(
+            Block(d, cfg.relation_heads, cfg.relation_mlp_ratio, True, cfg.drop_rate, cfg.attn_drop_rate, r)
+            for r in rates
+        )
+        self.norm = LayerNorm(d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (1, N, D)
+        x = self.pos_drop(x)
+        for blk in self.temporal_blocks:
+            x = blk(x)
+        return self.norm(x)
+
+
+class ImageRelations(nn.Module):
+    """Paper image-relations module: (B, T, V, D) -> (B, T, V, D).
+
+    x + E_time -> temporal transformer over the T frames of each view -> + E_3D -> cross-view
+    transformer over the V views of each instant -> LayerNorm. View v uses row v of E_3D, so a
+    fixed camera order gives each camera its own embedding (the model can tell views apart).
+    """
+
+    def __init__(self, cfg: MPSTRConfig, frames: int) -> None:
+        super().__init__()
+        d = cfg.width
+        self.time_embed = nn.Parameter(torch.zeros(1, frames, 1, d))  # E_time (1, T, 1, D)
+        self.view_embed = nn.Parameter(torch.zeros(1, 1, cfg.views, d))  # E_3D (1, 1, V, D)
+        nn.init.trunc_normal_(self.time_embed, std=0.02)
+        nn.init.trunc_normal_(self.view_embed, std=0.02)
+        self.pos_drop = nn.Dropout(cfg.drop_rate)
+        rates = drop_path_schedule(cfg.relation_drop_path_rate, 2 * cfg.relation_depth)
+
+        def block(rate: float) -> Block:
+            return Block(d, cfg.relation_heads, cfg.relation_mlp_ratio, True, cfg.drop_rate, cfg.attn_drop_rate, rate)
+
+        self.temporal_blocks = nn.ModuleList(block(r) for r in rates[: cfg.relation_depth])
+        self.view_blocks = nn.ModuleList(block(r) for r in rates[cfg.relation_depth :])
+        self.norm = LayerNorm(d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, v, _ = x.shape
+        x = rearrange(self.pos_drop(x + self.time_embed), "b t v d -> (b v) t d")
+        for blk in self.temporal_blocks:
+            x = blk(x)  # (B*V, T, D): frames of one view
+        x = rearrange(x, "(b v) t d -> b t v d", v=v)
+        x = rearrange(self.pos_drop(x + self.view_embed[:, :, :v]), "b t v d -> (b t) v d")
+        for blk in self.view_blocks:
+            x = blk(x)  # (B*T, V, D): views of one instant
+        return self.norm(rearrange(x, "(b t) v d -> b t v d", b=b))
+
+
+class MPSTR(nn.Module):
+    """Images -> 2D keypoints (pixels of the input crop).
+
+    paper:    x (B, T, V, 3, H, W) -> (B, T, V, J, 2)
+    official: x (N, 3, H, W) -> (N, J, 2), the N images being one sequence; (B, T, V, 3, H, W)
+              is flattened into one sequence of B·T·V images and reshaped back to (B, T, V, J, 2).
+    """
+
+    output_mode = "seq2seq"
+    multiview = True
+    input_kind = "images"  # the lifters take keypoints; this model takes image crops
+    output_kind = "keypoints_2d"  # and predicts 2D keypoints, not 3D joints
+
+    def __init__(self, cfg: MPSTRConfig, frames: int, joints: int = 17) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg, self.frames, self.joints = cfg, int(frames), int(joints)
+        self.backbone = build_swin(cfg)
+        self.token_proj = nn.Linear(cfg.swin_width, cfg.width) if cfg.width != cfg.swin_width else nn.Identity()
+        self.relations: Optional[nn.Module]
+        if cfg.variant == "official":
+            self.relations = SequenceRelations(cfg)
+        else:
+            self.relations = None if cfg.baseline else ImageRelations(cfg, self.frames)
+        self.head = PoseHead(cfg.width, joints * 2)
+
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, D): one pooled (and projected) token per image."""
+        return self.token_proj(self.backbone(images))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.variant == "official":
+            return self._forward_official(x)
+        if x.ndim != 6:
+            raise ValueError(f"mpstr expects images (B, T, V, C, H, W); got {tuple(x.shape)}")
+        b, t, v = x.shape[:3]
+        if t != self.frames:
+            raise ValueError(f"mpstr built for T={self.frames} frames; got input {tuple(x.shape)}")
+        if v > self.cfg.views:
+            raise ValueError(f"got {v} views, the model has E_3D for at most views={self.cfg.views}")
+        f = self.tokens(rearrange(x, "b t v c h w -> (b t v) c h w"))  # (B*T*V, D)
+        f = rearrange(f, "(b t v) d -> b t v d", b=b, t=t)  # (B, T, V, D)
+        if self.relations is not None:
+            f = self.relations(f)
+        return rearrange(self.head(f), "b t v (j c) -> b t v j c", c=2)  # (B, T, V, J, 2)
+
+    def _forward_official(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim not in (4, 6):
+            raise ValueError(f"mpstr (official) expects (N, C, H, W) or (B, T, V, C, H, W); got {tuple(x.shape)}")
+        lead = x.shape[:-3]  # (N,) or (B, T, V)
+        f = self.tokens(x.reshape(-1, *x.shape[-3:]))  # (N, D), N = all images of the call
+        f = self.relations(f[None])[0]  # one sequence: (1, N, D) -> (N, D)
+        return self.head(f).reshape(*lead, self.joints, 2)  # (N, J, 2) or (B, T, V, J, 2)

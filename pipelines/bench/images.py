@@ -1,0 +1,117 @@
+"""`raylift bench images`: person-crop preprocessing throughput on this machine.
+
+1. Renders the synthetic motion as Human3.6M-layout MP4 files (`--scale` of the cameras'
+   1000 px resolution; H.264 via PyAV) — setup, timed but not the figure of interest.
+2. In this process (one core): decodes those videos, crops every person and encodes the crops
+   (`h36m_video` source), and separately renders synthetic crops directly (`synthetic_images`):
+   images per CPU-second.
+3. Builds the `h36m_video` dataset with Ray Data (`--cpus` CPUs): wall-clock images/s, images per
+   CPU-second of the whole process tree (Ray workers included), and bytes per stored image.
+Figures, never pass/fail.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--subjects", type=int, default=2, help="synthetic subjects (half train, half test)")
+    parser.add_argument("--frames", type=int, default=64, help="frames per (subject, action)")
+    parser.add_argument("--scale", type=float, default=0.5, help="video resolution as a fraction of the cameras' (1000 px)")
+    parser.add_argument("--size", type=int, default=64, help="crop size (images.size)")
+    parser.add_argument("--format", choices=["jpeg", "png"], default="jpeg")
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray instance")
+    parser.add_argument("--workdir", default=None, help="where to write (default: a temporary directory, removed afterwards)")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+
+
+def _configs(args: argparse.Namespace, work: Path):
+    from preprocessing.config import DataConfig, ImagesConfig, SourceConfig, SyntheticConfig
+    from preprocessing.synthetic import ensure_synthetic
+
+    subjects = [f"S{i + 1}" for i in range(max(2, args.subjects))]
+    syn = SyntheticConfig(subjects=subjects, actions_per_subject=1, frames_per_action=args.frames,
+                          out_dir=str(work / "synthetic"))
+    half = len(subjects) // 2
+    split = {"train_subjects": subjects[:half], "test_subjects": subjects[half:]}
+    images = ImagesConfig(size=args.size, format=args.format, frames=8)
+    synthetic = DataConfig(source=SourceConfig(kind="synthetic_images", synthetic=syn, **split), images=images,
+                           root=str(work / "datasets"))
+    files = ensure_synthetic(syn)
+    video = DataConfig(source=SourceConfig(kind="h36m_video", data_3d=files.data_3d, data_2d=files.data_2d,
+                                           cameras=files.cameras, videos=str(work / "videos"), **split),
+                       images=images, root=str(work / "datasets"))
+    return synthetic, video
+
+
+def _crop_rate(data, work: Path) -> tuple[int, float]:
+    """Crop every image of `data`'s source in this process: (images, CPU seconds)."""
+    from preprocessing.image_shards import ImageJob, crop_views
+    from preprocessing.image_sources import load_image_sequences
+    from preprocessing.storage import open_location
+
+    sequences = load_image_sequences(data).sequences
+    job = ImageJob(data.source.kind, data.images, 0, open_location(str(work / "unused")))
+    images, cpu0 = 0, time.process_time()
+    for seq in sequences:
+        for view in range(len(seq.cameras)):
+            images += len(crop_views(seq, view, 0, seq.num_frames, job)[0])
+    return images, time.process_time() - cpu0
+
+
+def run(args: argparse.Namespace) -> int:
+    import ray
+
+    from cluster.session import quiet_ray_data
+    from pipelines.bench.data import tree_cpu_seconds
+    from preprocessing.image_shards import build_image_dataset
+    from preprocessing.image_sources import write_synthetic_videos
+
+    quiet_ray_data()
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="raylift-bench-images-"))
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict = {"subjects": args.subjects, "frames": args.frames, "scale": args.scale, "size": args.size,
+                     "format": args.format, "cpus": args.cpus}
+    try:
+        synthetic, video = _configs(args, work)
+        t0 = time.monotonic()
+        videos = write_synthetic_videos(synthetic, str(work / "videos"), scale=args.scale)
+        results["render_videos_s"] = round(time.monotonic() - t0, 2)
+        results["videos"] = len(videos)
+        print(f"rendered {len(videos)} MP4 files at {args.scale:g} x 1000 px in {results['render_videos_s']} s", flush=True)
+
+        n, cpu = _crop_rate(video, work)
+        results["video_decode_crop_images_per_cpu_s"] = round(n / cpu, 1)
+        print(f"decode + crop + encode ({args.size} px {args.format}) from MP4: {n} images in {cpu:.2f} CPU-s = "
+              f"{n / cpu:.1f} images/s per core", flush=True)
+        n, cpu = _crop_rate(synthetic, work)
+        results["synthetic_render_images_per_cpu_s"] = round(n / cpu, 1)
+        print(f"synthetic render + encode ({args.size} px {args.format}): {n} images in {cpu:.2f} CPU-s = "
+              f"{n / cpu:.1f} images/s per core", flush=True)
+
+        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        cpu0, t0 = tree_cpu_seconds(), time.monotonic()
+        info = build_image_dataset(video, progress=lambda _m: None)
+        wall, cpu = time.monotonic() - t0, tree_cpu_seconds() - cpu0
+        m = info.manifest
+        results.update({
+            "dataset_images": m["images"], "dataset_bytes": m["total_bytes"],
+            "bytes_per_image": round(m["bytes_per_image"]), "build_s": round(wall, 2),
+            "build_images_per_s": round(m["images"] / wall, 1), "build_images_per_cpu_s": round(m["images"] / cpu, 1),
+        })
+        print(f"Ray Data build (h36m_video, {args.cpus} CPUs): {m['images']} images in {wall:.1f} s = "
+              f"{results['build_images_per_s']} images/s, {results['build_images_per_cpu_s']} images per CPU-s "
+              f"(Ray start-up and scheduling included); {results['bytes_per_image']} bytes/image", flush=True)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0

@@ -1,0 +1,335 @@
+"""Person-crop datasets: image sources -> Parquet shards of encoded crops, with Ray Data.
+
+One row = one window of f consecutive frames x V synchronised views of one (subject, action),
+cut without overlap from frame 0 (the last window of a sequence is padded: `mask` 0, empty image
+bytes), so every image is stored exactly once. Columns:
+- `images`: list<binary>, f*V JPEG/PNG crops (frame-major: index t*V + v; b"" where mask = 0);
+- `keypoints` (f, V, J, 2) float32: labels in crop pixels;
+- `boxes` (f, V, 4) float32: crop boxes (x0, y0, x1, y1) in full-image pixels of the decoded
+  frame (`preprocessing.crops.to_full` maps predictions back);
+- `mask` (f,) float32; `frame` (f,) int32 (source frame index); `subject`, `action`, `activity`,
+  `camera` (view ids joined by ","), `start`, `sequence_length`.
+The id, staging directory, manifest-last publishing, Ray Data shard tasks and byte
+reproducibility are the keypoint datasets' (preprocessing/shards.py and manifest.py): the same
+inputs give byte-identical shards, and a run that fails (a corrupt video, a box outside the
+image) leaves no dataset behind. Decoding and cropping happen in the shard tasks.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+
+from preprocessing import storage
+from preprocessing.config import IMAGE_KINDS, DataConfig, ImagesConfig
+from preprocessing.crops import check_box, crop_image, encode_image, keypoint_box, to_crop
+from preprocessing.errors import DataError
+from preprocessing.image_sources import ImageSequence, background_of, frames_of, load_image_sequences
+from preprocessing.manifest import FORMAT_VERSION, STAGING_PREFIX, has_manifest, read_manifest_at, write_manifest_at
+from preprocessing.render import PixelGrid, render_frame, sequence_seed
+from preprocessing.shards import (
+    SPLITS,
+    DatasetInfo,
+    Progress,
+    ShardPlan,
+    _check_root,
+    _clean_leftovers,
+    _ensure_ray,
+    _HashingSink,
+    config_for_id,
+    hash_files,
+    plan_shards,
+)
+from preprocessing.storage import Location
+
+IMAGE_FORMAT = "images-1"  # bump when the image row layout changes (part of every image dataset id)
+STRING_COLUMNS = ("subject", "action", "activity", "camera")
+TENSOR_COLUMNS = ("keypoints", "boxes", "mask", "frame")
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """What a shard task needs besides the sequences."""
+
+    kind: str
+    images: ImagesConfig
+    seed: int  # synthetic backgrounds and noise
+    staging: Location
+
+    def windows_of(self, seq: ImageSequence) -> int:
+        return -(-seq.num_frames // self.images.frames)
+
+
+def image_config_for_id(data: DataConfig) -> dict:
+    from preprocessing.schema import to_dict
+
+    cfg = config_for_id(data)
+    cfg.pop("windows", None)  # image windows are described by `images`
+    cfg["images"] = to_dict(data.images)
+    cfg["image_format"] = IMAGE_FORMAT
+    return cfg
+
+
+def image_dataset_id(data: DataConfig, file_hashes: list[str]) -> str:
+    payload = json.dumps({"format_version": FORMAT_VERSION, "config": image_config_for_id(data), "sources": file_hashes},
+                         sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- one window's crops
+
+
+def crop_views(seq: ImageSequence, view: int, start: int, stop: int, job: ImageJob) -> tuple[list[bytes], np.ndarray, np.ndarray]:
+    """Crops of frames [start, stop) of one view: (encoded images, keypoints (n, J, 2) in crop
+    pixels, boxes (n, 4) in full-image pixels of the decoded frame)."""
+    cfg = job.images
+    size = cfg.size
+    encoded, keypoints, boxes = [], [], []
+    if seq.joints_cam is not None:  # synthetic: render each crop directly at crop resolution
+        background = background_of(seq, view, job.seed)
+        for k in range(start, stop):
+            kp = seq.keypoints[k, view]
+            box = keypoint_box(kp, cfg.margin)
+            check_box(box, *seq.image_sizes[view], f"{seq.name(view)} frame {k}")
+            grid = PixelGrid(box[0], box[1], size / (box[2] - box[0]), size, size)
+            image = render_frame(seq.joints_cam[k, view], seq.intrinsics[view], grid, background, k,
+                                 cfg.blur_px, cfg.noise_std, seed=sequence_seed(job.seed, seq.subject, seq.action, seq.cameras[view]))
+            encoded.append(encode_image(image, cfg.format, cfg.quality))
+            keypoints.append(to_crop(kp, box, size))
+            boxes.append(box)
+    else:
+        label_w, label_h = seq.image_sizes[view]
+        for k, frame in enumerate(frames_of(seq, view, start, stop), start=start):
+            height, width = frame.shape[:2]
+            kp = seq.keypoints[k, view] * [width / label_w, height / label_h]  # labels -> decoded pixels
+            box = keypoint_box(kp, cfg.margin)
+            check_box(box, width, height, f"{seq.files[view]} frame {k}")
+            encoded.append(encode_image(crop_image(frame, box, size), cfg.format, cfg.quality))
+            keypoints.append(to_crop(kp, box, size))
+            boxes.append(box)
+    return encoded, np.asarray(keypoints).reshape(-1, seq.keypoints.shape[2], 2), np.asarray(boxes).reshape(-1, 4)
+
+
+def piece_rows(seq: ImageSequence, lo: int, hi: int, job: ImageJob) -> dict[str, np.ndarray]:
+    """Windows [lo, hi) of a sequence as column arrays (see module doc)."""
+    f, views = job.images.frames, len(seq.cameras)
+    first, stop = lo * f, min(hi * f, seq.num_frames)
+    real = stop - first
+    per_view = [crop_views(seq, v, first, stop, job) for v in range(views)]
+    n_win = hi - lo
+    total = n_win * f
+    pad = np.minimum(np.arange(total), real - 1)  # padded frames repeat the last real labels
+    keypoints = np.stack([kp[pad] for _, kp, _ in per_view], axis=1)  # (n_win*f, V, J, 2)
+    boxes = np.stack([bx[pad] for _, _, bx in per_view], axis=1)  # (n_win*f, V, 4)
+    mask = (np.arange(total) < real).astype(np.float32)
+    images = []
+    for w in range(n_win):
+        row = []
+        for t in range(w * f, (w + 1) * f):
+            row.extend(per_view[v][0][t] if t < real else b"" for v in range(views))
+        images.append(row)
+    out = {
+        "images": images,
+        "keypoints": keypoints.reshape(n_win, f, views, -1, 2).astype(np.float32),
+        "boxes": boxes.reshape(n_win, f, views, 4).astype(np.float32),
+        "mask": mask.reshape(n_win, f),
+        "frame": (first + pad).reshape(n_win, f).astype(np.int32),
+        "start": (np.arange(lo, hi) * f).astype(np.int32),
+        "sequence_length": np.full(n_win, seq.num_frames, dtype=np.int32),
+    }
+    for key, value in (("subject", seq.subject), ("action", seq.action), ("activity", seq.activity),
+                       ("camera", ",".join(seq.cameras))):
+        out[key] = [value] * n_win
+    return out
+
+
+def rows_table(parts: list[dict]):
+    import pyarrow as pa
+
+    cat = {k: (np.concatenate([p[k] for p in parts]) if isinstance(parts[0][k], np.ndarray) else sum((p[k] for p in parts), []))
+           for k in parts[0]}
+    columns = {"images": pa.array(cat["images"], type=pa.list_(pa.binary()))}
+    for key in TENSOR_COLUMNS:
+        columns[key] = pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(cat[key]))
+    for key in STRING_COLUMNS:
+        columns[key] = pa.array(cat[key], type=pa.string())
+    columns["start"] = pa.array(cat["start"], type=pa.int32())
+    columns["sequence_length"] = pa.array(cat["sequence_length"], type=pa.int32())
+    return pa.table(columns)
+
+
+def _parquet_options() -> dict:
+    """zstd for labels and metadata; the already-compressed image bytes are stored as they are."""
+    return {
+        "compression": {"images.list.element": "NONE", **{c: "ZSTD" for c in STRING_COLUMNS + ("start", "sequence_length")},
+                        **{f"{c}.list.element": "ZSTD" for c in TENSOR_COLUMNS}},
+        "use_dictionary": list(STRING_COLUMNS),
+        "write_statistics": list(STRING_COLUMNS) + ["start", "sequence_length"],
+    }
+
+
+def write_image_shard(plan: ShardPlan, sequences: dict[int, ImageSequence], job: ImageJob) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    target = job.staging.child(plan.path)
+    try:
+        job.staging.fs.create_dir(job.staging.child(plan.split).path, recursive=True)
+        with target.fs.open_output_stream(target.path) as stream:
+            sink = _HashingSink(stream)
+            writer = None
+            images = 0
+            for group in plan.groups:
+                parts = [piece_rows(sequences[i], lo, hi, job) for i, lo, hi in group]
+                table = rows_table(parts)
+                images += int(sum(p["mask"].sum() for p in parts)) * len(sequences[group[0][0]].cameras)
+                if writer is None:
+                    writer = pq.ParquetWriter(sink, table.schema, **_parquet_options())
+                writer.write_table(table, row_group_size=len(table))
+            writer.close()
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"cannot write {target.uri}: {e}") from None
+    return {"split": plan.split, "path": plan.path, "rows": plan.rows, "images": images,
+            "bytes": sink.size, "sha256": sink.sha256}
+
+
+def _write_row(row: dict, sequences: list, job: ImageJob) -> dict:
+    """Ray Data map function: one planned shard in, its file record out (errors as text: Ray's
+    task-error wrapping would lose the DataError type)."""
+    import ray
+
+    spec = json.loads(row["plan"])
+    plan = ShardPlan(spec["split"], spec["index"], [[tuple(p) for p in g] for g in spec["groups"]])
+    needed = sorted({i for g in plan.groups for i, _, _ in g})
+    fetched = dict(zip(needed, ray.get([sequences[i] for i in needed])))
+    try:
+        return {**write_image_shard(plan, fetched, job), "error": ""}
+    except DataError as e:
+        return {"split": plan.split, "path": plan.path, "rows": 0, "images": 0, "bytes": 0, "sha256": "", "error": str(e)}
+
+
+# ----------------------------------------------------------------------------- build and publish
+
+
+def build_image_dataset(data: DataConfig, progress: Progress = print) -> DatasetInfo:
+    """Build (or find) the image dataset `data` describes (see module doc)."""
+    if data.source.kind not in IMAGE_KINDS:
+        raise DataError(f"source.kind={data.source.kind!r} is not an image source ({', '.join(IMAGE_KINDS)})")
+    started = time.monotonic()
+    progress(f"loading {data.source.kind} source ...")
+    src = load_image_sequences(data)
+    if src.skipped:
+        progress(f"skipped {len(src.skipped)} sequence(s) (images.on_missing=skip): " + "; ".join(src.skipped[:5]))
+    files = hash_files(src.files)
+    root = storage.open_location(data.root)
+    id_ = image_dataset_id(data, [f["sha256"] for f in files])
+    dataset = root.child(id_)
+    _check_root(root)
+    if has_manifest(dataset):
+        progress(f"dataset {id_} already built at {dataset.uri} (cache hit, nothing to do)")
+        return DatasetInfo(id_, dataset.uri, read_manifest_at(dataset), cached=True)
+
+    sequences = [s for s in src.sequences if s.split in SPLITS]
+    staging = root.child(f"{STAGING_PREFIX}{id_}-{uuid.uuid4().hex[:8]}")
+    job = ImageJob(data.source.kind, data.images, data.source.synthetic.seed, staging)
+    plans = plan_shards([(s.split, job.windows_of(s)) for s in sequences], data.images.windows_per_shard,
+                        data.images.windows_per_group)
+    progress(f"dataset {id_}: {len(sequences)} sequences x {len(src.cameras)} views -> {len(plans)} shards "
+             f"(f={data.images.frames}, {data.images.size}px {data.images.format})")
+    _clean_leftovers(root, dataset, id_, progress)
+    storage.write_bytes(staging.child("_STAGING"), f"{id_}\n".encode())
+    started_ray = _ensure_ray()
+    try:
+        records = _run_tasks(plans, sequences, job, progress)
+        storage.delete_tree(staging.child("_STAGING"))
+        shards = sorted(records, key=lambda r: (SPLITS.index(r["split"]), r["path"]))
+        manifest = _manifest(data, id_, src, files, sequences, job, shards, started)
+        storage.move_tree(staging, dataset)
+        write_manifest_at(dataset, manifest)
+    except BaseException:
+        try:
+            storage.delete_tree(staging)
+        except DataError:
+            pass  # the original error matters more; the next run cleans this id's staging
+        raise
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    progress(f"published {dataset.uri}: {manifest['images']} images, {len(shards)} shards, "
+             f"{manifest['total_bytes'] / 1e6:.1f} MB ({manifest['bytes_per_image']:.0f} bytes/image) "
+             f"in {manifest['build_seconds']:.1f} s")
+    return DatasetInfo(id_, dataset.uri, manifest)
+
+
+def _run_tasks(plans: list[ShardPlan], sequences: list[ImageSequence], job: ImageJob, progress: Progress) -> list[dict]:
+    import ray
+
+    refs = [ray.put(s) for s in sequences]
+    items = [{"plan": json.dumps({"split": p.split, "index": p.index, "groups": p.groups})} for p in plans]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map(_write_row, fn_kwargs={"sequences": refs, "job": job}, num_cpus=1)
+    records = []
+    try:
+        for record in ds.iter_rows():
+            if record["error"]:
+                raise DataError(record["error"])
+            records.append({k: v for k, v in record.items() if k != "error"})
+            progress(f"  wrote {record['path']} ({record['rows']} windows, {record['images']} images, "
+                     f"{record['bytes'] / 1e6:.1f} MB) [{len(records)}/{len(plans)}]")
+    finally:
+        del refs
+    return records
+
+
+def _manifest(data, id_, src, files, sequences, job, shards, started) -> dict:
+    from datetime import datetime, timezone
+
+    from preprocessing.schema import to_dict
+    from preprocessing.version import __version__
+
+    splits: dict[str, dict] = {}
+    for seq in sequences:
+        s = splits.setdefault(seq.split, {"windows": 0, "images": 0, "frames": 0, "sequences": 0,
+                                          "subjects": {}, "activities": {}})
+        w = job.windows_of(seq)
+        s["windows"] += w
+        s["frames"] += seq.num_frames
+        s["images"] += seq.num_frames * len(seq.cameras)
+        s["sequences"] += 1
+        s["subjects"][seq.subject] = s["subjects"].get(seq.subject, 0) + w
+        s["activities"][seq.activity] = s["activities"].get(seq.activity, 0) + w
+    for split, s in splits.items():
+        mine = [r for r in shards if r["split"] == split]
+        s["shards"], s["bytes"] = len(mine), sum(r["bytes"] for r in mine)
+    total = sum(r["bytes"] for r in shards)
+    images = sum(s["images"] for s in splits.values())
+    cfg = data.images
+    joints = src.skeleton.num_joints
+    return {
+        "id": id_,
+        "kind": "images",
+        "format_version": FORMAT_VERSION,
+        "image_format": IMAGE_FORMAT,
+        "raylift_version": __version__,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "build_seconds": round(time.monotonic() - started, 3),
+        "config": to_dict(data),
+        "source": {"kind": data.source.kind, "layout": src.skeleton.name, "joints": joints, "files": files},
+        "images": images,
+        "cameras": src.cameras,
+        "skipped": src.skipped,
+        "windows": {"frames": cfg.frames, "views": len(src.cameras), "size": cfg.size, "format": cfg.format,
+                    "flip": cfg.flip, "margin": cfg.margin},
+        "columns": {"images": [cfg.frames * len(src.cameras)], "keypoints": [cfg.frames, len(src.cameras), joints, 2],
+                    "boxes": [cfg.frames, len(src.cameras), 4], "mask": [cfg.frames], "frame": [cfg.frames]},
+        "splits": splits,
+        "shards": shards,
+        "total_bytes": total,
+        "bytes_per_image": total / max(images, 1),
+    }

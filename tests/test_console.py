@@ -1,0 +1,94 @@
+"""The default console shows raylift's lines; Ray's own go to its log files unless --verbose.
+
+The unit tests use lines a demo run printed before this filter existed (Ray 2.60). The slow test
+runs a one-epoch demo in a subprocess, as a user would, and reads its whole output.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cluster import console
+
+REPO = Path(__file__).resolve().parents[1]
+
+RAY_LINES = [
+    "Reporting training result 1: TrainingReport(checkpoint=None, metrics={'epoch': 1.0, 'loss': 0.56}) from rank 1",
+    "[2026-11-29 22:39:14,659 E 14805 14891] core_worker.cc:2465: Actor with class name: 'PreemptionWatcher' and "
+    "ID: '711aef09' has constructor arguments in the object store and max_restarts > 0.",
+    "/x/ray/data/_internal/execution/interfaces/execution_options.py:436: RayDeprecationWarning: exclude_resources",
+    "Starting execution of Dataset train_0356_0. Full logs are in /tmp/ray/session_x/logs/ray-data",
+    "Execution plan of Dataset train_0356_0: InputDataBuffer[Input] -> TaskPoolMapOperator[ReadParquetShards]",
+    "✔️  Dataset train_0356EWbW3bpqiAlSkoBT8J_0 execution finished in 10.95 seconds",
+    "Progress bars disabled. To enable, set `ray.data.DataContext.get_current().enable_progress_bars = True`.",
+]
+RAYLIFT_LINES = [
+    "training mixste (35,971 parameters, T=27) on 2 worker(s), 1 node(s) on cpu: starting",
+    "epoch 1/7  loss 0.56467  val MPJPE  159.44 mm  lr 0.002  112 windows/s  epoch 35.1s  ETA 0:03:31",
+    "| Directions | 64.1 | 45.2 |",
+]
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """No console variables set; whatever `configure` sets is undone afterwards."""
+    for key in (console.VERBOSE_ENV, "RAY_DEDUP_LOGS", "RAY_DEDUP_LOGS_SKIP_REGEX", "PYTHONWARNINGS"):
+        monkeypatch.setenv(key, "recorded")  # so that monkeypatch restores the original at teardown
+        monkeypatch.delenv(key)
+
+
+def test_ray_noise_is_dropped_and_raylift_lines_are_kept(clean_env):
+    console.configure(False)
+    assert all(console.is_ray_noise(line) for line in RAY_LINES)
+    assert not any(console.is_ray_noise(line) for line in RAYLIFT_LINES)
+    assert os.environ["PYTHONWARNINGS"] == "ignore::DeprecationWarning"  # inherited by local Ray workers
+    assert os.environ["RAY_DEDUP_LOGS"] == "1"  # Ray skips lines only while deduplicating
+
+
+def test_verbose_turns_the_filters_off(clean_env):
+    assert console.wants_verbose(["train", "--config", "c.yaml", "--verbose"])
+    assert console.wants_verbose(["--verbose", "train"])
+    assert not console.wants_verbose(["submit", "--", "train", "--verbose"])  # the remote command's flag
+    console.configure(True)
+    assert console.verbose() and "RAY_DEDUP_LOGS_SKIP_REGEX" not in os.environ
+
+
+def test_cli_accepts_verbose_before_and_after_the_command():
+    from pipelines.cli import build_parser
+
+    assert build_parser("train").parse_args(["--verbose", "train", "--config", "c"]).verbose is True
+    assert build_parser("train").parse_args(["train", "--config", "c", "--verbose"]).verbose is True
+    assert build_parser("train").parse_args(["train", "--config", "c"]).verbose is False
+
+
+@pytest.mark.slow
+def test_demo_console_is_raylifts_own(tmp_path):
+    # conftest's RAY_DEDUP_LOGS=0 stays: the default console must filter even then.
+    env = {k: v for k, v in os.environ.items()
+           if k not in (console.VERBOSE_ENV, "RAY_DEDUP_LOGS_SKIP_REGEX", "RAY_ADDRESS")}
+    env["PYTHONPATH"] = str(REPO)
+    out = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "train", "--config", "configs/demo.yaml",
+         "--set", "train.epochs=1", "--set", f"train.storage_path={tmp_path / 'runs'}",
+         "--set", f"data.root={tmp_path / 'datasets'}", "--set", f"data.source.synthetic.out_dir={tmp_path / 'src'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
+    assert "epoch 1/1" in text and "ETA" in text and "MPJPE" in text
+    for noise in ("Reporting training result", "PreemptionWatcher", "DeprecationWarning",
+                  "Starting execution of Dataset", "tqdm is not installed", "Running Dataset"):
+        assert noise not in text, noise
+    run = tmp_path / "runs" / "demo"
+    for name in ("config.yaml", "metrics.csv", "training_curves.png"):
+        assert oct((run / name).stat().st_mode & 0o777) == oct(0o666 & ~_umask()), name
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

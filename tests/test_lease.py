@@ -1,0 +1,149 @@
+"""Exclusive publishing: leases on local disk and S3, staging ownership, two concurrent preprocess runs."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from preprocessing import lease
+from preprocessing.manifest import verify_dataset
+from preprocessing.shards import OWNER_NAME, _clean_leftovers
+from preprocessing.storage import open_location
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _write_record(path: Path, owner: lease.Owner) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(owner.to_json())
+
+
+def _check_lease_rules(lock) -> None:
+    """The same rules for every backend: exclusive, live holders refused, gone ones taken over."""
+    first = lease.acquire(lock, "first", ttl_s=30)
+    with pytest.raises(lease.LeaseHeld, match=rf"{lock.uri} is held by first \(host {socket.gethostname()}, pid {os.getpid()}"):
+        lease.acquire(lock, "second", ttl_s=30)
+    first.renew()
+    first.check()
+    first.release()
+    second = lease.acquire(lock, "second", ttl_s=30)  # released: free again
+    # Another host's expired lease is taken over; its unexpired one is not (it cannot be proven dead).
+    foreign = replace(second.owner, host="elsewhere", pid=1, run="foreign", expires=time.time() + 60)
+    assert lease._swap(lock, lease.read_record(lock)[1], foreign.to_json())
+    with pytest.raises(lease.LeaseHeld, match="host elsewhere"):
+        lease.acquire(lock, "third", ttl_s=30)
+    with pytest.raises(lease.LeaseHeld, match="lost the lease"):
+        second.check()  # verify-after-write: the former holder notices before publishing
+    second.release()  # never deletes another owner's record
+    assert lease.read_record(lock)[0].run == "foreign"
+    assert lease._swap(lock, lease.read_record(lock)[1], replace(foreign, expires=time.time() - 1).to_json())
+    third = lease.acquire(lock, "third", ttl_s=30)
+    assert lease.read_record(lock)[0].run == third.owner.run
+    third.release()
+    assert not lease.read_record(lock)[2]
+
+
+def test_local_lease_rules(tmp_path):
+    _check_lease_rules(open_location(str(tmp_path / "root")).child(".lock-x"))
+
+
+def test_local_lease_of_a_dead_pid_is_taken_over(tmp_path):
+    lock = open_location(str(tmp_path)).child(".lock-x")
+    dead = replace(lease.new_owner("killed run", 3600), pid=_dead_pid(), run="dead")
+    _write_record(Path(lock.path), dead)
+    assert lease.owner_gone(dead)
+    with lease.acquire(lock, "next run") as held:
+        assert lease.read_record(lock)[0].run == held.owner.run
+    # A live pid on this host whose lease has not expired is not gone, whatever its age.
+    assert not lease.owner_gone(replace(dead, pid=os.getpid(), started=lease.process_start_time(os.getpid())))
+
+
+def test_s3_lease_rules_use_conditional_writes(s3_server, monkeypatch):
+    """SeaweedFS honours If-None-Match: * and If-Match (412 otherwise), so the S3 lease is exclusive."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    _check_lease_rules(open_location(f"s3://{s3_server.bucket}/leases/{os.getpid()}").child(".lock-x"))
+
+
+def test_staging_leftovers_are_removed_only_when_their_owner_is_gone(tmp_path):
+    root = open_location(str(tmp_path))
+    live = lease.new_owner("live run", 3600)
+    records = {
+        "live": live,
+        "dead-pid": replace(live, pid=_dead_pid(), run="b"),
+        "expired": replace(live, run="c", host="elsewhere", expires=time.time() - 5),
+        "foreign-live": replace(live, run="d", host="elsewhere"),
+    }
+    for name, owner in records.items():
+        _write_record(tmp_path / f".staging-abc-{name}" / OWNER_NAME, owner)
+    (tmp_path / ".staging-abc-norecord").mkdir()
+    messages: list[str] = []
+    _clean_leftovers(root, root.child("abc"), "abc", messages.append)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".staging-abc-foreign-live", ".staging-abc-live"]
+    assert any("keeping" in m and "pid" in m for m in messages)
+
+
+RUN_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {repo!r})
+    from preprocessing.config import DataConfig, WindowConfig
+    from preprocessing.errors import DataError
+    from preprocessing.shards import build_dataset, hash_files
+    from preprocessing.skeleton import H36M17
+    from tests.test_windows import make_sequence
+    seqs = [make_sequence(3000, subject=f"S{{i}}", seed=i) for i in range(1, 9)]
+    data = DataConfig(windows=WindowConfig(frames=81), root={root!r}, rows_per_shard=8, rows_per_group=4)
+    try:
+        info = build_dataset(data, seqs, H36M17, hash_files([{src!r}]), progress=lambda m: print(m, flush=True))
+    except DataError as e:
+        print(f"error: {{e}}", flush=True)
+        sys.exit(2)
+    print("cached" if info.cached else "built", info.id, flush=True)
+""")
+
+
+@pytest.mark.slow
+def test_two_concurrent_preprocess_runs_publish_one_complete_dataset(tmp_path):
+    """Defect 1: the second run starts while the first writes shards; today it deleted the first's
+    staging directory and the first published a manifest listing missing shards."""
+    root = tmp_path / "ds"
+    src = tmp_path / "source.bin"
+    src.write_bytes(b"source bytes")
+    script = tmp_path / "run.py"
+    script.write_text(RUN_SCRIPT.format(repo=str(REPO), root=str(root), src=str(src)))
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    first = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True, cwd=tmp_path, env=env)
+    out_first = []
+    for line in first.stdout:
+        out_first.append(line)
+        if "wrote" in line:
+            break
+    assert any("wrote" in l for l in out_first), "the first run never started writing shards"
+    second = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, env=env,
+                            timeout=300)
+    out_first += first.stdout.readlines()
+    assert first.wait(timeout=300) == 0, "".join(out_first)
+    assert any(l.startswith("built ") for l in out_first)
+    # The second run is refused while the first holds the id, naming the lock and the holder.
+    assert second.returncode == 2, second.stdout
+    assert f"is held by raylift preprocess of dataset" in second.stdout and f"pid {first.pid}" in second.stdout
+    (dataset,) = [p for p in root.iterdir() if not p.name.startswith(".")]
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    assert all((dataset / s["path"]).is_file() for s in manifest["shards"])
+    assert verify_dataset(open_location(str(dataset))).ok
+    assert sorted(p.name for p in root.iterdir()) == [dataset.name]  # no staging, no lock left
