@@ -1,4 +1,4 @@
-"""Evaluation as Ray Data batch inference: the model runs where the resources are, not in the driver.
+"""Ray Data batch inference (evaluation, `infer --dataset`): the model runs where the resources are.
 
 A Ray job's driver runs on the head node, and cluster heads have no GPU (cluster/*.yaml,
 cluster/kuberay/). So the test split is streamed through `Dataset.map_batches`:
@@ -12,6 +12,15 @@ Each batch returns its real (non-flipped) windows with a `pred` column (N, T', [
 driver gathers the scoring columns and the predictions and scores them with exactly the code of
 `pipelines/evaluate/protocols.py` (`evaluate_arrays` with `pred`), so the tables match today's
 in-driver evaluation. Row order does not matter: `collect_frames` sorts frames by sequence.
+
+`raylift infer --dataset` lifts one whole sequence the same way (`lift_sequence_on_ray`): the
+sequence's keypoints travel once through the object store, each batch of window ids gathers its
+windows there, and the driver stitches the predictions back into frames with the window plan.
+
+The model comes from a checkpoint the workers can read (a run directory on shared or object
+storage, as after training), or, for a checkpoint only the driver can read (`raylift evaluate
+--checkpoint ./local/dir`, `raylift infer --dataset`), from `ship_model`: the driver loads and checks
+it on its CPU and puts its meta and weights in the object store.
 """
 from __future__ import annotations
 
@@ -22,8 +31,27 @@ import numpy as np
 
 from preprocessing.storage import Location
 
-# (checkpoint uri, device) -> (model, meta), per worker process: a CPU task loads the checkpoint once.
+# (checkpoint key, device) -> (model, meta), per worker process: a CPU task loads the checkpoint once.
 _MODELS: dict[tuple[str, str], tuple[Any, dict]] = {}
+# `--device` of the commands that infer through Ray Data (auto: GPU actors when the cluster has GPUs).
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class ShippedCheckpoint:
+    """A checkpoint loaded (and so fully checked) in the driver, its meta and weights in Ray's
+    object store (`ref` -> (meta, state_dict)), for workers that cannot read the driver's files."""
+
+    source: str  # where the driver read it (for messages and the cache key)
+    ref: Any  # ray.ObjectRef of (meta dict, state dict)
+
+
+def ship_model(model: Any, meta: dict, source: str) -> ShippedCheckpoint:
+    """A model the driver loaded (and so checked) from `source`, its meta and weights put in the
+    object store for the inference workers."""
+    import ray
+
+    return ShippedCheckpoint(str(source), ray.put((meta, model.state_dict())))
 
 
 @dataclass(frozen=True)
@@ -55,15 +83,63 @@ def placement_for(train: Any) -> Placement:
     )
 
 
-def _load(checkpoint: Union[str, Location], device: str, expect_model: Optional[str],
+def placement_for_cli(device: str, resources: Optional[dict[str, float]] = None, actors: int = 1) -> Placement:
+    """The placement of `--device cpu|cuda|auto` (auto: one GPU per actor when the cluster has
+    GPUs now), `--resources` (custom resources per actor) and `--actors`."""
+    from preprocessing.errors import DataError
+
+    if device not in DEVICES:
+        raise DataError(f"--device: expected one of {', '.join(DEVICES)} for Ray Data inference, got {device!r}")
+    if actors < 1:
+        raise DataError(f"--actors must be >= 1, got {actors}")
+    gpus = 1.0 if device == "cuda" else 0.0
+    if device == "auto":
+        import ray
+
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    return Placement(gpus=gpus, resources=dict(resources or {}), actors=actors)
+
+
+def ensure_ray() -> None:
+    """Connect to RAY_ADDRESS's cluster, else start a private local Ray (cluster/session.py)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    from cluster.session import init_ray, quiet_ray_data
+
+    init_ray(log_to_driver=False)
+    quiet_ray_data()
+
+
+CheckpointSource = Union[str, Location, ShippedCheckpoint]
+
+
+def _load(checkpoint: CheckpointSource, device: str, expect_model: Optional[str],
           expect_frames: Optional[int]) -> tuple[Any, dict]:
     from models.checkpoint import load_model
-    from pipelines.train.checkpoints import local_copy
 
-    key = (checkpoint.uri if isinstance(checkpoint, Location) else str(checkpoint), device)
+    if isinstance(checkpoint, ShippedCheckpoint):
+        key = (f"{checkpoint.source}#{checkpoint.ref.hex()}", device)
+    else:
+        key = (checkpoint.uri if isinstance(checkpoint, Location) else str(checkpoint), device)
     if key not in _MODELS:
-        with local_copy(checkpoint) as d:
-            model, meta = load_model(d, expect_model=expect_model, expect_frames=expect_frames)
+        if isinstance(checkpoint, ShippedCheckpoint):
+            import ray
+
+            from models.checkpoint import load_into
+            from models.registry import build_model, parse_model_config
+
+            meta, state = ray.get(checkpoint.ref)
+            model = build_model(parse_model_config(meta["model"], "meta.model"), frames=int(meta["frames"]),
+                                joints=int(meta["joints"]))
+            load_into(model, state, checkpoint.source)
+            model.eval()
+        else:
+            from pipelines.train.checkpoints import local_copy
+
+            with local_copy(checkpoint) as d:
+                model, meta = load_model(d, expect_model=expect_model, expect_frames=expect_frames)
         _MODELS[key] = (model.to(device), meta)
     return _MODELS[key]
 
@@ -84,24 +160,70 @@ def lift_batch(batch: dict[str, np.ndarray], model: Any, layout: str, flip: bool
     return out
 
 
+def lift_windows_of_sequence(batch: dict[str, np.ndarray], model: Any, keypoints: Any, plan: Any, layout: str,
+                             flip: bool, batch_size: int, device: str, bf16: bool) -> dict[str, np.ndarray]:
+    """Predictions (B, T|1, J, 3) of the windows whose ids are `batch["id"]`, gathered from the
+    sequence `keypoints` (N, J, 2) (an ObjectRef: fetched once per worker) with `plan`."""
+    import ray
+
+    from pipelines.evaluate.prediction import predict_windows
+
+    kp = ray.get(keypoints) if isinstance(keypoints, ray.ObjectRef) else keypoints
+    ids = np.asarray(batch["id"], np.int64)
+    x = kp[plan.indices(ids)]  # (B, T, J, 2)
+    return {"id": ids, "pred": predict_windows(model, x, layout, flip=flip, batch_size=batch_size, device=device,
+                                               bf16=bf16)}
+
+
 class _LiftActor:
     """map_batches actor: the model stays loaded on its GPU for every batch it is given."""
 
-    def __init__(self, checkpoint, device, expect_model, expect_frames, layout, flip, batch_size, bf16):
+    def __init__(self, checkpoint, device, expect_model, expect_frames, lift, lift_kwargs):
         self.model, _ = _load(checkpoint, device, expect_model, expect_frames)
-        self.args = (layout, flip, batch_size, device, bf16)
+        self.lift, self.kwargs = lift, {**lift_kwargs, "device": device}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return lift_batch(batch, self.model, *self.args)
+        return self.lift(batch, self.model, **self.kwargs)
 
 
-def _lift_task(batch: dict[str, np.ndarray], checkpoint, device, expect_model, expect_frames, layout, flip,
-               batch_size, bf16) -> dict[str, np.ndarray]:
+def _lift_task(batch: dict[str, np.ndarray], checkpoint, device, expect_model, expect_frames, lift,
+               lift_kwargs) -> dict[str, np.ndarray]:
     model, _ = _load(checkpoint, device, expect_model, expect_frames)
-    return lift_batch(batch, model, layout, flip, batch_size, device, bf16)
+    return lift(batch, model, **lift_kwargs, device=device)
 
 
-def predict_split(checkpoint: Union[str, Location], dataset_uri: str, layout: str, placement: Placement,
+def _map_lift(ds: Any, checkpoint: CheckpointSource, placement: Placement, batch_size: int, lift: Callable,
+              lift_kwargs: dict, expect_model: Optional[str], expect_frames: Optional[int]) -> Any:
+    """`ds.map_batches(lift)` on GPU/custom-resource actors or CPU tasks, per `placement`."""
+    args = dict(checkpoint=checkpoint, device=placement.device, expect_model=expect_model,
+                expect_frames=expect_frames, lift=lift, lift_kwargs=lift_kwargs)
+    if placement.accelerated:
+        from ray.data import ActorPoolStrategy
+
+        return ds.map_batches(_LiftActor, fn_constructor_kwargs=args, batch_size=batch_size, batch_format="numpy",
+                              compute=ActorPoolStrategy(size=placement.actors), num_cpus=placement.cpus,
+                              num_gpus=placement.gpus, resources=placement.resources or None)
+    return ds.map_batches(_lift_task, fn_kwargs=args, batch_size=batch_size, batch_format="numpy",
+                          num_cpus=placement.cpus)
+
+
+def _gather(ds: Any) -> dict[str, np.ndarray]:
+    parts: dict[str, list[np.ndarray]] = {}
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for k, v in batch.items():
+            parts.setdefault(k, []).append(np.asarray(v))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def where_text(placement: Placement) -> str:
+    """`placement` in words, for the progress line."""
+    if placement.accelerated:
+        return (f"{placement.actors} actor(s) with {placement.gpus:g} GPU(s) and "
+                f"{placement.resources or 'no custom'} resources each")
+    return f"CPU tasks of {placement.cpus:g} CPU(s)"
+
+
+def predict_split(checkpoint: CheckpointSource, dataset_uri: str, layout: str, placement: Placement,
                   flip: bool = True, batch_size: int = 64, bf16: bool = False,
                   expect_model: Optional[str] = None, expect_frames: Optional[int] = None,
                   split: str = "test") -> dict[str, np.ndarray]:
@@ -111,29 +233,45 @@ def predict_split(checkpoint: Union[str, Location], dataset_uri: str, layout: st
     from preprocessing.readers import open_split
     from preprocessing.storage import open_location
 
-    loc = checkpoint if isinstance(checkpoint, Location) else open_location(str(checkpoint))
-    args = dict(checkpoint=loc, device=placement.device, expect_model=expect_model, expect_frames=expect_frames,
-                layout=layout, flip=flip, batch_size=batch_size, bf16=bf16)
+    if isinstance(checkpoint, str):
+        checkpoint = open_location(checkpoint)
     ds = open_split(dataset_uri, split, columns=list(TEST_COLUMNS))
-    if placement.accelerated:
-        ds = ds.map_batches(_LiftActor, fn_constructor_kwargs=args, batch_size=batch_size, batch_format="numpy",
-                            concurrency=placement.actors, num_cpus=placement.cpus, num_gpus=placement.gpus,
-                            resources=placement.resources or None)
-    else:
-        ds = ds.map_batches(_lift_task, fn_kwargs=args, batch_size=batch_size, batch_format="numpy",
-                            num_cpus=placement.cpus)
-    parts: dict[str, list[np.ndarray]] = {}
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for k, v in batch.items():
-            parts.setdefault(k, []).append(np.asarray(v))
+    ds = _map_lift(ds, checkpoint, placement, batch_size, lift_batch,
+                   dict(layout=layout, flip=flip, batch_size=batch_size, bf16=bf16), expect_model, expect_frames)
+    parts = _gather(ds)
     if not parts:
         from preprocessing.errors import DataError
 
         raise DataError(f"{dataset_uri}: {split} split has no windows")
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    return parts
 
 
-def evaluate_on_ray(checkpoint: Union[str, Location], dataset_uri: str, layout: str, placement: Placement,
+def lift_sequence_on_ray(checkpoint: CheckpointSource, keypoints_2d: np.ndarray, frames: int, mode: str,
+                         skeleton: Any, placement: Placement, flip: bool = True, batch_size: int = 64,
+                         bf16: bool = False) -> np.ndarray:
+    """`pipelines.evaluate.infer.lift_sequence` with the forward passes run by Ray Data on
+    `placement`: (N, J, 2) normalised keypoints -> (N, J, 3) root-relative metres, each frame
+    predicted once from the same windows."""
+    import ray
+
+    from pipelines.evaluate.windows import plan_windows, stitch_into
+    from preprocessing.errors import DataError
+
+    kp = np.asarray(keypoints_2d, dtype=np.float32)
+    if kp.ndim != 3 or kp.shape[-1] != 2:
+        raise DataError(f"keypoints must be (frames, joints, 2), got {kp.shape}")
+    plan = plan_windows(kp.shape[0], frames, mode)
+    ds = ray.data.range(plan.num_windows)  # one row per window id
+    ds = _map_lift(ds, checkpoint, placement, batch_size, lift_windows_of_sequence,
+                   dict(keypoints=ray.put(kp), plan=plan, layout=skeleton.name, flip=flip, batch_size=batch_size,
+                        bf16=bf16), None, frames)
+    got = _gather(ds)
+    out = np.zeros(kp.shape[:2] + (3,), dtype=np.float32)  # (N, J, 3)
+    stitch_into(out, got["pred"], plan, got["id"])
+    return out - out[:, skeleton.root : skeleton.root + 1]
+
+
+def evaluate_on_ray(checkpoint: CheckpointSource, dataset_uri: str, layout: str, placement: Placement,
                     flip: bool = True, batch_size: int = 64, bf16: bool = False, baseline: bool = True,
                     expect_model: Optional[str] = None, expect_frames: Optional[int] = None,
                     progress: Callable[[str], None] = print, selection: Optional[str] = None) -> dict[str, Any]:
@@ -141,9 +279,7 @@ def evaluate_on_ray(checkpoint: Union[str, Location], dataset_uri: str, layout: 
     on `placement`; the mean-pose baseline (numpy) is computed in the driver as before."""
     from pipelines.evaluate.protocols import evaluate_arrays, load_train_for_baseline
 
-    where = (f"{placement.actors} actor(s) with {placement.gpus:g} GPU(s) and {placement.resources or 'no custom'} "
-             "resources each" if placement.accelerated else f"CPU tasks of {placement.cpus:g} CPU(s)")
-    progress(f"evaluation: Ray Data batch inference on {where}")
+    progress(f"evaluation: Ray Data batch inference on {where_text(placement)}")
     arrays = predict_split(checkpoint, dataset_uri, layout, placement, flip, batch_size, bf16, expect_model,
                            expect_frames)
     pred = arrays.pop("pred")

@@ -10,6 +10,9 @@ Two inputs:
 Lifting (`lift_sequence`): keypoints normalised as `x / w * 2 - [1, h / w]`, cut into the model's
 windows so that every frame is predicted exactly once (`pipelines/evaluate/windows.py`), test-time
 flip averaging (default on) through `pipelines.evaluate.prediction.predict`, batched, on CPU or GPU.
+A `--input` file is lifted in this process; a `--dataset` sequence runs the same windows as Ray Data
+batch inference (`pipelines.evaluate.batch.lift_sequence_on_ray`: GPU or custom-resource actors, or
+CPU tasks), so a job driver on a GPU-less head never runs the model.
 
 Output (`--output P`): `P.npz` or `P.json` by suffix; any other suffix (or none) writes both
 `P.npz` and `P.json` (P + ".npz" / ".json"). Contents: `poses_3d` (F, 17, 3) camera-space metres,
@@ -56,7 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-flip", dest="flip", action="store_false", help="disable test-time flip")
     parser.add_argument("--batch-size", type=int, default=None, help="windows per forward pass")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument("--device", default="auto",
+                        help="--input: cpu, cuda, cuda:N or auto (default) in this process; --dataset: cpu "
+                             "(Ray CPU tasks), cuda (Ray actors with one GPU each) or auto (cuda when the Ray "
+                             "cluster has GPUs)")
+    parser.add_argument("--resources", metavar="NAME=N[,NAME=N]", default=None,
+                        help="--dataset: custom Ray resources each inference actor asks for")
+    parser.add_argument("--actors", type=int, default=1, help="--dataset: inference actors (GPU or --resources)")
 
 
 # --- lifting ----------------------------------------------------------------------------------
@@ -274,13 +283,30 @@ def _check_layout(meta: dict, layout: str, checkpoint: str) -> None:
         raise CheckpointError(f"{checkpoint}: model has {meta['joints']} joints, inference inputs have 17")
 
 
+def _lift_on_ray(args: argparse.Namespace, model: Any, meta: dict, keypoints: np.ndarray,
+                 skeleton: Any) -> tuple[np.ndarray, str]:
+    """`lift_sequence` as Ray Data batch inference on `--device/--resources/--actors`:
+    (poses (N, J, 3), where they ran)."""
+    from pipelines.evaluate.batch import ensure_ray, lift_sequence_on_ray, placement_for_cli, ship_model, where_text
+    from pipelines.evaluate.protocols import parse_placement_resources
+
+    ensure_ray()
+    placement = placement_for_cli(args.device, parse_placement_resources(args.resources), args.actors)
+    frames = int(meta["frames"])
+    poses = lift_sequence_on_ray(ship_model(model, meta, args.checkpoint), keypoints, frames, model.output_mode,
+                                 skeleton, placement, flip=args.flip,
+                                 batch_size=args.batch_size or default_batch_size(frames))
+    return poses, f"Ray Data {where_text(placement)}"
+
+
 def run(args: argparse.Namespace) -> int:
     from preprocessing.keypoint_formats import load_keypoints, normalize_screen, screen_to_pixels
     from preprocessing.skeleton import H36M17, get_skeleton
 
     if args.batch_size is not None and args.batch_size < 1:
         raise DataError(f"--batch-size must be >= 1, got {args.batch_size}")
-    device = resolve_device(args.device)
+    # A single file lifts in this process; a dataset sequence runs where Ray's resources are.
+    device = resolve_device(args.device) if args.input is not None else "cpu"
     arrays: dict[str, np.ndarray] = {}
     metadata: dict[str, Any] = {}
     if args.input is not None:
@@ -321,7 +347,10 @@ def run(args: argparse.Namespace) -> int:
 
     frames = int(meta["frames"])
     start = time.perf_counter()
-    poses = lift_sequence(model, normalised, frames, skeleton, args.flip, args.batch_size, device)
+    if args.input is not None:
+        poses = lift_sequence(model, normalised, frames, skeleton, args.flip, args.batch_size, device)
+    else:
+        poses, device = _lift_on_ray(args, model, meta, normalised, skeleton)
     elapsed = time.perf_counter() - start
     n = poses.shape[0]
     arrays["poses_3d"] = poses

@@ -435,27 +435,47 @@ def evaluate_checkpoint(
     flip: bool = True,
     out: Optional[str] = None,
     batch_size: int = 64,
-    device: Optional[str] = None,
+    device: str = "auto",
     baseline: bool = True,
     bf16: bool = False,
+    resources: Optional[dict[str, float]] = None,
+    actors: int = 1,
     progress=print,
     protocol: str = "raylift",
 ) -> dict[str, Any]:
-    """Load `checkpoint`, resolve its dataset, check they fit, evaluate, write results.md/.json."""
+    """Load `checkpoint`, resolve its dataset, check they fit, evaluate, write results.md/.json.
+
+    The forward passes run as Ray Data batch inference (`pipelines/evaluate/batch.py`) on
+    `device` / `resources` / `actors` (`batch.placement_for_cli`), on RAY_ADDRESS's cluster or a
+    local Ray: a job driver on a GPU-less head never runs the model. The checkpoint is read and
+    checked here and its weights shipped through the object store, so it may be a local path.
+    """
     from models.checkpoint import load_model, read_meta
+    from pipelines.evaluate.batch import ensure_ray, evaluate_on_ray, placement_for_cli, ship_model
     from preprocessing.readers import load_split_arrays, read_manifest
 
     meta = read_meta(checkpoint)
+    ensure_ray()  # before resolve_dataset, which may prepare a YAML's dataset with Ray Data
     uri = resolve_dataset(data, root, meta, progress)
     described = describe_manifest(read_manifest(uri))
     check_compatible(meta, described, checkpoint, uri)
-    model, meta = load_model(checkpoint)
-    test = load_split_arrays(uri, "test", columns=list(TEST_COLUMNS))
-    check_compatible(meta, {**describe_arrays(test), "layout": described["layout"]}, checkpoint, uri)
-    layout = described["layout"]
-    train, notes = load_train_for_baseline(uri) if baseline else (None, [])
-    result = evaluate_arrays(model, test, uri, layout, flip=flip, batch_size=batch_size, device=device,
-                             train=train, bf16=bf16, notes=notes, protocol=protocol)
+    placement = placement_for_cli(device, resources, actors)
+    model, meta = load_model(checkpoint)  # on this CPU: a damaged file fails here, naming it
+    if protocol == "raylift":
+        result = evaluate_on_ray(ship_model(model, meta, checkpoint), uri, described["layout"], placement, flip=flip,
+                                 batch_size=batch_size, bf16=bf16, baseline=baseline, progress=progress)
+    else:
+        # A paper's protocol re-cuts whole test sequences into that paper's windows: the model runs
+        # in this process, on its GPU when one is asked for and visible, else on its CPUs.
+        import torch
+
+        test = load_split_arrays(uri, "test", columns=list(TEST_COLUMNS))
+        check_compatible(meta, {**describe_arrays(test), "layout": described["layout"]}, checkpoint, uri)
+        train, notes = load_train_for_baseline(uri) if baseline else (None, [])
+        torch_device = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
+        result = evaluate_arrays(model, test, uri, described["layout"], flip=flip, batch_size=batch_size,
+                                 device=torch_device, train=train, bf16=bf16 and torch_device == "cuda",
+                                 notes=notes, protocol=protocol)
     result = {"checkpoint": str(checkpoint), "model_name": meta["model"].get("name"), "epoch": meta.get("epoch"),
               "frames_T": int(meta["frames"]), **result}
     write_results(result, out or default_out_dir(checkpoint))
@@ -516,11 +536,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-baseline", action="store_true", help="skip the mean-pose baseline")
     parser.add_argument("--out", default=None, help="output directory for results.md/json (default: CHECKPOINT-eval)")
     parser.add_argument("--batch-size", type=int, default=64, help="windows per forward pass")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_placement_arguments(parser)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward passes (CUDA only)")
     parser.add_argument("--protocol", default="raylift", choices=protocol_defs.PROTOCOL_NAMES,
                         help="what the tables reproduce (eval.protocol): raylift = each real frame once; mixste = "
                              "MixSTE's test windows; videopose3d_seq2frame = PoseFormer/CrossFormer; fusionformer")
+
+
+def add_placement_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where Ray Data runs the forward passes (`pipelines.evaluate.batch.placement_for_cli`)."""
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="cuda: actors with one GPU each; cpu: CPU tasks; auto (default): cuda when the "
+                             "Ray cluster has GPUs")
+    parser.add_argument("--resources", metavar="NAME=N[,NAME=N]", default=None,
+                        help="custom Ray resources each inference actor asks for (e.g. accelerator_type:A10G=0.01)")
+    parser.add_argument("--actors", type=int, default=1, help="inference actors with --device cuda or --resources")
+
+
+def parse_placement_resources(text: Optional[str]) -> dict[str, float]:
+    """`--resources NAME=N[,NAME=N]` -> {NAME: N} (ConfigError naming a malformed item)."""
+    from pipelines.tune.driver import parse_resources
+
+    return parse_resources(text) if text else {}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -536,6 +573,7 @@ def run(args: argparse.Namespace) -> int:
             checkpoint, data=args.data, root=args.root, flip=not args.no_flip, out=out,
             batch_size=args.batch_size, device=args.device, baseline=not args.no_baseline, bf16=args.bf16,
             protocol=args.protocol,
+            resources=parse_placement_resources(args.resources), actors=args.actors,
         )
     print(f"{result['model_name']} on {result['dataset']} ({result['frames']} frames)")
     print(f"protocol: {result['protocol']}")
