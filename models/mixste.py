@@ -109,5 +109,7 @@ class MixSTE(nn.Module):
             x = self._spatial(x, i)  # (B*T, J, C)
             x = rearrange(x, "(b t) j c -> (b j) t c", t=t)
             x = self._temporal(x, i)  # (B*J, T, C)
-        x = rearrange(x, "(b j) t c -> b t j c", j=j)
-        return self.head(x)  # (B, T, J, 3)
+        # The head acts on each token alone, so it runs before the final re-layout: the copy then
+        # moves 3 channels per token instead of C (same values; tests/test_speed.py).
+        x = self.head(x)  # (B*J, T, 3)
+        return rearrange(x, "(b j) t c -> b t j c", j=j)  # (B, T, J, 3)

@@ -344,7 +344,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         compile_text = r["compile_mode"] if r["compile"] else "eager"
         lines.append(
             f"| {r['model']} T={r['frames']} | {r['implementation']} | {r['precision']} | {compile_text} | {r['batch']} "
-            f"| {fps} | {_fmt(r, 'peak_memory_bytes', '.2f', 2.0 ** -30)} | {_fmt(r, 'tflop_per_s', '.3f')} "
+            f"| {fps} | {_fmt(r, 'peak_memory_bytes', '.2f', 2.0 ** -30)} | {_fmt(r, 'tflop_per_s', '.3g')} "
             f"| {_fmt(r, 'speedup_vs_official', '.2f')}{'x' if r.get('speedup_vs_official') else ''} |")
     kinds = sorted({r["peak_memory_kind"] for r in rows if r.get("peak_memory_kind")})
     devices = sorted({r["device"] for r in rows})
