@@ -198,3 +198,49 @@ def test_bench_train_profile_writes_a_table(tmp_path):
     assert bench.run(args) == 0
     text = out.read_text()
     assert "aten::" in text and "Self CPU" in text
+
+
+# --------------------------------------------------------------------------- the suite
+FAKE_FILES = {"mixste": ("model_cross.py", "MixSTE2", False), "poseformer": ("model_poseformer.py", "PoseTransformer", True),
+              "crossformer": ("model_crossformer.py", "PoseTransformer", True),
+              "fusionformer": ("Fusionformer.py", "Fusionformer", False)}
+
+
+def _fake_official_root(root):
+    for model, (name, cls, centre) in FAKE_FILES.items():
+        (root / model / "common").mkdir(parents=True)
+        text = textwrap.dedent(FAKE_MIXSTE2).replace("class MixSTE2", f"class {cls}")
+        if centre:  # seq2frame: the centre frame only, (B, 1, J, 3)
+            text = text.replace("return self.net(x)", "return self.net(x[:, x.shape[1] // 2:x.shape[1] // 2 + 1])")
+        (root / model / "common" / name).write_text(text)
+    return root
+
+
+@pytest.mark.slow  # 226 s on the shared, loaded 2-core dev machine (a real CrossFormer at T=81 among them)
+def test_suite_writes_every_row_and_a_summary(tmp_path):
+    import json
+
+    from pipelines.bench.suite import MODELS, run_suite, settings, summarize
+
+    order = settings((4, 16, 64), ("default",))
+    assert (order[0].batch, order[0].bf16, order[0].compile_mode) == (16, True, None)  # the headline first
+    assert len(order) == len(MODELS) * 3 * 2 * 2 and len(settings((4,), (), bf16=False)) == len(MODELS)
+
+    root, out = _fake_official_root(tmp_path / "official"), tmp_path / "out"
+    rows = run_suite(str(root), str(out), tiny=True, batches=(1,), compile_modes=(), steps=1, warmup=0)
+    assert [(r["model"], r["implementation"]) for r in rows] == [(m, i) for m in MODELS for i in ("raylift", "official")]
+    assert all(r["frames_per_s"] > 0 and r["error"] is None for r in rows)
+    lines = (out / "bench.jsonl").read_text().splitlines()
+    assert [json.loads(line)["model"] for line in lines] == [r["model"] for r in rows]
+    assert "| crossformer T=81 | official |" in (out / "bench.md").read_text()
+
+    skipped = run_suite(str(root), str(tmp_path / "late"), tiny=True, batches=(1,), compile_modes=(), budget_s=-1)
+    assert {r["error"] for r in skipped} == {"skipped: time budget spent"}
+
+    bare = next(r for r in rows if r["model"] == "mixste" and r["implementation"] == "raylift")
+    metrics = tmp_path / "metrics.csv"
+    half = bare["frames_per_s"] / 2 / 9  # windows/s of a Ray run at half the bare speed, T=9
+    metrics.write_text(f"epoch,windows_per_s\n1,1.0\n2,{half}\n3,{half}\n")
+    text = summarize(str(out), str(metrics), train_frames=9, train_batch=1)
+    assert "Ray Train overhead: 50.0%" in text and "epochs 2-3" in text
+    assert "projected full MixSTE-243 recipe at fastest batch" in text

@@ -146,8 +146,9 @@ def load_official(model_cfg: Any, official_dir: str, frames: int, joints: int = 
             for attr in attrs:
                 setattr(stub, attr, None)
             sys.modules[name] = stub
-    if model_cfg.name in ("mixste", "fusionformer"):
-        import models.timm_loader  # noqa: F401  (timm on a CPU torch; see that module)
+    from models.timm_loader import import_timm
+
+    import_timm()  # every official file imports timm, which needs this on a CPU torch (see that module)
     for name in [n for n in sys.modules if n == "common" or n.startswith("common.")]:
         del sys.modules[name]  # every repository calls its package `common`
     for entry in (os.path.join(root, "common"), root):  # Fusionformer.py says `from VIT import *`
