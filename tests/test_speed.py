@@ -244,3 +244,17 @@ def test_suite_writes_every_row_and_a_summary(tmp_path):
     text = summarize(str(out), str(metrics), train_frames=9, train_batch=1)
     assert "Ray Train overhead: 50.0%" in text and "epochs 2-3" in text
     assert "projected full MixSTE-243 recipe at fastest batch" in text
+
+
+def test_load_official_switches_between_repositories(tmp_path):
+    # Every authors' repository calls its package `common`; one of them (Fusionformer) makes it a
+    # regular package, which Python would keep preferring if its folder stayed on sys.path.
+    from pipelines.bench.train import load_official
+    from pipelines.models.tools import model_config
+
+    root = _fake_official_root(tmp_path)
+    (root / "fusionformer" / "common" / "__init__.py").write_text("")
+    for name in ("fusionformer", "mixste", "poseformer", "fusionformer", "crossformer"):
+        cfg = model_config(name, [])
+        model = load_official(cfg, str(root / name), frames=9)
+        assert type(model).__module__.startswith("common.") and type(model).__name__ == FAKE_FILES[name][1]

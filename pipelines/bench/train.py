@@ -109,6 +109,9 @@ def pose_module(net):
     return PoseOnly(net)
 
 
+_OFFICIAL_PATHS: list[str] = []  # the sys.path entries load_official added last
+
+
 def load_official(model_cfg: Any, official_dir: str, frames: int, joints: int = 17):
     """The authors' model class from a checkout `official_dir`, built with `model_cfg`'s settings.
 
@@ -151,10 +154,13 @@ def load_official(model_cfg: Any, official_dir: str, frames: int, joints: int = 
     import_timm()  # every official file imports timm, which needs this on a CPU torch (see that module)
     for name in [n for n in sys.modules if n == "common" or n.startswith("common.")]:
         del sys.modules[name]  # every repository calls its package `common`
-    for entry in (os.path.join(root, "common"), root):  # Fusionformer.py says `from VIT import *`
-        if entry in sys.path:
+    # Drop the folders an earlier call added: Fusionformer's `common/` is a regular package (it has
+    # an __init__.py), which Python prefers to the others' namespace `common/` wherever it sits.
+    for entry in _OFFICIAL_PATHS:
+        while entry in sys.path:
             sys.path.remove(entry)
-        sys.path.insert(0, entry)
+    _OFFICIAL_PATHS[:] = [root, os.path.join(root, "common")]  # Fusionformer.py says `from VIT import *`
+    sys.path[:0] = _OFFICIAL_PATHS
     importlib.invalidate_caches()
     module = importlib.import_module(rel[:-3].replace("/", "."))
     cls = getattr(module, cls_name, None)
