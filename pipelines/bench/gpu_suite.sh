@@ -22,7 +22,7 @@ if [ -d .devicekit ] && ! "$PY" -c "import ray" 2>/dev/null; then
   bash .devicekit/install.sh || exit 1
   export PYTHONPATH=/tmp/site:$PWD
 fi
-export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1
+export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1 RAY_DATA_DISABLE_PROGRESS_BARS=1
 for m in mixste poseformer crossformer fusionformer; do
   [ -d "$OFFICIAL/$m/common" ] || { echo "missing $OFFICIAL/$m/common (the authors' $m checkout)"; exit 2; }
 done
