@@ -28,8 +28,8 @@ for m in mixste poseformer crossformer fusionformer; do
 done
 
 if [ "$TINY" = 1 ]; then
-  suite=(--tiny)
-  prof=(--frames 9 --batch 2 --set model.dim=16 --set model.depth=1 --set model.heads=2)
+  suite=(--tiny --threads 1)
+  prof=(--threads 1 --frames 9 --batch 2 --set model.dim=16 --set model.depth=1 --set model.heads=2)
   train=(--set train.use_gpu=false --set data.windows.frames=9 --set model.dim=16 --set model.depth=1
          --set model.heads=2 --set data.source.synthetic.frames_per_action=100 --set train.epochs=2
          --set train.cpus_per_worker=1 --set train.batch_size=2 --set train.max_windows_per_epoch=64

@@ -173,6 +173,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 10; tiny 1)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps (default 3; tiny 1)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's; 1 on a shared, busy CPU, where 2 threads ran 20x slower)")
     parser.add_argument("--summarize", metavar="METRICS_CSV", default=None,
                         help="instead of measuring: write <out>/summary.md from <out>/bench.jsonl and this Ray "
                              "Train metrics.csv (Ray overhead, projected recipe hours)")
@@ -181,8 +183,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from preprocessing.schema import ConfigError
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.summarize is not None:
         print(summarize(args.out, args.summarize, args.train_frames, args.train_batch), end="")
         return 0
