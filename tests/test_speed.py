@@ -85,9 +85,8 @@ def test_mixste_head_before_relayout_is_the_same_per_token_head():
         torch.testing.assert_close(y, model.head(features), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
-def test_compile_modes_match_eager(mode):
+@pytest.mark.slow  # 144 s on the shared 2-core machine (inductor's C++ build); GPU modes run in gpu_suite.sh
+def test_compile_matches_eager():
     torch.manual_seed(0)
     model = MixSTE(MixSTEConfig(dim=16, depth=1, heads=2, drop_path_rate=0.0), frames=9).train()
     x = _batch()["keypoints_2d"]
@@ -95,7 +94,7 @@ def test_compile_modes_match_eager(mode):
     eager.square().sum().backward()
     eager_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad(set_to_none=True)
-    compiled = torch.compile(model, mode=mode)(x)
+    compiled = torch.compile(model)(x)
     compiled.square().sum().backward()
     # bf16 tolerance (the training precision on GPU); on CPU fp32 the two agree far closer.
     torch.testing.assert_close(compiled, eager, rtol=1.6e-2, atol=1e-3)
