@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 from einops import rearrange
 from torch import nn
 
@@ -36,6 +37,10 @@ class MixSTEConfig:
     drop_rate: float = 0.0  # dropout after position embeddings, in MLPs and attention output
     attn_drop_rate: float = 0.0  # dropout on attention weights
     drop_path_rate: float = 0.1  # stochastic depth, rising linearly 0 -> rate over the depth
+    # Memory option, same maths: in training, recompute each block's activations in the backward
+    # pass (torch.utils.checkpoint, non-reentrant, RNG state preserved so dropout/drop-path agree)
+    # instead of keeping them: about one block's activations alive instead of 2*depth blocks'.
+    checkpoint_blocks: bool = False
 
     def validate(self) -> None:
         if self.name != "mixste":
@@ -78,11 +83,16 @@ class MixSTE(nn.Module):
         self.temporal_norm = LayerNorm(c)  # shared by every TTE block
         self.head = PoseHead(c, 3)
 
+    def _block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.checkpoint_blocks and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+        return block(x)
+
     def _spatial(self, x: torch.Tensor, i: int) -> torch.Tensor:  # (B*T, J, C)
-        return self.spatial_norm(self.spatial_blocks[i](x))
+        return self.spatial_norm(self._block(self.spatial_blocks[i], x))
 
     def _temporal(self, x: torch.Tensor, i: int) -> torch.Tensor:  # (B*J, T, C)
-        return self.temporal_norm(self.temporal_blocks[i](x))
+        return self.temporal_norm(self._block(self.temporal_blocks[i], x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, j, _ = x.shape
@@ -99,5 +109,7 @@ class MixSTE(nn.Module):
             x = self._spatial(x, i)  # (B*T, J, C)
             x = rearrange(x, "(b t) j c -> (b j) t c", t=t)
             x = self._temporal(x, i)  # (B*J, T, C)
-        x = rearrange(x, "(b j) t c -> b t j c", j=j)
-        return self.head(x)  # (B, T, J, 3)
+        # The head acts on each token alone, so it runs before the final re-layout: the copy then
+        # moves 3 channels per token instead of C (same values; tests/test_speed.py).
+        x = self.head(x)  # (B*J, T, 3)
+        return rearrange(x, "(b j) t c -> b t j c", j=j)  # (B, T, J, 3)

@@ -1,4 +1,4 @@
-"""`raylift bench {data,model,train,images,fidelity}`: benchmarks that report figures, never pass/fail on time.
+"""`raylift bench {data,model,train,suite,images,fidelity}`: benchmarks that report figures, never pass/fail on time.
 
 Each benchmark lives in its own module (`pipelines.bench.<name>`) with `add_arguments`/`run`.
 """
@@ -11,6 +11,7 @@ BENCHMARKS = {
     "data": ("pipelines.bench.data", "preprocessing and read-back throughput (windows/s, bytes/window)"),
     "model": ("pipelines.bench.model", "forward+backward step time of each model at a small batch"),
     "train": ("pipelines.bench.train", "training frames/s, peak memory and TFLOP/s for one model"),
+    "suite": ("pipelines.bench.suite", "the GPU table: every model next to the authors' code, eager/compiled, bf16/fp32"),
     "images": ("pipelines.bench.images", "person crops: images decoded and cropped per second per core, bytes per image"),
     "fidelity": ("pipelines.bench.fidelity", "train raylift and the authors' script on one recipe; MPJPE side by side"),
 }

@@ -115,6 +115,9 @@ def register_stubs() -> list[str]:
     return added
 
 
+_OFFICIAL_PATHS: list[str] = []  # the sys.path entries the last official_class call added
+
+
 def _file_of(official_dir: str, module: str) -> str:
     return os.path.join(official_dir, *module.split(".")) + ".py"
 
@@ -130,12 +133,18 @@ def official_class(model: str, official_dir: str) -> type:
         raise ConfigError(f"--official-dir {official_dir}: {path} not found (expected the authors' "
                           f"{model} repository with {spec.module.replace('.', '/')}.py, class {spec.cls})")
     register_stubs()
+    from models.timm_loader import import_timm
+
+    import_timm()  # the official files import timm, which needs this next to a CPU-only torch
     for name in [n for n in sys.modules if n == "common" or n.startswith("common.")]:
-        del sys.modules[name]
-    for entry in (os.path.join(root, "common"), root):
-        if entry in sys.path:
+        del sys.modules[name]  # every repository calls its package `common`
+    # Drop the folders an earlier call added: Fusionformer's `common/` is a regular package (it has
+    # an __init__.py), which Python prefers to the others' namespace `common/` wherever it sits.
+    for entry in _OFFICIAL_PATHS:
+        while entry in sys.path:
             sys.path.remove(entry)
-        sys.path.insert(0, entry)
+    _OFFICIAL_PATHS[:] = [os.path.join(root, "common"), root]
+    sys.path[:0] = _OFFICIAL_PATHS
     importlib.invalidate_caches()
     module = importlib.import_module(spec.module)
     if not os.path.samefile(getattr(module, "__file__", ""), path):

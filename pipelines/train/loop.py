@@ -5,8 +5,10 @@ checkpoint payloads and the resume checks. No Ray here, so every piece is unit-t
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
-from typing import Any, Callable, Iterable, Optional
+from collections import deque
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -20,12 +22,20 @@ LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
 
 
 # --------------------------------------------------------------------------- optimisation
-def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
-    """Adam or AdamW (optionally AMSGrad) over every trainable parameter, as the papers do (no
-    per-group decay rules)."""
+def build_optimizer(model: nn.Module, train: TrainConfig, fused: Optional[bool] = None) -> torch.optim.Optimizer:
+    """Adam or AdamW (optionally AMSGrad) over every trainable parameter, as the papers do (no per-group decay rules).
+
+    `fused` picks torch's fused kernel (one launch for all parameters instead of a few per tensor;
+    the same update within float rounding, see tests/test_speed.py). None: fused when every
+    parameter is on CUDA, where it is the fast path, else torch's default (foreach/for-loop), which
+    keeps CPU runs bit-identical to earlier releases.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
+    if fused is None:
+        fused = bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
     cls = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=train.lr, weight_decay=train.weight_decay, betas=tuple(train.betas), amsgrad=train.amsgrad)
+    return cls(params, lr=train.lr, weight_decay=train.weight_decay, betas=tuple(train.betas), amsgrad=train.amsgrad,
+               fused=fused or None)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
@@ -72,6 +82,55 @@ def train_step(
         terms["grad_norm"] = float(norm)
     optimizer.step()
     return float(loss.detach()), terms
+
+
+# --------------------------------------------------------------------------- host -> device
+def lookahead(items: Iterable[Any], depth: int, issue: Callable[[Any], Any], ready: Callable[[Any], Any]) -> Iterator[Any]:
+    """Yield `ready(issue(item))` for each item, calling `issue` on the next `depth` items first.
+
+    `issue` starts asynchronous work (a host-to-device copy) and `ready` waits for it, so the work
+    for item i+1..i+depth is in flight while the consumer handles item i.
+    """
+    if depth < 1:
+        raise ValueError(f"lookahead depth must be >= 1, got {depth}")
+    it = iter(items)
+    pending = deque(issue(item) for item in itertools.islice(it, depth))
+    while pending:
+        head = pending.popleft()
+        for item in itertools.islice(it, 1):
+            pending.append(issue(item))
+        yield ready(head)
+
+
+def prefetch_to_device(batches: Iterable[dict], device: torch.device, depth: int = 1) -> Iterator[dict]:
+    """`batches` (dicts of CPU tensors) on `device`, the next `depth` copies overlapping the current step.
+
+    CUDA: each tensor is pinned and copied with `non_blocking=True` on a side stream; the step's
+    stream waits for that copy's event, and `record_stream` keeps the caching allocator from
+    reusing the memory early. Other devices: the batches pass through unchanged (no copy on CPU).
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        yield from batches
+        return
+    stream = torch.cuda.Stream(device)
+
+    def issue(batch: dict) -> tuple[dict, torch.cuda.Event]:
+        with torch.cuda.stream(stream):
+            moved = {k: v.pin_memory().to(device, non_blocking=True) if torch.is_tensor(v) and not v.is_cuda else v
+                     for k, v in batch.items()}
+            return moved, stream.record_event()
+
+    def ready(issued: tuple[dict, torch.cuda.Event]) -> dict:
+        moved, event = issued
+        current = torch.cuda.current_stream(device)
+        current.wait_event(event)
+        for v in moved.values():
+            if torch.is_tensor(v) and v.is_cuda:
+                v.record_stream(current)
+        return moved
+
+    yield from lookahead(batches, depth, issue, ready)
 
 
 # --------------------------------------------------------------------------- validation
