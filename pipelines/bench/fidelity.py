@@ -285,11 +285,13 @@ def _run_script(official_dir: str, script: str, cameras_json: str, argv: list[st
 
     import torch
 
+    from models.timm_loader import import_timm
     from pipelines.bench.official import register_stubs
 
     root = os.path.abspath(official_dir)
     sys.path.insert(0, root)
     register_stubs()
+    import_timm()  # the scripts import timm, which needs this next to a CPU-only torch
     torch.Tensor.cuda = lambda self, *a, **k: self  # CPU: MixSTE calls .cuda() unconditionally
     work, load = os.getcwd(), torch.load
 
