@@ -253,8 +253,8 @@ def evaluate_model(
 
     test = load_split_arrays(dataset_uri, "test", columns=list(TEST_COLUMNS))
     train, notes = load_train_for_baseline(dataset_uri) if baseline else (None, [])
-    return evaluate_arrays(model, test, dataset_uri, skeleton, flip, batch_size, device, train, bf16, notes,
-                           protocol, selection)
+    return evaluate_arrays(model, test, dataset_uri, skeleton, flip=flip, batch_size=batch_size, device=device,
+                           train=train, bf16=bf16, notes=notes, protocol=protocol, selection=selection)
 
 
 def load_train_for_baseline(dataset_uri: str) -> tuple[Optional[dict[str, np.ndarray]], list[str]]:
