@@ -23,7 +23,7 @@ demo: install
 	$(VENV)/bin/raylift train --config configs/demo.yaml
 
 test: install
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q --durations=15 tests
 
 test-fast: install
 	$(VENV)/bin/python -m pytest -q -m "not slow" tests
