@@ -80,7 +80,8 @@ def official_arguments(cfg: Any, model: str, checkpoint_dir: str, keypoints: str
         raise ConfigError(f"the authors' scripts fix 8 heads and drop-path 0.1 (got {m.heads}, {m.drop_path_rate})")
     args = ["-d", "h36m", "-k", keypoints, "-str", ",".join(src.train_subjects),
             "-ste", ",".join(src.test_subjects), "-f", str(win.frames), "-e", str(tc.epochs),
-            "-lr", repr(tc.lr), "-lrd", repr(tc.lr_decay), "-c", checkpoint_dir, "-cf", "100000"]
+            "-lr", repr(tc.lr), "-lrd", repr(tc.lr_decay), "-c", checkpoint_dir,
+            "--checkpoint-frequency", "100000"]  # PoseFormer has no -cf short form
     if model == "mixste":
         if win.mode != "seq2seq" or win.effective_stride != win.frames:
             raise ConfigError("MixSTE's script trains on non-overlapping seq2seq windows: set "
