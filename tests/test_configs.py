@@ -7,7 +7,10 @@ import pytest
 
 from pipelines.config import load_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+ALL = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+# `raylift two-stage` configs (a `stages:` section holding two experiment configs)
+TWO_STAGE = [p for p in ALL if p.name.startswith("two_stage")]
+CONFIGS = [p for p in ALL if p not in TWO_STAGE]
 
 
 def test_configs_are_shipped():
@@ -34,3 +37,11 @@ def test_paper_settings():
             pf.train.epochs) == ("seq2frame", 81, 2e-4, 0.98, 1024, 130)
     demo = load_config(str(CONFIGS[0].parent / "demo.yaml"))
     assert demo.data.source.kind == "synthetic" and demo.train.num_workers == 2 and not demo.train.use_gpu
+
+
+@pytest.mark.parametrize("path", TWO_STAGE, ids=[p.name for p in TWO_STAGE])
+def test_two_stage_config_loads(path):
+    from pipelines.twostage.driver import load_two_stage
+
+    two = load_two_stage(str(path))
+    assert two.stages.images["model"]["name"] == "mpstr" and two.stages.lifter["model"]["name"]

@@ -463,9 +463,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="windows per forward pass")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward passes (CUDA only)")
+    parser.add_argument("--compare", default=None, metavar="CHECKPOINT",
+                        help="image models (mpstr): a second checkpoint, e.g. the no-relations baseline, "
+                             "scored on the same images and shown beside --checkpoint (the paper's Table I)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipelines.evaluate.images2d import is_image_checkpoint, run_cli
+
+    if is_image_checkpoint(args.checkpoint):  # images -> 2D: the 2D metrics (pipelines/evaluate/images2d.py)
+        return run_cli(args)
+    if args.compare:
+        raise DataError(f"--compare: only for image checkpoints (mpstr); {args.checkpoint} is a lifter")
     out = args.out or default_out_dir(args.checkpoint)
     result = evaluate_checkpoint(
         args.checkpoint, data=args.data, root=args.root, flip=not args.no_flip, out=out,

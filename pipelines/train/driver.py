@@ -74,6 +74,13 @@ def prepared_dataset_uri(cfg: ExperimentConfig) -> Optional[str]:
     is_id = "/" not in named and "\\" not in named
     uri = storage.join(storage_root(cfg.data.root), named) if is_id else storage_root(named)
     manifest = read_manifest(uri)  # DataError naming the URI when there is no dataset there
+    check_input_kind(cfg, manifest, uri)
+    if manifest.get("kind") == "images":
+        have_f, want_f = (manifest.get("windows") or {}).get("frames"), cfg.data.images.frames
+        if have_f != want_f:
+            raise ConfigError(f"data.dataset {uri} holds image windows of f={have_f} frames but "
+                              f"data.images.frames is {want_f}: set data.images.frames to match the dataset")
+        return uri
     windows, want = manifest.get("windows") or {}, cfg.data.windows
     have = (windows.get("frames"), windows.get("mode"), bool(windows.get("multiview")))
     if have != (want.frames, want.mode, bool(want.multiview)):
@@ -82,6 +89,24 @@ def prepared_dataset_uri(cfg: ExperimentConfig) -> Optional[str]:
             f"data.windows asks for {want.mode} T={want.frames} (multiview={bool(want.multiview)}): "
             "set data.windows to match the dataset")
     return uri
+
+
+def is_image_config(cfg: ExperimentConfig) -> bool:
+    """True when the config's model takes images (mpstr): image datasets, 2D validation."""
+    from models.registry import model_class
+    from pipelines.train.images import is_image_model
+
+    return is_image_model(model_class(cfg.model.name))
+
+
+def check_input_kind(cfg: ExperimentConfig, manifest: dict, uri: str) -> None:
+    """Refuse an image model on a keypoint dataset and a lifter on an image dataset."""
+    images_in, image_data = is_image_config(cfg), manifest.get("kind") == "images"
+    if images_in != image_data:
+        raise ConfigError(
+            f"dataset {uri} holds {'image crops' if image_data else '2D keypoint windows'}, but model "
+            f"{cfg.model.name!r} takes {'images' if images_in else '2D keypoints'}: give "
+            f"{'an image' if images_in else 'a keypoint'} dataset (data.dataset / --data)")
 
 
 def check_resume(run_uri: str, cfg_dict: dict, joints: int, dataset_id: str) -> Optional[str]:
@@ -146,6 +171,7 @@ def build_trainer(cfg: ExperimentConfig, dataset_uri: str, loop_config: dict, ru
 
     from pipelines.train.worker import TRAIN, train_loop_per_worker
     from preprocessing import storage as st
+    from preprocessing.image_readers import open_image_split
     from preprocessing.readers import open_split
 
     tc = cfg.train
@@ -173,7 +199,9 @@ def build_trainer(cfg: ExperimentConfig, dataset_uri: str, loop_config: dict, ru
             num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources,
         ),
         run_config=run_config,
-        datasets={TRAIN: open_split(dataset_uri, "train")},
+        # Image windows are decoded in Ray Data tasks; the workers draw their flips per epoch.
+        datasets={TRAIN: open_image_split(dataset_uri, "train", flip=False) if is_image_config(cfg)
+                  else open_split(dataset_uri, "train")},
     )
 
 
@@ -201,10 +229,14 @@ def run_training(
     if dataset_uri is None:
         dataset_uri = prepared_dataset_uri(cfg)
     if dataset_uri is None:
+        from preprocessing.image_shards import build_image_dataset
         from preprocessing.shards import prepare_dataset
 
-        dataset_uri = prepare_dataset(cfg.data, progress=progress).uri
-    dataset_id, joints, layout = dataset_facts(read_manifest(dataset_uri), cfg)
+        build = build_image_dataset if is_image_config(cfg) else prepare_dataset
+        dataset_uri = build(cfg.data, progress=progress).uri
+    manifest = read_manifest(dataset_uri)
+    check_input_kind(cfg, manifest, dataset_uri)
+    dataset_id, joints, layout = dataset_facts(manifest, cfg)
     name = run_name or cfg.name
     root = storage_root(storage_path or tc.storage_path)
     run_uri = storage.join(root, name)
@@ -225,6 +257,9 @@ def run_training(
         # Ray Train runs no callbacks in local mode; the loop (in this process) calls them itself.
         "local_callbacks": list(callbacks) if tc.num_workers == 0 else [],
     }
+    if manifest.get("kind") == "images":
+        loop_config["images"] = {"size": int(manifest["windows"]["size"]),
+                                 "flip": bool(manifest["windows"]["flip"])}
     trainer = build_trainer(cfg, dataset_uri, loop_config, name, root, callbacks)
     trainer.fit()
 
@@ -239,11 +274,18 @@ def run_training(
         png = training_curves_png(history, title=f"{cfg.model.name} T={cfg.data.windows.frames} ({name})")
         storage.write_bytes(storage.open_location(run_uri).child(PLOT_NAME), png)
     do_eval = tc.evaluate if evaluate_after is None else evaluate_after
+    images = manifest.get("kind") == "images"
     if do_eval and best_ckpt is not None:
-        outcome.evaluation = evaluate_best(cfg, best_ckpt.uri, dataset_uri, layout, run_uri, progress)
+        if images:
+            from pipelines.evaluate.images2d import evaluate_image_best
+
+            outcome.evaluation = evaluate_image_best(cfg, best_ckpt.uri, dataset_uri, run_uri, progress)
+        else:
+            outcome.evaluation = evaluate_best(cfg, best_ckpt.uri, dataset_uri, layout, run_uri, progress)
     progress(f"run directory: {run_uri}")
     if best_ckpt is not None:
-        progress(f"best checkpoint: {best_ckpt.uri} (epoch {best_ckpt.epoch}, val MPJPE {best_ckpt.val_mpjpe:.2f} mm)")
+        score = f"val 2D error {best_ckpt.val_mpjpe:.2f} px" if images else f"val MPJPE {best_ckpt.val_mpjpe:.2f} mm"
+        progress(f"best checkpoint: {best_ckpt.uri} (epoch {best_ckpt.epoch}, {score})")
     return outcome
 
 

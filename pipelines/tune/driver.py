@@ -114,7 +114,7 @@ def check_space(raw: dict) -> tuple[ExperimentConfig, list]:
 
 def prepare_datasets(raw: dict, dims: list, progress=print) -> dict[str, str]:
     """Prepare (or find in the cache) the windows of every data.* assignment: data_key -> dataset uri."""
-    from pipelines.train.driver import prepared_dataset_uri
+    from pipelines.train.driver import is_image_config, prepared_dataset_uri
     from preprocessing.shards import prepare_dataset
 
     base = config_from_dict(raw)
@@ -129,7 +129,12 @@ def prepare_datasets(raw: dict, dims: list, progress=print) -> dict[str, str]:
     uris = {}
     for values in data_variants(dims):
         cfg = config_from_dict(apply_values(raw, values))
-        info = prepare_dataset(cfg.data, progress=progress)
+        if is_image_config(cfg):  # image models: each data.images variant (e.g. frames f) is its own dataset
+            from preprocessing.image_shards import build_image_dataset
+
+            info = build_image_dataset(cfg.data, progress=progress)
+        else:
+            info = prepare_dataset(cfg.data, progress=progress)
         uris[data_key(values)] = info.uri
         progress(f"dataset for {values or 'all trials'}: {info.uri}")
     return uris
