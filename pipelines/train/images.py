@@ -34,8 +34,8 @@ def is_image_model(model_cls: type) -> bool:
 def training_batch(batch: dict, flip: bool, rng: Optional[np.random.Generator], size: int, perm: np.ndarray,
                    device: torch.device) -> dict:
     """Loop batch from a decoded image batch (see module doc); `rng` draws the flips when `flip`."""
-    images = np.require(batch["images"], np.float32, "W")  # (B, f, V, 3, H, W), writable for torch
-    keypoints = np.require(batch["keypoints"], np.float32, "W")  # (B, f, V, J, 2)
+    images = np.array(batch["images"], dtype=np.float32)  # (B, f, V, 3, H, W): a writable copy
+    keypoints = np.array(batch["keypoints"], dtype=np.float32)  # (B, f, V, J, 2)
     flipped = np.zeros(len(images), dtype=bool)
     if flip and rng is not None:
         for i in np.flatnonzero(rng.random(len(images)) < 0.5):
