@@ -16,8 +16,9 @@ Steps (Ray Train for every training, each in its own run directory under
 2. predict 2D for every frame of every camera of the image dataset (`raylift predict2d`) into
    `<storage_path>/<name>/predicted_2d.npz` (VideoPose3D format);
 3. train the same lifter on the predicted 2D, on the ground-truth 2D the crops were labelled with,
-   and on `detector_2d` when given (the lifter's `data.source` is set to a generic
-   VideoPose3D source with the image source's 3D, cameras and subject split);
+   and on `detector_2d` when given (the lifter's `data.source` is set to a generic VideoPose3D
+   source with the image source's 3D, cameras and subject split; h36m with its built-in cameras
+   when the image source names no cameras JSON);
 4. print and write (`two_stage.md`, `two_stage.json`) 3D MPJPE / P-MPJPE per 2D input.
 """
 from __future__ import annotations
@@ -56,10 +57,10 @@ class StagesConfig:
                              "an image model (mpstr)")
         if is_image_config(lifter) or lifter.data.windows.multiview:
             raise ValueError(f"stages.lifter.model.name: {lifter.model.name!r} is not a single-view lifter")
-        if images.data.source.kind != "synthetic_images" or images.data.source.data_3d:
-            if not images.data.source.data_3d or not images.data.source.cameras:
-                raise ValueError("stages.images.data.source: stage 2 needs the 3D and cameras the crops were "
-                                 "labelled with (data_3d and cameras)")
+        src = images.data.source
+        if src.kind == "synthetic_images" and src.data_3d and not src.cameras:
+            raise ValueError("stages.images.data.source: stage 2 needs the cameras the crops were rendered "
+                             "through (cameras)")
 
 
 @dataclass
@@ -90,11 +91,13 @@ def label_files(images_cfg) -> tuple[str, str, str]:
 
 def lifter_config(two: TwoStageConfig, data_3d: str, data_2d: str, cameras: str, subjects: dict[str, list[str]],
                   tag: str):
-    """The stage-2 experiment on one 2D file: the lifter config with a generic source."""
+    """The stage-2 experiment on one 2D file: the lifter config with a generic source (or the h36m
+    source, with its built-in cameras, when the image source gave no cameras JSON)."""
     raw = copy.deepcopy(two.stages.lifter)
     data = raw.setdefault("data", {})
-    data["source"] = {"kind": "generic", "data_3d": data_3d, "data_2d": data_2d, "cameras": cameras,
-                      "train_subjects": subjects["train"], "test_subjects": subjects["test"]}
+    data["source"] = {"kind": "generic" if cameras else "h36m", "data_3d": data_3d, "data_2d": data_2d,
+                      "train_subjects": subjects["train"], "test_subjects": subjects["test"],
+                      **({"cameras": cameras} if cameras else {})}
     raw["name"] = f"{two.name}_lifter_{tag}"
     raw.setdefault("train", {})["storage_path"] = f"{two.storage_path.rstrip('/')}/{two.name}"
     return config_from_dict(raw)
