@@ -226,3 +226,15 @@ def test_two_stage_end_to_end_on_synthetic_images(tmp_path, ray_local, capsys):
     out = capsys.readouterr().out
     assert "Table I" in out and "PCK@0.05" in out and "overall" in out and "protocol: 2D" in out
     assert (tmp_path / "ev" / "results.md").is_file()
+
+
+def test_tune_config_searches_the_papers_frame_counts_and_relation_depth():
+    from pipelines.tune.driver import check_space, data_variants
+    from preprocessing.schema import load_yaml
+
+    raw = load_yaml(str(Path(__file__).resolve().parents[1] / "configs" / "tune_mpstr.yaml"))
+    cfg, dims = check_space(raw)  # every combination is a valid config
+    assert cfg.tune.metric == "val_px"
+    variants = data_variants(dims)  # one image dataset per frame count
+    assert sorted(v["data.images.frames"] for v in variants) == [8, 32, 128]
+    assert {d.key for d in dims} == {"data.images.frames", "model.relation_depth"}
