@@ -257,6 +257,10 @@ class MPSTR(nn.Module):
         else:
             self.relations = None if cfg.baseline else ImageRelations(cfg, self.frames)
         self.head = PoseHead(cfg.width, joints * 2)
+        # Keypoints are regressed in crop pixels: start every prediction at the crop centre rather
+        # than at its corner (0, 0), which an optimiser stepping ~lr per step takes thousands of
+        # steps to leave. Loaded checkpoints (the authors' included) overwrite it.
+        nn.init.constant_(self.head.proj.bias, cfg.img_size / 2)
 
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, D): one pooled (and projected) token per image."""

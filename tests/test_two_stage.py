@@ -238,3 +238,16 @@ def test_tune_config_searches_the_papers_frame_counts_and_relation_depth():
     variants = data_variants(dims)  # one image dataset per frame count
     assert sorted(v["data.images.frames"] for v in variants) == [8, 32, 128]
     assert {d.key for d in dims} == {"data.images.frames", "model.relation_depth"}
+
+
+def test_untrained_mpstr_predicts_the_crop_centre():
+    """Pixel regression starts at the crop centre (head bias), not at (0, 0): a few hundred steps of
+    Adam at lr 1e-3 could not move a bias from 0 to the ~16-112 px a crop's keypoints sit at."""
+    from models.mpstr import MPSTRConfig
+    from models.registry import build_model
+
+    net = build_model(MPSTRConfig(**{**TINY_MPSTR, "depths": (1, 1), "num_heads": (2, 4)}), frames=2)
+    torch.nn.init.zeros_(net.head.proj.weight)
+    with torch.no_grad():
+        out = net(torch.rand(1, 2, 4, 3, 32, 32))
+    assert torch.allclose(out, torch.full_like(out, 16.0))
