@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo demo-2stage test test-fast clean
 
 install: $(STAMP)
 
@@ -21,6 +21,11 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(VENV)/bin/raylift train --config configs/demo.yaml
+
+# Issue 12's two-stage system on embedded synthetic images: MPSTR (and its no-relations baseline)
+# images -> 2D, predicted 2D for every frame and camera, PoseFormer on it and on the GT 2D.
+demo-2stage: install
+	$(VENV)/bin/raylift two-stage --config configs/two_stage_synthetic.yaml
 
 test: install
 	$(VENV)/bin/python -m pytest -q --durations=15 tests

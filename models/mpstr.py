@@ -13,7 +13,8 @@ Transformers" (Jiao et al., arXiv 2401.16700) and its authors' code (WUJINHUAN/3
   per-camera embedding E_3D is added and a cross-view transformer attends over the V views of each
   instant; pre-norm blocks, then a final LayerNorm. `baseline: true` drops this module (the
   paper's baseline): tokens go straight to the head.
-- **Head**: LayerNorm (eps 1e-5) + Linear(D -> 2J) per image: keypoints in pixels of the crop.
+- **Head**: LayerNorm (eps 1e-5) + Linear(D -> 2J) per image: keypoints in pixels of the crop
+  (its bias starts at the crop centre; checkpoints overwrite it).
 
 `variant: official` reproduces `SwinPose` exactly, including its quirks: no cross-view module, no
 time embedding (its positional embedding is a fresh zero tensor), and "the batch is the sequence":
@@ -257,6 +258,10 @@ class MPSTR(nn.Module):
         else:
             self.relations = None if cfg.baseline else ImageRelations(cfg, self.frames)
         self.head = PoseHead(cfg.width, joints * 2)
+        # Keypoints are regressed in crop pixels: start every prediction at the crop centre rather
+        # than at its corner (0, 0), which an optimiser stepping ~lr per step takes thousands of
+        # steps to leave. Loaded checkpoints (the authors' included) overwrite it.
+        nn.init.constant_(self.head.proj.bias, cfg.img_size / 2)
 
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, D): one pooled (and projected) token per image."""

@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("pipelines.data.admin", "list, verify and show preprocessed datasets"),
     "train": ("pipelines.train.driver", "train a lifter with Ray Train, then evaluate it"),
     "evaluate": ("pipelines.evaluate.protocols", "evaluate a checkpoint with the field's protocols"),
+    "predict2d": ("pipelines.evaluate.predict2d", "predict 2D for every frame of an image dataset (VideoPose3D 2D file)"),
+    "two-stage": ("pipelines.twostage.driver", "images -> 2D model -> predicted 2D -> lifter -> 3D, one config"),
     "tune": ("pipelines.tune.driver", "search frame counts, depths and more with Ray Tune"),
     "infer": ("pipelines.evaluate.infer", "lift 2D keypoint sequences to 3D with a checkpoint"),
     "viz": ("pipelines.viz.commands", "render skeleton animations, training curves and result plots"),

@@ -187,6 +187,23 @@ class ExperimentConfig:
         if self.model is None:
             self.model = parse_model_config({}, "model")
         cls = model_class(self.model.name)
+        from preprocessing.config import IMAGE_KINDS
+
+        images_in = getattr(cls, "input_kind", "keypoints") == "images"
+        image_source = self.data.source.kind in IMAGE_KINDS
+        if images_in != image_source:
+            want = f"an image source ({', '.join(IMAGE_KINDS)})" if images_in else "a keypoint source"
+            raise ValueError(
+                f"model {self.model.name!r} takes {'images' if images_in else '2D keypoints'}, but "
+                f"data.source.kind is {self.data.source.kind!r}: set data.source.kind to {want}"
+            )
+        if images_in:
+            # Image windows are cut by data.images (f frames x V views); data.windows mirrors them
+            # so checkpoints, resume checks and tables read T from the usual place.
+            self.data.windows.frames = self.data.images.frames
+            self.data.windows.mode = cls.output_mode
+            self.data.windows.multiview = bool(cls.multiview)
+            return
         if self.data.windows.mode != cls.output_mode:
             raise ValueError(
                 f"model {self.model.name!r} is {cls.output_mode} but data.windows.mode is "

@@ -101,3 +101,46 @@ def load_image_split(uri: str, split: str, flip: bool = False, seed: int = 0) ->
         parts.append(arrays)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
+
+
+def iter_image_groups(uri, split: str, rank: int = 0, world: int = 1, max_windows: Optional[int] = None):
+    """Decoded row groups of a split without Ray, worker `rank` of `world` taking row groups rank,
+    rank + world, ... (in manifest order), so `world` readers together see every window once.
+
+    `uri` is a URI or a storage Location. Yields `decode_rows` dicts (no flip) plus `subject`,
+    `action`, `activity`, `camera` (object arrays) and `frame` (W, f) int32; `max_windows` caps
+    the windows yielded."""
+    import pyarrow as pa
+
+    from preprocessing import storage
+    from preprocessing.readers import _parquet_file
+
+    loc_ = uri if isinstance(uri, storage.Location) else storage.open_location(uri)
+    manifest = _image_manifest(loc_.uri)
+    w = manifest["windows"]
+    perm = get_skeleton(manifest["source"]["layout"]).flip_permutation()
+    shards = [loc_.child(s["path"]) for s in manifest["shards"] if s["split"] == split]
+    if not shards:
+        raise DataError(f"dataset {loc_.uri} has no {split!r} split")
+    groups = []
+    for loc in shards:
+        try:
+            groups += [(loc, i) for i in range(_parquet_file(loc).num_row_groups)]
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"{loc.uri}: not a readable Parquet shard ({e})") from None
+    seen = 0
+    for loc, index in groups[rank::world]:
+        if max_windows is not None and seen >= max_windows:
+            return
+        try:
+            table = _parquet_file(loc).read_row_group(index, columns=COLUMNS)
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"{loc.uri}: cannot read row group {index} ({e})") from None
+        if max_windows is not None:
+            table = table.slice(0, max_windows - seen)
+        arrays = decode_rows(table, w["size"], w["views"], False, 0, perm, f"{loc.uri} row group {index}")
+        for key in ("subject", "action", "activity", "camera"):
+            arrays[key] = np.asarray(table.column(key).to_pylist(), dtype=object)
+        arrays["frame"] = table.column("frame").combine_chunks().to_numpy_ndarray()
+        seen += table.num_rows
+        yield arrays

@@ -323,6 +323,8 @@ def _manifest(data, id_, src, files, sequences, job, shards, started) -> dict:
         "source": {"kind": data.source.kind, "layout": src.skeleton.name, "joints": joints, "files": files},
         "images": images,
         "cameras": src.cameras,
+        # (width, height) the 2D labels refer to, per camera: the `res` of predicted 2D files
+        "image_sizes": {cam: [int(x) for x in wh] for cam, wh in zip(src.cameras, src.sequences[0].image_sizes)},
         "skipped": src.skipped,
         "windows": {"frames": cfg.frames, "views": len(src.cameras), "size": cfg.size, "format": cfg.format,
                     "flip": cfg.flip, "margin": cfg.margin},

@@ -7,7 +7,10 @@ import pytest
 
 from pipelines.config import load_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+ALL = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+# `raylift two-stage` configs (a `stages:` section holding two experiment configs)
+TWO_STAGE = [p for p in ALL if p.name.startswith("two_stage")]
+CONFIGS = [p for p in ALL if p not in TWO_STAGE]
 
 
 def test_configs_are_shipped():
@@ -40,3 +43,11 @@ def test_mixste_3dhp_uses_the_papers_table3_window():
     cfg = load_config(str(CONFIGS[0].parent / "mixste_3dhp.yaml"))
     assert (cfg.data.source.kind, cfg.data.windows.frames, cfg.data.windows.mode) == ("mpi3dhp", 27, "seq2seq")
     assert (cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay, cfg.train.lr_decay) == ("adamw", 4e-5, 0.1, 0.99)
+
+
+@pytest.mark.parametrize("path", TWO_STAGE, ids=[p.name for p in TWO_STAGE])
+def test_two_stage_config_loads(path):
+    from pipelines.twostage.driver import load_two_stage
+
+    two = load_two_stage(str(path))
+    assert two.stages.images["model"]["name"] == "mpstr" and two.stages.lifter["model"]["name"]

@@ -541,6 +541,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", default="raylift", choices=protocol_defs.PROTOCOL_NAMES,
                         help="what the tables reproduce (eval.protocol): raylift = each real frame once; mixste = "
                              "MixSTE's test windows; videopose3d_seq2frame = PoseFormer/CrossFormer; fusionformer")
+    parser.add_argument("--compare", default=None, metavar="CHECKPOINT",
+                        help="image models (mpstr): a second checkpoint, e.g. the no-relations baseline, "
+                             "scored on the same images and shown beside --checkpoint (the paper's Table I)")
 
 
 def add_placement_arguments(parser: argparse.ArgumentParser) -> None:
@@ -561,9 +564,14 @@ def parse_placement_resources(text: Optional[str]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipelines.evaluate.images2d import is_image_checkpoint, run_cli
     from pipelines.train.checkpoints import local_copy
     from preprocessing import storage
 
+    if not storage.is_s3(args.checkpoint) and is_image_checkpoint(args.checkpoint):
+        return run_cli(args)  # images -> 2D: the 2D metrics (pipelines/evaluate/images2d.py)
+    if args.compare:
+        raise DataError(f"--compare: only for local image checkpoints (mpstr); {args.checkpoint} is not one")
     if storage.is_s3(args.checkpoint):  # an unreachable endpoint is named, not "no meta.json"
         storage.check_s3_endpoint(args.checkpoint)
     out = args.out or default_out_dir(args.checkpoint.split("://", 1)[-1] if storage.is_s3(args.checkpoint)

@@ -2,6 +2,7 @@
 
     raylift models summary --model mixste --frames 243 [--joints 17] [--set model.dim=256] [--json]
     raylift models import --from mixste|poseformer|crossformer|fusionformer FILE --out CKPT_DIR
+    raylift models import --from mpstr FILE [--backbone CFG.json|yaml] --out CKPT_DIR
                           [--frames T] [--heads H] [--refine REFINE_FILE (fusionformer)]
 
 FLOPs are counted with `torch.utils.flop_counter.FlopCounterMode` on one forward pass of batch 1
@@ -18,6 +19,8 @@ import json
 import sys
 from dataclasses import asdict
 from typing import Any
+
+from preprocessing.schema import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        description="convert a checkpoint released by the MixSTE, PoseFormer, CrossFormer or "
                                    "Fusionformer authors "
                                    "into a raylift checkpoint (H36M joint layout)")
-    i.add_argument("--from", dest="source", required=True, choices=["mixste", "poseformer", "crossformer", "fusionformer"],
+    i.add_argument("--from", dest="source", required=True, choices=["mixste", "poseformer", "crossformer", "fusionformer", "mpstr"],
                    help="whose checkpoint format FILE is in")
     i.add_argument("file", help="official checkpoint (.bin/.pth with a 'model_pos' state dict)")
     i.add_argument("--out", required=True, help="raylift checkpoint directory to write")
@@ -46,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     i.add_argument("--heads", type=int, default=None,
                    help="attention heads (not visible in the weights; default: the paper's 8)")
     i.add_argument("--refine", default=None, help="Fusionformer only: the refinement network's checkpoint")
+    i.add_argument("--backbone", default=None,
+                   help="mpstr only: a JSON/YAML file with the authors' cfg.model['backbone'] mapping "
+                        "(embed_dim, depths, num_heads, window_size, ...); default: their Swin-T")
 
 
 def model_config(name: str, overrides: list[str]) -> Any:
@@ -136,10 +142,45 @@ def run(args: argparse.Namespace) -> int:
     from models.convert import import_official
     from models.checkpoint import read_meta
 
+    if args.source == "mpstr":
+        return import_mpstr(args.file, args.out, args.backbone)
+    if args.backbone is not None:
+        raise ConfigError(f"--backbone: only for --from mpstr, not {args.source}")
     out = import_official(args.source, args.file, args.out, frames=args.frames, heads=args.heads, refine=args.refine)
     meta = read_meta(out)
     if meta["imported_from"]["dropped_unused"]:
         print("dropped tensors the released code never uses: " + ", ".join(meta["imported_from"]["dropped_unused"]))
     print(f"imported {args.source} checkpoint {args.file} (epoch {meta['epoch']}, T={meta['frames']}, "
           f"J={meta['joints']}) -> {out}", file=sys.stdout)
+    return 0
+
+
+def import_mpstr(path: str, out: str, backbone_file: str | None = None) -> int:
+    """`models import --from mpstr`: the authors' SwinPose checkpoint -> a raylift checkpoint of
+    the `official` variant (models.convert.load_official_mpstr), with the conversion's dropped keys
+    listed in meta.json."""
+    from models.checkpoint import save_checkpoint
+    from models.convert import load_official_mpstr
+    from preprocessing.schema import load_yaml
+
+    backbone = None
+    if backbone_file is not None:
+        backbone = load_yaml(backbone_file)  # JSON is YAML; ConfigError naming the file if unreadable
+        if not isinstance(backbone, dict):
+            raise ConfigError(f"{backbone_file}: expected a mapping (the authors' cfg.model['backbone'])")
+    model, info = load_official_mpstr(path, backbone)
+    meta = {
+        "model": asdict(info["config"]),
+        "frames": 1,  # the official variant's sequence is the batch of one call, not a window
+        "joints": 17,
+        "layout": "h36m",
+        "epoch": info["epoch"],
+        "dataset_id": None,
+        "metrics": {},
+        "config": None,
+        "imported_from": {"format": "mpstr", "file": str(path), "backbone": backbone, "dropped": info["dropped"]},
+    }
+    directory = save_checkpoint(out, model.state_dict(), meta)
+    print(f"imported mpstr (SwinPose) checkpoint {path} (epoch {info['epoch']}, variant official, "
+          f"{len(info['dropped'])} unused or config-derived tensors dropped) -> {directory}")
     return 0

@@ -91,6 +91,13 @@ def prepared_dataset_uri(cfg: ExperimentConfig) -> Optional[str]:
     is_id = "/" not in named and "\\" not in named
     uri = storage.join(storage_root(cfg.data.root), named) if is_id else storage_root(named)
     manifest = read_manifest(uri)  # DataError naming the URI when there is no dataset there
+    check_input_kind(cfg, manifest, uri)
+    if manifest.get("kind") == "images":
+        have_f, want_f = (manifest.get("windows") or {}).get("frames"), cfg.data.images.frames
+        if have_f != want_f:
+            raise ConfigError(f"data.dataset {uri} holds image windows of f={have_f} frames but "
+                              f"data.images.frames is {want_f}: set data.images.frames to match the dataset")
+        return uri
     windows, want = manifest.get("windows") or {}, cfg.data.windows
     have = (windows.get("frames"), windows.get("mode"), bool(windows.get("multiview")))
     if have != (want.frames, want.mode, bool(want.multiview)):
@@ -99,6 +106,24 @@ def prepared_dataset_uri(cfg: ExperimentConfig) -> Optional[str]:
             f"data.windows asks for {want.mode} T={want.frames} (multiview={bool(want.multiview)}): "
             "set data.windows to match the dataset")
     return uri
+
+
+def is_image_config(cfg: ExperimentConfig) -> bool:
+    """True when the config's model takes images (mpstr): image datasets, 2D validation."""
+    from models.registry import model_class
+    from pipelines.train.images import is_image_model
+
+    return is_image_model(model_class(cfg.model.name))
+
+
+def check_input_kind(cfg: ExperimentConfig, manifest: dict, uri: str) -> None:
+    """Refuse an image model on a keypoint dataset and a lifter on an image dataset."""
+    images_in, image_data = is_image_config(cfg), manifest.get("kind") == "images"
+    if images_in != image_data:
+        raise ConfigError(
+            f"dataset {uri} holds {'image crops' if image_data else '2D keypoint windows'}, but model "
+            f"{cfg.model.name!r} takes {'images' if images_in else '2D keypoints'}: give "
+            f"{'an image' if images_in else 'a keypoint'} dataset (data.dataset / --data)")
 
 
 def check_resume(run_uri: str, cfg_dict: dict, joints: int, dataset_id: str) -> Optional[str]:
@@ -191,6 +216,7 @@ def build_trainer(cfg: ExperimentConfig, dataset_uri: str, loop_config: dict, ru
 
     from pipelines.train.worker import TRAIN, train_loop_per_worker
     from preprocessing import storage as st
+    from preprocessing.image_readers import open_image_split
     from preprocessing.readers import check_shards, open_split
 
     tc = cfg.train
@@ -220,8 +246,10 @@ def build_trainer(cfg: ExperimentConfig, dataset_uri: str, loop_config: dict, ru
             num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources,
         ),
         run_config=run_config,
-        # train.shuffle global: each worker opens its own per-epoch share (pipelines/train/worker.py)
-        datasets={TRAIN: open_split(dataset_uri, "train")} if tc.shuffle == "local" else None,
+        # Image windows are decoded in Ray Data tasks, the workers draw their flips per epoch; keypoint
+        # windows under train.shuffle global: each worker opens its own per-epoch share (worker.py).
+        datasets=({TRAIN: open_image_split(dataset_uri, "train", flip=False)} if is_image_config(cfg)
+                  else {TRAIN: open_split(dataset_uri, "train")} if tc.shuffle == "local" else None),
     )
 
 
@@ -251,10 +279,13 @@ def run_training(
     if dataset_uri is None:
         dataset_uri = prepared_dataset_uri(cfg)
     if dataset_uri is None:
+        from preprocessing.image_shards import build_image_dataset
         from preprocessing.shards import prepare_dataset
 
-        dataset_uri = prepare_dataset(cfg.data, progress=progress).uri
+        build = build_image_dataset if is_image_config(cfg) else prepare_dataset
+        dataset_uri = build(cfg.data, progress=progress).uri
     manifest = read_manifest(dataset_uri)
+    check_input_kind(cfg, manifest, dataset_uri)
     dataset_id, joints, layout = dataset_facts(manifest, cfg)
     val_split = validation_split(cfg, manifest)
     name = run_name or cfg.name
@@ -265,13 +296,13 @@ def run_training(
     held = lease.acquire(storage.open_location(run_uri).child(RUN_LOCK), f"raylift train of run {name}",
                          wait_s=lock_wait_s)
     try:
-        return _train_locked(cfg, cfg_dict, dataset_uri, dataset_id, joints, layout, val_split, name, root,
-                             run_uri, callbacks, evaluate_after, progress, held)
+        return _train_locked(cfg, cfg_dict, dataset_uri, manifest, dataset_id, joints, layout, val_split, name,
+                             root, run_uri, callbacks, evaluate_after, progress, held)
     finally:
         held.release()
 
 
-def _train_locked(cfg: ExperimentConfig, cfg_dict: dict, dataset_uri: str, dataset_id: str, joints: int,
+def _train_locked(cfg: ExperimentConfig, cfg_dict: dict, dataset_uri: str, manifest: dict, dataset_id: str, joints: int,
                   layout: str, val_split: str, name: str, root: str, run_uri: str, callbacks: Sequence[Any],
                   evaluate_after: Optional[bool], progress: Callable[[str], None], held: Any) -> TrainOutcome:
     """The part of `run_training` that runs while this process holds the run directory's lease."""
@@ -296,6 +327,10 @@ def _train_locked(cfg: ExperimentConfig, cfg_dict: dict, dataset_uri: str, datas
         # Ray Train runs no callbacks in local mode; the loop (in this process) calls them itself.
         "local_callbacks": list(callbacks) if tc.num_workers == 0 else [],
     }
+    images = manifest.get("kind") == "images"
+    if images:
+        loop_config["images"] = {"size": int(manifest["windows"]["size"]),
+                                 "flip": bool(manifest["windows"]["flip"])}
     trainer = build_trainer(cfg, dataset_uri, loop_config, name, root, callbacks)
     held.check()
     try:
@@ -319,10 +354,16 @@ def _train_locked(cfg: ExperimentConfig, cfg_dict: dict, dataset_uri: str, datas
     do_eval = tc.evaluate if evaluate_after is None else evaluate_after
     chosen = best_ckpt if tc.select == "test" else last_ckpt
     if do_eval and chosen is not None:
-        outcome.evaluation = evaluate_best(cfg, chosen.uri, dataset_uri, layout, run_uri, progress)
+        if images:
+            from pipelines.evaluate.images2d import evaluate_image_best
+
+            outcome.evaluation = evaluate_image_best(cfg, chosen.uri, dataset_uri, run_uri, progress)
+        else:
+            outcome.evaluation = evaluate_best(cfg, chosen.uri, dataset_uri, layout, run_uri, progress)
     progress(f"run directory: {run_uri}")
     if best_ckpt is not None:
-        progress(f"best checkpoint: {best_ckpt.uri} (epoch {best_ckpt.epoch}, val MPJPE {best_ckpt.val_mpjpe:.2f} mm)")
+        score = f"val 2D error {best_ckpt.val_mpjpe:.2f} px" if images else f"val MPJPE {best_ckpt.val_mpjpe:.2f} mm"
+        progress(f"best checkpoint: {best_ckpt.uri} (epoch {best_ckpt.epoch}, {score})")
     return outcome
 
 

@@ -376,10 +376,11 @@ def format_duration(seconds: float) -> str:
 
 def epoch_line(row: dict, epochs: int, eta_s: float) -> str:
     """One human-readable line per epoch (loss, validation MPJPE in mm, lr, windows/s, ETA)."""
-    val = row.get("val_mpjpe")
-    val_text = f"{val:7.2f} mm" if val is not None and np.isfinite(val) else "    n/a"
+    pixels = "val_px" in row  # an image model: validation is the 2D error in full-image pixels
+    val = row.get("val_px" if pixels else "val_mpjpe")
+    val_text = f"{val:7.2f} {'px' if pixels else 'mm'}" if val is not None and np.isfinite(val) else "    n/a"
     return (
         f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}  loss {row['loss']:.5f}  "
-        f"val MPJPE {val_text}  lr {row['lr']:.3g}  {row['windows_per_s']:.0f} windows/s  "
+        f"val {'2D error' if pixels else 'MPJPE'} {val_text}  lr {row['lr']:.3g}  {row['windows_per_s']:.0f} windows/s  "
         f"epoch {row['epoch_time_s']:.1f}s  ETA {format_duration(eta_s)}"
     )

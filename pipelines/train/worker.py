@@ -18,6 +18,7 @@ import time
 from typing import Any, Optional
 
 import pyarrow.fs as pafs
+import numpy as np
 import torch
 
 from models.checkpoint import save_checkpoint
@@ -80,15 +81,23 @@ def _node_id() -> str:
 def train_loop_per_worker(config: dict) -> None:
     """`config`: {"cfg": experiment dict, "dataset_loc" / "run_loc" (storage Locations of the
     dataset and the run directory), "dataset_id", "joints", "layout", "resume_loc" (Location of
-    the checkpoint to resume from, or None), "local_mode" (bool), "local_callbacks"}."""
+    the checkpoint to resume from, or None), "local_mode" (bool), "local_callbacks", and for
+    image models "images": {"size", "flip"} of the image dataset}.
+
+    Image models (`input_kind = "images"`, pipelines/train/images.py) read image windows, train
+    on their 2D keypoints and are validated by the mean 2D error in full-image pixels (`val_px`,
+    also reported as the checkpoint score `val_mpjpe`, lower is better)."""
     import ray.train
     import ray.train.torch
 
     from models.losses import build_loss, forward_for_loss
     from models.registry import build_model, count_parameters
     from pipelines.config import config_from_dict
+    from pipelines.train import images as img
     from pipelines.train.logs import RunLog
+    from preprocessing.image_readers import iter_image_groups
     from preprocessing.readers import iter_torch_batches, split_row_groups
+    from preprocessing.skeleton import get_skeleton
 
     cfg_dict = config["cfg"]
     cfg = config_from_dict(cfg_dict)
@@ -126,8 +135,13 @@ def train_loop_per_worker(config: dict) -> None:
         model = torch.compile(model)
     base_loss = build_loss(cfg.model.name, tc.loss, layout=config["layout"])
 
+    image_model = img.is_image_model(type(net))
+    input_key = img.IMAGE_INPUT if image_model else "keypoints_2d"
+    image_info = config.get("images") or {}
+    flip_perm = get_skeleton(config["layout"]).flip_permutation() if image_model else None
+
     def loss_fn(m: torch.nn.Module, batch: dict):
-        return base_loss(forward_for_loss(m, batch["keypoints_2d"]), batch)
+        return base_loss(forward_for_loss(m, batch[input_key]), batch)
 
     nodes = len(set(_all_gather(_node_id(), world)))
     log = RunLog(config["run_loc"]) if rank == 0 else None
@@ -137,7 +151,7 @@ def train_loop_per_worker(config: dict) -> None:
         _say(f"training {cfg.model.name} ({count_parameters(net):,} parameters, T={frames}) {where} "
              f"on {device.type}: {what}")
 
-    if tc.shuffle == "global":  # this worker reads its share of a per-epoch permutation of row groups
+    if tc.shuffle == "global" and not image_model:  # its share of a per-epoch permutation of row groups
         group_rows = split_row_groups(config["dataset_loc"], "train")
     else:  # manifest order, split across workers by Ray Train
         train_shard = ray.train.get_dataset_shard(TRAIN)
@@ -149,13 +163,20 @@ def train_loop_per_worker(config: dict) -> None:
             model.train()
             loss_sum, steps, windows = 0.0, 0, 0
             term_sums: dict[str, float] = {}
-            source, epoch_cap = (train_shard, cap) if tc.shuffle == "local" else _global_share(
-                config["dataset_loc"], group_rows, tc.seed, epoch, rank, world, cap)
-            batches = iter_torch_batches(
-                source, tc.windows_per_batch(frames), shuffle_buffer=tc.shuffle_buffer,
-                prefetch_batches=tc.prefetch_batches, seed=tc.seed * 1_000_003 + epoch * 1009 + rank,
-                device=str(device),
-            )
+            batch_seed = tc.seed * 1_000_003 + epoch * 1009 + rank
+            if image_model:
+                epoch_cap = cap
+                flip_rng = np.random.default_rng(batch_seed) if image_info.get("flip") else None
+                batches = (img.training_batch(b, flip_rng is not None, flip_rng, int(image_info["size"]), flip_perm, device)
+                           for b in img.iter_numpy_batches(train_shard, tc.windows_per_batch(frames),
+                                                           tc.prefetch_batches, tc.shuffle_buffer, batch_seed))
+            else:
+                source, epoch_cap = (train_shard, cap) if tc.shuffle == "local" else _global_share(
+                    config["dataset_loc"], group_rows, tc.seed, epoch, rank, world, cap)
+                batches = iter_torch_batches(
+                    source, tc.windows_per_batch(frames), shuffle_buffer=tc.shuffle_buffer,
+                    prefetch_batches=tc.prefetch_batches, seed=batch_seed, device=str(device),
+                )
             for batch in batches:
                 loss, terms = train_step(model, batch, loss_fn, optimizer, tc.clip_grad, tc.bf16)
                 loss_sum += loss
@@ -172,16 +193,23 @@ def train_loop_per_worker(config: dict) -> None:
             terms_mean = {f"train_{k}": v / max(steps, 1) for k, v in zip(term_keys, reduced[3:]) if k != "loss"}
 
             val_cap = None if tc.max_val_windows is None else -(-tc.max_val_windows // world)
-            val_batches = iter_val_batches(config["dataset_loc"], config.get("val_split", "test"), tc.val_batch_size,
-                                           rank, world, val_cap)
-            err, count = validation_sums(net, val_batches, device, cfg.eval.bf16)
+            if image_model:
+                groups = iter_image_groups(config["dataset_loc"], "test", rank, world, val_cap)
+                err, count = img.validation_sums_2d(net, groups, int(image_info["size"]), tc.val_batch_size, device,
+                                                    cfg.eval.bf16)
+            else:
+                val_batches = iter_val_batches(config["dataset_loc"], config.get("val_split", "test"),
+                                               tc.val_batch_size, rank, world, val_cap)
+                err, count = validation_sums(net, val_batches, device, cfg.eval.bf16)
             err, count = _all_reduce_sum([err, count], device)
+            score = (err if image_model else 1000.0 * err) / count if count else float("nan")
             elapsed = time.perf_counter() - t0
             durations.append(elapsed)
             row = {
                 "epoch": epoch,
                 "loss": loss_sum / max(steps, 1),
-                "val_mpjpe": 1000.0 * err / count if count else float("nan"),
+                "val_mpjpe": score,  # the checkpoint score: mm, or for image models the 2D error in px
+                **({"val_px": score} if image_model else {}),
                 "lr": current_lr(optimizer),
                 "windows": int(windows),
                 "windows_per_s": windows / max(train_time, 1e-9),

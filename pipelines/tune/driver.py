@@ -114,7 +114,7 @@ def check_space(raw: dict) -> tuple[ExperimentConfig, list]:
 
 def prepare_datasets(raw: dict, dims: list, progress=print) -> dict[str, str]:
     """Prepare (or find in the cache) the windows of every data.* assignment: data_key -> dataset uri."""
-    from pipelines.train.driver import prepared_dataset_uri
+    from pipelines.train.driver import is_image_config, prepared_dataset_uri
     from preprocessing.shards import prepare_dataset
 
     base = config_from_dict(raw)
@@ -129,7 +129,12 @@ def prepare_datasets(raw: dict, dims: list, progress=print) -> dict[str, str]:
     uris = {}
     for values in data_variants(dims):
         cfg = config_from_dict(apply_values(raw, values))
-        info = prepare_dataset(cfg.data, progress=progress)
+        if is_image_config(cfg):  # image models: each data.images variant (e.g. frames f) is its own dataset
+            from preprocessing.image_shards import build_image_dataset
+
+            info = build_image_dataset(cfg.data, progress=progress)
+        else:
+            info = prepare_dataset(cfg.data, progress=progress)
         uris[data_key(values)] = info.uri
         progress(f"dataset for {values or 'all trials'}: {info.uri}")
     return uris
@@ -307,7 +312,7 @@ def collect_rows(grid, base_raw: dict, metric: str) -> list[dict[str, Any]]:
         rows.append({
             **overrides,
             "T": cfg.data.windows.frames,
-            "depth": getattr(cfg.model, "depth", None),
+            "depth": getattr(cfg.model, "depth", getattr(cfg.model, "relation_depth", None)),  # mpstr: relations
             "params": params,
             "best_" + metric: float(min(values)) if len(values) else None,
             "epochs": trained,
@@ -363,7 +368,7 @@ def _write_results_local(rows: list[dict[str, Any]], base_raw: dict, out_dir: Pa
         best_raw["name"] = f"{base_raw.get('name', 'experiment')}_best"
         config_from_dict(best_raw)  # the written file must be a valid training config
         (out_dir / "best.yaml").write_text(
-            f"# Best trial of raylift tune ({metric_col} = {best[metric_col]:.2f} mm): "
+            f"# Best trial of raylift tune ({metric_col} = {best[metric_col]:.2f} {metric_unit(metric_col)}): "
             f"train it with `raylift train --config best.yaml`\n"
             + yaml.safe_dump(best_raw, sort_keys=False)
         )
@@ -391,6 +396,11 @@ def _markdown_table(df) -> str:
     return "\n".join(lines)
 
 
+def metric_unit(metric_col: str) -> str:
+    """Unit of a searched metric: pixels for image models' `val_px`, else millimetres."""
+    return "px" if metric_col.endswith("_px") else "mm"
+
+
 def plot_metric_vs_frames(df, path: Path) -> None:
     """Best MPJPE against T, one line per depth; hollow markers for trials ASHA stopped early."""
     import matplotlib
@@ -414,7 +424,7 @@ def plot_metric_vs_frames(df, path: Path) -> None:
     ax.set_xticks(frames, [str(int(t)) for t in frames])
     ax.minorticks_off()
     ax.set_xlabel("frames T")
-    ax.set_ylabel(f"best {metric_col[len('best_'):]} (mm)")
+    ax.set_ylabel(f"best {metric_col[len('best_'):]} ({metric_unit(metric_col)})")
     ax.set_title("Tune: best validation MPJPE by T (hollow: stopped early)", fontsize=10)
     if len(data):
         ax.legend()

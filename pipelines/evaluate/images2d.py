@@ -1,0 +1,213 @@
+"""Scoring an image-to-2D checkpoint (mpstr) on an image dataset: `raylift evaluate` on such a
+checkpoint, and the evaluation after `raylift train`.
+
+Protocol (printed with every table, `PROTOCOL_2D`): every real image of the test split once
+(padded frames, mask 0, left out), no test-time flip; predictions in crop pixels are mapped to
+full-image pixels through the stored crop boxes; metrics from `pipelines/evaluate/metrics2d.py`:
+PCK@0.05 of the person box's longer side (the authors' utils/valid.py), mean pixel error and MSE,
+OKS AP/AP50/AP75/AR through pycocotools with COCO's sigmas mapped to the H36M-17 joints; per
+activity and overall (image-wise). With a second checkpoint (`--compare`), the paper's Table I:
+the no-relations baseline next to the full model, on the same images.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from models.checkpoint import CheckpointError
+from pipelines.evaluate.metrics2d import PCK_THRESHOLD, evaluate_2d
+
+PROTOCOL_2D = (f"2D: every real test image once (padded frames excluded), no test-time flip, full-image "
+               f"pixels via the crop boxes; PCK@{PCK_THRESHOLD:g} = joint error < {PCK_THRESHOLD:g} x the "
+               "person box's longer side (authors' utils/valid.py); OKS AP/AR by pycocotools with COCO "
+               "sigmas mapped to H36M-17 (metrics2d.H36M_OKS_SIGMAS)")
+COLUMNS_2D = (("PCK@0.05", "PCK@0.05 %", 100.0), ("pixel_error", "px err", 1.0), ("MSE", "MSE px^2", 1.0),
+              ("AP", "AP", 100.0), ("AP50", "AP50", 100.0), ("AP75", "AP75", 100.0), ("AR", "AR", 100.0))
+
+
+def load_image_model(checkpoint: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The model of an image checkpoint (local directory or URI), in eval mode on `device`."""
+    from models.checkpoint import load_model
+    from models.registry import model_class
+    from pipelines.train.checkpoints import local_copy
+    from pipelines.train.images import is_image_model
+
+    with local_copy(checkpoint) as d:
+        model, meta = load_model(d)
+    if not is_image_model(model_class(meta["model"]["name"])):
+        raise CheckpointError(f"{checkpoint}: model {meta['model']['name']!r} takes 2D keypoints, not images; "
+                              "this evaluation is for image models (mpstr)")
+    return model.to(device).eval(), meta
+
+
+@torch.no_grad()
+def predict_split(model: torch.nn.Module, uri, split: str, batch_size: int, device: torch.device,
+                  bf16: bool = False) -> dict[str, np.ndarray]:
+    """Predictions for every window of a split: `pred` and `keypoints` (W, f, V, J, 2) crop
+    pixels, `boxes` (W, f, V, 4), `mask` (W, f), `frame` (W, f), `subject`/`action`/`activity`/
+    `camera` (W,)."""
+    from pipelines.train.loop import autocast
+    from preprocessing.image_readers import iter_image_groups
+
+    parts = []
+    for arrays in iter_image_groups(uri, split):
+        preds = []
+        for lo in range(0, len(arrays["mask"]), batch_size):
+            with autocast(device, bf16):
+                out = model(torch.from_numpy(arrays["images"][lo:lo + batch_size]).to(device))
+            preds.append(out.float().cpu().numpy())
+        arrays = {k: v for k, v in arrays.items() if k not in ("images", "flipped")}
+        arrays["pred"] = np.concatenate(preds)
+        parts.append(arrays)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def score_predictions(arrays: dict[str, np.ndarray], size: int) -> dict[str, dict[str, float]]:
+    """Per-activity and overall 2D metrics of `predict_split`'s output."""
+    return evaluate_2d(arrays["pred"], arrays["keypoints"], arrays["boxes"], size, arrays["mask"], arrays["activity"])
+
+
+def format_table_2d(results: dict[str, dict[str, float]], markdown: bool = False) -> str:
+    """One row per activity, then `overall`: PCK (%), px error, MSE, AP/AP50/AP75/AR (%), images."""
+    head = ["activity", *[label for _, label, _ in COLUMNS_2D], "images"]
+    rows = [[name, *[f"{results[name][k] * scale:.2f}" for k, _, scale in COLUMNS_2D], str(results[name]["images"])]
+            for name in [*sorted(k for k in results if k != "overall"), "overall"]]
+    return _render(head, rows, markdown)
+
+
+def format_table_i(overall: dict[str, dict[str, float]], markdown: bool = False) -> str:
+    """The paper's Table I layout: one row per model (e.g. baseline, full), overall 2D metrics."""
+    head = ["model", *[label for _, label, _ in COLUMNS_2D]]
+    rows = [[name, *[f"{m[k] * scale:.2f}" for k, _, scale in COLUMNS_2D]] for name, m in overall.items()]
+    return _render(head, rows, markdown)
+
+
+def _render(head: list[str], rows: list[list[str]], markdown: bool) -> str:
+    if markdown:
+        return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                         + ["| " + " | ".join(r) + " |" for r in rows])
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    fmt = lambda r: "  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths)))
+    return "\n".join([fmt(head), "-" * len(fmt(head))] + [fmt(r) for r in rows])
+
+
+def model_label(meta: dict) -> str:
+    m = meta["model"]
+    what = "baseline (no relations)" if m.get("baseline") else f"full (relations depth {m.get('relation_depth')})"
+    return f"{m.get('name')} {m.get('variant', '')} {what}, f={meta.get('frames')}".replace("  ", " ")
+
+
+def evaluate_image_checkpoint(checkpoint: str, dataset_uri: str, compare: Optional[str] = None, batch_size: int = 8,
+                              device: Optional[str] = None, bf16: bool = False) -> dict[str, Any]:
+    """Score `checkpoint` (and `compare`, e.g. the no-relations baseline) on the test split of
+    the image dataset `dataset_uri`. Returns {"protocol", "dataset", "models": {label: {"checkpoint",
+    "epoch", "results": per-activity metrics}}}."""
+    from preprocessing.image_readers import _image_manifest
+
+    manifest = _image_manifest(dataset_uri)
+    size = int(manifest["windows"]["size"])
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    models: dict[str, Any] = {}
+    for ckpt in [c for c in (compare, checkpoint) if c]:
+        model, meta = load_image_model(ckpt, dev)
+        if int(meta["frames"]) != int(manifest["windows"]["frames"]):
+            raise CheckpointError(f"{ckpt}: trained on windows of f={meta['frames']} frames, dataset {dataset_uri} "
+                                  f"has f={manifest['windows']['frames']}")
+        label = model_label(meta)
+        if label in models:
+            label = f"{label} ({Path(str(ckpt)).name})"
+        arrays = predict_split(model, dataset_uri, "test", batch_size, dev, bf16)
+        models[label] = {"checkpoint": str(ckpt), "epoch": meta.get("epoch"), "results": score_predictions(arrays, size)}
+    return {"protocol": PROTOCOL_2D, "dataset": str(dataset_uri), "models": models}
+
+
+def result_text(result: dict[str, Any], markdown: bool = False) -> str:
+    """Every model's per-activity table, then (two or more models) the Table I comparison."""
+    out = []
+    for label, entry in result["models"].items():
+        out += [f"{'## ' if markdown else ''}{label} (epoch {entry['epoch']}, {entry['checkpoint']})", "",
+                format_table_2d(entry["results"], markdown), ""]
+    if len(result["models"]) > 1:
+        out += [f"{'## ' if markdown else ''}Table I (the paper's comparison): overall", "",
+                format_table_i({k: v["results"]["overall"] for k, v in result["models"].items()}, markdown), ""]
+    out.append(f"protocol: {result['protocol']}")
+    return "\n".join(out)
+
+
+def write_result(result: dict[str, Any], out_dir) -> None:
+    """results.json and results.md into `out_dir` (a local path or storage Location), atomically."""
+    from preprocessing import storage
+
+    loc = out_dir if isinstance(out_dir, storage.Location) else storage.open_location(str(out_dir))
+    storage.write_bytes(loc.child("results.json"), (json.dumps(result, indent=1, default=float) + "\n").encode())
+    storage.write_bytes(loc.child("results.md"), ("# raylift 2D evaluation\n\n" + result_text(result, True) + "\n").encode())
+
+
+def evaluate_image_best(cfg, checkpoint_uri: str, dataset_uri: str, run_uri: str,
+                        progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """The evaluation after `raylift train` of an image model: printed and written to
+    `<run>/eval/results.{md,json}`. Runs in the driver process (CPU unless it has a GPU)."""
+    from preprocessing import storage
+
+    result = evaluate_image_checkpoint(checkpoint_uri, dataset_uri, batch_size=cfg.eval.batch_size,
+                                       bf16=cfg.train.bf16 and cfg.train.use_gpu)
+    progress(result_text(result))
+    eval_dir = storage.open_location(run_uri).child("eval")
+    write_result(result, eval_dir)
+    progress(f"results: {eval_dir.uri}/results.md")
+    return result
+
+
+def resolve_image_dataset(checkpoint: str, data: Optional[str], root: Optional[str], progress=print) -> str:
+    """Dataset URI for an image checkpoint: an experiment YAML (its image data is built or found),
+    a dataset id under `root`, or by default the checkpoint's dataset under its config's data.root."""
+    from models.checkpoint import read_meta
+    from pipelines.train.checkpoints import local_copy
+    from preprocessing import storage
+
+    if data is not None and (data.endswith((".yaml", ".yml")) or Path(data).is_file()):
+        from pipelines.config import load_config
+        from preprocessing.image_shards import build_image_dataset
+
+        cfg = load_config(data)
+        if root:
+            cfg.data.root = root
+        return build_image_dataset(cfg.data, progress=progress).uri
+    with local_copy(checkpoint) as d:
+        meta = read_meta(d)
+    cfg_root = ((meta.get("config") or {}).get("data") or {}).get("root") or "data/datasets"
+    dataset_id = data or meta.get("dataset_id")
+    if not dataset_id:
+        raise CheckpointError(f"{checkpoint}: meta has no dataset_id: pass --data (a dataset id or experiment YAML)")
+    return storage.join(root or cfg_root, dataset_id)
+
+
+def is_image_checkpoint(checkpoint: str) -> bool:
+    """True when `checkpoint`'s model takes images (read from its meta.json only)."""
+    from models.checkpoint import read_meta
+    from models.registry import model_class
+    from pipelines.train.checkpoints import local_copy
+    from pipelines.train.images import is_image_model
+
+    with local_copy(checkpoint) as d:
+        name = read_meta(d)["model"].get("name")
+    try:
+        return is_image_model(model_class(name))
+    except ValueError:
+        return False
+
+
+def run_cli(args) -> int:
+    """`raylift evaluate --checkpoint D [--compare D2] [--data ID|C]` for image checkpoints."""
+    uri = resolve_image_dataset(args.checkpoint, args.data, args.root)
+    result = evaluate_image_checkpoint(args.checkpoint, uri, compare=args.compare, batch_size=args.batch_size,
+                                       device=args.device, bf16=args.bf16)
+    out = args.out or f"{str(args.checkpoint).rstrip('/')}-eval"
+    print(result_text(result))
+    write_result(result, out)
+    print(f"wrote {out}/results.md and {out}/results.json")
+    return 0
