@@ -67,13 +67,16 @@ def _image_manifest(uri: str) -> dict:
 
 def open_image_split(uri: str, split: str, flip: Optional[bool] = None, seed: int = 0):
     """See module doc. `flip` defaults to the dataset's `images.flip` for "train", off otherwise."""
-    from preprocessing.readers import _shard_datasource, _split_footers
     import ray
+
+    from preprocessing import storage
+    from preprocessing.readers import _shard_datasource, _split_footers, shard_hashes
 
     manifest = _image_manifest(uri)
     w = manifest["windows"]
     flip = (w["flip"] and split == "train") if flip is None else flip
-    ds = ray.data.read_datasource(_shard_datasource(_split_footers(uri, split), COLUMNS))
+    hashes = shard_hashes(storage.open_location(uri), manifest)  # each shard checked before decoding
+    ds = ray.data.read_datasource(_shard_datasource(_split_footers(uri, split), COLUMNS, hashes))
     perm = get_skeleton(manifest["source"]["layout"]).flip_permutation()
     return ds.map_batches(decode_rows, fn_args=(w["size"], w["views"], flip, seed, perm, f"dataset {uri} split {split}"),
                           batch_format="pyarrow", batch_size=None)

@@ -110,7 +110,9 @@ def evaluate_image_checkpoint(checkpoint: str, dataset_uri: str, compare: Option
 
     manifest = _image_manifest(dataset_uri)
     size = int(manifest["windows"]["size"])
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device in (None, "auto"):  # `raylift evaluate --device auto`: the GPU when this process sees one
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
     models: dict[str, Any] = {}
     for ckpt in [c for c in (compare, checkpoint) if c]:
         model, meta = load_image_model(ckpt, dev)
