@@ -2,7 +2,7 @@
 endpoint (never torch's advice to disable weights-only loading, never "no meta.json")."""
 from __future__ import annotations
 
-import builtins
+import shutil
 import socket
 
 import pytest
@@ -14,8 +14,9 @@ from pipelines.cli import main as cli_main
 
 
 class _Code:
+    # shutil.rmtree, not print: Ray replaces builtins.print with its own once its tqdm is imported.
     def __reduce__(self):
-        return (builtins.print, ("this would run on loading",))
+        return (shutil.rmtree, ("/nonexistent/raylift-test",))
 
 
 def test_code_bearing_pickles_are_refused_in_one_line(tmp_path):
@@ -25,7 +26,7 @@ def test_code_bearing_pickles_are_refused_in_one_line(tmp_path):
             load()
         msg = str(e.value)
         assert "\n" not in msg and "weights_only" not in msg and "weights_only=False" not in msg
-        assert f"{tmp_path / 'model.pt'}: holds code-bearing pickles (it names print)" in msg
+        assert f"{tmp_path / 'model.pt'}: holds code-bearing pickles (it names shutil.rmtree)" in msg
         assert msg.endswith("and was refused; raylift loads only tensors and plain data")
 
 

@@ -288,6 +288,14 @@ def run_training(
     check_input_kind(cfg, manifest, dataset_uri)
     dataset_id, joints, layout = dataset_facts(manifest, cfg)
     val_split = validation_split(cfg, manifest)
+    if tc.shuffle == "global" and tc.num_workers > 1 and not is_image_config(cfg):
+        from preprocessing.readers import split_row_groups
+
+        groups = len(split_row_groups(dataset_uri, "train"))
+        if groups < tc.num_workers:  # a global share per worker needs a row group per worker
+            progress(f"train.shuffle global: the train split has {groups} row group(s) for {tc.num_workers} "
+                     "workers; reading it in manifest order with a local shuffle (train.shuffle local)")
+            tc.shuffle = "local"
     name = run_name or cfg.name
     root = storage_root(storage_path or tc.storage_path)
     run_uri = storage.join(root, name)
