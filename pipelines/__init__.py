@@ -15,6 +15,7 @@ The top floor. Data flows through the commands in this order:
 - `bench/`: `raylift bench`: data, model and training throughput.
 - `viz/`: `raylift viz`: animations, training curves, result plots.
 - `models/`: `raylift models`: summaries and official checkpoint import.
+- `twostage/`: `raylift two-stage`: images → 2D (`mpstr`) → predicted 2D file → a lifter → 3D.
 
 Where Ray runs (session, local cluster, job submission) is `cluster/`; the pieces below it are
 `models/` and `preprocessing/`.
