@@ -37,7 +37,8 @@ def test_batch_frames_gives_every_frame_count_the_same_frames_per_step():
 def test_shipped_tune_configs_count_the_batch_in_frames():
     for path in sorted((REPO / "configs").glob("tune_*.yaml")):
         cfg = load_config(str(path))
-        frames = [v for v in cfg.tune.space["data.windows.frames"]["grid"]]
+        key = "data.images.frames" if "data.images.frames" in cfg.tune.space else "data.windows.frames"
+        frames = list(cfg.tune.space[key]["grid"])  # image configs: T = f (data.images.frames)
         assert cfg.train.batch_frames is not None, path
         steps = {t: cfg.train.windows_per_batch(t) * t for t in frames}
         # Frames per step equal up to the remainder of one window.
