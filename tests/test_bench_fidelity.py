@@ -191,7 +191,7 @@ FAKE_RUN = """
 
 
 @pytest.mark.slow  # starts a Python subprocess that imports torch
-def test_run_official_runs_the_script_with_the_adapter(tmp_path):
+def test_run_official_runs_the_script_with_the_adapter(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     for name, text in FAKE_COMMON.items():
         _write(repo / "common" / name, text)
@@ -205,7 +205,9 @@ def test_run_official_runs_the_script_with_the_adapter(tmp_path):
     cfg = _cfg(epochs=2)
     src = cfg.data.source
     src.data_3d, src.data_2d, src.cameras = (str(tmp_path / n) for n in ("d3.npz", "d2.npz", "c.json"))
-    result = fidelity.run_official(cfg, "mixste", str(repo), str(tmp_path / "out"), progress=lambda s: None)
+    # A relative --official-dir (as users type it): the script runs in its own work directory.
+    monkeypatch.chdir(tmp_path)
+    result = fidelity.run_official(cfg, "mixste", "repo", "out", progress=lambda s: None)
     # 7 frames + the .cuda()'d weights (3); focal length normalised as VideoPose3D does: 1000/1000*2
     assert (result.mpjpe, result.p_mpjpe, result.epochs) == (10.0, 2.0, 2)
     log = (tmp_path / "out" / "official.log").read_text()

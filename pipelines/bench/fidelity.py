@@ -149,7 +149,8 @@ def run_official(cfg: Any, model: str, official_dir: str, out_dir: str, progress
     args = official_arguments(cfg, model, os.path.join(work, "checkpoint"), keypoints)
     here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    cmd = [sys.executable, "-m", "pipelines.bench.fidelity", official_dir, script,
+    # The script runs in `work`, so every path it is handed is absolute.
+    cmd = [sys.executable, "-m", "pipelines.bench.fidelity", os.path.abspath(official_dir), script,
            os.path.abspath(src.cameras), "--", *args]
     progress("authors' code: " + " ".join(cmd[5:]))
     log_path = os.path.join(os.path.abspath(out_dir), "official.log")

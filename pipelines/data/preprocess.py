@@ -16,45 +16,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
 
 
-def summary_lines(info, seconds: float) -> list[str]:
-    """Human-readable summary of a built (or found) dataset."""
-    m = info.manifest
-    w = m["windows"]
-    lines = [
+def _framed(info, seconds: float, source: str, windows: str, splits: list[str], total: str) -> list[str]:
+    """The lines every dataset summary shares (id, uri, source, windows, one line per split, total,
+    time) around the kind-specific parts."""
+    return [
         f"dataset   {info.id}{'  (cache hit: already built)' if info.cached else ''}",
         f"uri       {info.uri}",
-        f"source    {m['source']['kind']} ({m['source']['layout']}, {m['source']['joints']} joints)",
-        f"windows   {w['mode']}, T={w['frames']}, stride {w['stride']}, flip {str(w['flip']).lower()}"
-        + (f", multi-view {len(w['cameras'])} cameras" if w["multiview"] else ""),
+        f"source    {source}",
+        f"windows   {windows}",
+        *splits,
+        f"total     {info.manifest['total_bytes'] / 1e6:.1f} MB, {total}",
+        f"time      {seconds:.1f} s" + ("" if info.cached else f" (build {info.manifest['build_seconds']:.1f} s)"),
     ]
-    for split, c in sorted(m["splits"].items(), key=lambda kv: kv[0] != "train"):
-        lines.append(
-            f"{split:<9} {c['windows']} windows ({c['flipped']} flipped), {c['masked_frames']} real frames, "
-            f"{c['shards']} shards, {c['bytes'] / 1e6:.1f} MB"
-        )
-    lines.append(f"total     {m['total_bytes'] / 1e6:.1f} MB, {m['total_bytes'] / max(1, sum(c['windows'] for c in m['splits'].values())):.0f} bytes/window")
-    lines.append(f"time      {seconds:.1f} s" + ("" if info.cached else f" (build {m['build_seconds']:.1f} s)"))
-    return lines
+
+
+def _splits_train_first(m: dict) -> list[tuple[str, dict]]:
+    return sorted(m["splits"].items(), key=lambda kv: kv[0] != "train")
+
+
+def summary_lines(info, seconds: float) -> list[str]:
+    """Human-readable summary of a built (or found) keypoint dataset."""
+    m = info.manifest
+    w = m["windows"]
+    windows = (f"{w['mode']}, T={w['frames']}, stride {w['stride']}, flip {str(w['flip']).lower()}"
+               + (f", multi-view {len(w['cameras'])} cameras" if w["multiview"] else ""))
+    splits = [f"{split:<9} {c['windows']} windows ({c['flipped']} flipped), {c['masked_frames']} real frames, "
+              f"{c['shards']} shards, {c['bytes'] / 1e6:.1f} MB" for split, c in _splits_train_first(m)]
+    per_window = m["total_bytes"] / max(1, sum(c["windows"] for c in m["splits"].values()))
+    return _framed(info, seconds, f"{m['source']['kind']} ({m['source']['layout']}, {m['source']['joints']} joints)",
+                   windows, splits, f"{per_window:.0f} bytes/window")
 
 
 def image_summary_lines(info, seconds: float) -> list[str]:
     """Summary of a person-crop dataset (source kinds synthetic_images, h36m_video, frames)."""
     m = info.manifest
     w = m["windows"]
-    lines = [
-        f"dataset   {info.id}{'  (cache hit: already built)' if info.cached else ''}",
-        f"uri       {info.uri}",
-        f"source    {m['source']['kind']} ({m['source']['layout']}, {m['source']['joints']} joints), cameras {','.join(m['cameras'])}",
-        f"windows   f={w['frames']} frames x V={w['views']} views, {w['size']}x{w['size']} {w['format']} crops, flip {str(w['flip']).lower()}",
-    ]
-    for split, c in sorted(m["splits"].items(), key=lambda kv: kv[0] != "train"):
-        lines.append(f"{split:<9} {c['windows']} windows, {c['images']} images from {c['sequences']} sequences, "
-                     f"{c['shards']} shards, {c['bytes'] / 1e6:.1f} MB")
+    splits = [f"{split:<9} {c['windows']} windows, {c['images']} images from {c['sequences']} sequences, "
+              f"{c['shards']} shards, {c['bytes'] / 1e6:.1f} MB" for split, c in _splits_train_first(m)]
     if m["skipped"]:
-        lines.append(f"skipped   {len(m['skipped'])} sequence(s): " + "; ".join(m["skipped"]))
-    lines.append(f"total     {m['total_bytes'] / 1e6:.1f} MB, {m['bytes_per_image']:.0f} bytes/image")
-    lines.append(f"time      {seconds:.1f} s" + ("" if info.cached else f" (build {m['build_seconds']:.1f} s)"))
-    return lines
+        splits.append(f"skipped   {len(m['skipped'])} sequence(s): " + "; ".join(m["skipped"]))
+    return _framed(info, seconds,
+                   f"{m['source']['kind']} ({m['source']['layout']}, {m['source']['joints']} joints), "
+                   f"cameras {','.join(m['cameras'])}",
+                   f"f={w['frames']} frames x V={w['views']} views, {w['size']}x{w['size']} {w['format']} crops, "
+                   f"flip {str(w['flip']).lower()}",
+                   splits, f"{m['bytes_per_image']:.0f} bytes/image")
 
 
 def run(args: argparse.Namespace) -> int:
