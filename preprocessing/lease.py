@@ -1,4 +1,4 @@
-"""Exclusive leases on local disk and on S3: at most one writer per dataset id or run directory.
+"""Exclusive leases on local disk, S3 and GCS: at most one writer per dataset id or run directory.
 
 A lease is one small JSON object, the *owner record* (`Owner`: host, pid, the process's start
 time, a run id, when it was taken and until when it holds), stored at a lock location such as
@@ -7,12 +7,14 @@ time, a run id, when it was taken and until when it holds), stored at a lock loc
 - Taking it is an exclusive create: `O_CREAT | O_EXCL` on local disk; on S3 a PUT with
   `If-None-Match: *` (a conditional write: the server answers 412 if the object exists; AWS S3 has
   honoured it since 2024, and so do SeaweedFS, MinIO and the local test server, see
-  tests/test_lease.py).
+  tests/test_lease.py); on GCS an upload with `ifGenerationMatch=0` (google-cloud-storage, which
+  reads the same `STORAGE_EMULATOR_HOST` as `storage`; tests/test_gcs.py runs it on an emulator).
 - A daemon thread renews it every `ttl / 3` seconds (local: atomic replace after re-reading that it
-  is still ours; S3: a PUT with `If-Match: <etag>`, so a renewal never overwrites a new owner).
+  is still ours; S3: a PUT with `If-Match: <etag>`, GCS: `ifGenerationMatch=<generation>`, so a
+  renewal never overwrites a new owner).
 - A held lease whose owner is *provably gone* is taken over: its expiry has passed, or its host is
   this host and its pid is dead (or reused by a younger process). Take-over is compare-and-swap:
-  S3 `If-Match` on the stale record's etag; locally a replace under an `flock`ed guard file after
+  S3 `If-Match` on the stale record's etag (GCS: its generation); locally a replace under an `flock`ed guard file after
   re-reading the record. An owner on another host that is still within its lease is never
   presumed dead.
 - `check()` re-reads the record before anything irreversible (publishing a dataset): a process
@@ -134,6 +136,52 @@ def _s3_client():
     return botocore.session.get_session().create_client("s3", **kwargs)
 
 
+def _gcs_blob(loc: Location):
+    """The google-cloud-storage blob of the lock (pyarrow's GCS filesystem has no preconditions).
+    With `STORAGE_EMULATOR_HOST` set the client talks to that endpoint without credentials."""
+    try:
+        from google.cloud import storage as gcs
+    except ImportError:
+        raise DataError(f"cannot take the lease {loc.uri}: gs:// leases need google-cloud-storage "
+                        "(pip install 'raylift[gcs]')") from None
+    bucket, key = _bucket_key(loc)
+    return _gcs_client(gcs, storage.gcs_endpoint_from_env()).bucket(bucket).blob(key)
+
+
+_GCS_CLIENTS: dict = {}
+
+
+def _gcs_client(gcs, endpoint: Optional[str]):
+    """One client per endpoint and process (a renewal every ttl/3 s should not build a new one)."""
+    if endpoint not in _GCS_CLIENTS:
+        _GCS_CLIENTS[endpoint] = gcs.Client()  # the emulator host and credentials come from the environment
+    return _GCS_CLIENTS[endpoint]
+
+
+def _gcs_call(loc: Location, action: str, fn):
+    """Run `fn()`; a failed precondition is False, anything else unexpected a DataError naming `loc`."""
+    from google.api_core import exceptions as gexc
+
+    try:
+        return fn()
+    except gexc.PreconditionFailed:
+        return False
+    except (gexc.GoogleAPIError, OSError) as e:
+        raise DataError(f"cannot {action} lock {loc.uri}: {e}") from None
+
+
+def _backend(loc: Location) -> str:
+    """'local', 's3' or 'gcs': the stores with an exclusive create and compare-and-swap."""
+    if _is_local(loc):
+        return "local"
+    if storage.is_s3(loc.uri):
+        return "s3"
+    if storage.is_gcs(loc.uri):
+        return "gcs"
+    raise DataError(f"cannot take the lease {loc.uri}: leases need local disk, s3:// or gs:// "
+                    "(stores with conditional writes)")
+
+
 def _bucket_key(loc: Location) -> tuple[str, str]:
     bucket, _, key = loc.path.partition("/")
     return bucket, key
@@ -155,6 +203,8 @@ def read_record(loc: Location) -> tuple[Optional[Owner], Optional[str], bool]:
         except OSError as e:
             raise DataError(f"cannot read lock {loc.uri}: {e}") from None
         return Owner.parse(raw), hashlib.sha256(raw).hexdigest(), True
+    if _backend(loc) == "gcs":
+        return _gcs_read(loc)
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, key = _bucket_key(loc)
@@ -168,6 +218,25 @@ def read_record(loc: Location) -> tuple[Optional[Owner], Optional[str], bool]:
     except BotoCoreError as e:
         raise DataError(f"cannot read lock {loc.uri}: {e}") from None
     return Owner.parse(raw), resp["ETag"], True
+
+
+def _gcs_read(loc: Location) -> tuple[Optional[Owner], Optional[str], bool]:
+    from google.api_core import exceptions as gexc
+
+    blob = _gcs_blob(loc)
+    try:
+        raw = blob.download_as_bytes()
+    except gexc.NotFound:
+        return None, None, False
+    except (gexc.GoogleAPIError, OSError) as e:
+        raise DataError(f"cannot read lock {loc.uri}: {e}") from None
+    return Owner.parse(raw), str(blob.generation), True
+
+
+def _gcs_put(loc: Location, data: bytes, generation: int) -> bool:
+    """Upload `data` if the object's generation is `generation` (0: if it does not exist)."""
+    blob = _gcs_blob(loc)
+    return _gcs_call(loc, "write", lambda: blob.upload_from_string(data, if_generation_match=generation) or True)
 
 
 def _create(loc: Location, data: bytes) -> bool:
@@ -186,6 +255,8 @@ def _create(loc: Location, data: bytes) -> bool:
             return False
         finally:
             os.unlink(tmp)
+    if _backend(loc) == "gcs":
+        return _gcs_put(loc, data, 0)
     return _s3_put(loc, data, IfNoneMatch="*")
 
 
@@ -226,6 +297,8 @@ def _swap(loc: Location, token: Optional[str], data: bytes) -> bool:
                 return False
             storage.write_local_atomic(loc.path, data)
             return True
+    if _backend(loc) == "gcs":
+        return bool(token) and _gcs_put(loc, data, int(token))
     return _s3_put(loc, data, IfMatch=token or "")
 
 
@@ -236,6 +309,7 @@ def _delete(loc: Location) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{loc.path}.guard")
         return
+    _backend(loc)
     storage.delete_tree(loc)
 
 

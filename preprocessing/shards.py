@@ -502,8 +502,7 @@ def _check_complete(dataset: Location, shards: list[dict]) -> None:
 
 def _check_root(root: Location) -> None:
     """A destination that cannot hold a dataset directory fails before any work is done."""
-    if storage.is_s3(root.uri):
-        storage.check_s3_endpoint(root.uri)
+    storage.check_endpoint(root.uri)
     info = storage.file_info(root)
     if info.type == storage.pafs.FileType.File:
         raise DataError(f"destination {root.uri} is a file, expected a directory")

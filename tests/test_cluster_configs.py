@@ -81,6 +81,39 @@ def test_launcher_yaml_has_gpu_workers_bounds_and_installs_raylift(path):
     assert {".venv", ".git", "data", "runs"} <= set(config["rsync_exclude"])
 
 
+# The host images the GPU node types boot. The container (Dockerfile: Ray's cu128 image, torch cu128)
+# needs an NVIDIA driver >= 570 on the host, which these two publisher-maintained pointers carry: AWS's
+# public SSM parameter for the Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) and Google's
+# Deep Learning VM family for CUDA 12.8 / driver 570. They are pinned as these pointers, not as an
+# ami-... id or a dated image name, on purpose: AMI ids differ per region and the publishers retire old
+# images, so a hard-coded id goes stale or is missing in the user's region; the pointer always names
+# the publisher's current image of exactly this line. The sources are cited in the YAMLs' comments.
+GPU_HOST_IMAGE = {
+    "aws": ("ImageId", "resolve:ssm:/aws/service/deeplearning/ami/x86_64/"
+                       "base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"),
+    "gcp": ("sourceImage", "projects/deeplearning-platform-release/global/images/family/"
+                           "common-cu128-ubuntu-2204-nvidia-570"),
+}
+
+
+@pytest.mark.parametrize("path", LAUNCHER, ids=lambda p: p.name)
+def test_every_gpu_node_type_pins_a_host_image_with_a_driver_for_cuda_12_8(path):
+    config = yaml.safe_load(path.read_text())
+    key, expected = GPU_HOST_IMAGE[config["provider"]["type"]]
+    gpu = {name: t for name, t in config["available_node_types"].items() if t["resources"].get("GPU", 0) > 0}
+    assert gpu, f"{path.name}: no GPU node types"
+    for name, t in gpu.items():
+        node = t["node_config"]
+        if key == "ImageId":
+            found = node.get("ImageId")
+        else:
+            boot = [d for d in node.get("disks", []) if d.get("boot")]
+            assert len(boot) == 1, f"{path.name}: available_node_types.{name}.node_config.disks has no boot disk"
+            found = boot[0].get("initializeParams", {}).get("sourceImage")
+        assert found == expected, f"{path.name}: available_node_types.{name}.node_config {key} is {found!r}"
+    assert "cu124" not in path.read_text(), f"{path.name} still names a CUDA 12.4 image"
+
+
 def test_aws_workers_get_an_instance_profile_and_the_documented_policies():
     config = yaml.safe_load(LAUNCHER[0].read_text())
     workers = {n: t for n, t in config["available_node_types"].items() if n != config["head_node_type"]}

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from preprocessing import lease
+from preprocessing.errors import DataError
 from preprocessing.manifest import verify_dataset
 from preprocessing.shards import OWNER_NAME, _clean_leftovers
 from preprocessing.storage import open_location
@@ -77,6 +78,20 @@ def test_s3_lease_rules_use_conditional_writes(s3_server, monkeypatch):
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
     _check_lease_rules(open_location(f"s3://{s3_server.bucket}/leases/{os.getpid()}").child(".lock-x"))
+
+
+def test_gcs_lease_rules_use_generation_preconditions(gcs_server, monkeypatch):
+    """The GCS emulator honours ifGenerationMatch (0: create only; N: replace only generation N),
+    so the gs:// lease is exclusive."""
+    for key, value in gcs_server.env().items():
+        monkeypatch.setenv(key, value)
+    _check_lease_rules(open_location(f"gs://{gcs_server.bucket}/leases/{os.getpid()}").child(".lock-x"))
+
+
+def test_a_lease_on_a_store_without_conditional_writes_is_refused():
+    lock = open_location("memory://raylift-lease/root").child(".lock-x")
+    with pytest.raises(DataError, match=r"memory://raylift-lease/root/.lock-x.*s3:// or gs://"):
+        lease.acquire(lock, "a run")
 
 
 def test_staging_leftovers_are_removed_only_when_their_owner_is_gone(tmp_path):

@@ -1,8 +1,9 @@
 """One storage layer for every URI pyarrow or fsspec knows (preprocessing/storage.py).
 
-Local paths and `file://` URIs, `memory://` (an fsspec-only filesystem: pyarrow has no native one)
-and `s3://` on the local SeaweedFS server go through the same functions; the layer has no code per
-scheme beyond S3's endpoint settings. Unknown schemes and missing optional packages are DataErrors
+Local paths and `file://` URIs, `memory://` (an fsspec-only filesystem: pyarrow has no native one),
+`s3://` on the local SeaweedFS server and `gs://` on the local GCS emulator (fake-gcs-server) go
+through the same functions; the layer has no code per scheme beyond the S3 and GCS endpoint
+settings. Unknown schemes and missing optional packages are DataErrors
 naming the URI.
 """
 from __future__ import annotations
@@ -27,7 +28,14 @@ def s3_env(s3_server, monkeypatch):
     return s3_server
 
 
-@pytest.fixture(params=["path", "file", "memory", "s3"])
+@pytest.fixture
+def gcs_env(gcs_server, monkeypatch):
+    for key, value in gcs_server.env().items():
+        monkeypatch.setenv(key, value)
+    return gcs_server
+
+
+@pytest.fixture(params=["path", "file", "memory", "s3", "gs"])
 def root(request, tmp_path) -> str:
     """A fresh, empty directory URI of each kind."""
     if request.param == "path":
@@ -36,6 +44,9 @@ def root(request, tmp_path) -> str:
         return f"file://{tmp_path}/root"
     if request.param == "memory":
         return f"memory://raylift-test-{uuid.uuid4().hex}/root"
+    if request.param == "gs":
+        gcs = request.getfixturevalue("gcs_env")
+        return f"gs://{gcs.bucket}/storage-{uuid.uuid4().hex}"
     server = request.getfixturevalue("s3_env")
     return f"s3://{server.bucket}/storage-{uuid.uuid4().hex}"
 
@@ -79,14 +90,21 @@ def test_locations_pickle_for_ray_tasks():
     assert copy.uri == loc.uri and storage.read_bytes(copy.child("f")) == b"x"  # same process, same store
 
 
-def test_native_pyarrow_filesystems_are_used_where_pyarrow_has_one():
-    """gs:// and abfs:// resolve to pyarrow's own GCS and Azure filesystems (no network until a
-    file is touched; no I/O to them is tested here)."""
-    loc = storage.open_location("gs://my-bucket/datasets/")
-    assert isinstance(loc.fs, pafs.GcsFileSystem) and loc.path == "my-bucket/datasets"
-    assert loc.uri == "gs://my-bucket/datasets" and loc.child("x").uri == "gs://my-bucket/datasets/x"
-    azure = storage.open_location("abfs://runs@myaccount.dfs.core.windows.net/raylift")
-    assert isinstance(azure.fs, pafs.AzureFileSystem) and azure.path == "runs/raylift"
+def test_gs_uses_pyarrows_gcs_filesystem_with_the_emulator_endpoint(gcs_env):
+    """gs:// is pyarrow's own GcsFileSystem; STORAGE_EMULATOR_HOST is the only switch to the
+    emulator, and the filesystem (endpoint included) pickles to Ray workers."""
+    loc = storage.open_location(f"gs://{gcs_env.bucket}/datasets/")
+    assert isinstance(loc.fs, pafs.GcsFileSystem) and loc.path == f"{gcs_env.bucket}/datasets"
+    assert loc.uri == f"gs://{gcs_env.bucket}/datasets" and loc.child("x").uri == f"gs://{gcs_env.bucket}/datasets/x"
+    storage.write_bytes(loc.child("f"), b"gcs")
+    copy = pickle.loads(pickle.dumps(loc))
+    assert storage.read_bytes(copy.child("f")) == b"gcs"
+
+
+def test_a_bad_gcs_endpoint_is_a_data_error_naming_the_variable(monkeypatch):
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://")
+    with pytest.raises(DataError, match="STORAGE_EMULATOR_HOST"):
+        storage.open_location("gs://bucket/p")
 
 
 @pytest.mark.parametrize("uri, expected", [
