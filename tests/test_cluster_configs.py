@@ -112,6 +112,9 @@ def test_every_gpu_node_type_pins_a_host_image_with_a_driver_for_cuda_12_8(path)
             found = boot[0].get("initializeParams", {}).get("sourceImage")
         assert found == expected, f"{path.name}: available_node_types.{name}.node_config {key} is {found!r}"
     assert "cu124" not in path.read_text(), f"{path.name} still names a CUDA 12.4 image"
+    if key == "ImageId":  # without one, Ray 2.60 boots its Ubuntu 18.04 DLAMI, head and CPU types too
+        unpinned = [n for n, t in config["available_node_types"].items() if t["node_config"].get("ImageId") != expected]
+        assert unpinned == [], f"{path.name}: node types without the pinned ImageId: {unpinned}"
 
 
 def test_aws_workers_get_an_instance_profile_and_the_documented_policies():
