@@ -9,8 +9,9 @@ bytes), so every image is stored exactly once. Columns:
   frame (`preprocessing.crops.to_full` maps predictions back);
 - `mask` (f,) float32; `frame` (f,) int32 (source frame index); `subject`, `action`, `activity`,
   `camera` (view ids joined by ","), `start`, `sequence_length`.
-The id, staging directory, manifest-last publishing, Ray Data shard tasks and byte
-reproducibility are the keypoint datasets' (preprocessing/shards.py and manifest.py): the same
+The id, lease, owned staging directory and manifest-last publishing (`shards.publish_dataset`),
+Ray Data shard tasks and byte reproducibility are the keypoint datasets' (preprocessing/shards.py
+and manifest.py): at most one run writes an id at a time, the same
 inputs give byte-identical shards, and a run that fails (a corrupt video, a box outside the
 image) leaves no dataset behind. Decoding and cropping happen in the shard tasks.
 """
@@ -29,7 +30,7 @@ from preprocessing.config import IMAGE_KINDS, DataConfig, ImagesConfig
 from preprocessing.crops import check_box, crop_image, encode_image, keypoint_box, to_crop
 from preprocessing.errors import DataError
 from preprocessing.image_sources import ImageSequence, background_of, frames_of, load_image_sequences
-from preprocessing.manifest import FORMAT_VERSION, STAGING_PREFIX, has_manifest, read_manifest_at, write_manifest_at
+from preprocessing.manifest import FORMAT_VERSION, STAGING_PREFIX, has_manifest, read_manifest_at
 from preprocessing.render import PixelGrid, render_frame, sequence_seed
 from preprocessing.shards import (
     SPLITS,
@@ -37,12 +38,11 @@ from preprocessing.shards import (
     Progress,
     ShardPlan,
     _check_root,
-    _clean_leftovers,
-    _ensure_ray,
     _HashingSink,
     config_for_id,
     hash_files,
     plan_shards,
+    publish_dataset,
 )
 from preprocessing.storage import Location
 
@@ -240,27 +240,16 @@ def build_image_dataset(data: DataConfig, progress: Progress = print) -> Dataset
                         data.images.windows_per_group)
     progress(f"dataset {id_}: {len(sequences)} sequences x {len(src.cameras)} views -> {len(plans)} shards "
              f"(f={data.images.frames}, {data.images.size}px {data.images.format})")
-    _clean_leftovers(root, dataset, id_, progress)
-    storage.write_bytes(staging.child("_STAGING"), f"{id_}\n".encode())
-    started_ray = _ensure_ray()
-    try:
-        records = _run_tasks(plans, sequences, job, progress)
-        storage.delete_tree(staging.child("_STAGING"))
-        shards = sorted(records, key=lambda r: (SPLITS.index(r["split"]), r["path"]))
-        manifest = _manifest(data, id_, src, files, sequences, job, shards, started)
-        storage.move_tree(staging, dataset)
-        write_manifest_at(dataset, manifest)
-    except BaseException:
-        try:
-            storage.delete_tree(staging)
-        except DataError:
-            pass  # the original error matters more; the next run cleans this id's staging
-        raise
-    finally:
-        if started_ray:
-            import ray
 
-            ray.shutdown()
+    def write() -> dict:
+        records = _run_tasks(plans, sequences, job, progress)
+        shards = sorted(records, key=lambda r: (SPLITS.index(r["split"]), r["path"]))
+        return _manifest(data, id_, src, files, sequences, job, shards, started)
+
+    manifest = publish_dataset(root, id_, staging, write, progress)
+    if manifest is None:
+        return DatasetInfo(id_, dataset.uri, read_manifest_at(dataset), cached=True)
+    shards = manifest["shards"]
     progress(f"published {dataset.uri}: {manifest['images']} images, {len(shards)} shards, "
              f"{manifest['total_bytes'] / 1e6:.1f} MB ({manifest['bytes_per_image']:.0f} bytes/image) "
              f"in {manifest['build_seconds']:.1f} s")

@@ -528,6 +528,53 @@ def _ensure_ray(start_ray: Optional[Callable[[], None]] = None) -> bool:
     return True
 
 
+def publish_dataset(
+    root: Location,
+    id_: str,
+    staging: Location,
+    write: Callable[[], dict],
+    progress: Progress = print,
+    start_ray: Optional[Callable[[], None]] = None,
+) -> Optional[dict]:
+    """Steps 3-4 of the module doc, for every kind of dataset (keypoint windows and images): under
+    the id's lease, remove provably dead leftovers, mark `staging` with this run's owner record,
+    run `write()` (which writes the shards into `staging`, with Ray running, and returns the
+    manifest listing them under "shards"), then move `staging` to `<root>/<id>`, check every shard
+    is there and write the manifest last. Returns the manifest, or None when another run published
+    the id meanwhile (a cache hit). On any failure the staging directory is removed and nothing is
+    published."""
+    dataset = root.child(id_)
+    with lease.acquire(root.child(f"{LOCK_PREFIX}{id_}"), f"raylift preprocess of dataset {id_}") as held:
+        if has_manifest(dataset):  # another run published it while this one was planning
+            progress(f"dataset {id_} was published at {dataset.uri} meanwhile (cache hit, nothing to do)")
+            return None
+        _clean_leftovers(root, dataset, id_, progress)
+        # The owner record (host, pid, start, lease expiry) marks the staging directory as this
+        # run's and proves the destination is writable.
+        marker = staging.child(OWNER_NAME)
+        storage.write_bytes(marker, held.owner.to_json())
+        started_ray = _ensure_ray(start_ray)
+        try:
+            manifest = write()
+            held.check()  # still ours: nobody took over while the shards were written
+            storage.delete_tree(marker)
+            storage.move_tree(staging, dataset)
+            _check_complete(dataset, manifest["shards"])
+            write_manifest_at(dataset, manifest)
+        except BaseException:
+            try:
+                storage.delete_tree(staging)
+            except DataError:
+                pass  # the original error matters more; the next run cleans this id's staging
+            raise
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+    return manifest
+
+
 def build_dataset(
     data: DataConfig,
     sequences: list[Sequence],
@@ -574,36 +621,15 @@ def build_dataset(
         + f" -> {len(plans)} shards ({w.mode}, T={w.frames}, stride {w.effective_stride})"
     )
 
-    with lease.acquire(root.child(f"{LOCK_PREFIX}{id_}"), f"raylift preprocess of dataset {id_}") as held:
-        if has_manifest(dataset):  # another run published it while this one was planning
-            progress(f"dataset {id_} was published at {dataset.uri} meanwhile (cache hit, nothing to do)")
-            return DatasetInfo(id_, dataset.uri, read_manifest_at(dataset), cached=True)
-        _clean_leftovers(root, dataset, id_, progress)
-        # The owner record (host, pid, start, lease expiry) marks the staging directory as this
-        # run's and proves the destination is writable.
-        marker = staging.child(OWNER_NAME)
-        storage.write_bytes(marker, held.owner.to_json())
-        started_ray = _ensure_ray(start_ray)
-        try:
-            records = _run_shard_tasks(plans, sources, job, progress)
-            shards = sorted(records, key=lambda r: (SPLITS.index(r["split"]), r["path"]))
-            manifest = _manifest(data, id_, skeleton, source_files, sources, job, camera_ids, counts, shards, started)
-            held.check()  # still ours: nobody took over while the shards were written
-            storage.delete_tree(marker)
-            storage.move_tree(staging, dataset)
-            _check_complete(dataset, shards)
-            write_manifest_at(dataset, manifest)
-        except BaseException:
-            try:
-                storage.delete_tree(staging)
-            except DataError:
-                pass  # the original error matters more; the next run cleans this id's staging
-            raise
-        finally:
-            if started_ray:
-                import ray
+    def write() -> dict:
+        records = _run_shard_tasks(plans, sources, job, progress)
+        shards = sorted(records, key=lambda r: (SPLITS.index(r["split"]), r["path"]))
+        return _manifest(data, id_, skeleton, source_files, sources, job, camera_ids, counts, shards, started)
 
-                ray.shutdown()
+    manifest = publish_dataset(root, id_, staging, write, progress, start_ray)
+    if manifest is None:
+        return DatasetInfo(id_, dataset.uri, read_manifest_at(dataset), cached=True)
+    shards = manifest["shards"]
     total = manifest["total_bytes"]
     progress(
         f"published {dataset.uri}: " + ", ".join(f"{k} {v['windows']}" for k, v in counts.items())

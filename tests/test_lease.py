@@ -162,3 +162,27 @@ def test_two_concurrent_preprocess_runs_publish_one_complete_dataset(tmp_path):
     assert all((dataset / s["path"]).is_file() for s in manifest["shards"])
     assert verify_dataset(open_location(str(dataset))).ok
     assert sorted(p.name for p in root.iterdir()) == [dataset.name]  # no staging, no lock left
+
+
+def test_an_image_dataset_build_takes_the_lease_and_keeps_a_live_runs_staging(tmp_path):
+    """Image datasets publish under the same lease and owner records as keypoint ones: a run that
+    finds the id's lease held by a live run is refused before doing any work, and leaves that run's
+    staging directory alone (it used to take no lease, and its `_STAGING` marker was no owner
+    record, so each run's cleanup could delete the other's staging)."""
+    from preprocessing.image_shards import build_image_dataset, image_dataset_id
+    from preprocessing.image_sources import load_image_sequences
+    from preprocessing.shards import LOCK_PREFIX, hash_files
+    from tests.test_images import synthetic_data
+
+    data = synthetic_data(tmp_path)
+    src = load_image_sequences(data)
+    id_ = image_dataset_id(data, [f["sha256"] for f in hash_files(src.files)])
+    root = open_location(data.root)
+    other = lease.new_owner(f"raylift preprocess of dataset {id_}", 3600, run="other")
+    staging = Path(data.root) / f".staging-{id_}-other000"
+    _write_record(staging / OWNER_NAME, other)
+    with lease.acquire(root.child(f"{LOCK_PREFIX}{id_}"), f"raylift preprocess of dataset {id_}"):
+        with pytest.raises(lease.LeaseHeld, match=rf"\.lock-{id_} is held by raylift preprocess"):
+            build_image_dataset(data, progress=lambda m: None)
+    assert (staging / OWNER_NAME).read_bytes() == other.to_json()
+    assert sorted(p.name for p in Path(data.root).iterdir()) == [staging.name]  # nothing else written
