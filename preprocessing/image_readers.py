@@ -6,8 +6,8 @@
   `flip=True` each window is mirrored with probability 1/2 (image and left/right labels), drawn
   from a seed of (`seed`, subject, action, start), so pass the epoch as `seed` for new draws.
   `ds.iter_torch_batches(batch_size=B)` then gives (B, f, V, 3, H, W) tensors on each worker.
-- `load_image_split(uri, split)`: the same arrays for a whole split, read shard by shard without
-  Ray (evaluation, tests).
+- `load_image_split(uri, split)`: the same arrays (with the label columns of `decode_rows`) for a
+  whole split, read shard by shard without Ray (tests).
 A corrupt image raises a DataError naming the dataset, shard or sequence, and the frame.
 """
 from __future__ import annotations
@@ -24,8 +24,11 @@ from preprocessing.skeleton import get_skeleton
 COLUMNS = ["images", "keypoints", "boxes", "mask", "frame", "subject", "action", "activity", "camera", "start"]
 
 
-def decode_rows(table, size: int, views: int, flip: bool, seed: int, perm: np.ndarray, where: str) -> dict[str, np.ndarray]:
-    """Decode an Arrow table of window rows (see preprocessing/image_shards.py) into arrays."""
+def decode_rows(table, size: int, views: int, flip: bool, seed: int, perm: np.ndarray, where: str,
+                labels: bool = False) -> dict[str, np.ndarray]:
+    """Decode an Arrow table of window rows (see preprocessing/image_shards.py) into arrays; with
+    `labels`, also `subject`, `action`, `activity`, `camera` (W,) and `frame` (W, f) (evaluation
+    and prediction, which map predictions back to sequences and frames)."""
     from preprocessing.readers import _column_numpy
 
     cols = {k: _column_numpy(table.column(k).combine_chunks()) for k in ("keypoints", "boxes", "mask", "frame")}
@@ -51,8 +54,13 @@ def decode_rows(table, size: int, views: int, flip: bool, seed: int, perm: np.nd
         if flip and sequence_seed(seed, subjects[i], actions[i], starts[i], "flip") % 2:  # a fair coin from sha256
             images[i], keypoints[i] = flip_crops(images[i], keypoints[i], size, perm)
             flipped[i] = True
-    return {"images": images, "keypoints": keypoints, "boxes": np.array(cols["boxes"], dtype=np.float32),
-            "mask": np.array(cols["mask"], dtype=np.float32), "flipped": flipped}
+    out = {"images": images, "keypoints": keypoints, "boxes": np.array(cols["boxes"], dtype=np.float32),
+           "mask": np.array(cols["mask"], dtype=np.float32), "flipped": flipped}
+    if labels:
+        out.update(subject=np.asarray(subjects, dtype=object), action=np.asarray(actions, dtype=object),
+                   activity=np.asarray(table.column("activity").to_pylist(), dtype=object),
+                   camera=np.asarray(cameras, dtype=object), frame=np.asarray(cols["frame"], dtype=np.int32))
+    return out
 
 
 def _image_manifest(uri: str) -> dict:
@@ -65,8 +73,9 @@ def _image_manifest(uri: str) -> dict:
     return manifest
 
 
-def open_image_split(uri: str, split: str, flip: Optional[bool] = None, seed: int = 0):
-    """See module doc. `flip` defaults to the dataset's `images.flip` for "train", off otherwise."""
+def open_image_split(uri: str, split: str, flip: Optional[bool] = None, seed: int = 0, labels: bool = False):
+    """See module doc. `flip` defaults to the dataset's `images.flip` for "train", off otherwise;
+    `labels` adds the sequence and frame columns (`decode_rows`)."""
     import ray
 
     from preprocessing import storage
@@ -79,7 +88,7 @@ def open_image_split(uri: str, split: str, flip: Optional[bool] = None, seed: in
     ds = ray.data.read_datasource(_shard_datasource(_split_footers(uri, split), COLUMNS, hashes))
     perm = get_skeleton(manifest["source"]["layout"]).flip_permutation()
     return ds.map_batches(decode_rows, fn_args=(w["size"], w["views"], flip, seed, perm, f"dataset {uri} split {split}"),
-                          batch_format="pyarrow", batch_size=None)
+                          fn_kwargs={"labels": labels}, batch_format="pyarrow", batch_size=None)
 
 
 def load_image_split(uri: str, split: str, flip: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
@@ -97,11 +106,7 @@ def load_image_split(uri: str, split: str, flip: bool = False, seed: int = 0) ->
             table = _parquet_file(loc).read(columns=COLUMNS)
         except (OSError, pa.ArrowException) as e:
             raise DataError(f"{loc.uri}: cannot read shard ({e})") from None
-        arrays = decode_rows(table, w["size"], w["views"], flip, seed, perm, loc.uri)
-        for key in ("subject", "action", "activity"):
-            arrays[key] = np.asarray(table.column(key).to_pylist(), dtype=object)
-        arrays["frame"] = table.column("frame").combine_chunks().to_numpy_ndarray()
-        parts.append(arrays)
+        parts.append(decode_rows(table, w["size"], w["views"], flip, seed, perm, loc.uri, labels=True))
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -141,9 +146,5 @@ def iter_image_groups(uri, split: str, rank: int = 0, world: int = 1, max_window
             raise DataError(f"{loc.uri}: cannot read row group {index} ({e})") from None
         if max_windows is not None:
             table = table.slice(0, max_windows - seen)
-        arrays = decode_rows(table, w["size"], w["views"], False, 0, perm, f"{loc.uri} row group {index}")
-        for key in ("subject", "action", "activity", "camera"):
-            arrays[key] = np.asarray(table.column(key).to_pylist(), dtype=object)
-        arrays["frame"] = table.column("frame").combine_chunks().to_numpy_ndarray()
         seen += table.num_rows
-        yield arrays
+        yield decode_rows(table, w["size"], w["views"], False, 0, perm, f"{loc.uri} row group {index}", labels=True)

@@ -44,26 +44,65 @@ def load_image_model(checkpoint: str, device: torch.device) -> tuple[torch.nn.Mo
     return model.to(device).eval(), meta
 
 
-@torch.no_grad()
-def predict_split(model: torch.nn.Module, uri, split: str, batch_size: int, device: torch.device,
-                  bf16: bool = False) -> dict[str, np.ndarray]:
-    """Predictions for every window of a split: `pred` and `keypoints` (W, f, V, J, 2) crop
-    pixels, `boxes` (W, f, V, 4), `mask` (W, f), `frame` (W, f), `subject`/`action`/`activity`/
-    `camera` (W,)."""
+def predict_image_batch(batch: dict[str, np.ndarray], model: torch.nn.Module, bf16: bool,
+                        device: str) -> dict[str, np.ndarray]:
+    """map_batches function (`batch._map_lift`): the batch's windows without their pixels, plus
+    `pred` (N, f, V, J, 2) in crop pixels."""
     from pipelines.train.loop import autocast
-    from preprocessing.image_readers import iter_image_groups
 
-    parts = []
-    for arrays in iter_image_groups(uri, split):
-        preds = []
-        for lo in range(0, len(arrays["mask"]), batch_size):
-            with autocast(device, bf16):
-                out = model(torch.from_numpy(arrays["images"][lo:lo + batch_size]).to(device))
-            preds.append(out.float().cpu().numpy())
-        arrays = {k: v for k, v in arrays.items() if k not in ("images", "flipped")}
-        arrays["pred"] = np.concatenate(preds)
-        parts.append(arrays)
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    dev = torch.device(device)
+    with torch.no_grad(), autocast(dev, bf16):
+        pred = model(torch.from_numpy(np.ascontiguousarray(batch["images"])).to(dev))
+    out = {k: v for k, v in batch.items() if k not in ("images", "flipped")}
+    out["pred"] = pred.float().cpu().numpy()
+    return out
+
+
+def predict_split(checkpoint: Any, uri: str, split: str, placement: Any, batch_size: int,
+                  bf16: bool = False) -> dict[str, np.ndarray]:
+    """Predictions for every window of a split, run by Ray Data where `placement` says (GPU or
+    custom-resource actors, else CPU tasks; `pipelines/evaluate/batch.py`), never in this driver:
+    `pred` and `keypoints` (W, f, V, J, 2) crop pixels, `boxes` (W, f, V, 4), `mask` (W, f),
+    `frame` (W, f), `subject`/`action`/`activity`/`camera` (W,). `checkpoint`: a Location the
+    workers can read, or a `batch.ShippedCheckpoint`."""
+    from pipelines.evaluate.batch import _gather, _map_lift
+    from preprocessing.errors import DataError
+    from preprocessing.image_readers import open_image_split
+
+    ds = open_image_split(uri, split, flip=False, labels=True)
+    ds = _map_lift(ds, checkpoint, placement, batch_size, predict_image_batch,
+                   {"bf16": bf16 and placement.device == "cuda"}, None, None)
+    parts = _gather(ds)
+    if not parts:
+        raise DataError(f"{uri}: {split} split has no windows")
+    return parts
+
+
+def checkpoint_for_workers(checkpoint: Any, manifest: dict, dataset_uri: str, ship: bool) -> tuple[Any, dict]:
+    """(source for `predict_split`, meta) of an image checkpoint, checked against the dataset's
+    window length. `ship`: load it here (on CPU: a damaged file fails here, naming it) and put its
+    weights in the object store, for a checkpoint only this process can read (a local directory);
+    else the workers read it from its URI (a run directory on shared or object storage)."""
+    from models.checkpoint import read_meta
+    from models.registry import model_class
+    from pipelines.evaluate.batch import ship_model
+    from pipelines.train.checkpoints import local_copy
+    from pipelines.train.images import is_image_model
+    from preprocessing import storage
+
+    if ship:
+        model, meta = load_image_model(checkpoint, torch.device("cpu"))
+        source = ship_model(model, meta, str(checkpoint))
+    else:
+        source = checkpoint if isinstance(checkpoint, storage.Location) else storage.open_location(str(checkpoint))
+        with local_copy(source.uri) as d:
+            meta = read_meta(d)
+        if not is_image_model(model_class(meta["model"]["name"])):
+            raise CheckpointError(f"{source.uri}: model {meta['model']['name']!r} takes 2D keypoints, not images")
+    if int(meta["frames"]) != int(manifest["windows"]["frames"]):
+        raise CheckpointError(f"{checkpoint}: trained on windows of f={meta['frames']} frames, dataset {dataset_uri} "
+                              f"has f={manifest['windows']['frames']}")
+    return source, meta
 
 
 def score_predictions(arrays: dict[str, np.ndarray], size: int) -> dict[str, dict[str, float]]:
@@ -101,28 +140,26 @@ def model_label(meta: dict) -> str:
     return f"{m.get('name')} {m.get('variant', '')} {what}, f={meta.get('frames')}".replace("  ", " ")
 
 
-def evaluate_image_checkpoint(checkpoint: str, dataset_uri: str, compare: Optional[str] = None, batch_size: int = 8,
-                              device: Optional[str] = None, bf16: bool = False) -> dict[str, Any]:
+def evaluate_image_checkpoint(checkpoint: str, dataset_uri: str, placement: Any, compare: Optional[str] = None,
+                              batch_size: int = 8, bf16: bool = False, ship: bool = True,
+                              progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Score `checkpoint` (and `compare`, e.g. the no-relations baseline) on the test split of
-    the image dataset `dataset_uri`. Returns {"protocol", "dataset", "models": {label: {"checkpoint",
-    "epoch", "results": per-activity metrics}}}."""
+    the image dataset `dataset_uri`, the forward passes as Ray Data batch inference on
+    `placement`. `ship`: see `checkpoint_for_workers`. Returns {"protocol", "dataset", "models":
+    {label: {"checkpoint", "epoch", "results": per-activity metrics}}}."""
+    from pipelines.evaluate.batch import where_text
     from preprocessing.image_readers import _image_manifest
 
     manifest = _image_manifest(dataset_uri)
     size = int(manifest["windows"]["size"])
-    if device in (None, "auto"):  # `raylift evaluate --device auto`: the GPU when this process sees one
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    progress(f"2D evaluation: Ray Data batch inference on {where_text(placement)}")
     models: dict[str, Any] = {}
     for ckpt in [c for c in (compare, checkpoint) if c]:
-        model, meta = load_image_model(ckpt, dev)
-        if int(meta["frames"]) != int(manifest["windows"]["frames"]):
-            raise CheckpointError(f"{ckpt}: trained on windows of f={meta['frames']} frames, dataset {dataset_uri} "
-                                  f"has f={manifest['windows']['frames']}")
+        source, meta = checkpoint_for_workers(ckpt, manifest, dataset_uri, ship)
         label = model_label(meta)
         if label in models:
             label = f"{label} ({Path(str(ckpt)).name})"
-        arrays = predict_split(model, dataset_uri, "test", batch_size, dev, bf16)
+        arrays = predict_split(source, dataset_uri, "test", placement, batch_size, bf16)
         models[label] = {"checkpoint": str(ckpt), "epoch": meta.get("epoch"), "results": score_predictions(arrays, size)}
     return {"protocol": PROTOCOL_2D, "dataset": str(dataset_uri), "models": models}
 
@@ -152,11 +189,15 @@ def write_result(result: dict[str, Any], out_dir) -> None:
 def evaluate_image_best(cfg, checkpoint_uri: str, dataset_uri: str, run_uri: str,
                         progress: Callable[[str], None] = print) -> dict[str, Any]:
     """The evaluation after `raylift train` of an image model: printed and written to
-    `<run>/eval/results.{md,json}`. Runs in the driver process (CPU unless it has a GPU)."""
+    `<run>/eval/results.{md,json}`. The forward passes run as Ray Data batch inference on the
+    training workers' resources (`batch.placement_for`), never in this driver (on a cluster it runs
+    on a head without a GPU); the workers read the checkpoint from the run's storage."""
+    from pipelines.evaluate.batch import placement_for
     from preprocessing import storage
 
-    result = evaluate_image_checkpoint(checkpoint_uri, dataset_uri, batch_size=cfg.eval.batch_size,
-                                       bf16=cfg.train.bf16 and cfg.train.use_gpu)
+    result = evaluate_image_checkpoint(checkpoint_uri, dataset_uri, placement_for(cfg.train),
+                                       batch_size=cfg.eval.batch_size, bf16=cfg.eval.bf16, ship=False,
+                                       progress=progress)
     progress(result_text(result))
     eval_dir = storage.open_location(run_uri).child("eval")
     write_result(result, eval_dir)
@@ -205,9 +246,14 @@ def is_image_checkpoint(checkpoint: str) -> bool:
 
 def run_cli(args) -> int:
     """`raylift evaluate --checkpoint D [--compare D2] [--data ID|C]` for image checkpoints."""
+    from pipelines.evaluate.batch import ensure_ray, placement_for_cli
+    from pipelines.evaluate.protocols import parse_placement_resources
+
+    ensure_ray()  # before resolve_image_dataset, which may build a YAML's dataset with Ray Data
     uri = resolve_image_dataset(args.checkpoint, args.data, args.root)
-    result = evaluate_image_checkpoint(args.checkpoint, uri, compare=args.compare, batch_size=args.batch_size,
-                                       device=args.device, bf16=args.bf16)
+    placement = placement_for_cli(args.device, parse_placement_resources(args.resources), args.actors)
+    result = evaluate_image_checkpoint(args.checkpoint, uri, placement, compare=args.compare,
+                                       batch_size=args.batch_size, bf16=args.bf16)
     out = args.out or f"{str(args.checkpoint).rstrip('/')}-eval"
     print(result_text(result))
     write_result(result, out)

@@ -18,11 +18,11 @@ import argparse
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
-import torch
 
+from pipelines.evaluate.protocols import add_placement_arguments
 from preprocessing.crops import to_full
 from preprocessing.errors import DataError
 
@@ -52,29 +52,26 @@ def positions_2d(tables: dict[tuple[str, str], dict[int, np.ndarray]], cameras: 
     return out
 
 
-def predict_2d_file(checkpoint: str, dataset_uri: str, output: str, batch_size: int = 8,
-                    device: Optional[str] = None, bf16: bool = False,
-                    progress: Callable[[str], None] = print) -> dict:
-    """Predict every frame of every camera of `dataset_uri` with `checkpoint`; write `output`.
-    Returns the file's metadata plus `frames` (camera-frames written)."""
-    from pipelines.evaluate.images2d import load_image_model, predict_split
+def predict_2d_file(checkpoint: str, dataset_uri: str, output: str, placement: Any, batch_size: int = 8,
+                    bf16: bool = False, ship: bool = True, progress: Callable[[str], None] = print) -> dict:
+    """Predict every frame of every camera of `dataset_uri` with `checkpoint`, the forward passes
+    as Ray Data batch inference on `placement` (`images2d.predict_split`; `ship`: see
+    `images2d.checkpoint_for_workers`); write `output`. Returns the file's metadata plus `frames`
+    (camera-frames written)."""
+    from pipelines.evaluate.batch import where_text
+    from pipelines.evaluate.images2d import checkpoint_for_workers, predict_split
     from preprocessing.image_readers import _image_manifest
     from preprocessing.safe_npz import write_npz
     from preprocessing.skeleton import get_skeleton
 
     manifest = _image_manifest(dataset_uri)
     windows = manifest["windows"]
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, meta = load_image_model(checkpoint, dev)
-    if int(meta["frames"]) != int(windows["frames"]):
-        from models.checkpoint import CheckpointError
-
-        raise CheckpointError(f"{checkpoint}: trained on windows of f={meta['frames']} frames, dataset "
-                              f"{dataset_uri} has f={windows['frames']}")
+    source, meta = checkpoint_for_workers(checkpoint, manifest, dataset_uri, ship)
+    progress(f"predicting 2D: Ray Data batch inference on {where_text(placement)}")
     cameras = list(manifest["cameras"])
     tables: dict[tuple[str, str], dict[int, np.ndarray]] = {}
     for split in [s for s in ("train", "test") if s in manifest["splits"]]:
-        arrays = predict_split(model, dataset_uri, split, batch_size, dev, bf16)
+        arrays = predict_split(source, dataset_uri, split, placement, batch_size, bf16)
         collect_full_image(arrays, int(windows["size"]), len(cameras), tables)
         progress(f"predicted {split}: {int(arrays['mask'].sum()) * len(cameras)} images")
     pos = positions_2d(tables, cameras)
@@ -112,15 +109,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", default=None, help="datasets root (default: the checkpoint config's data.root)")
     parser.add_argument("--output", required=True, help="VideoPose3D-format 2D file to write (.npz)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    add_placement_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipelines.evaluate.batch import ensure_ray, placement_for_cli
     from pipelines.evaluate.images2d import resolve_image_dataset
+    from pipelines.evaluate.protocols import parse_placement_resources
 
     if not args.output.endswith(".npz"):
         raise DataError(f"--output {args.output}: expected a .npz file name")
+    ensure_ray()  # before resolve_image_dataset, which may build a YAML's dataset with Ray Data
     uri = resolve_image_dataset(args.checkpoint, args.data, args.root)
-    predict_2d_file(args.checkpoint, uri, args.output, args.batch_size, args.device, args.bf16)
+    placement = placement_for_cli(args.device, parse_placement_resources(args.resources), args.actors)
+    predict_2d_file(args.checkpoint, uri, args.output, placement, args.batch_size, args.bf16)
     return 0

@@ -127,6 +127,7 @@ def final_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
 def run_two_stage(two: TwoStageConfig, progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Run both stages (see module doc); returns {"stage1": 2D result, "prediction": file
     metadata, "stage2": rows of the final table}."""
+    from pipelines.evaluate.batch import placement_for
     from pipelines.evaluate.images2d import evaluate_image_checkpoint, result_text
     from pipelines.evaluate.predict2d import predict_2d_file
     from pipelines.train.driver import run_training
@@ -144,14 +145,17 @@ def run_two_stage(two: TwoStageConfig, progress: Callable[[str], None] = print) 
         base = run_training(_image_config(two, baseline=True), dataset_uri=full.dataset_uri, evaluate_after=False,
                             progress=progress)
         baseline_ckpt = base.best_checkpoint
-    stage1 = evaluate_image_checkpoint(full.best_checkpoint, full.dataset_uri, compare=baseline_ckpt,
-                                       batch_size=two.stages.predict_batch_size)
+    # Both stages' forward passes run as Ray Data batch inference on the image model's training
+    # resources; the workers read the checkpoints from the run's storage.
+    placement = placement_for(images_cfg.train)
+    stage1 = evaluate_image_checkpoint(full.best_checkpoint, full.dataset_uri, placement, compare=baseline_ckpt,
+                                       batch_size=two.stages.predict_batch_size, ship=False, progress=progress)
     progress(result_text(stage1))
 
     progress("== stage 1 -> 2: predicted 2D for every frame of every camera")
     pred_path = home.child("predicted_2d.npz").path
-    prediction = predict_2d_file(full.best_checkpoint, full.dataset_uri, pred_path,
-                                 batch_size=two.stages.predict_batch_size, progress=progress)
+    prediction = predict_2d_file(full.best_checkpoint, full.dataset_uri, pred_path, placement,
+                                 batch_size=two.stages.predict_batch_size, ship=False, progress=progress)
     manifest = _image_manifest(full.dataset_uri)
     subjects = {split: sorted(manifest["splits"][split]["subjects"]) for split in ("train", "test")}
     data_3d, gt_2d, cameras = label_files(images_cfg)
