@@ -176,8 +176,7 @@ def _video_frames(path: str, start: int, stop: int) -> Iterator[np.ndarray]:
     index = -1
     try:
         with av.open(path) as container:
-            stream = container.streams.video[0]
-            for index, frame in enumerate(container.decode(stream)):
+            for index, frame in _decode_from(container, container.streams.video[0], start):
                 if index >= stop:
                     return
                 if index >= start:
@@ -186,6 +185,35 @@ def _video_frames(path: str, start: int, stop: int) -> Iterator[np.ndarray]:
         raise DataError(f"{path}: cannot decode frame {index + 1} ({e})") from None
     if index + 1 < stop:
         raise DataError(f"{path}: frames out of sync: the video ends after {index + 1} frames, frame {index + 1} is needed")
+
+
+def _decode_from(container, stream, start: int) -> Iterator[tuple[int, object]]:
+    """(frame index, frame) pairs of `stream` from the keyframe at or before frame `start` on.
+
+    A shard task needs a window from the middle of a long video (a Human3.6M take has up to ~5000
+    frames), and decoding from frame 0 for every shard would make a video's cost quadratic in its
+    shards. So the container seeks back to the keyframe before `start` and each frame's index is
+    its timestamp times the frame rate (Human3.6M's videos are constant-rate). Where timestamps
+    cannot give an exact index (no rate or start time, a frame without pts, or a seek that landed
+    after `start`), it decodes from the first frame and counts, as a plain sequential read does."""
+    from fractions import Fraction
+
+    rate, base, offset = stream.average_rate, stream.time_base, stream.start_time
+    if start > 0 and rate and base and offset is not None:
+        per_frame = Fraction(1) / (Fraction(rate) * Fraction(base))  # pts ticks per frame
+        container.seek(int(offset + start * per_frame), stream=stream, backward=True, any_frame=False)
+        first = True
+        for frame in container.decode(stream):
+            if frame.pts is None or (first and round((frame.pts - offset) / per_frame) > start):
+                break  # cannot place this frame exactly: fall back to counting from frame 0
+            first = False
+            yield round((frame.pts - offset) / per_frame), frame
+        else:
+            return
+        if not first:  # frames were already yielded: a later pts gap is a broken stream, not a seek miss
+            raise DataError(f"{container.name}: frame without a timestamp after frame {start}")
+        container.seek(offset, stream=stream, backward=True, any_frame=False)
+    yield from enumerate(container.decode(stream))
 
 
 def _folder_frames(files: dict[int, str], start: int, stop: int, folder: str) -> Iterator[np.ndarray]:

@@ -189,6 +189,32 @@ def test_undecodable_and_short_videos_name_the_file_and_frame(videos, tmp_path):
         load_image_sequences(video_data(tmp, "h36m_video", copy))
 
 
+def test_a_window_late_in_a_video_is_decoded_by_seeking_with_the_same_pixels(tmp_path):
+    """Shard tasks seek to the keyframe before their first frame (a Human3.6M take has thousands
+    of frames) and index frames by timestamp: the pixels equal a sequential decode from frame 0."""
+    import av
+
+    from preprocessing.image_sources import _decode_from, _video_frames
+    from preprocessing.render import write_video
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(300)]  # keyframes at 0 and later
+    path = str(write_video(tmp_path / "long.mp4", frames, 50.0))
+    with av.open(path) as c:
+        keyframes = [k for k, p in enumerate(c.demux(c.streams.video[0])) if p.is_keyframe]
+        c.seek(0)
+        sequential = [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
+    assert len(sequential) == 300 and len(keyframes) > 1, keyframes
+    with av.open(path) as c:
+        first, _ = next(_decode_from(c, c.streams.video[0], 290))
+    assert 0 < first <= 290  # it seeked: decoding started at a later keyframe, not at frame 0
+    for start, stop in ((290, 300), (keyframes[1] - 1, keyframes[1] + 2), (0, 3), (5, 9)):
+        got = list(_video_frames(path, start, stop))
+        assert len(got) == stop - start and all((g == w).all() for g, w in zip(got, sequential[start:stop]))
+    with pytest.raises(DataError, match=r"long\.mp4: frames out of sync: the video ends after 300 frames"):
+        list(_video_frames(path, 295, 302))
+
+
 def test_frame_folders_out_of_sync_name_the_frame(tmp_path):
     root = tmp_path / "frames"
     write_synthetic_videos(synthetic_data(tmp_path), str(root), scale=0.1, frames_dir=True)
