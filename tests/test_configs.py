@@ -51,3 +51,18 @@ def test_two_stage_config_loads(path):
 
     two = load_two_stage(str(path))
     assert two.stages.images["model"]["name"] == "mpstr" and two.stages.lifter["model"]["name"]
+
+
+def test_image_configs_use_the_papers_schedule():
+    """MPSTR stage 1 (Jiao et al., Sec. IV-A): AdamW, lr 1e-3, weight decay 0.05, cosine with a
+    linear warm-up (20 of 100 epochs at the paper's size)."""
+    from pipelines.config import config_from_dict
+    from preprocessing.schema import load_yaml
+
+    paper = load_config(str(CONFIGS[0].parent / "mpstr_h36m.yaml"))
+    assert (paper.train.epochs, paper.train.lr_schedule, paper.train.warmup_epochs) == (100, "cosine_warmup", 20)
+    stage1 = config_from_dict(load_yaml(str(CONFIGS[0].parent / "two_stage_synthetic.yaml"))["stages"]["images"])
+    for cfg in (paper, stage1, *(load_config(str(CONFIGS[0].parent / n)) for n in ("mpstr_synthetic.yaml", "tune_mpstr.yaml"))):
+        assert (cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay, cfg.train.lr_schedule) == (
+            "adamw", 1e-3, 0.05, "cosine_warmup"), cfg.name
+        assert 0 < cfg.train.warmup_epochs < cfg.train.epochs
