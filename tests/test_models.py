@@ -87,10 +87,15 @@ def test_gradients_reach_every_parameter(name):
     torch.manual_seed(0)
     model = tiny(name, 9, 17).train()
     model(inputs(model, 2, 9, 17)).square().mean().backward()
+    assert_gradients_reach_every_parameter(model, name)
+
+
+def assert_gradients_reach_every_parameter(model: torch.nn.Module, what: str) -> None:
+    """After a backward pass: every parameter has a finite, non-zero gradient."""
     for key, p in model.named_parameters():
-        assert p.grad is not None, f"{name}: no gradient reaches {key}"
-        assert torch.isfinite(p.grad).all(), f"{name}: non-finite gradient at {key}"
-        assert p.grad.abs().sum() > 0, f"{name}: zero gradient at {key}"
+        assert p.grad is not None, f"{what}: no gradient reaches {key}"
+        assert torch.isfinite(p.grad).all(), f"{what}: non-finite gradient at {key}"
+        assert p.grad.abs().sum() > 0, f"{what}: zero gradient at {key}"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -25,6 +25,7 @@ from models.losses import build_loss, forward_for_loss
 from models.mpstr import MPSTRConfig
 from models.registry import IMAGE_MODELS, MODELS, build_model, count_parameters, parse_model_config
 from preprocessing.schema import ConfigError
+from tests.test_models import assert_gradients_reach_every_parameter
 
 # Tensors SwinPose holds but never uses in its forward pass (README "What runs").
 UNUSED = ["backbone.head.bias", "backbone.head.weight", "keypoint_head.Temporal_pos_embed",
@@ -183,8 +184,7 @@ def test_paper_variant_distinguishes_views():
 def test_gradients_reach_every_parameter(overrides):
     model = build_model(tiny(**overrides), frames=2, joints=3)
     model(torch.randn(1, 2, 2, 3, 32, 32)).square().sum().backward()
-    lacking = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert lacking == []
+    assert_gradients_reach_every_parameter(model, f"mpstr {overrides}")
 
 
 def test_tiny_model_overfits_with_its_loss():
