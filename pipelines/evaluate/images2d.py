@@ -83,10 +83,8 @@ def checkpoint_for_workers(checkpoint: Any, manifest: dict, dataset_uri: str, sh
     window length. `ship`: load it here (on CPU: a damaged file fails here, naming it) and put its
     weights in the object store, for a checkpoint only this process can read (a local directory);
     else the workers read it from its URI (a run directory on shared or object storage)."""
-    from models.checkpoint import read_meta
     from models.registry import model_class
     from pipelines.evaluate.batch import ship_model
-    from pipelines.train.checkpoints import local_copy
     from pipelines.train.images import is_image_model
     from preprocessing import storage
 
@@ -95,8 +93,7 @@ def checkpoint_for_workers(checkpoint: Any, manifest: dict, dataset_uri: str, sh
         source = ship_model(model, meta, str(checkpoint))
     else:
         source = checkpoint if isinstance(checkpoint, storage.Location) else storage.open_location(str(checkpoint))
-        with local_copy(source.uri) as d:
-            meta = read_meta(d)
+        meta = json.loads(storage.read_bytes(source.child("meta.json")))  # the meta only, not the weights
         if not is_image_model(model_class(meta["model"]["name"])):
             raise CheckpointError(f"{source.uri}: model {meta['model']['name']!r} takes 2D keypoints, not images")
     if int(meta["frames"]) != int(manifest["windows"]["frames"]):
