@@ -8,6 +8,11 @@ Transformers" (Jiao et al., arXiv 2401.16700) and its authors' code (WUJINHUAN/3
   toy one to Swin-T/B. Each image becomes one token: final LayerNorm + global average pooling over
   the patch grid (width `embed_dim * 2**(stages-1)`, 768 for Swin-T), optionally projected to
   `token_dim`. ImageNet weights come only from a local file (`pretrained`); never downloaded.
+  `token_pool: flatten` (raylift's option, not the paper's or the code's) instead flattens the
+  final-stage grid and projects it to `token_dim`: average pooling makes the token (nearly)
+  invariant to where things are in the crop, and at CPU scale (48-px crops, a 150k-parameter
+  Swin) neither the Swin nor a small CNN learned past the mean pose through it, while both did
+  with the grid kept (see README, "relations module").
 - **Image-relations module** (`variant: paper`, paper eqs. (10)-(14)): learned frame embedding
   E_time is added and a temporal transformer attends over the T frames of each view; learned
   per-camera embedding E_3D is added and a cross-view transformer attends over the V views of each
@@ -60,6 +65,7 @@ class MPSTRConfig:
     pretrained: Optional[str] = None  # local ImageNet Swin checkpoint (timm or Microsoft layout)
     # Image tokens and relations module
     token_dim: Optional[int] = None  # None: the Swin's final width (768 for Swin-T); else a Linear projection
+    token_pool: Literal["avg", "flatten"] = "avg"  # avg: paper and code; flatten: raylift's (module doc)
     relation_depth: int = 4  # blocks of the temporal and of the cross-view transformer (each)
     relation_heads: int = 8
     relation_mlp_ratio: float = 2.0
@@ -76,6 +82,16 @@ class MPSTRConfig:
     @property
     def width(self) -> int:
         return self.token_dim or self.swin_width
+
+    @property
+    def final_grid(self) -> int:
+        """Side of the last Swin stage's patch grid (7 for Swin-T at 224)."""
+        return self.img_size // self.patch_size // 2 ** (len(self.depths) - 1)
+
+    @property
+    def pooled_width(self) -> int:
+        """Features per image before the token projection."""
+        return self.swin_width * (self.final_grid**2 if self.token_pool == "flatten" else 1)
 
     def validate(self) -> None:
         if self.name != "mpstr":
@@ -95,6 +111,14 @@ class MPSTRConfig:
             raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
         if self.token_dim is not None and self.token_dim < 1:
             raise ValueError(f"token_dim: got {self.token_dim}, expected >= 1 or null")
+        if self.token_pool not in ("avg", "flatten"):
+            raise ValueError(f"token_pool: got {self.token_pool!r}, expected 'avg' or 'flatten'")
+        if self.token_pool == "flatten":
+            if self.token_dim is None:
+                raise ValueError("token_pool: flatten needs token_dim (the flattened grid is projected to it)")
+            if (self.img_size // self.patch_size) % 2 ** (len(self.depths) - 1):
+                raise ValueError(f"token_pool: flatten needs a patch grid ({self.img_size // self.patch_size}) "
+                                 f"divisible by 2^{len(self.depths) - 1} (the patch mergings)")
         if self.width % self.relation_heads:
             raise ValueError(f"token width {self.width} is not divisible by relation_heads {self.relation_heads}")
         if self.variant == "official":
@@ -103,6 +127,8 @@ class MPSTRConfig:
             if self.token_dim not in (None, self.swin_width):
                 raise ValueError(f"token_dim: the official variant feeds the Swin's {self.swin_width}-d tokens "
                                  "to its head unprojected; leave it null")
+            if self.token_pool != "avg":
+                raise ValueError("token_pool: the official variant average-pools, as SwinPose does")
         for key in ("mlp_ratio", "relation_mlp_ratio"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key}: got {getattr(self, key)}, expected > 0")
@@ -112,9 +138,11 @@ class MPSTRConfig:
 
 
 def build_swin(cfg: MPSTRConfig) -> nn.Module:
-    """timm SwinTransformer returning one pooled token per image: (N, 3, H, W) -> (N, swin_width).
+    """timm SwinTransformer returning one pooled token per image: (N, 3, H, W) -> (N, swin_width),
+    or with `token_pool: flatten` its final-stage grid (N, g, g, swin_width).
 
-    `num_classes=0` removes the classifier (timm's `head.fc` is Identity; average pooling stays).
+    `num_classes=0` removes the classifier (timm's `head.fc` is Identity; average pooling stays
+    unless `global_pool=""`).
     Stage windows shrink to the grid where the grid is not larger (no shift there), as in the
     original Swin; `strict_img_size` keeps the fixed input size the attention masks were built for.
     """
@@ -128,7 +156,7 @@ def build_swin(cfg: MPSTRConfig) -> nn.Module:
         patch_size=cfg.patch_size,
         in_chans=cfg.in_chans,
         num_classes=0,
-        global_pool="avg",
+        global_pool="avg" if cfg.token_pool == "avg" else "",  # "": the (N, g, g, C) grid
         embed_dim=cfg.embed_dim,
         depths=tuple(cfg.depths),
         num_heads=tuple(cfg.num_heads),
@@ -251,7 +279,7 @@ class MPSTR(nn.Module):
         cfg.validate()
         self.cfg, self.frames, self.joints = cfg, int(frames), int(joints)
         self.backbone = build_swin(cfg)
-        self.token_proj = nn.Linear(cfg.swin_width, cfg.width) if cfg.width != cfg.swin_width else nn.Identity()
+        self.token_proj = nn.Linear(cfg.pooled_width, cfg.width) if cfg.width != cfg.pooled_width else nn.Identity()
         self.relations: Optional[nn.Module]
         if cfg.variant == "official":
             self.relations = SequenceRelations(cfg)
@@ -264,8 +292,8 @@ class MPSTR(nn.Module):
         nn.init.constant_(self.head.proj.bias, cfg.img_size / 2)
 
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) -> (N, D): one pooled (and projected) token per image."""
-        return self.token_proj(self.backbone(images))
+        """(N, 3, H, W) -> (N, D): one pooled (or flattened) and projected token per image."""
+        return self.token_proj(self.backbone(images).flatten(1))  # avg: (N, C); flatten: (N, g, g, C) -> (N, g·g·C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.variant == "official":

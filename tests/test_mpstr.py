@@ -180,7 +180,8 @@ def test_paper_variant_distinguishes_views():
 
 
 @pytest.mark.parametrize("overrides", [{}, {"baseline": True}, {"variant": "official"}, {"token_dim": 24,
-                                                                                         "relation_heads": 3}])
+                                                                                         "relation_heads": 3},
+                                       {"token_pool": "flatten", "token_dim": 24, "relation_heads": 3}])
 def test_gradients_reach_every_parameter(overrides):
     model = build_model(tiny(**overrides), frames=2, joints=3)
     model(torch.randn(1, 2, 2, 3, 32, 32)).square().sum().backward()
@@ -234,3 +235,19 @@ def test_pretrained_swin_from_local_file(tmp_path):
         build_model(tiny(pretrained=str(tmp_path / "partial.pth")), frames=1, joints=3)
     with pytest.raises(CheckpointError, match="cannot read"):
         build_model(tiny(pretrained=str(tmp_path / "absent.pth")), frames=1, joints=3)
+
+
+def test_flatten_tokens_keep_where_things_are_in_the_crop():
+    """`token_pool: flatten` (raylift's option): the final-stage grid is projected to the token,
+    not averaged; it needs token_dim and is refused for the official variant."""
+    torch.manual_seed(0)
+    flat = build_model(tiny(token_pool="flatten", token_dim=24, relation_heads=3), frames=2, joints=3).eval()
+    assert flat.token_proj.in_features == (16 * 2) * (32 // 4 // 2) ** 2  # swin width x final grid cells
+    x = torch.randn(1, 2, 2, 3, 32, 32)
+    assert flat(x).shape == (1, 2, 2, 3, 2)
+    with pytest.raises(ValueError, match="token_pool: flatten needs token_dim"):
+        MPSTRConfig(token_pool="flatten").validate()
+    with pytest.raises(ValueError, match="official variant average-pools"):
+        MPSTRConfig(variant="official", token_pool="flatten", token_dim=768).validate()
+    with pytest.raises(ConfigError, match="token_pool"):
+        parse_model_config({"name": "mpstr", "token_pool": "max"}, "model")
