@@ -43,8 +43,11 @@ def test_signalled_driver_leaves_no_ray_processes(tmp_path, sig):
     env = {**os.environ, "RAY_ADDRESS": ""}
     log = tmp_path / "driver.err"
     with open(log, "w") as err:
+        # The driver starts with the signal at its default action, whatever this runner inherited:
+        # under `nohup` SIGHUP arrives ignored, and init_ray rightly leaves an ignored signal alone.
         proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=err,
-                                text=True, env=env, start_new_session=True)
+                                text=True, env=env, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(sig, signal.SIG_DFL) if sig != signal.SIGKILL else None)
     try:
         first = proc.stdout.readline()
         assert first.startswith("["), f"the driver did not start Ray: {log.read_text()[-2000:]}"
