@@ -10,7 +10,7 @@ Transformers" (Jiao et al., arXiv 2401.16700) and its authors' code (WUJINHUAN/3
   `token_dim`. ImageNet weights come only from a local file (`pretrained`); never downloaded.
   `token_pool: flatten` (raylift's option, not the paper's or the code's) instead flattens the
   final-stage grid and projects it to `token_dim`: average pooling makes the token (nearly)
-  invariant to where things are in the crop, and at CPU scale (48-px crops, a 150k-parameter
+  invariant to where things are in the crop, and at CPU scale (48-px crops, a tiny two-stage
   Swin) neither the Swin nor a small CNN learned past the mean pose through it, while both did
   with the grid kept (see README, "relations module").
 - **Image-relations module** (`variant: paper`, paper eqs. (10)-(14)): learned frame embedding
