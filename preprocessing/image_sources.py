@@ -204,10 +204,11 @@ def _decode_from(container, stream, start: int) -> Iterator[tuple[int, object]]:
         container.seek(int(offset + start * per_frame), stream=stream, backward=True, any_frame=False)
         first = True
         for frame in container.decode(stream):
-            if frame.pts is None or (first and round((frame.pts - offset) / per_frame) > start):
+            index = None if frame.pts is None else round((frame.pts - offset) / per_frame)
+            if index is None or (first and index > start):
                 break  # cannot place this frame exactly: fall back to counting from frame 0
             first = False
-            yield round((frame.pts - offset) / per_frame), frame
+            yield index, frame
         else:
             return
         if not first:  # frames were already yielded: a later pts gap is a broken stream, not a seek miss

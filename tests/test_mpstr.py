@@ -237,7 +237,7 @@ def test_pretrained_swin_from_local_file(tmp_path):
         build_model(tiny(pretrained=str(tmp_path / "absent.pth")), frames=1, joints=3)
 
 
-def test_flatten_tokens_keep_where_things_are_in_the_crop():
+def test_flatten_token_pool_projects_the_final_grid_and_is_validated():
     """`token_pool: flatten` (raylift's option): the final-stage grid is projected to the token,
     not averaged; it needs token_dim and is refused for the official variant."""
     torch.manual_seed(0)

@@ -32,16 +32,22 @@ COLUMNS_2D = (("PCK@0.05", "PCK@0.05 %", 100.0), ("pixel_error", "px err", 1.0),
 def load_image_model(checkpoint: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """The model of an image checkpoint (local directory or URI), in eval mode on `device`."""
     from models.checkpoint import load_model
-    from models.registry import model_class
     from pipelines.train.checkpoints import local_copy
-    from pipelines.train.images import is_image_model
 
     with local_copy(checkpoint) as d:
         model, meta = load_model(d)
+    _require_image_model(meta, checkpoint)
+    return model.to(device).eval(), meta
+
+
+def _require_image_model(meta: dict, checkpoint: Any) -> None:
+    """CheckpointError unless the checkpoint's model takes images."""
+    from models.registry import model_class
+    from pipelines.train.images import is_image_model
+
     if not is_image_model(model_class(meta["model"]["name"])):
         raise CheckpointError(f"{checkpoint}: model {meta['model']['name']!r} takes 2D keypoints, not images; "
                               "this evaluation is for image models (mpstr)")
-    return model.to(device).eval(), meta
 
 
 def predict_image_batch(batch: dict[str, np.ndarray], model: torch.nn.Module, bf16: bool,
@@ -71,7 +77,7 @@ def predict_split(checkpoint: Any, uri: str, split: str, placement: Any, batch_s
 
     ds = open_image_split(uri, split, flip=False, labels=True)
     ds = _map_lift(ds, checkpoint, placement, batch_size, predict_image_batch,
-                   {"bf16": bf16 and placement.device == "cuda"}, None, None)
+                   {"bf16": bf16}, None, None)  # autocast is a no-op off CUDA (train.loop.autocast)
     parts = _gather(ds)
     if not parts:
         raise DataError(f"{uri}: {split} split has no windows")
@@ -83,9 +89,7 @@ def checkpoint_for_workers(checkpoint: Any, manifest: dict, dataset_uri: str, sh
     window length. `ship`: load it here (on CPU: a damaged file fails here, naming it) and put its
     weights in the object store, for a checkpoint only this process can read (a local directory);
     else the workers read it from its URI (a run directory on shared or object storage)."""
-    from models.registry import model_class
     from pipelines.evaluate.batch import ship_model
-    from pipelines.train.images import is_image_model
     from preprocessing import storage
 
     if ship:
@@ -94,8 +98,7 @@ def checkpoint_for_workers(checkpoint: Any, manifest: dict, dataset_uri: str, sh
     else:
         source = checkpoint if isinstance(checkpoint, storage.Location) else storage.open_location(str(checkpoint))
         meta = json.loads(storage.read_bytes(source.child("meta.json")))  # the meta only, not the weights
-        if not is_image_model(model_class(meta["model"]["name"])):
-            raise CheckpointError(f"{source.uri}: model {meta['model']['name']!r} takes 2D keypoints, not images")
+        _require_image_model(meta, source.uri)
     if int(meta["frames"]) != int(manifest["windows"]["frames"]):
         raise CheckpointError(f"{checkpoint}: trained on windows of f={meta['frames']} frames, dataset {dataset_uri} "
                               f"has f={manifest['windows']['frames']}")
