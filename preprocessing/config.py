@@ -145,7 +145,9 @@ class ImagesConfig:
     One row of a shard is a window of `frames` consecutive frames x `views` synchronised cameras
     (non-overlapping, so every image is stored once). `flip` mirrors a training window at read
     time with probability 1/2 (image and left/right labels). Synthetic rendering: `blur_px`
-    (Gaussian radius, pixels of the crop) and `noise_std` (on 0-255) per image, after rendering.
+    (Gaussian radius, pixels of the crop) and `noise_std` (on 0-255) per image, after rendering;
+    `occluder_prob`: the probability that an image gets one random occluding object, whose radii
+    are about `occluder_size` x the person's box side (preprocessing/render.py, `Occluder`).
     `on_missing`: a (subject, action) without every camera is an error, or is skipped and listed
     in the manifest's `skipped` ("skip"); never dropped silently.
     """
@@ -159,6 +161,8 @@ class ImagesConfig:
     flip: bool = True
     blur_px: float = 0.0
     noise_std: float = 0.0
+    occluder_prob: float = 0.0
+    occluder_size: float = 0.25
     on_missing: Literal["error", "skip"] = "error"
     windows_per_shard: int = 256  # rows (windows) per Parquet file
     windows_per_group: int = 16  # rows per Parquet row group (the read granularity)
@@ -176,6 +180,10 @@ class ImagesConfig:
             raise ValueError(f"images.frames and images.views must be >= 1, got {self.frames} and {self.views}")
         if self.blur_px < 0 or self.noise_std < 0:
             raise ValueError(f"images.blur_px and images.noise_std must be >= 0, got {self.blur_px} and {self.noise_std}")
+        if not 0.0 <= self.occluder_prob <= 1.0:
+            raise ValueError(f"images.occluder_prob must be a probability in [0, 1], got {self.occluder_prob}")
+        if not 0.0 < self.occluder_size <= 1.0:
+            raise ValueError(f"images.occluder_size must be in (0, 1] (fraction of the person's box), got {self.occluder_size}")
 
 
 @dataclass

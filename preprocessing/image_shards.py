@@ -70,6 +70,9 @@ def image_config_for_id(data: DataConfig) -> dict:
     cfg = config_for_id(data)
     cfg.pop("windows", None)  # image windows are described by `images`
     cfg["images"] = to_dict(data.images)
+    if not data.images.occluder_prob:  # datasets built before occluders existed keep their ids
+        cfg["images"].pop("occluder_prob")
+        cfg["images"].pop("occluder_size")
     cfg["image_format"] = IMAGE_FORMAT
     return cfg
 
@@ -97,7 +100,8 @@ def crop_views(seq: ImageSequence, view: int, start: int, stop: int, job: ImageJ
             check_box(box, *seq.image_sizes[view], f"{seq.name(view)} frame {k}")
             grid = PixelGrid(box[0], box[1], size / (box[2] - box[0]), size, size)
             image = render_frame(seq.joints_cam[k, view], seq.intrinsics[view], grid, background, k,
-                                 cfg.blur_px, cfg.noise_std, seed=sequence_seed(job.seed, seq.subject, seq.action, seq.cameras[view]))
+                                 cfg.blur_px, cfg.noise_std, seed=sequence_seed(job.seed, seq.subject, seq.action, seq.cameras[view]),
+                                 occluder_prob=cfg.occluder_prob, occluder_size=cfg.occluder_size)
             encoded.append(encode_image(image, cfg.format, cfg.quality))
             keypoints.append(to_crop(kp, box, size))
             boxes.append(box)

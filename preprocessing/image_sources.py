@@ -245,9 +245,10 @@ def background_of(seq: ImageSequence, view: int, seed: int) -> Background:
 
 
 def render_full_frames(seq: ImageSequence, view: int, scale: float, seed: int, blur_px: float = 0.0,
-                       noise_std: float = 0.0) -> Iterator[np.ndarray]:
+                       noise_std: float = 0.0, occluder_prob: float = 0.0,
+                       occluder_size: float = 0.25) -> Iterator[np.ndarray]:
     """Whole frames of a synthetic sequence at `scale` x the camera resolution (even sizes, for
-    H.264), (H, W, 3) uint8 each."""
+    H.264), (H, W, 3) uint8 each. The occluders are those of the crops (same seeds)."""
     from preprocessing.render import PixelGrid, render_frame, sequence_seed
 
     w, h = seq.image_sizes[view]
@@ -256,14 +257,16 @@ def render_full_frames(seq: ImageSequence, view: int, scale: float, seed: int, b
     background = background_of(seq, view, seed)
     for k in range(seq.num_frames):
         yield render_frame(seq.joints_cam[k, view], seq.intrinsics[view], grid, background, k, blur_px, noise_std,
-                           seed=sequence_seed(seed, seq.subject, seq.action, seq.cameras[view]))
+                           seed=sequence_seed(seed, seq.subject, seq.action, seq.cameras[view]),
+                           occluder_prob=occluder_prob, occluder_size=occluder_size)
 
 
 def write_synthetic_videos(data: DataConfig, out_root: str, scale: float = 0.2, frames_dir: bool = False) -> list[str]:
     """Render the `synthetic_images` source of `data` as Human3.6M-layout MP4 files
     (`<out_root>/<subject>/Videos/<action>.<camera>.mp4`) or, with `frames_dir`, as frame folders
     (`<out_root>/<subject>/<action>.<camera>/<frame:06d>.png`), so the real video and frame paths
-    can be run on real files. Returns the written paths."""
+    can be run on real files. The occluders of `data.images` are drawn into them (blur and noise,
+    which are in crop pixels, are not). Returns the written paths."""
     from PIL import Image
 
     from preprocessing.render import write_video
@@ -273,7 +276,8 @@ def write_synthetic_videos(data: DataConfig, out_root: str, scale: float = 0.2, 
     written = []
     for seq in load_image_sequences(data).sequences:
         for v, cam in enumerate(seq.cameras):
-            frames = render_full_frames(seq, v, scale, data.source.synthetic.seed)
+            frames = render_full_frames(seq, v, scale, data.source.synthetic.seed,
+                                        occluder_prob=data.images.occluder_prob, occluder_size=data.images.occluder_size)
             if frames_dir:
                 folder = Path(out_root) / seq.subject / f"{seq.action}.{cam}"
                 folder.mkdir(parents=True, exist_ok=True)

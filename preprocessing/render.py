@@ -10,6 +10,13 @@ whose difficulty is real (self-occlusion, clutter, blur), without licensed video
 - Backgrounds: per sequence, a random mix of two oriented gratings, a checkerboard and a base
   colour, defined in full-image pixel coordinates (crops of one frame agree) and drifting with the
   frame index (they vary over time).
+- Optional occluders (after Sarandi et al., "How robust is 3D human pose estimation to occlusion?",
+  IROS-W 2018, which pastes random objects over training images): with probability
+  `occluder_prob`, an image gets one textured ellipse centred near a random joint, its radii
+  `occluder_size` x the person's keypoint-box side. Independent per image (seeded by sequence and
+  frame), so a joint hidden in one frame or camera is usually visible in its neighbours: what the
+  image-relations module of MPSTR is built to use. Defined in full-image pixels, so a crop and the
+  whole frame show the same occluder.
 - Optional Gaussian blur and pixel noise.
 Rendering happens on a `PixelGrid`: any axis-aligned window of the full image at any scale, so a
 64 px crop is rendered directly (cheap) and a whole frame (for MP4 files) the same way.
@@ -140,11 +147,62 @@ def draw_skeleton(image: np.ndarray, joints_cam: np.ndarray, intrinsics: np.ndar
     return image
 
 
+@dataclass(frozen=True)
+class Occluder:
+    """One occluding object: a textured (striped) ellipse in full-image pixels (see module doc)."""
+
+    centre: np.ndarray  # (2,) full-image pixels
+    radii: np.ndarray  # (2,) semi-axes, full-image pixels
+    angle: float  # rotation of the first semi-axis, radians
+    colours: np.ndarray  # (2, 3): base colour and stripe colour offset
+    stripe: float  # stripe frequency, cycles per semi-axis
+
+    @classmethod
+    def random(cls, rng: np.random.Generator, keypoints: np.ndarray, size: float) -> "Occluder":
+        """An occluder near a random joint of `keypoints` (J, 2) full-image pixels, its radii
+        `size` x (0.6..1.2) x the keypoint box's longer side."""
+        keypoints = np.asarray(keypoints, dtype=np.float64)
+        side = float(max(np.ptp(keypoints, axis=0).max(), 1.0))
+        joint = keypoints[rng.integers(len(keypoints))]
+        return cls(
+            centre=joint + rng.uniform(-0.5, 0.5, 2) * size * side,
+            radii=size * side * rng.uniform(0.6, 1.2, 2), angle=float(rng.uniform(0, np.pi)),
+            colours=np.stack([rng.uniform(30, 225, 3), rng.uniform(-50, 50, 3)]), stripe=float(rng.uniform(0.5, 3.0)),
+        )
+
+    def draw(self, image: np.ndarray, grid: PixelGrid) -> np.ndarray:
+        """Paint onto `image` (H, W, 3) float32 on `grid`, in place and returned."""
+        height, width = image.shape[:2]
+        reach = float(self.radii.max())
+        lo = np.floor(grid.to_grid(self.centre - reach)).astype(int)
+        hi = np.ceil(grid.to_grid(self.centre + reach)).astype(int)
+        x0, y0, x1, y1 = max(lo[0], 0), max(lo[1], 0), min(hi[0], width), min(hi[1], height)
+        if x1 <= x0 or y1 <= y0:
+            return image
+        qx, qy = np.meshgrid(grid.x0 + (np.arange(x0, x1) + 0.5) / grid.scale,
+                             grid.y0 + (np.arange(y0, y1) + 0.5) / grid.scale)  # full-image pixels (h, w)
+        dx, dy = qx - self.centre[0], qy - self.centre[1]
+        c, s = np.cos(self.angle), np.sin(self.angle)
+        a, b = (dx * c + dy * s) / self.radii[0], (-dx * s + dy * c) / self.radii[1]  # ellipse coordinates
+        inside = a * a + b * b < 1.0
+        colour = self.colours[0] + np.sin(2 * np.pi * self.stripe * a)[..., None] * self.colours[1]  # (h, w, 3)
+        patch = image[y0:y1, x0:x1]
+        patch[inside] = np.clip(colour[inside], 0, 255).astype(np.float32)
+        return image
+
+
 def render_frame(joints_cam: np.ndarray, intrinsics: np.ndarray, grid: PixelGrid, background: Background,
-                 frame: int, blur_px: float = 0.0, noise_std: float = 0.0, seed: int = 0) -> np.ndarray:
-    """One rendered image on `grid`: background, skeleton, optional blur then noise. (H, W, 3) uint8."""
+                 frame: int, blur_px: float = 0.0, noise_std: float = 0.0, seed: int = 0,
+                 occluder_prob: float = 0.0, occluder_size: float = 0.25) -> np.ndarray:
+    """One rendered image on `grid`: background, skeleton, an occluder with probability
+    `occluder_prob`, optional blur then noise. (H, W, 3) uint8."""
     image = background.render(grid, frame)
     draw_skeleton(image, joints_cam, intrinsics, grid)
+    if occluder_prob > 0:
+        rng = np.random.default_rng(sequence_seed(seed, frame, "occluder"))
+        if rng.random() < occluder_prob:
+            keypoints = project_to_2d(np.asarray(joints_cam, dtype=np.float64), intrinsics)  # (J, 2) full image
+            Occluder.random(rng, keypoints, occluder_size).draw(image, grid)
     out = np.clip(image + 0.5, 0, 255).astype(np.uint8)
     if blur_px > 0:
         from PIL import Image, ImageFilter

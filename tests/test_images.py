@@ -14,9 +14,9 @@ import pytest
 from preprocessing.config import DataConfig, ImagesConfig, SourceConfig, SyntheticConfig
 from preprocessing.crops import check_box, flip_crops, keypoint_box, to_crop, to_full
 from preprocessing.errors import DataError
-from preprocessing.image_shards import ImageJob, piece_rows, rows_table
+from preprocessing.image_shards import ImageJob, image_dataset_id, piece_rows, rows_table
 from preprocessing.image_sources import load_image_sequences, write_synthetic_videos
-from preprocessing.render import BONE_COLOURS, Background, PixelGrid, draw_skeleton
+from preprocessing.render import BONE_COLOURS, Background, Occluder, PixelGrid, draw_skeleton, render_frame
 from preprocessing.schema import ConfigError, parse_dataclass
 from preprocessing.skeleton import H36M17
 from preprocessing.storage import open_location
@@ -83,6 +83,10 @@ def test_images_config_is_validated_with_the_key_named():
         parse_dataclass(DataConfig, {"images": {"format": "gif"}})
     with pytest.raises(ConfigError, match="needs source.videos"):
         parse_dataclass(DataConfig, {"source": {"kind": "h36m_video", "data_3d": "a", "data_2d": "b"}})
+    with pytest.raises(ConfigError, match="images.occluder_prob.*1.5"):
+        parse_dataclass(DataConfig, {"images": {"occluder_prob": 1.5}})
+    with pytest.raises(ConfigError, match="images.occluder_size"):
+        parse_dataclass(DataConfig, {"images": {"occluder_size": 0.0}})
 
 
 # ----------------------------------------------------------------------------- renderer
@@ -119,6 +123,39 @@ def test_backgrounds_differ_between_sequences_and_over_time():
     assert np.abs(a.render(grid, 0) - b.render(grid, 0)).mean() > 5
     assert np.abs(a.render(grid, 0) - a.render(grid, 20)).mean() > 1
     assert a.render(grid, 3).std() > 5  # textured, not flat
+
+
+def test_occluders_cover_the_person_seeded_per_image_and_agree_between_crop_and_frame():
+    intr = np.array([1000.0, 1000.0, 500.0, 500.0, 0, 0, 0, 0, 0])
+    rng = np.random.default_rng(0)
+    joints = np.stack([rng.uniform(-0.3, 0.3, 17), np.linspace(-0.9, 0.9, 17), np.full(17, 5.0)], 1)  # (17, 3)
+    keypoints = joints[:, :2] / joints[:, 2:] * 1000.0 + 500.0  # (17, 2) full-image pixels
+    background = Background.random(3)
+    crop = PixelGrid(400.0, 300.0, 0.25, 50, 100)  # the person's box at 1/4 scale
+    plain = render_frame(joints, intr, crop, background, 0, seed=7)
+    assert np.array_equal(plain, render_frame(joints, intr, crop, background, 0, seed=7, occluder_prob=0.0))
+    occluded = [render_frame(joints, intr, crop, background, k, seed=7, occluder_prob=1.0) for k in range(8)]
+    changed = [np.any(o != render_frame(joints, intr, crop, background, k, seed=7), axis=-1) for k, o in enumerate(occluded)]
+    assert all(c.mean() > 0.01 for c in changed)  # every image has one, over the person's box
+    assert len({c.tobytes() for c in changed}) == 8  # a different occluder in every frame
+    assert np.array_equal(occluded[2], render_frame(joints, intr, crop, background, 2, seed=7, occluder_prob=1.0))
+    hit = [render_frame(joints, intr, crop, background, k, seed=7, occluder_prob=0.3) for k in range(40)]
+    share = np.mean([np.any(h != render_frame(joints, intr, crop, background, k, seed=7)) for k, h in enumerate(hit)])
+    assert 0.1 < share < 0.5  # about occluder_prob of the images
+    # Defined in full-image pixels: the whole frame shows the occluder where the crop does.
+    occ = Occluder.random(np.random.default_rng(5), keypoints, 0.25)
+    full = occ.draw(np.zeros((1000, 1000, 3), np.float32), PixelGrid(0.0, 0.0, 1.0, 1000, 1000))
+    small = occ.draw(np.zeros((100, 50, 3), np.float32), PixelGrid(398.5, 298.5, 0.25, 50, 100))
+    # crop pixel (r, c) has its centre at full-image (400.5 + 4c, 300.5 + 4r): full pixel (300 + 4r, 400 + 4c)
+    np.testing.assert_allclose(small, full[300:700:4, 400:600:4], atol=1e-3)
+    assert small.any(-1).sum() > 50
+
+
+def test_occluders_enter_the_dataset_id_only_when_used(tmp_path):
+    files = ["abc"]
+    plain = synthetic_data(tmp_path)
+    assert image_dataset_id(plain, files) == image_dataset_id(synthetic_data(tmp_path, occluder_size=0.5), files)
+    assert image_dataset_id(plain, files) != image_dataset_id(synthetic_data(tmp_path, occluder_prob=0.5), files)
 
 
 # ----------------------------------------------------------------------------- sources
