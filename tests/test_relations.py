@@ -10,18 +10,16 @@ only the full model moves past the mean pose, by using the frames and views wher
 """
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from models.losses import build_loss, forward_for_loss
 from models.mpstr import MPSTRConfig
 from models.registry import build_model
 from preprocessing.config import DataConfig, ImagesConfig, SourceConfig, SyntheticConfig
-from preprocessing.image_shards import ImageJob, piece_rows
+from preprocessing.image_readers import decode_rows
+from preprocessing.image_shards import ImageJob, piece_rows, rows_table
 from preprocessing.image_sources import load_image_sequences
 
 SIZE, FRAMES, VIEWS = 32, 8, 4
@@ -37,10 +35,9 @@ def occluded_windows(tmp) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     job = ImageJob("synthetic_images", data.images, 0, None)
     parts: dict[str, list] = {"train": [], "test": []}
     for seq in load_image_sequences(data).sequences:
-        rows = piece_rows(seq, 0, seq.num_frames // FRAMES, job)
-        pixels = np.stack([np.stack([np.asarray(Image.open(io.BytesIO(b))) for b in window]) for window in rows["images"]])
-        images = pixels.reshape(-1, FRAMES, VIEWS, SIZE, SIZE, 3).transpose(0, 1, 2, 5, 3, 4) / np.float32(255.0)
-        parts["test" if seq.subject == "S9" else "train"].append((images, rows["keypoints"]))
+        table = rows_table([piece_rows(seq, 0, seq.num_frames // FRAMES, job)])  # a shard's rows, as written
+        rows = decode_rows(table, SIZE, VIEWS, flip=False, seed=0, perm=np.arange(17), where=seq.subject)  # as read
+        parts["test" if seq.subject == "S9" else "train"].append((rows["images"], rows["keypoints"]))
     return {k: (torch.from_numpy(np.concatenate([x for x, _ in v])), torch.from_numpy(np.concatenate([y for _, y in v])))
             for k, v in parts.items()}
 
