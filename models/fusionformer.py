@@ -48,16 +48,25 @@ checkpoints load key for key (`models/convert.py`) and the parity tests reproduc
    weak-perspective lift (per frame, the 2D shape scaled by least squares onto the predicted x, y);
    trained on the refined centre frame.
 
-Ground truth at test time. The released test code feeds the GROUND-TRUTH absolute root depth of
-the centre frame (`gt_3D[:, :, 0, 2]`, for all T frames) to the back-projection, so its refined
-numbers (the 48.49 mm checkpoint) use 3D ground truth, not 2D input alone. Here the root depth is
-an explicit argument, `Fusionformer.forward(x, root_depth=...)` / `PoseRefinement(..., root_depth)`:
-pass the ground truth to reproduce the official protocol. When it is not given (training and
-evaluation through raylift's pipelines, which have only 2D input) the refinement uses an honest
-estimate, `estimate_root_depth`: the depth at which the predicted root-relative pose, seen through
-the camera, has the size of the 2D pose, z_0 = f · rms(predicted x, y) / rms(2D) over the window
-(each centred per frame on its joint mean). Intrinsics default to the mean of the four Human3.6M
-cameras in normalised units (`H36M_MEAN_INTRINSICS`); pass the real ones when known.
+Ground truth in the refinement (`root_depth`, default `gt`, as the released code). The released
+code feeds the GROUND-TRUTH absolute root depth to the back-projection: in training that of every
+window frame (`gt_3D[:, t, 0, 2]`, run.py with `out_all=1`), at test time that of the centre frame
+for all T frames; with the real camera intrinsics (normalised, cx and p1 negated for a mirrored
+window). Its refined numbers (the 48.49 mm checkpoint) therefore use 3D ground truth, not 2D input
+alone. Here the camera inputs are explicit arguments, `Fusionformer.forward(x, intrinsics=...,
+root_depth=...)`; `camera_inputs` names what the pipelines must pass (`models.losses.camera_kwargs`
+reads them from the windows' `intrinsics`, `image_size` and `trajectory` columns), and every
+results header names the ground-truth dependence. `root_depth: estimate` reads 2D alone: the
+refinement uses `estimate_root_depth`, the depth at which the predicted root-relative pose, seen
+through the camera, has the size of the 2D pose, z_0 = f · rms(predicted x, y) / rms(2D) over the
+window (each centred per frame on its joint mean). Called without camera inputs (e.g. `raylift
+infer` on a user's 2D), the model uses that estimate and the mean of the four Human3.6M cameras in
+normalised units (`H36M_MEAN_INTRINSICS`).
+
+Test-time flip (run.py `input_augmentation`): the transformer runs on the input and on its mirror,
+the two poses are averaged (the mirrored one un-flipped), and the refinement runs once, on the
+unflipped 2D. `forward_pose` and `refine_pose` expose the two stages so that evaluation
+(`pipelines/evaluate/prediction.py`) flips in between.
 
 Parameters (J = 17, T = 9, c = 32, L_s = L_c = 4, 8 heads, MLP ratio 2):
 - official: transformer 12,243,392 (the released state dict holds 12,244,813: the unused `fcn`
@@ -121,10 +130,22 @@ class FusionformerConfig:
     drop_path_rate: float = 0.1
     refine_hidden: int = 1024  # refinement hidden units per frame it reads (official: whole window, 1024·T)
     refine_drop: float = 0.5  # dropout between its two linear layers (released code: 0.5)
+    # official variant: the back-projection's root depth. gt: the ground truth, as run.py (train: every
+    # frame's, test: the centre frame's); estimate: from the 2D and the predicted pose (2D input alone).
+    root_depth: Literal["gt", "estimate"] = "gt"
 
     @property
     def spec(self) -> VariantSpec:
         return VARIANTS[self.variant]
+
+    @property
+    def camera_inputs(self) -> tuple[str, ...]:
+        """What the refinement reads besides the 2D (`models.losses.camera_kwargs` supplies it):
+        official, the camera intrinsics and (root_depth: gt) the ground-truth root depth; the paper
+        variant's weak-perspective lift reads nothing."""
+        if not self.spec.perspective:
+            return ()
+        return ("intrinsics", "root_depth") if self.root_depth == "gt" else ("intrinsics",)
 
     def validate(self) -> None:
         if self.name != "fusionformer":
@@ -134,6 +155,8 @@ class FusionformerConfig:
         for key in ("dim", "L_s", "L_c", "heads", "refine_hidden"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: got {getattr(self, key)}, expected >= 1")
+        if self.root_depth not in ("gt", "estimate"):
+            raise ValueError(f"root_depth: got {self.root_depth!r}, expected 'gt' or 'estimate'")
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
         if self.mlp_ratio <= 0:
@@ -293,21 +316,23 @@ class GlobalLocalFusion(nn.Module):
 
 
 def back_project(pose: torch.Tensor, keypoints: torch.Tensor, intrinsics: torch.Tensor,
-                 root_depth: torch.Tensor) -> torch.Tensor:
+                 root_depth: torch.Tensor, root: int = ROOT) -> torch.Tensor:
     """Released `get_uvd2xyz` + `xyz[:, :, 0] = 0`: 2D lifted with the predicted relative depths.
 
     pose (B, T, J, 3) root-relative prediction, keypoints (B, T, J, 2) normalised 2D, intrinsics
     (B, ≥4) [fx, fy, cx, cy, ...] normalised, root_depth (B,) or (B, T) absolute root depth (m)
     -> (B, T, J, 3) root-relative camera-frame pose: z_root = root_depth, z_j = pose_z_j + root_depth,
-    (x, y) = (uv − c) · z / f, minus the root joint.
+    (x, y) = (uv − c) · z / f, minus the root joint (`root`: joint 0, the H36M pelvis, in the
+    released code).
     """
     b, t, j, _ = pose.shape
     z0 = root_depth.reshape(b, -1, 1).to(pose.dtype).expand(b, t, 1)  # (B, T, 1)
-    z = torch.cat([z0, pose[..., ROOT + 1 :, 2] + z0], dim=2)[..., None]  # (B, T, J, 1)
+    z = pose[..., 2] + z0  # (B, T, J): z_j = predicted z_j + root depth ...
+    z = torch.cat([z[..., :root], z0, z[..., root + 1 :]], dim=2)[..., None]  # ... and the root's = root depth
     f = intrinsics[:, None, None, 0:2].to(pose.dtype)  # (B, 1, 1, 2)
     c = intrinsics[:, None, None, 2:4].to(pose.dtype)
     xyz = torch.cat([(keypoints - c) * z / f, z], dim=-1)  # (B, T, J, 3) absolute
-    return xyz - xyz[:, :, ROOT : ROOT + 1]
+    return xyz - xyz[:, :, root : root + 1]
 
 
 def estimate_root_depth(pose: torch.Tensor, keypoints: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tensor:
@@ -398,6 +423,10 @@ class Fusionformer(nn.Module):
         self.head = PoseHead(cfg.dim, 3)
         self.refine = PoseRefinement(frames, joints, cfg.refine_hidden, cfg.refine_drop, spec)
 
+    @property
+    def camera_inputs(self) -> tuple[str, ...]:
+        return self.cfg.camera_inputs
+
     def forward_pose(self, x: torch.Tensor) -> torch.Tensor:
         """The transformer alone (the released `Fusionformer`): (B, T, J, 2) -> (B, T, J, 3) before refinement."""
         b, t, j, _ = x.shape
@@ -421,10 +450,15 @@ class Fusionformer(nn.Module):
         feed the official back-projection (pass the ground-truth root depth for the released test
         protocol); left out, the H36M mean camera and `estimate_root_depth` are used."""
         pose = self.forward_pose(x)  # (B, T, J, 3)
-        refined = self.refine(pose, x, intrinsics, root_depth)  # (B, T, J, 3)
+        refined = self.refine_pose(pose, x, intrinsics, root_depth)  # (B, T, J, 3)
         if not return_all:
             return refined
         if not self.spec.refine_window:
             c = self.frames // 2
             refined = refined[:, c : c + 1]  # (B, 1, J, 3)
         return {"pose": pose, "refined": refined}
+
+    def refine_pose(self, pose: torch.Tensor, x: torch.Tensor, intrinsics: Optional[torch.Tensor] = None,
+                    root_depth: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The refinement stage alone: (B, T, J, 3) pose, (B, T, J, 2) 2D -> (B, T, J, 3) refined."""
+        return self.refine(pose, x, intrinsics, root_depth)

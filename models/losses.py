@@ -27,17 +27,19 @@ the loss, whatever the forward pass ran in. Under bf16 autocast only the model's
 its output is promoted to fp32 here (bf16 would round metres in 2-4 mm steps, the size of the
 velocity and temporal-consistency terms MixSTE supervises).
 
-`forward_for_loss(model, x)` calls a model the way its loss needs (Fusionformer with
-`return_all=True`), so the training loop stays model-agnostic.
+`forward_for_loss(model, x, camera)` calls a model the way its loss needs (Fusionformer with
+`return_all=True`, and the camera inputs `camera_kwargs` reads from the batch for models that
+declare `camera_inputs`), so the training loop stays model-agnostic.
 """
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 from torch import nn
 
+from preprocessing.errors import DataError
 from preprocessing.skeleton import H36M17, H36M_JOINT_WEIGHTS, Skeleton, get_skeleton
 
 LossFn = Callable[[Any, Mapping[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
@@ -264,7 +266,7 @@ def build_loss(
     return fp32_loss
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
     """The user's module inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
     while True:
         inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
@@ -275,14 +277,58 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def supports_return_all(model: nn.Module) -> bool:
     """Whether the (unwrapped) model's forward takes `return_all` (Fusionformer)."""
-    forward = type(_unwrap(model)).forward
+    forward = type(unwrap(model)).forward
     return "return_all" in inspect.signature(forward).parameters
 
 
-def forward_for_loss(model: nn.Module, x: torch.Tensor) -> Any:
+def normalised_intrinsics(intrinsics: torch.Tensor, image_size: torch.Tensor) -> torch.Tensor:
+    """(..., 9) pixel intrinsics and (..., 2) image (width, height) -> (..., 4) [fx, fy, cx, cy]
+    normalised like the keypoints: f / w * 2, c / w * 2 - [1, h / w] (VideoPose3D's and
+    Fusionformer's `cam['intrinsic']`)."""
+    w, h = image_size[..., 0].double(), image_size[..., 1].double()
+    fx, fy, cx, cy = (intrinsics[..., i].double() for i in range(4))
+    return torch.stack([fx / w * 2, fy / w * 2, cx / w * 2 - 1, cy / w * 2 - h / w], dim=-1).float()
+
+
+def camera_kwargs(model: nn.Module, batch: Mapping[str, torch.Tensor],
+                  root_frame: Optional[int] = None) -> dict[str, torch.Tensor]:
+    """The camera inputs a model reads (its `camera_inputs`, e.g. Fusionformer's refinement:
+    "intrinsics", "root_depth"), from a batch's `intrinsics` (B, 9) pixels, `image_size` (B, 2) and
+    `trajectory` (B, T', 3) columns: normalised [fx, fy, cx, cy] (B, 4), and the ground-truth root
+    depth in metres, per target frame (B, T') or, with `root_frame`, of that window frame only
+    (B,). Empty for models that read none. DataError when the batch lacks a column or holds no
+    camera (fx <= 0: P-STMO's MPI-INF-3DHP files have none) or no root depth (<= 0)."""
+    wanted = tuple(getattr(unwrap(model), "camera_inputs", ()))
+    if not wanted:
+        return {}
+    missing = [k for k in ("intrinsics", "image_size", "trajectory") if k not in batch]
+    if missing:
+        raise DataError(f"model {type(unwrap(model)).__name__} reads {', '.join(wanted)} but the windows have no "
+                        f"{', '.join(missing)} column (rebuild the dataset with this raylift)")
+    out: dict[str, torch.Tensor] = {}
+    if "intrinsics" in wanted:
+        intrinsics = torch.as_tensor(batch["intrinsics"])
+        if not bool((intrinsics[..., 0] > 0).all()):
+            raise DataError("the windows carry no camera intrinsics (fx = 0, e.g. MPI-INF-3DHP from P-STMO's files), "
+                            "which this model's refinement needs")
+        out["intrinsics"] = normalised_intrinsics(intrinsics, torch.as_tensor(batch["image_size"]))
+    if "root_depth" in wanted:
+        depth = torch.as_tensor(batch["trajectory"])[..., 2]  # (B, T')
+        if root_frame is not None:
+            depth = depth[:, root_frame]
+        if not bool((depth > 0).all()):
+            raise DataError("the windows carry no root depth (trajectory z <= 0), which this model's refinement "
+                            "reads as the ground truth (model.root_depth: gt); use model.root_depth=estimate")
+        out["root_depth"] = depth.float()
+    return out
+
+
+def forward_for_loss(model: nn.Module, x: torch.Tensor, camera: Optional[Mapping[str, torch.Tensor]] = None) -> Any:
     """Run `model` on `x` producing what its loss consumes: `model(x, return_all=True)` for models
-    whose forward supports it (Fusionformer's pose + refined centre frame), else `model(x)`.
-    Calls go through the wrapper (DDP, compiled) so its hooks and gradient sync still apply."""
+    whose forward supports it (Fusionformer's pose + refined pose), else `model(x)`; `camera`
+    (`camera_kwargs`) is passed on as keyword arguments. Calls go through the wrapper (DDP,
+    compiled) so its hooks and gradient sync still apply."""
+    kwargs = dict(camera or {})
     if supports_return_all(model):
-        return model(x, return_all=True)
-    return model(x)
+        return model(x, return_all=True, **kwargs)
+    return model(x, **kwargs)

@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("pipelines.evaluate.infer", "lift 2D keypoint sequences to 3D with a checkpoint"),
     "viz": ("pipelines.viz.commands", "render skeleton animations, training curves and result plots"),
     "models": ("pipelines.models.tools", "model summaries and official checkpoint import"),
-    "bench": ("pipelines.bench.benchmarks", "benchmarks: data, model, train, suite, images, fidelity"),
+    "bench": ("pipelines.bench.benchmarks", "benchmarks: data, model, train, suite, order, images, fidelity"),
     "submit": ("cluster.submit", "submit a raylift command as a Ray job"),
     "jobs": ("cluster.jobs", "list, follow and stop Ray jobs"),
     "cluster": ("cluster.local", "start/stop a multi-node Ray cluster on 127.0.0.1"),

@@ -58,15 +58,21 @@ class TrainConfig:
     storage_path: str = "runs"  # local directory (shared by all nodes) or s3://bucket/prefix
     keep_best: int = 1  # checkpoints kept by lowest validation MPJPE (the latest is kept too)
     max_failures: int = 3  # worker/node failures survived by restoring the last checkpoint
-    bf16: bool = True  # autocast to bfloat16 on GPU (ignored on CPU)
+    # Training numerics. fp32 (default): the authors' numerics (all four papers train in fp32).
+    # bf16: the forward pass under bfloat16 autocast on GPU (losses stay fp32; ignored on CPU).
+    precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False  # torch.compile the model
     seed: int = 0
-    # Training order. global: each epoch every worker reads its share of a seeded permutation of
-    # all the train split's row groups (files and row groups in random order; resumable: the order
-    # depends on seed and epoch only), and shuffles rows within its buffer. local: the manifest
-    # order through Ray Train's dataset split, only the local buffer shuffles (raylift < 0.x).
+    # Training order (pipelines/train/data.py). The rows of the train split are stored as a seeded
+    # uniform permutation of its windows (data.windows.row_order: shuffled). global: each epoch every
+    # worker reads its share of a (seed, epoch) permutation of the split's row groups, and draws its
+    # batches from a buffer of `shuffle_buffer` windows (resumable: the order depends on seed and
+    # epoch only). local: the manifest order through Ray Train's dataset split, with the same buffer.
     shuffle: Literal["global", "local"] = "global"
-    shuffle_buffer: int = 256  # windows in each worker's local shuffle buffer
+    # Windows in each worker's shuffle buffer; null: the worker's whole epoch share, up to
+    # `shuffle_buffer_mb` of windows (so a split that fits is drawn as a uniform permutation).
+    shuffle_buffer: Optional[int] = None
+    shuffle_buffer_mb: int = 128
     prefetch_batches: int = 4
     max_windows_per_epoch: Optional[int] = None  # cap on training windows per epoch (None: all)
     val_batch_size: int = 64  # windows per validation batch
@@ -121,8 +127,10 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ValueError(f"train.{key} must be >= 1 or null, got {value}")
-        if self.shuffle_buffer < 0 or self.prefetch_batches < 0:
+        if (self.shuffle_buffer is not None and self.shuffle_buffer < 0) or self.prefetch_batches < 0:
             raise ValueError("train.shuffle_buffer and train.prefetch_batches must be >= 0")
+        if self.shuffle_buffer_mb < 1:
+            raise ValueError(f"train.shuffle_buffer_mb must be >= 1, got {self.shuffle_buffer_mb}")
 
     def windows_per_batch(self, frames: int) -> int:
         """Windows per worker per step for windows of `frames` frames: `batch_frames // frames`
@@ -137,7 +145,7 @@ class EvalConfig:
     flip: bool = True  # test-time flip augmentation
     batch_size: int = 64
     # bf16 autocast for evaluation and per-epoch validation forwards (CUDA only). Off: scores are
-    # fp32 unless asked, whatever train.bf16 says (train.bf16 autocasts only training forwards).
+    # fp32 unless asked, whatever train.precision says (it sets only the training forwards).
     bf16: bool = False
     # What the tables reproduce (pipelines/evaluate/protocol_defs.py): raylift (each real frame
     # once), mixste (MixSTE's test windows), videopose3d_seq2frame (PoseFormer, CrossFormer),

@@ -113,6 +113,15 @@ class WindowConfig:
     overlapping training windows. seq2frame: one window per `stride` frames, receptive field
     `frames`, target = centre frame. `flip` stores a mirrored copy of every training window.
     `multiview` puts all synchronised cameras of a sequence in one row.
+
+    `row_order` is the order of the training split's rows in its shards. `shuffled` (default): a
+    seeded uniform permutation of all training windows (and their mirrored copies), so every
+    stored row group, and so every batch streamed from a few of them, is a uniform sample of
+    windows rather than a run of neighbouring, near-identical ones (the reference codes draw a
+    uniform permutation of windows every epoch; `pipelines/train/data.py` says how raylift's
+    per-epoch order builds on this). `sequence`: sorted by subject, action, camera, start, the
+    mirrored copies after each source's originals. Validation and test splits are always in
+    sequence order.
     """
 
     mode: Literal["seq2seq", "seq2frame"] = "seq2seq"
@@ -120,6 +129,7 @@ class WindowConfig:
     stride: Optional[int] = None  # default: frames (seq2seq) or 1 (seq2frame)
     flip: bool = True
     multiview: bool = False
+    row_order: Literal["shuffled", "sequence"] = "shuffled"
 
     def validate(self) -> None:
         if self.frames < 1:

@@ -78,14 +78,12 @@ def open_image_split(uri: str, split: str, flip: Optional[bool] = None, seed: in
     `labels` adds the sequence and frame columns (`decode_rows`)."""
     import ray
 
-    from preprocessing import storage
-    from preprocessing.readers import _shard_datasource, _split_footers, shard_hashes
+    from preprocessing.readers import _shard_datasource, _split_footers
 
     manifest = _image_manifest(uri)
     w = manifest["windows"]
     flip = (w["flip"] and split == "train") if flip is None else flip
-    hashes = shard_hashes(storage.open_location(uri), manifest)  # each shard checked before decoding
-    ds = ray.data.read_datasource(_shard_datasource(_split_footers(uri, split), COLUMNS, hashes))
+    ds = ray.data.read_datasource(_shard_datasource(_split_footers(uri, split), COLUMNS))  # every page checked
     perm = get_skeleton(manifest["source"]["layout"]).flip_permutation()
     return ds.map_batches(decode_rows, fn_args=(w["size"], w["views"], flip, seed, perm, f"dataset {uri} split {split}"),
                           fn_kwargs={"labels": labels}, batch_format="pyarrow", batch_size=None)

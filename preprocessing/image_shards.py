@@ -46,7 +46,7 @@ from preprocessing.shards import (
 )
 from preprocessing.storage import Location
 
-IMAGE_FORMAT = "images-1"  # bump when the image row layout changes (part of every image dataset id)
+IMAGE_FORMAT = "images-2"  # bump when the image row layout changes (part of every image dataset id); 2: page checksums
 STRING_COLUMNS = ("subject", "action", "activity", "camera")
 TENSOR_COLUMNS = ("keypoints", "boxes", "mask", "frame")
 
@@ -173,6 +173,7 @@ def _parquet_options() -> dict:
                         **{f"{c}.list.element": "ZSTD" for c in TENSOR_COLUMNS}},
         "use_dictionary": list(STRING_COLUMNS),
         "write_statistics": list(STRING_COLUMNS) + ["start", "sequence_length"],
+        "write_page_checksum": True,  # streaming readers check every page (preprocessing/readers.py)
     }
 
 

@@ -18,7 +18,7 @@ from preprocessing.storage import Location
 
 MANIFEST_NAME = "manifest.json"
 # Bump when the shard layout or the meaning of a column changes: it is part of every dataset id.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: trajectory and image_size columns, shuffled training rows
 STAGING_PREFIX = ".staging-"
 
 

@@ -17,9 +17,13 @@
   shuffle + numpy conversion + the copy torch needed made three).
 - `load_split_arrays(uri, split)`: the whole split as numpy arrays, read without Ray.
 - `read_manifest(uri)`.
-Any shard that is missing, is not Parquet, or whose bytes differ from the manifest's sha256 raises
-a DataError naming the file: every reader hashes a shard's bytes as it reads them (once per shard
-per read task; `verified_parquet`), so damaged bytes are never trained or evaluated on.
+Any shard that is missing, is not Parquet, or whose bytes are damaged raises a DataError naming the
+file, so damaged bytes are never trained or evaluated on: readers of whole shards
+(`load_split_arrays`) hash each shard's bytes as they read them and compare them with the
+manifest's sha256 (`verified_parquet`); streaming readers, which read a few row groups of a shard
+(training's per-epoch row-group order, validation shares), check every page they decode against
+the CRC-32 the writer stored with it and each footer's row count against the manifest
+(`checked_parquet`), so no shard is read in full to read a part of it.
 """
 from __future__ import annotations
 
@@ -158,20 +162,43 @@ def plan_read_tasks(groups: list[RowGroup], parallelism: int, task_bytes: int, b
     return tasks
 
 
-def _read_blocks(fs, blocks: list[tuple[str, str, list[int]]], columns: list[str], hashes: dict[str, str]) -> Iterator:
-    """Ray read task body: one Arrow table per planned block, decoded by plain pyarrow
-    (fixed-shape tensor columns stay as stored), each shard checked against its sha256 first."""
+def checked_parquet(fs, uri: str, path: str):
+    """A shard opened for reading some of its row groups by range reads, every page it decodes
+    checked against the CRC-32 the writer stored with it (`parquet_options`): damaged bytes are
+    refused without reading (and hashing) the whole shard. DataError naming the shard."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(fs.open_input_file(path), page_checksum_verification=True)
+    except FileNotFoundError:
+        raise DataError(f"shard not found: {uri}") from None
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"{uri}: not a readable Parquet shard ({e})") from None
+
+
+def read_checked_groups(shard, uri: str, indices: Sequence[int], columns: Optional[Sequence[str]]):
+    """Row groups `indices` of a `checked_parquet` shard as one Arrow table; DataError naming the
+    shard when a page's checksum differs (damaged bytes) or it cannot be decoded."""
     import pyarrow as pa
 
+    try:
+        return shard.read_row_groups(list(indices), columns=None if columns is None else list(columns), use_threads=False)
+    except (OSError, pa.ArrowException) as e:
+        if "checksum" in str(e).lower():
+            raise DataError(f"{uri}: damaged bytes (a page checksum differs: {e}); run `raylift data verify` on the "
+                            "dataset and rebuild it") from None
+        raise DataError(f"{uri}: cannot read shard ({e})") from None
+
+
+def _read_blocks(fs, blocks: list[tuple[str, str, list[int]]], columns: list[str]) -> Iterator:
+    """Ray read task body: one Arrow table per planned block, decoded by plain pyarrow
+    (fixed-shape tensor columns stay as stored), every page checked (`checked_parquet`)."""
     opened: Optional[tuple] = None
     for uri, path, indices in blocks:
         if opened is None or opened[0] != path:
-            opened = (path, verified_parquet(fs, uri, path, hashes.get(path)))
-        try:
-            table = opened[1].read_row_groups(indices, columns=columns, use_threads=False)
-        except (OSError, pa.ArrowException) as e:
-            raise DataError(f"{uri}: cannot read shard ({e})") from None
-        yield table
+            opened = (path, checked_parquet(fs, uri, path))
+        yield read_checked_groups(opened[1], uri, indices, columns)
 
 
 def _row_groups(footers: list[tuple[storage.Location, Any]], columns: Sequence[str]) -> list[RowGroup]:
@@ -191,11 +218,11 @@ def split_row_groups(uri, split: str) -> list[int]:
     return [g.rows for g in _row_groups(_split_footers(uri, split), TORCH_COLUMNS)]
 
 
-def _shard_datasource(footers: list[tuple[storage.Location, Any]], columns: list[str], hashes: dict[str, str],
+def _shard_datasource(footers: list[tuple[storage.Location, Any]], columns: list[str],
                       selection: Optional[Sequence[int]] = None):
-    """A Ray Data datasource whose read tasks decode the shards' row groups with pyarrow, each shard
-    checked against its sha256 (`hashes`) first; only the row groups `selection` (indices in
-    manifest order), in that order, when given."""
+    """A Ray Data datasource whose read tasks decode the shards' row groups with pyarrow, every
+    page checked (`checked_parquet`); only the row groups `selection` (indices in manifest
+    order), in that order, when given."""
     from ray.data import Datasource, ReadTask
     from ray.data.block import BlockMetadata
 
@@ -221,7 +248,7 @@ def _shard_datasource(footers: list[tuple[storage.Location, Any]], columns: list
                     num_rows=sum(g.rows for g in mine), size_bytes=sum(g.nbytes for g in mine),
                     input_files=tuple(dict.fromkeys(b[0] for b in blocks)), exec_stats=None,
                 )
-                tasks.append(ReadTask(functools.partial(_read_blocks, fs, blocks, list(columns), hashes), meta,
+                tasks.append(ReadTask(functools.partial(_read_blocks, fs, blocks, list(columns)), meta,
                                       per_task_row_limit=per_task_row_limit))
             return tasks
 
@@ -232,7 +259,8 @@ def open_split(uri, split: str, columns: Optional[Sequence[str]] = None, groups:
     """The split as a streaming `ray.data.Dataset` of Arrow blocks (rows in shard order). `columns`
     limits what is read: by default the columns `iter_torch_batches` yields (`TORCH_COLUMNS`);
     pass `SCHEMA_COLUMNS` for all of them. `groups`: read only these row groups (indices into
-    `split_row_groups`), in this order. `uri` may be a URI or a `storage.Location`."""
+    `split_row_groups`), in this order (blocks keep the row-group order). `uri` may be a URI or a
+    `storage.Location`."""
     import ray
 
     columns = list(TORCH_COLUMNS if columns is None else columns)
@@ -240,8 +268,11 @@ def open_split(uri, split: str, columns: Optional[Sequence[str]] = None, groups:
     if unknown or not columns:
         raise DataError(f"unknown column(s) {unknown or columns} for {uri} (columns: {', '.join(SCHEMA_COLUMNS)})")
     dataset = uri if isinstance(uri, storage.Location) else storage.open_location(uri)
-    hashes = shard_hashes(dataset, read_manifest_at(dataset))
-    return ray.data.read_datasource(_shard_datasource(_split_footers(dataset, split), columns, hashes, groups))
+    ds = ray.data.read_datasource(_shard_datasource(_split_footers(dataset, split), columns, groups))
+    # Blocks in row-group order, whichever read task finishes first: a seeded training order (and a
+    # resumed run's) is then the same on every run.
+    ds.context.execution_options.preserve_order = True
+    return ds
 
 
 def _column_numpy(array) -> np.ndarray:
@@ -323,6 +354,23 @@ def _to_torch(batch: dict[str, np.ndarray], device: Any) -> dict:
     return out
 
 
+def iter_numpy_batches(
+    ds_or_shard,
+    batch_size: int,
+    shuffle_buffer: int = 0,
+    prefetch_batches: int = 2,
+    seed: Optional[int] = None,
+    drop_last: bool = False,
+    keys: Sequence[str] = TORCH_COLUMNS,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of windows as dicts of numpy arrays (the `keys` columns the blocks hold), with an
+    optional seeded local shuffle buffer (`batch_rows`): what `iter_torch_batches` wraps."""
+    blocks = ds_or_shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=prefetch_batches)
+    pieces = (piece for table in blocks for piece in block_pieces(table, keys))
+    rng = np.random.default_rng(seed) if shuffle_buffer else None
+    return batch_rows(pieces, batch_size, shuffle_buffer, rng, drop_last)
+
+
 def iter_torch_batches(
     ds_or_shard,
     batch_size: int,
@@ -333,15 +381,12 @@ def iter_torch_batches(
     drop_last: bool = False,
 ) -> Iterator[dict]:
     """Batches of windows as torch tensors (keys `keypoints_2d`, `positions_3d`, `mask`,
-    `intrinsics`, `flipped`; other columns are left out). `shuffle_buffer` > 0 shuffles locally
-    within a buffer of at least that many windows, seeded by `seed` (same blocks in the same
-    order + same seed = same batches). Ray streams and prefetches `prefetch_batches` blocks ahead
-    (decoding happens in Ray read tasks); blocks arrive as zero-copy Arrow views and `batch_rows`
-    copies each window once into the batch."""
-    blocks = ds_or_shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=prefetch_batches)
-    pieces = (piece for table in blocks for piece in block_pieces(table))
-    rng = np.random.default_rng(seed) if shuffle_buffer else None
-    for batch in batch_rows(pieces, batch_size, shuffle_buffer, rng, drop_last):
+    `trajectory`, `intrinsics`, `image_size`, `flipped`; other columns are left out).
+    `shuffle_buffer` > 0 shuffles locally within a buffer of at least that many windows, seeded by
+    `seed` (same blocks in the same order + same seed = same batches). Ray streams and prefetches
+    `prefetch_batches` blocks ahead (decoding happens in Ray read tasks); blocks arrive as zero-copy
+    Arrow views and `batch_rows` copies each window once into the batch."""
+    for batch in iter_numpy_batches(ds_or_shard, batch_size, shuffle_buffer, prefetch_batches, seed, drop_last):
         yield _to_torch(batch, device)
 
 

@@ -60,13 +60,14 @@ from preprocessing.windows import (
     flip_intrinsics,
     flip_keypoints_2d,
     flip_positions_3d,
+    flip_trajectory,
     make_windows,
     window_mask,
     window_starts,
 )
 
 SPLITS = ("train", "val", "test")  # "val": source.val_subjects, windowed like "test"
-TENSOR_COLUMNS = ("keypoints_2d", "positions_3d", "mask", "intrinsics")
+TENSOR_COLUMNS = ("keypoints_2d", "positions_3d", "mask", "trajectory", "intrinsics", "image_size")
 STRING_COLUMNS = ("subject", "action", "activity", "camera")
 SCHEMA_COLUMNS = TENSOR_COLUMNS + STRING_COLUMNS + ("start", "flipped", "sequence_length")
 OWNER_NAME = "_OWNER.json"  # a staging directory's owner record (preprocessing.lease.Owner)
@@ -94,9 +95,10 @@ class WindowSource:
     camera: str  # camera id, or ids joined by "," (multi-view)
     keypoints_2d: np.ndarray  # (N, [V,] J, 2) float32
     positions_3d: np.ndarray  # (N, [V,] J, 3) float32
+    trajectory: np.ndarray  # (N, [V,] 3) float32: the root's camera-space position, metres
     valid: np.ndarray  # (N,) bool
-    intrinsics: np.ndarray  # ([V,] 9) float32
-    image_width: np.ndarray  # () or (V,) float64: for the mirrored camera's cx
+    intrinsics: np.ndarray  # ([V,] 9) float32, pixels
+    image_size: np.ndarray  # ([V,] 2) float32: (width, height) in pixels
 
     @property
     def num_frames(self) -> int:
@@ -113,9 +115,10 @@ def single_view_sources(sequences: list[Sequence]) -> list[WindowSource]:
             split=s.split, subject=s.subject, action=s.action, activity=s.activity, camera=s.camera,
             keypoints_2d=np.ascontiguousarray(s.keypoints_2d, dtype=np.float32),
             positions_3d=np.ascontiguousarray(s.positions_3d, dtype=np.float32),
+            trajectory=np.ascontiguousarray(s.trajectory, dtype=np.float32),
             valid=np.asarray(s.valid, dtype=bool),
             intrinsics=np.asarray(s.intrinsics, dtype=np.float32),
-            image_width=np.asarray(float(s.image_size[0])),
+            image_size=np.asarray(s.image_size, dtype=np.float32),
         )
         for s in sorted(sequences, key=_order_key)
     ]
@@ -146,9 +149,10 @@ def multi_view_sources(sequences: list[Sequence]) -> tuple[list[WindowSource], l
             camera=",".join(camera_ids),
             keypoints_2d=np.ascontiguousarray(np.stack([v.keypoints_2d[:n] for v in views], axis=1), dtype=np.float32),
             positions_3d=np.ascontiguousarray(np.stack([v.positions_3d[:n] for v in views], axis=1), dtype=np.float32),
+            trajectory=np.ascontiguousarray(np.stack([v.trajectory[:n] for v in views], axis=1), dtype=np.float32),
             valid=np.logical_and.reduce([np.asarray(v.valid[:n], dtype=bool) for v in views]),
             intrinsics=np.stack([np.asarray(v.intrinsics, dtype=np.float32) for v in views]),
-            image_width=np.array([float(v.image_size[0]) for v in views]),
+            image_size=np.array([v.image_size for v in views], dtype=np.float32),
         ))
     return sources, camera_ids, skipped
 
@@ -156,6 +160,10 @@ def multi_view_sources(sequences: list[Sequence]) -> tuple[list[WindowSource], l
 # --------------------------------------------------------------------------------------------
 # Planning: rows -> shards -> row groups (pure, deterministic)
 # --------------------------------------------------------------------------------------------
+
+# Seeds the stored permutation of a shuffled training split (`data.windows.row_order: shuffled`).
+# Part of the format: the same sources and config always give the same shards.
+ROW_ORDER_SEED = 20_240_601
 
 
 @dataclass(frozen=True)
@@ -178,6 +186,52 @@ class WindowJob:
 
     def rows_of(self, source: WindowSource) -> int:
         return len(self.starts(source)) * (2 if self.flips(source.split) else 1)
+
+
+@dataclass(frozen=True)
+class SplitRows:
+    """Where each stored row of one split comes from: the split's sources (indices into the
+    dataset's source list, in sequence order) with their row counts, and whether the rows are
+    stored in a seeded uniform permutation (`shuffled`) or in sequence order. A source's rows are
+    its windows, then (training, `flip`) their mirrored copies."""
+
+    sources: tuple[int, ...]
+    counts: tuple[int, ...]
+    shuffled: bool
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.counts))
+
+    def order(self) -> Optional[np.ndarray]:
+        """Stored position -> row in sequence order; None for sequence order (the identity)."""
+        if not self.shuffled:
+            return None
+        return np.random.default_rng(ROW_ORDER_SEED).permutation(self.total)
+
+    def locate(self, lo: int, hi: int, order: Optional[np.ndarray]) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """Stored rows [lo, hi) as (source index, the source's own rows, their slots in [0, hi - lo))
+        per source, sources in sequence order. `order`: `self.order()`, computed once per task."""
+        rows = np.arange(lo, hi, dtype=np.int64) if order is None else order[lo:hi]
+        counts = np.asarray(self.counts, dtype=np.int64)
+        ends = np.cumsum(counts)
+        which = np.searchsorted(ends, rows, side="right")
+        local = rows - (ends[which] - counts[which])
+        slots = np.argsort(which, kind="stable")
+        present, first = np.unique(which[slots], return_index=True)
+        return [(self.sources[k], local[part], part)
+                for k, part in zip(present, np.split(slots, first[1:]))]
+
+
+def split_rows(sources: list[WindowSource], job: WindowJob, row_order: str) -> dict[str, SplitRows]:
+    """Each split's `SplitRows`; only the training split is ever shuffled."""
+    out = {}
+    for split in SPLITS:
+        index = [i for i, s in enumerate(sources) if s.split == split]
+        if index:
+            out[split] = SplitRows(tuple(index), tuple(job.rows_of(sources[i]) for i in index),
+                                   shuffled=split == "train" and row_order == "shuffled")
+    return out
 
 
 Piece = tuple[int, int, int]  # (source index, first row, end row) in the source's own row order
@@ -234,30 +288,41 @@ def plan_shards(row_counts: list[tuple[str, int]], rows_per_shard: int, rows_per
 # --------------------------------------------------------------------------------------------
 
 
-def piece_arrays(source: WindowSource, lo: int, hi: int, job: WindowJob) -> dict[str, np.ndarray]:
-    """Rows [lo, hi) of a source: rows 0..W-1 are its windows, W..2W-1 their mirrored copies."""
+def piece_arrays(source: WindowSource, rows: np.ndarray, job: WindowJob) -> dict[str, np.ndarray]:
+    """The given rows of a source, in the given order: row k < W is window k, row W + k its
+    mirrored copy (W = the source's windows)."""
     starts = job.starts(source)
-    count = len(starts)
-    parts = []
-    for flipped, (a, b) in ((False, (lo, min(hi, count))), (True, (max(lo, count) - count, hi - count))):
-        if b <= a:
-            continue
-        sel = starts[a:b]
-        win = make_windows(source.keypoints_2d, source.positions_3d, source.valid, sel, job.frames, job.mode)
-        intrinsics = source.intrinsics
-        if flipped:
-            win["keypoints_2d"] = flip_keypoints_2d(win["keypoints_2d"], job.skeleton)
-            win["positions_3d"] = flip_positions_3d(win["positions_3d"], job.skeleton)
-            intrinsics = flip_intrinsics(intrinsics, source.image_width)
-        win["intrinsics"] = np.broadcast_to(intrinsics, (len(sel),) + intrinsics.shape)
-        win["start"] = sel.astype(np.int32)
-        win["flipped"] = np.full(len(sel), flipped)
-        parts.append(win)
-    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    n = hi - lo
+    rows = np.asarray(rows, dtype=np.int64)
+    flipped = rows >= len(starts)
+    sel = starts[np.where(flipped, rows - len(starts), rows)]
+    win = make_windows(source.keypoints_2d, source.positions_3d, source.valid, sel, job.frames, job.mode,
+                       trajectory=source.trajectory)
+    win["intrinsics"] = np.repeat(source.intrinsics[None], len(sel), axis=0)
+    if flipped.any():
+        win["keypoints_2d"][flipped] = flip_keypoints_2d(win["keypoints_2d"][flipped], job.skeleton)
+        win["positions_3d"][flipped] = flip_positions_3d(win["positions_3d"][flipped], job.skeleton)
+        win["trajectory"][flipped] = flip_trajectory(win["trajectory"][flipped])
+        win["intrinsics"][flipped] = flip_intrinsics(source.intrinsics, source.image_size[..., 0])
+    win["image_size"] = np.repeat(source.image_size[None], len(sel), axis=0)
+    win["start"] = sel.astype(np.int32)
+    win["flipped"] = flipped
     for key in STRING_COLUMNS:
-        out[key] = np.full(n, getattr(source, key), dtype=object)
-    out["sequence_length"] = np.full(n, source.num_frames, dtype=np.int32)
+        win[key] = np.full(len(sel), getattr(source, key), dtype=object)
+    win["sequence_length"] = np.full(len(sel), source.num_frames, dtype=np.int32)
+    return win
+
+
+def gather_rows(sources: dict[int, WindowSource], located: list[tuple[int, np.ndarray, np.ndarray]],
+                job: WindowJob) -> dict[str, np.ndarray]:
+    """The rows `SplitRows.locate` found, cut from their sources and put in their slots."""
+    n = sum(len(slots) for _, _, slots in located)
+    out: dict[str, np.ndarray] = {}
+    for index, rows, slots in located:
+        part = piece_arrays(sources[index], rows, job)
+        for key, value in part.items():
+            if key not in out:
+                out[key] = np.empty((n,) + value.shape[1:], dtype=value.dtype)
+            out[key][slots] = value
     return out
 
 
@@ -278,12 +343,14 @@ def windows_table(arrays: dict[str, np.ndarray]):
 
 def parquet_options() -> dict:
     """Writer settings: zstd; byte-stream-split (and no dictionary) on the float tensor leaves,
-    dictionaries for strings; statistics only on scalar columns (float stats are useless here)."""
+    dictionaries for strings; statistics only on scalar columns (float stats are useless here);
+    a CRC-32 with every page, which the streaming readers check (preprocessing/readers.py)."""
     return {
         "compression": "zstd",
         "use_dictionary": list(STRING_COLUMNS),
         "use_byte_stream_split": [f"{c}.list.element" for c in TENSOR_COLUMNS],
         "write_statistics": list(STRING_COLUMNS) + ["start", "flipped", "sequence_length"],
+        "write_page_checksum": True,
     }
 
 
@@ -327,8 +394,16 @@ class _HashingSink:
         return self._size
 
 
-def write_shard(plan: ShardPlan, sources: list[WindowSource], job: WindowJob) -> dict:
-    """Write one shard into the staging directory, one row group per planned group."""
+def locate_groups(plan: ShardPlan, rows: SplitRows) -> list[list[tuple[int, np.ndarray, np.ndarray]]]:
+    """Per row group of `plan` (a range of the split's stored rows), `rows.locate` of its rows."""
+    order = rows.order()
+    return [rows.locate(group[0][1], group[-1][2], order) for group in plan.groups]
+
+
+def write_shard(plan: ShardPlan, sources: dict[int, WindowSource], job: WindowJob,
+                located: list[list[tuple[int, np.ndarray, np.ndarray]]]) -> dict:
+    """Write one shard into the staging directory, one row group per planned group (`located`:
+    `locate_groups(plan, ...)`, which source rows fill each group)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -338,9 +413,8 @@ def write_shard(plan: ShardPlan, sources: list[WindowSource], job: WindowJob) ->
         with target.fs.open_output_stream(target.path) as stream:
             sink = _HashingSink(stream)
             writer = None
-            for group in plan.groups:
-                parts = [piece_arrays(sources[i], lo, hi, job) for i, lo, hi in group]
-                table = windows_table({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+            for group in located:
+                table = windows_table(gather_rows(sources, group, job))
                 if writer is None:
                     writer = pq.ParquetWriter(sink, table.schema, **parquet_options())
                 writer.write_table(table, row_group_size=len(table))
@@ -350,16 +424,17 @@ def write_shard(plan: ShardPlan, sources: list[WindowSource], job: WindowJob) ->
     return {"split": plan.split, "path": plan.path, "rows": plan.rows, "bytes": sink.size, "sha256": sink.sha256}
 
 
-def _write_shard_row(row: dict, sources: list, job: WindowJob) -> dict:
+def _write_shard_row(row: dict, sources: list, job: WindowJob, layout: dict[str, SplitRows]) -> dict:
     """Ray Data map function: one row = one planned shard (as JSON); returns its file record."""
     import ray
 
     spec = json.loads(row["plan"])
     plan = ShardPlan(spec["split"], spec["index"], [[tuple(p) for p in g] for g in spec["groups"]])
-    needed = sorted({i for g in plan.groups for i, _, _ in g})
+    located = locate_groups(plan, layout[plan.split])
+    needed = sorted({int(i) for group in located for i, _, _ in group})
     fetched = dict(zip(needed, ray.get([sources[i] for i in needed])))
     try:
-        return {**write_shard(plan, fetched, job), "error": ""}
+        return {**write_shard(plan, fetched, job, located), "error": ""}
     except DataError as e:  # returned, not raised: Ray's task-error wrapping would lose the type
         return {"split": plan.split, "path": plan.path, "rows": 0, "bytes": 0, "sha256": "", "error": str(e)}
 
@@ -455,7 +530,9 @@ def _shapes(sources: list[WindowSource], job: WindowJob) -> dict:
         "keypoints_2d": [job.frames, *views, joints, 2],
         "positions_3d": [t_out, *views, joints, 3],
         "mask": [t_out],
+        "trajectory": [t_out, *views, 3],
         "intrinsics": [*views, 9],
+        "image_size": [*views, 2],
     }
 
 
@@ -608,7 +685,10 @@ def build_dataset(
     sources = [s for s in sources if s.split in SPLITS]
     staging = root.child(f"{STAGING_PREFIX}{id_}-{uuid.uuid4().hex[:8]}")
     job = WindowJob(w.mode, w.frames, w.effective_stride, w.flip, skeleton, data.rows_per_group, staging)
-    plans = plan_shards([(s.split, job.rows_of(s)) for s in sources], data.rows_per_shard, data.rows_per_group)
+    layout = split_rows(sources, job, w.row_order)
+    # One entry per split: a planned piece is a range of the split's stored rows (`SplitRows`).
+    plans = plan_shards([(split, rows.total) for split, rows in layout.items()], data.rows_per_shard,
+                        data.rows_per_group)
     if not plans:
         raise DataError(
             f"no windows to write for {data.source.kind} source (selection is empty: "
@@ -622,7 +702,7 @@ def build_dataset(
     )
 
     def write() -> dict:
-        records = _run_shard_tasks(plans, sources, job, progress)
+        records = _run_shard_tasks(plans, sources, job, layout, progress)
         shards = sorted(records, key=lambda r: (SPLITS.index(r["split"]), r["path"]))
         return _manifest(data, id_, skeleton, source_files, sources, job, camera_ids, counts, shards, started)
 
@@ -638,7 +718,8 @@ def build_dataset(
     return DatasetInfo(id_, dataset.uri, manifest)
 
 
-def _run_shard_tasks(plans: list[ShardPlan], sources: list[WindowSource], job: WindowJob, progress: Progress) -> list[dict]:
+def _run_shard_tasks(plans: list[ShardPlan], sources: list[WindowSource], job: WindowJob,
+                     layout: dict[str, SplitRows], progress: Progress) -> list[dict]:
     """The parallel part: a Ray Data dataset of shard plans mapped through `write_shard`."""
     import ray
 
@@ -647,7 +728,7 @@ def _run_shard_tasks(plans: list[ShardPlan], sources: list[WindowSource], job: W
     refs = [ray.put(s) for s in sources]
     items = [{"plan": json.dumps({"split": p.split, "index": p.index, "groups": p.groups})} for p in plans]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map(_write_shard_row, fn_kwargs={"sources": refs, "job": job}, num_cpus=1)
+    ds = ds.map(_write_shard_row, fn_kwargs={"sources": refs, "job": job, "layout": layout}, num_cpus=1)
     records = []
     # A progress bar on a terminal; one line per shard where output is a log (no terminal).
     bar = tqdm(total=len(plans), unit="shard", desc="writing shards", disable=not sys.stderr.isatty())
@@ -695,6 +776,7 @@ def _manifest(data, id_, skeleton, source_files, sources, job, camera_ids, count
             "stride": job.stride,
             "flip": job.flip,
             "multiview": data.windows.multiview,
+            "row_order": data.windows.row_order,
             "cameras": camera_ids,
         },
         "columns": _shapes(sources, job),

@@ -24,6 +24,7 @@ is the pixel form of VideoPose3D's "negate cx and p1" on its normalised intrinsi
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 
@@ -87,25 +88,30 @@ def make_windows(
     starts: np.ndarray,
     frames: int,
     mode: str,
+    trajectory: Optional[np.ndarray] = None,
 ) -> dict[str, np.ndarray]:
     """Cut one sequence into windows.
 
-    keypoints_2d (N, *, J, 2), positions_3d (N, *, J, 3), valid (N,) bool, starts (W,).
+    keypoints_2d (N, *, J, 2), positions_3d (N, *, J, 3), valid (N,) bool, starts (W,), optional
+    trajectory (N, *, 3) (the root's camera-space position, cut like the target).
     Returns keypoints_2d (W, T, *, J, 2), positions_3d (W, T, *, J, 3) [seq2seq] or
-    (W, 1, *, J, 3) [seq2frame: centre frame], mask (W, T) [seq2seq] or (W, 1) [seq2frame].
+    (W, 1, *, J, 3) [seq2frame: centre frame], mask (W, T) [seq2seq] or (W, 1) [seq2frame], and
+    trajectory (W, T | 1, *, 3) when given.
     """
     n = keypoints_2d.shape[0]
     idx = frame_indices(starts, frames, n)  # (W, T)
     out = {"keypoints_2d": keypoints_2d[idx]}
     if mode == "seq2seq":
-        out["positions_3d"] = positions_3d[idx]
+        target = idx
         out["mask"] = window_mask(starts, frames, valid)
     elif mode == "seq2frame":
-        centre = starts + frames // 2  # always a real frame: 0 <= centre < N
-        out["positions_3d"] = positions_3d[centre][:, None]
-        out["mask"] = valid[centre][:, None].astype(np.float32)
+        target = (starts + frames // 2)[:, None]  # always a real frame: 0 <= centre < N
+        out["mask"] = valid[target].astype(np.float32)
     else:
         raise ValueError(f"unknown window mode {mode!r} (expected one of {MODES})")
+    out["positions_3d"] = positions_3d[target]
+    if trajectory is not None:
+        out["trajectory"] = trajectory[target]
     return out
 
 
@@ -127,6 +133,13 @@ def flip_keypoints_2d(keypoints: np.ndarray, skeleton: Skeleton) -> np.ndarray:
 def flip_positions_3d(positions: np.ndarray, skeleton: Skeleton) -> np.ndarray:
     """(..., J, 3) camera-space 3D: negate X, swap left/right joints. Returns a new array."""
     return _flip_points(positions, skeleton)
+
+
+def flip_trajectory(trajectory: np.ndarray) -> np.ndarray:
+    """(..., 3) camera-space root position: negate X (no joints to swap). Returns a new array."""
+    out = np.array(trajectory, copy=True)
+    out[..., 0] *= -1
+    return out
 
 
 def flip_intrinsics(intrinsics: np.ndarray, image_width) -> np.ndarray:

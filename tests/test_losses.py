@@ -240,3 +240,39 @@ def test_losses_are_fp32_from_fp32_targets_under_bf16_autocast():
     t[..., 0, :] = 0.0
     assert value.dtype == torch.float32
     assert value.item() == pytest.approx(torch.linalg.vector_norm(pred[:, :1].double() - t, dim=-1).mean().item(), rel=1e-5)
+
+
+def test_camera_kwargs_from_the_windows_columns():
+    """Fusionformer's refinement reads the normalised intrinsics and the ground-truth root depth
+    (model.root_depth: gt, as the authors' run.py) from the batch's columns; a model without
+    `camera_inputs` reads nothing."""
+    from models.fusionformer import Fusionformer, FusionformerConfig
+    from models.losses import camera_kwargs, normalised_intrinsics
+    from preprocessing.errors import DataError
+
+    intr = torch.tensor([[1145.0449, 1143.7811, 512.5415, 515.4515, 0, 0, 0, 0, 0]])
+    size = torch.tensor([[1000.0, 1002.0]])
+    # VideoPose3D's h36m_dataset.py: f / w * 2, normalize_screen_coordinates(c): c / w * 2 - [1, h / w]
+    expected = [1145.0449 / 500, 1143.7811 / 500, 512.5415 / 500 - 1, 515.4515 / 500 - 1.002]
+    torch.testing.assert_close(normalised_intrinsics(intr, size)[0], torch.tensor(expected), rtol=1e-6, atol=1e-7)
+    tiny = dict(dim=8, L_s=1, L_c=1, heads=2, refine_hidden=16)
+    model = Fusionformer(FusionformerConfig(**tiny), 9, 17)
+    batch = {"intrinsics": intr.expand(2, 9), "image_size": size.expand(2, 2),
+             "trajectory": torch.tensor([0.1, -0.2, 5.0]).repeat(2, 9, 1) + torch.linspace(0, 0.8, 9)[None, :, None]}
+    kw = camera_kwargs(model, batch)
+    assert kw["root_depth"].shape == (2, 9) and float(kw["root_depth"][0, 4]) == pytest.approx(5.4)
+    assert camera_kwargs(model, batch, root_frame=4)["root_depth"].tolist() == pytest.approx([5.4, 5.4])
+    x = torch.randn(2, 9, 17, 2) * 0.1
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(forward_for_loss(model, x, kw)["refined"],
+                                   model(x, intrinsics=kw["intrinsics"], root_depth=kw["root_depth"]))
+    estimate = Fusionformer(FusionformerConfig(**tiny, root_depth="estimate"), 9, 17)
+    assert set(camera_kwargs(estimate, batch)) == {"intrinsics"}
+    assert camera_kwargs(Fusionformer(FusionformerConfig(**tiny, variant="paper"), 9, 17), batch) == {}
+    with pytest.raises(DataError, match="no trajectory column"):
+        camera_kwargs(model, {k: v for k, v in batch.items() if k != "trajectory"})
+    with pytest.raises(DataError, match="no camera intrinsics"):
+        camera_kwargs(model, {**batch, "intrinsics": torch.zeros(2, 9)})
+    with pytest.raises(DataError, match="model.root_depth=estimate"):
+        camera_kwargs(model, {**batch, "trajectory": torch.zeros(2, 9, 3)})

@@ -49,7 +49,7 @@ def test_mixste_protocol_counts_overlaps_as_the_code_does():
     raylift = protocols.evaluate_arrays(DepthlessLift(), test, "mem://h", H36M17, flip=True)
     assert raylift["results"]["model"]["groups"]["Walking"]["frames"] == 17
     result = protocols.evaluate_arrays(DepthlessLift(), test, "mem://h", H36M17, flip=True, protocol="mixste",
-                                       selection="last epoch")
+                                       labels={"checkpoint": "last epoch"})
     assert result["protocol_spec"]["name"] == "mixste" and result["protocol_spec"]["checkpoint"] == "last epoch"
     assert "counts twice" in result["protocol_spec"]["frames_counted"]
     assert "mixste" in protocols.results_markdown(result)
@@ -64,34 +64,6 @@ def test_videopose3d_seq2frame_weights_sequence_mpjve_by_frames():
     assert summary["groups"]["Walking"]["frames"] == 17
     # every step errs 10*16/17 mm, so each sequence's mean is that, whatever the weights
     assert summary["groups"]["Walking"]["mpjve"] == pytest.approx(10.0 * 16 / 17, rel=1e-5)
-
-
-class Refining(torch.nn.Module):
-    """seq2seq windows; with return_all=True also a 'refined' centre frame 1 cm off in y."""
-
-    output_mode = "seq2seq"
-
-    def forward(self, x, return_all=False):
-        pose = torch.cat([x, torch.zeros_like(x[..., :1])], dim=-1)
-        if not return_all:
-            return pose
-        c = x.shape[1] // 2
-        refined = pose[:, c:c + 1].clone()
-        refined[..., 1:, 1] += 0.01
-        return {"pose": pose, "refined": refined}
-
-
-def test_fusionformer_scores_the_refined_centre_frame_through_the_hook():
-    seqs = _seqs()
-    test = windows_of(seqs, frames=3)
-    summary = protocol_defs.evaluate_protocol(Refining(), test, H36M17, "fusionformer", frames=3, flip=False)
-    # centre frame t: depth error 10 t mm plus 10 mm in y on 16 joints
-    eating = [np.sqrt((10.0 * t) ** 2 + 100.0) * 16 / 17 for t in range(5)]
-    assert summary["groups"]["Eating"]["mpjpe"] == pytest.approx(np.mean(eating), rel=1e-5)
-    taken = []
-    protocol_defs.evaluate_protocol(Refining(), test, H36M17, "fusionformer", frames=3, flip=False,
-                                    centre_output=lambda out: taken.append(1) or out["pose"][:, 1:2])
-    assert taken
 
 
 def test_protocol_choice_is_validated():

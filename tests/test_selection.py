@@ -58,3 +58,39 @@ def test_select_picks_the_validation_split_and_labels_it():
     last_cfg = config_from_dict({**base, "train": {"select": "last"}})
     assert (validation_split(last_cfg, with_val), validation_split(last_cfg, without)) == ("val", "test")
     assert "papers' habit" in SELECTION_LABELS["test"] and "validation" in SELECTION_LABELS["val"]
+
+
+def test_select_checkpoint_rules():
+    from pipelines.train.checkpoints import CheckpointInfo, select_checkpoint
+
+    runs = [CheckpointInfo(f"checkpoint_epoch{e:04d}", f"/r/{e}", e, v, {}) for e, v in ((1, 50.0), (2, 40.0), (3, 45.0))]
+    assert select_checkpoint(runs, "val").epoch == 2  # the lowest validation MPJPE, wherever it was measured
+    assert select_checkpoint(runs, "test").epoch == 2
+    assert select_checkpoint(runs, "last").epoch == 3
+    assert select_checkpoint([], "val") is None
+    with pytest.raises(ValueError, match="train.select"):
+        select_checkpoint(runs, "best")
+
+
+@pytest.mark.slow
+def test_select_val_scores_the_best_validation_epoch(tmp_path, ray_local):
+    """train.select=val evaluates the epoch with the lowest validation MPJPE (it evaluated the last)."""
+    from pipelines.train.driver import run_training
+
+    cfg = config_from_dict({
+        "name": "sel",
+        "data": {"source": {"kind": "synthetic", "val_subjects": ["S5"], "synthetic": {
+            "subjects": ["S1", "S5", "S9"], "actions_per_subject": 1, "frames_per_action": 120,
+            "out_dir": str(tmp_path / "synthetic")}},
+            "windows": {"mode": "seq2seq", "frames": 9}, "root": str(tmp_path / "datasets"), "rows_per_group": 16},
+        "model": {"name": "mixste", "dim": 16, "depth": 1, "heads": 2, "drop_path_rate": 0.0},
+        # a high, constant lr: validation MPJPE goes up and down, and its best epoch is not the last
+        "train": {"epochs": 4, "batch_size": 16, "lr": 0.05, "lr_decay": 1.0, "num_workers": 0, "select": "val",
+                  "storage_path": str(tmp_path / "runs")},
+        "eval": {"batch_size": 64}})
+    out = run_training(cfg, progress=lambda m: None)
+    val = [h["val_mpjpe"] for h in out.history]
+    best_epoch = int(np.argmin(val)) + 1
+    assert best_epoch != len(val)  # the case tells best from last (seeded CPU training is reproducible)
+    assert out.evaluation["epoch"] == best_epoch
+    assert out.evaluation["protocol_spec"]["checkpoint"] == SELECTION_LABELS["val"]

@@ -51,12 +51,13 @@ def test_damaged_shard_is_refused_by_every_reader_and_by_train(tmp_path, ray_loc
     assert not np.array_equal(pq.read_table(train_shard).column("positions_3d").combine_chunks().to_numpy_ndarray(),
                               before["positions_3d"][:pq.read_metadata(train_shard).num_rows])
 
-    refused = rf"{train_shard}: sha256 .* differs from the manifest's .*raylift data verify"
-    with pytest.raises(DataError, match=refused):
+    # Whole shards are hashed; streaming readers check each page they decode against its CRC-32.
+    with pytest.raises(DataError, match=rf"{train_shard}: sha256 .* differs from the manifest's .*raylift data verify"):
         load_split_arrays(uri, "train")
-    with pytest.raises(DataError, match=refused):
+    damaged = r"damaged bytes \(a page checksum differs.*raylift data verify"
+    with pytest.raises(DataError, match=rf"{train_shard}: {damaged}"):
         list(iter_torch_batches(open_split(uri, "train"), 8))
-    with pytest.raises(DataError, match=rf"{test_shard}: sha256"):
+    with pytest.raises(DataError, match=rf"{test_shard}: {damaged}"):
         list(iter_val_batches(uri, "test", 8))
 
     capsys.readouterr()

@@ -103,12 +103,16 @@ def test_build_read_back_matches_source(tmp_path, ray_local):
             frames = np.arange(a["start"][i], a["start"][i] + 16)
             idx = np.clip(frames, 0, seq.num_frames - 1)
             kp, pos, intr = seq.keypoints_2d[idx], seq.positions_3d[idx], seq.intrinsics
+            traj = seq.trajectory[idx]
             if a["flipped"][i]:
                 kp, pos = flip_keypoints_2d(kp, H36M17), flip_positions_3d(pos, H36M17)
                 intr = flip_intrinsics(intr, seq.image_size[0])
+                traj = traj * np.array([-1, 1, 1], np.float32)
             np.testing.assert_array_equal(a["keypoints_2d"][i], kp)
             np.testing.assert_array_equal(a["positions_3d"][i], pos)
+            np.testing.assert_array_equal(a["trajectory"][i], traj)
             np.testing.assert_allclose(a["intrinsics"][i], intr, rtol=1e-6)
+            np.testing.assert_array_equal(a["image_size"][i], seq.image_size)
             inside = (frames >= 0) & (frames < seq.num_frames)
             np.testing.assert_array_equal(a["mask"][i], (inside & seq.valid[idx]).astype(np.float32))
             if not a["flipped"][i]:
@@ -125,7 +129,8 @@ def test_build_read_back_matches_source(tmp_path, ray_local):
     arrays = load_split_arrays(info.uri, "train")
     ds = open_split(info.uri, "train")
     batches = list(iter_torch_batches(ds, batch_size=5, shuffle_buffer=8, seed=0))
-    assert set(batches[0]) == {"keypoints_2d", "positions_3d", "mask", "intrinsics", "flipped"}
+    assert set(batches[0]) == {"keypoints_2d", "positions_3d", "mask", "trajectory", "intrinsics", "image_size",
+                               "flipped"}
     assert tuple(batches[0]["keypoints_2d"].shape[1:]) == (16, 17, 2)
     got = np.concatenate([b["keypoints_2d"].numpy() for b in batches])
     assert got.shape == arrays["keypoints_2d"].shape
@@ -187,7 +192,8 @@ def test_plan_read_tasks_keeps_order_and_sizes():
 def test_training_iterator_columns_and_seeded_shuffle(tmp_path, ray_local):
     info = build_dataset(config(tmp_path / "ds"), sequences(), H36M17, source_files(tmp_path), progress=lambda m: None)
     ds = open_split(info.uri, "train")
-    assert sorted(ds.schema().names) == sorted(["keypoints_2d", "positions_3d", "mask", "intrinsics", "flipped"])
+    assert sorted(ds.schema().names) == sorted(["keypoints_2d", "positions_3d", "mask", "trajectory", "intrinsics",
+                                                "image_size", "flipped"])
     everything = open_split(info.uri, "train", columns=["subject", "keypoints_2d"]).take_all()
     assert {r["subject"] for r in everything} == {"S1", "S5"}
 
@@ -261,7 +267,10 @@ def test_multiview_and_seq2frame_datasets(tmp_path, ray_local):
     tr = load_split_arrays(sf.uri, "train")
     assert len(tr["start"]) == 2 * (2 * 14 + 8 + 8)  # centres 0,4,... : ceil(53/4)=14, ceil(30/4)=ceil(31/4)=8
     first = by_key(seqs)[("S1", "Walking 1", "c0")]
-    np.testing.assert_array_equal(tr["positions_3d"][0, 0], first.positions_3d[0])
+    row = np.flatnonzero((tr["subject"] == "S1") & (tr["camera"] == "c0") & (tr["start"] == -4) & ~tr["flipped"])
+    assert len(row) == 1  # the window centred on frame 0: rows are stored shuffled (row_order)
+    np.testing.assert_array_equal(tr["positions_3d"][row[0], 0], first.positions_3d[0])
+    np.testing.assert_array_equal(tr["trajectory"][row[0], 0], first.trajectory[0])
 
 
 def test_verify_names_corrupted_and_missing_shards(tmp_path, ray_local, capsys):

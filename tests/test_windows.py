@@ -185,15 +185,15 @@ def test_flipped_rows_follow_originals_and_test_has_none(tmp_path):
     sources = single_view_sources(seqs)
     job = WindowJob("seq2seq", 27, 27, True, H36M17, 8, open_location(str(tmp_path)))
     assert [job.rows_of(s) for s in sources] == [8, 3]
-    rows = piece_arrays(sources[0], 0, 8, job)
+    rows = piece_arrays(sources[0], np.arange(8), job)
     assert rows["flipped"].tolist() == [False] * 4 + [True] * 4
     np.testing.assert_array_equal(rows["keypoints_2d"][4:], flip_keypoints_2d(rows["keypoints_2d"][:4], H36M17))
     np.testing.assert_array_equal(rows["positions_3d"][4:], flip_positions_3d(rows["positions_3d"][:4], H36M17))
     assert rows["start"].tolist() == [-4, 23, 50, 77] * 2
     assert rows["intrinsics"][4, 2] == pytest.approx(1000 - 512.5)
-    part = piece_arrays(sources[0], 3, 6, job)  # a slice across the original/flipped boundary
+    part = piece_arrays(sources[0], np.arange(3, 6), job)  # a slice across the original/flipped boundary
     np.testing.assert_array_equal(part["keypoints_2d"], rows["keypoints_2d"][3:6])
-    test_rows = piece_arrays(sources[1], 0, 3, job)
+    test_rows = piece_arrays(sources[1], np.arange(3), job)
     assert not test_rows["flipped"].any() and test_rows["mask"].sum() == 60
 
 
@@ -226,9 +226,9 @@ def test_multiview_groups_trim_and_skip():
     assert src.keypoints_2d.shape == (48, 2, 17, 2) and src.positions_3d.shape == (48, 2, 17, 3)
     np.testing.assert_array_equal(src.keypoints_2d[:, 1], seqs[0].keypoints_2d[:48])
     np.testing.assert_array_equal(src.keypoints_2d[:, 0], seqs[1].keypoints_2d)
-    assert src.intrinsics.shape == (2, 9) and src.image_width.tolist() == [1200.0, 1000.0]
+    assert src.intrinsics.shape == (2, 9) and src.image_size[:, 0].tolist() == [1200.0, 1000.0]
     job = WindowJob("seq2seq", 27, 27, True, H36M17, 8, open_location("/tmp"))
-    rows = piece_arrays(src, 0, job.rows_of(src), job)
+    rows = piece_arrays(src, np.arange(job.rows_of(src)), job)
     assert rows["keypoints_2d"].shape == (4, 27, 2, 17, 2) and rows["intrinsics"].shape == (4, 2, 9)
     np.testing.assert_array_equal(rows["keypoints_2d"][2:], flip_keypoints_2d(rows["keypoints_2d"][:2], H36M17))
     np.testing.assert_allclose(rows["intrinsics"][2, :, 2], [1200 - 512.5, 1000 - 512.5])

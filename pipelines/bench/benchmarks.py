@@ -1,4 +1,4 @@
-"""`raylift bench {data,model,train,suite,images,fidelity}`: benchmarks that report figures, never pass/fail on time.
+"""`raylift bench {data,model,train,suite,order,images,fidelity}`: benchmarks that report figures, never pass/fail on time.
 
 Each benchmark lives in its own module (`pipelines.bench.<name>`) with `add_arguments`/`run`.
 """
@@ -12,6 +12,8 @@ BENCHMARKS = {
     "model": ("pipelines.bench.model", "forward+backward step time of each model at a small batch"),
     "train": ("pipelines.bench.train", "training frames/s, peak memory and TFLOP/s for one model"),
     "suite": ("pipelines.bench.suite", "the GPU table: every model next to the authors' code, eager/compiled, bf16/fp32"),
+    "order": ("pipelines.bench.order", "training order: same-sequence neighbours per batch against a uniform "
+                                       "permutation, and ingest windows/s"),
     "images": ("pipelines.bench.images", "person crops: images decoded and cropped per second per core, bytes per image"),
     "fidelity": ("pipelines.bench.fidelity", "train raylift and the authors' script on one recipe; MPJPE side by side"),
 }

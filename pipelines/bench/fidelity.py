@@ -167,7 +167,8 @@ def run_official(cfg: Any, model: str, official_dir: str, out_dir: str, progress
     protocol = ("MixSTE run.py: windows from frame 0, last window flush with the end (overlap counted twice)"
                 if model == "mixste" else "VideoPose3D seq2frame: every frame, receptive field T")
     return SideResult("authors' code", parsed["mpjpe"], parsed["p_mpjpe"], wall, len(parsed["epoch_minutes"]),
-                      protocol + "; test-time flip; best epoch on the test subjects; action-wise mean")
+                      protocol + "; test-time flip; best epoch on the test subjects; action-wise mean; fp32; "
+                      "a uniform permutation of the training windows every epoch")
 
 
 def run_raylift(cfg: Any, out_dir: str, progress=print) -> SideResult:
@@ -180,9 +181,10 @@ def run_raylift(cfg: Any, out_dir: str, progress=print) -> SideResult:
     if outcome.evaluation is None:
         raise ConfigError("raylift produced no evaluation (is train.evaluate false?)")
     ev = outcome.evaluation
-    mean = ev["results"]["model"]["group_mean"]
+    mean, spec = ev["results"]["model"]["group_mean"], ev["protocol_spec"]
     return SideResult("raylift", float(mean["mpjpe"]), float(mean["p_mpjpe"]), wall, len(outcome.history),
-                      f"{ev['protocol']}; best epoch on the test subjects; action-wise mean")
+                      f"{ev['protocol']}; {spec['checkpoint']}; action-wise mean; {spec['precision']}; "
+                      f"{spec['training order']}")
 
 
 def comparison_table(sides: list[SideResult], reference: str = "authors' code") -> str:

@@ -148,6 +148,7 @@ def lift_batch(batch: dict[str, np.ndarray], model: Any, layout: str, flip: bool
                device: str, bf16: bool) -> dict[str, np.ndarray]:
     """The batch's real windows (flipped training copies dropped) with their predictions `pred`."""
     from pipelines.evaluate.prediction import predict_windows
+    from pipelines.evaluate.protocols import camera_columns
 
     flipped = batch.get("flipped")
     keep = np.ones(len(batch["keypoints_2d"]), bool) if flipped is None else ~np.asarray(flipped, bool)
@@ -156,7 +157,8 @@ def lift_batch(batch: dict[str, np.ndarray], model: Any, layout: str, flip: bool
     if len(kp) == 0:
         out["pred"] = np.zeros(out["positions_3d"].shape, np.float32)
         return out
-    out["pred"] = predict_windows(model, kp, layout, flip=flip, batch_size=batch_size, device=device, bf16=bf16)
+    out["pred"] = predict_windows(model, kp, layout, flip=flip, batch_size=batch_size, device=device, bf16=bf16,
+                                  columns=camera_columns(out))
     return out
 
 
@@ -274,7 +276,8 @@ def lift_sequence_on_ray(checkpoint: CheckpointSource, keypoints_2d: np.ndarray,
 def evaluate_on_ray(checkpoint: CheckpointSource, dataset_uri: str, layout: str, placement: Placement,
                     flip: bool = True, batch_size: int = 64, bf16: bool = False, baseline: bool = True,
                     expect_model: Optional[str] = None, expect_frames: Optional[int] = None,
-                    progress: Callable[[str], None] = print, selection: Optional[str] = None) -> dict[str, Any]:
+                    progress: Callable[[str], None] = print, labels: Optional[dict[str, str]] = None,
+                    camera_inputs: tuple[str, ...] = ()) -> dict[str, Any]:
     """`protocols.evaluate_model`'s result for a checkpoint, with the forward passes run by Ray Data
     on `placement`; the mean-pose baseline (numpy) is computed in the driver as before."""
     from pipelines.evaluate.protocols import evaluate_arrays, load_train_for_baseline
@@ -285,4 +288,4 @@ def evaluate_on_ray(checkpoint: CheckpointSource, dataset_uri: str, layout: str,
     pred = arrays.pop("pred")
     train, notes = load_train_for_baseline(dataset_uri) if baseline else (None, [])
     return evaluate_arrays(None, arrays, dataset_uri, layout, flip=flip, batch_size=batch_size, train=train,
-                           notes=notes, pred=pred, selection=selection)
+                           notes=notes, pred=pred, labels=labels, camera_inputs=camera_inputs)

@@ -314,13 +314,9 @@ def format_table(
     frame_wise_label: str = "frame-wise",
 ) -> str:
     """Plain-text, column-aligned table for the terminal."""
-    header, rows = table_rows(summaries, metrics, group_mean_label, frame_wise_label)
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
-    lines.append("  ".join("-" * w for w in widths))
-    for r in rows:
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
-    return "\n".join(lines)
+    from pipelines.viz.tables import render_table
+
+    return render_table(*table_rows(summaries, metrics, group_mean_label, frame_wise_label))
 
 
 def markdown_table(
@@ -328,13 +324,10 @@ def markdown_table(
     frame_wise_label: str = "frame-wise",
 ) -> str:
     """GitHub Markdown table (group-mean and frame-wise rows in bold)."""
+    from pipelines.viz.tables import render_table
+
     header, rows = table_rows(summaries, metrics, group_mean_label, frame_wise_label)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    n_groups = len(rows) - 2
-    for i, r in enumerate(rows):
-        cells = [f"**{c}**" if i >= n_groups else c for c in r]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return render_table(header, rows, markdown=True, bold_rows=range(len(rows) - 2, len(rows)))
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:

@@ -23,9 +23,11 @@ import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
+import torch
+from torch import nn
 
 from pipelines.evaluate import metrics, protocol_defs
 from preprocessing.errors import DataError
@@ -39,10 +41,12 @@ H36M_ACTIVITIES = (
 )
 H36M_METRICS = ("mpjpe", "p_mpjpe", "n_mpjpe", "mpjve")
 MPI_METRICS = ("pck", "auc", "mpjpe")
-CHUNK_FRAMES = 65536
+CHUNK_FRAMES = 65536  # frames per vectorised metric call (bounds float64 temporaries)
+# The windows' camera columns, read by models that declare `camera_inputs` (models.losses.camera_kwargs).
+CAMERA_COLUMNS = ("trajectory", "intrinsics", "image_size")
 # Columns of the test split that evaluation reads.
 TEST_COLUMNS = ("keypoints_2d", "positions_3d", "mask", "subject", "action", "activity", "camera", "start",
-                "sequence_length", "flipped")  # frames per vectorised metric call (bounds float64 temporaries)
+                "sequence_length", "flipped") + CAMERA_COLUMNS
 
 PROTOCOL_SEQ2SEQ = "seq2seq: non-overlapping windows, each real frame counted once"
 PROTOCOL_SEQ2FRAME = "seq2frame: one window per frame, scored at its centre frame, each real frame counted once"
@@ -223,6 +227,29 @@ def baseline_mean_pose(train_arrays: dict[str, np.ndarray], test_arrays: dict[st
     return np.broadcast_to(mean_pose.astype(np.float32), test_pos.shape)
 
 
+def run_labels(cfg: Mapping[str, Any], checkpoint: str) -> dict[str, str]:
+    """How a checkpoint was made and chosen, for every results header: the checkpoint rule
+    (`checkpoint`, e.g. the train.select label), the training precision and the training order,
+    read from the run's experiment config (a checkpoint's meta "config")."""
+    train = cfg.get("train") or {}
+    windows = (cfg.get("data") or {}).get("windows") or {}
+    precision = train.get("precision", "unknown")
+    precision = {"fp32": "fp32 (the authors' numerics)", "bf16": "bf16 autocast forward, fp32 losses"}.get(
+        precision, str(precision))
+    buffer = train.get("shuffle_buffer")
+    buffer = f"{buffer} windows" if buffer is not None else f"the worker's share, up to {train.get('shuffle_buffer_mb')} MiB"
+    order = (f"train.shuffle {train.get('shuffle', 'unknown')}: rows stored {windows.get('row_order', 'in sequence order')}, "
+             f"a (seed {train.get('seed')}, epoch) permutation of row groups per epoch, shuffle buffer {buffer}")
+    return {"checkpoint": checkpoint, "precision": precision, "training order": order}
+
+
+def camera_columns(arrays: dict[str, np.ndarray]) -> Optional[dict[str, np.ndarray]]:
+    """The windows' camera columns (`CAMERA_COLUMNS`), or None when the split lacks one."""
+    if not all(k in arrays for k in CAMERA_COLUMNS):
+        return None
+    return {k: arrays[k] for k in CAMERA_COLUMNS}
+
+
 def protocol_text(mode: str, flip: bool, multiview: bool) -> str:
     text = PROTOCOL_SEQ2SEQ if mode == "seq2seq" else PROTOCOL_SEQ2FRAME
     if multiview:
@@ -240,10 +267,10 @@ def evaluate_model(
     baseline: bool = True,
     bf16: bool = False,
     protocol: str = "raylift",
-    selection: Optional[str] = None,
+    labels: Optional[Mapping[str, str]] = None,
 ) -> dict[str, Any]:
     """Predict the test split of `dataset_uri` and score it; also the mean-pose baseline.
-    `protocol`: `eval.protocol`; `selection`: how the checkpoint was chosen (for the labels).
+    `protocol`: `eval.protocol`; `labels`: how the checkpoint was made and chosen (`run_labels`).
 
     Returns a JSON-ready dict: `dataset`, `layout`, `protocol`, `metrics`, `group_by`,
     `group_mean_label`, `windows`, `frames`, `results` ({"model": summary, "baseline": summary}
@@ -254,7 +281,7 @@ def evaluate_model(
     test = load_split_arrays(dataset_uri, "test", columns=list(TEST_COLUMNS))
     train, notes = load_train_for_baseline(dataset_uri) if baseline else (None, [])
     return evaluate_arrays(model, test, dataset_uri, skeleton, flip=flip, batch_size=batch_size, device=device,
-                           train=train, bf16=bf16, notes=notes, protocol=protocol, selection=selection)
+                           train=train, bf16=bf16, notes=notes, protocol=protocol, labels=labels)
 
 
 def load_train_for_baseline(dataset_uri: str) -> tuple[Optional[dict[str, np.ndarray]], list[str]]:
@@ -280,13 +307,15 @@ def evaluate_arrays(
     notes: Sequence[str] = (),
     pred: Optional[np.ndarray] = None,
     protocol: str = "raylift",
-    selection: Optional[str] = None,
+    labels: Optional[Mapping[str, str]] = None,
+    camera_inputs: Optional[Sequence[str]] = None,
 ) -> dict[str, Any]:
     """`evaluate_model` on an already loaded test split (`load_split_arrays(uri, "test")`); the
     mean-pose baseline is scored too when the `train` split's arrays are given. `notes` are
     carried into the result (e.g. why the baseline is missing). `pred`: the model's predictions
     for every row of `test`, made elsewhere (Ray Data, `pipelines/evaluate/batch.py`); `model` is
-    then not used."""
+    then not used, and `camera_inputs` says what it read (default: the model's own)."""
+    from models.losses import unwrap
     from pipelines.evaluate.prediction import default_device, predict_windows
 
     skel = _skeleton(skeleton)
@@ -297,10 +326,14 @@ def evaluate_arrays(
     kp = _column(test, "keypoints_2d")
     if kp.shape[-2] != skel.num_joints:
         raise DataError(f"{dataset_uri}: test keypoints have {kp.shape[-2]} joints, layout {skel.name!r} has {skel.num_joints}")
+    if camera_inputs is None:
+        camera_inputs = tuple(getattr(unwrap(model), "camera_inputs", ())) if model is not None else ()
+    spec = protocol_defs.spec_dict(protocol, flip, labels, camera_inputs)
     if protocol != "raylift":
-        return _paper_protocol(model, test, dataset_uri, skel, protocol, flip, batch_size, device, notes, selection)
+        return _paper_protocol(model, test, dataset_uri, skel, protocol, flip, batch_size, device, train, notes, spec)
     if pred is None:
-        pred = predict_windows(model, kp, skel, flip=flip, batch_size=batch_size, device=default_device(device), bf16=bf16)
+        pred = predict_windows(model, kp, skel, flip=flip, batch_size=batch_size, device=default_device(device), bf16=bf16,
+                               columns=camera_columns(test))
     else:
         pred = np.asarray(pred)[keep]
     frames = collect_frames(pred, test, skel)
@@ -326,30 +359,50 @@ def evaluate_arrays(
         "summary_key": summary_key,
         "windows": int(len(kp)),
         "frames": frames.num_frames,
-        "protocol_spec": protocol_defs.spec_dict("raylift", flip, selection),
+        "protocol_spec": spec,
         "results": results,
         "notes": list(notes),
     }
 
 
+class MeanPose(nn.Module):
+    """The mean-pose baseline as a model: the mean training pose (J, 3) for every output frame
+    (`frames_out`: T for seq2seq windows, 1 for seq2frame), whatever the 2D says."""
+
+    def __init__(self, mean_pose: np.ndarray, frames_out: Optional[int]) -> None:
+        super().__init__()
+        self.register_buffer("pose", torch.as_tensor(np.asarray(mean_pose, np.float32)))
+        self.frames_out = frames_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, J, 2) -> (B, T' , J, 3)
+        t = x.shape[1] if self.frames_out is None else self.frames_out
+        return self.pose.expand(x.shape[0], t, *self.pose.shape).clone()
+
+
 def _paper_protocol(model, test: dict[str, np.ndarray], dataset_uri: str, skel: Skeleton, protocol: str, flip: bool,
-                    batch_size: int, device: Optional[str], notes: Sequence[str], selection: Optional[str]) -> dict[str, Any]:
-    """`evaluate_arrays` under a paper's protocol (protocol_defs); no mean-pose baseline there."""
+                    batch_size: int, device: Optional[str], train: Optional[dict[str, np.ndarray]],
+                    notes: Sequence[str], spec: dict[str, Any]) -> dict[str, Any]:
+    """`evaluate_arrays` under a paper's protocol (protocol_defs), the mean-pose baseline scored
+    by the same protocol (no flip: a constant pose needs none)."""
     from pipelines.evaluate.prediction import default_device
 
     kp = _column(test, "keypoints_2d")
-    summary = protocol_defs.evaluate_protocol(model, test, skel, protocol, frames=int(kp.shape[1]), flip=flip,
-                                              batch_size=batch_size, device=default_device(device))
-    spec = protocol_defs.spec_dict(protocol, flip, selection)
+    frames = int(kp.shape[1])
+    results = {"model": protocol_defs.evaluate_protocol(model, test, skel, protocol, frames=frames, flip=flip,
+                                                        batch_size=batch_size, device=default_device(device))}
+    if train is not None:
+        mean_pose = np.asarray(baseline_mean_pose(train, test))[0, 0]
+        baseline = MeanPose(mean_pose, 1 if window_mode(test) == "seq2frame" else None)
+        results["baseline"] = protocol_defs.evaluate_protocol(baseline, test, skel, protocol, frames=frames, flip=False,
+                                                              batch_size=batch_size)
     return {
         "dataset": str(dataset_uri), "layout": skel.name,
         "protocol": f"{protocol}: {spec['reproduces']}; {spec['frames_counted']}"
                     + ("; test-time flip averaged" if flip else "; no test-time flip"),
         "mode": window_mode(test), "flip": bool(flip), "metrics": list(H36M_METRICS), "group_by": "activity",
         "group_mean_label": "action-wise", "frame_wise_label": "frame-wise", "summary_key": "group_mean",
-        "windows": int(len(kp)), "frames": summary["frames"], "protocol_spec": spec,
-        "results": {"model": summary},
-        "notes": list(notes) + ["mean-pose baseline is scored under the raylift protocol only"],
+        "windows": int(len(kp)), "frames": results["model"]["frames"], "protocol_spec": spec,
+        "results": results, "notes": list(notes),
     }
 
 
@@ -461,9 +514,11 @@ def evaluate_checkpoint(
     check_compatible(meta, described, checkpoint, uri)
     placement = placement_for_cli(device, resources, actors)
     model, meta = load_model(checkpoint)  # on this CPU: a damaged file fails here, naming it
+    labels = run_labels(meta.get("config") or {}, f"given checkpoint (epoch {meta.get('epoch')})")
     if protocol == "raylift":
         result = evaluate_on_ray(ship_model(model, meta, checkpoint), uri, described["layout"], placement, flip=flip,
-                                 batch_size=batch_size, bf16=bf16, baseline=baseline, progress=progress)
+                                 batch_size=batch_size, bf16=bf16, baseline=baseline, progress=progress,
+                                 labels=labels, camera_inputs=tuple(getattr(model, "camera_inputs", ())))
     else:
         # A paper's protocol re-cuts whole test sequences into that paper's windows: the model runs
         # in this process, on its GPU when one is asked for and visible, else on its CPUs.
@@ -475,7 +530,7 @@ def evaluate_checkpoint(
         torch_device = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
         result = evaluate_arrays(model, test, uri, described["layout"], flip=flip, batch_size=batch_size,
                                  device=torch_device, train=train, bf16=bf16 and torch_device == "cuda",
-                                 notes=notes, protocol=protocol)
+                                 notes=notes, protocol=protocol, labels=labels)
     result = {"checkpoint": str(checkpoint), "model_name": meta["model"].get("name"), "epoch": meta.get("epoch"),
               "frames_T": int(meta["frames"]), **result}
     write_results(result, out or default_out_dir(checkpoint))
@@ -485,6 +540,13 @@ def evaluate_checkpoint(
 def default_out_dir(checkpoint: str) -> str:
     path = Path(checkpoint)
     return str(path.parent / f"{path.name}-eval")
+
+
+def run_summary(result: dict[str, Any]) -> str:
+    """One console line of what a result depends on beyond its protocol: what the model read, the
+    checkpoint rule, the training precision and order (`protocol_spec`)."""
+    spec = result.get("protocol_spec") or {}
+    return "; ".join(f"{k}: {spec[k]}" for k in ("model inputs", "checkpoint", "precision", "training order") if k in spec)
 
 
 def result_tables(result: dict[str, Any], markdown: bool = False) -> str:
@@ -585,6 +647,7 @@ def run(args: argparse.Namespace) -> int:
         )
     print(f"{result['model_name']} on {result['dataset']} ({result['frames']} frames)")
     print(f"protocol: {result['protocol']}")
+    print(run_summary(result))
     print(result_tables(result))
     for note in result["notes"]:
         print(f"note: {note}")

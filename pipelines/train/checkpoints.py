@@ -119,6 +119,16 @@ def best(checkpoints: list[CheckpointInfo]) -> Optional[CheckpointInfo]:
     return min(checkpoints, key=lambda c: (c.val_mpjpe, -c.epoch))
 
 
+def select_checkpoint(checkpoints: list[CheckpointInfo], select: str) -> Optional[CheckpointInfo]:
+    """The checkpoint `train.select` scores: `last`, the latest; `test` and `val`, the lowest
+    per-epoch validation MPJPE, which the run measured on the test or the validation split."""
+    if select == "last":
+        return latest(checkpoints)
+    if select in ("test", "val"):
+        return best(checkpoints)
+    raise ValueError(f"train.select: expected test, val or last, got {select!r}")
+
+
 def to_keep(checkpoints: list[CheckpointInfo], keep_best: int) -> set[str]:
     """Names kept by the retention rule: the `keep_best` best by validation MPJPE + the latest."""
     ranked = sorted(checkpoints, key=lambda c: (c.val_mpjpe, -c.epoch))

@@ -314,7 +314,8 @@ def _train_locked(cfg: ExperimentConfig, cfg_dict: dict, dataset_uri: str, manif
                   layout: str, val_split: str, name: str, root: str, run_uri: str, callbacks: Sequence[Any],
                   evaluate_after: Optional[bool], progress: Callable[[str], None], held: Any) -> TrainOutcome:
     """The part of `run_training` that runs while this process holds the run directory's lease."""
-    from pipelines.train.checkpoints import best, forget_ray_snapshot, latest, list_checkpoints
+    from pipelines.train.checkpoints import best, forget_ray_snapshot, latest, list_checkpoints, select_checkpoint
+    from pipelines.train.data import decoded_window_bytes
     from preprocessing import storage
 
     tc = cfg.train
@@ -331,6 +332,8 @@ def _train_locked(cfg: ExperimentConfig, cfg_dict: dict, dataset_uri: str, manif
         "joints": joints, "layout": layout, "run_loc": storage.open_location(run_uri),
         "resume_loc": storage.open_location(resume_from) if resume_from else None,
         "val_split": val_split,
+        "window_bytes": decoded_window_bytes(manifest),
+        "train_windows": int(((manifest.get("splits") or {}).get("train") or {}).get("windows", 0)),
         "local_mode": tc.num_workers == 0,
         # Ray Train runs no callbacks in local mode; the loop (in this process) calls them itself.
         "local_callbacks": list(callbacks) if tc.num_workers == 0 else [],
@@ -360,7 +363,7 @@ def _train_locked(cfg: ExperimentConfig, cfg_dict: dict, dataset_uri: str, manif
         png = training_curves_png(history, title=f"{cfg.model.name} T={cfg.data.windows.frames} ({name})")
         storage.write_bytes(storage.open_location(run_uri).child(PLOT_NAME), png)
     do_eval = tc.evaluate if evaluate_after is None else evaluate_after
-    chosen = best_ckpt if tc.select == "test" else last_ckpt
+    chosen = select_checkpoint(checkpoints, tc.select)
     if do_eval and chosen is not None:
         if images:
             from pipelines.evaluate.images2d import evaluate_image_best
@@ -396,17 +399,20 @@ def evaluate_best(cfg: ExperimentConfig, checkpoint_uri: str, dataset_uri: str, 
     import tempfile
 
     from pipelines.evaluate.batch import evaluate_on_ray, placement_for
-    from pipelines.evaluate.protocols import result_tables, write_results
+    from pipelines.evaluate.protocols import result_tables, run_summary, write_results
     from preprocessing import storage
 
-    selection = SELECTION_LABELS[cfg.train.select]
+    from pipelines.evaluate.protocols import run_labels
+
+    labels = run_labels(cfg.to_dict(), SELECTION_LABELS[cfg.train.select])
     if cfg.eval.protocol == "raylift":
         # The checkpoint was chosen by list_checkpoints, which already parsed this meta.json.
         meta = json.loads(storage.read_bytes(storage.open_location(checkpoint_uri).child("meta.json")))
         result = evaluate_on_ray(storage.open_location(checkpoint_uri), dataset_uri, layout, placement_for(cfg.train),
                                  flip=cfg.eval.flip, batch_size=cfg.eval.batch_size, baseline=True,
                                  bf16=cfg.eval.bf16 and cfg.train.use_gpu, expect_model=cfg.model.name,
-                                 expect_frames=cfg.data.windows.frames, progress=progress, selection=selection)
+                                 expect_frames=cfg.data.windows.frames, progress=progress, labels=labels,
+                                 camera_inputs=tuple(getattr(cfg.model, "camera_inputs", ())))
     else:
         # A paper's protocol re-cuts whole test sequences into that paper's windows, so the model
         # runs here, in the driver: on its GPU when it has one, else on its CPUs.
@@ -421,10 +427,11 @@ def evaluate_best(cfg: ExperimentConfig, checkpoint_uri: str, dataset_uri: str, 
         device = "cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu"
         result = evaluate_model(model, dataset_uri, layout, flip=cfg.eval.flip, batch_size=cfg.eval.batch_size,
                                 device=device, baseline=True, bf16=cfg.eval.bf16 and device == "cuda",
-                                protocol=cfg.eval.protocol, selection=selection)
+                                protocol=cfg.eval.protocol, labels=labels)
     result = {"checkpoint": checkpoint_uri, "model_name": cfg.model.name, "epoch": meta.get("epoch"),
               "frames_T": int(meta["frames"]), **result}
     progress(f"evaluation of the {SELECTION_LABELS[cfg.train.select]}, epoch {meta.get('epoch')}: {result['protocol']}")
+    progress(run_summary(result))
     progress(result_tables(result))
     eval_dir = storage.open_location(run_uri).child(EVAL_DIR)
     with tempfile.TemporaryDirectory(prefix="raylift-eval-") as tmp:

@@ -150,10 +150,13 @@ def masked_error_sums(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tens
 
 @torch.no_grad()
 def validation_sums(model: nn.Module, batches: Iterable[dict], device: torch.device, bf16: bool = False) -> tuple[float, float]:
-    """Masked MPJPE sums of `model` over `batches` (no test-time flip; flipped windows skipped).
+    """Masked MPJPE sums of `model` over `batches` (no test-time flip; flipped windows skipped),
+    with the camera inputs the model reads (`models.losses.camera_kwargs`), as in training.
 
     Returns (sum of per-frame errors in metres, frames counted); sums of several workers add up.
     """
+    from models.losses import camera_kwargs
+
     was_training = model.training
     model.eval()
     total, count = 0.0, 0.0
@@ -161,8 +164,9 @@ def validation_sums(model: nn.Module, batches: Iterable[dict], device: torch.dev
         for batch in batches:
             keep = ~batch["flipped"].to(torch.bool).reshape(-1)
             mask = batch["mask"].to(device) * keep.to(device).unsqueeze(1)
+            camera = {k: v.to(device) for k, v in camera_kwargs(model, batch).items()}
             with autocast(device, bf16):
-                pred = model(batch["keypoints_2d"].to(device))
+                pred = model(batch["keypoints_2d"].to(device), **camera)
             s, c = masked_error_sums(pred, batch["positions_3d"].to(device), mask)
             total += s
             count += c

@@ -24,7 +24,7 @@ import torch
 from models.checkpoint import save_checkpoint
 from preprocessing import storage
 from preprocessing.storage import Location
-from pipelines.train.data import epoch_shares, iter_val_batches
+from pipelines.train.data import batch_seed, buffer_windows, global_share, iter_val_batches
 from pipelines.train.checkpoints import (
     checkpoint_name, disk_full, is_disk_full, local_copy, prune, state_bytes, write_checkpoint,
 )
@@ -81,8 +81,10 @@ def _node_id() -> str:
 def train_loop_per_worker(config: dict) -> None:
     """`config`: {"cfg": experiment dict, "dataset_loc" / "run_loc" (storage Locations of the
     dataset and the run directory), "dataset_id", "joints", "layout", "resume_loc" (Location of
-    the checkpoint to resume from, or None), "local_mode" (bool), "local_callbacks", and for
-    image models "images": {"size", "flip"} of the image dataset}.
+    the checkpoint to resume from, or None), "local_mode" (bool), "local_callbacks",
+    "window_bytes" and "train_windows" (a decoded training window's bytes and the train split's
+    windows, which size the shuffle buffer), and for image models "images": {"size", "flip"} of
+    the image dataset}.
 
     Image models (`input_kind = "images"`, pipelines/train/images.py) read image windows, train
     on their 2D keypoints and are validated by the mean 2D error in full-image pixels (`val_px`,
@@ -90,7 +92,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from models.losses import build_loss, forward_for_loss
+    from models.losses import build_loss, camera_kwargs, forward_for_loss
     from models.registry import build_model, count_parameters
     from pipelines.config import config_from_dict
     from pipelines.train import images as img
@@ -141,7 +143,7 @@ def train_loop_per_worker(config: dict) -> None:
     flip_perm = get_skeleton(config["layout"]).flip_permutation() if image_model else None
 
     def loss_fn(m: torch.nn.Module, batch: dict):
-        return base_loss(forward_for_loss(m, batch[input_key]), batch)
+        return base_loss(forward_for_loss(m, batch[input_key], camera_kwargs(m, batch)), batch)
 
     nodes = len(set(_all_gather(_node_id(), world)))
     log = RunLog(config["run_loc"]) if rank == 0 else None
@@ -163,22 +165,29 @@ def train_loop_per_worker(config: dict) -> None:
             model.train()
             loss_sum, steps, windows = 0.0, 0, 0
             term_sums: dict[str, float] = {}
-            batch_seed = tc.seed * 1_000_003 + epoch * 1009 + rank
+            seed = batch_seed(tc.seed, epoch, rank)
             if image_model:
                 epoch_cap = cap
-                flip_rng = np.random.default_rng(batch_seed) if image_info.get("flip") else None
+                buffer = buffer_windows(tc.shuffle_buffer, tc.shuffle_buffer_mb, config["window_bytes"],
+                                        -(-config["train_windows"] // world))
+                flip_rng = np.random.default_rng(seed) if image_info.get("flip") else None
                 batches = (img.training_batch(b, flip_rng is not None, flip_rng, int(image_info["size"]), flip_perm, device)
                            for b in img.iter_numpy_batches(train_shard, tc.windows_per_batch(frames),
-                                                           tc.prefetch_batches, tc.shuffle_buffer, batch_seed))
+                                                           tc.prefetch_batches, buffer, seed))
             else:
-                source, epoch_cap = (train_shard, cap) if tc.shuffle == "local" else _global_share(
-                    config["dataset_loc"], group_rows, tc.seed, epoch, rank, world, cap)
+                if tc.shuffle == "local":
+                    source, share, epoch_cap = train_shard, -(-config["train_windows"] // world), cap
+                else:
+                    source, share, per_worker = global_share(config["dataset_loc"], group_rows, tc.seed, epoch, rank,
+                                                             world)
+                    epoch_cap = per_worker if cap is None else min(cap, per_worker)
                 batches = iter_torch_batches(
-                    source, tc.windows_per_batch(frames), shuffle_buffer=tc.shuffle_buffer,
-                    prefetch_batches=tc.prefetch_batches, seed=batch_seed, device=str(device),
+                    source, tc.windows_per_batch(frames),
+                    shuffle_buffer=buffer_windows(tc.shuffle_buffer, tc.shuffle_buffer_mb, config["window_bytes"], share),
+                    prefetch_batches=tc.prefetch_batches, seed=seed, device=str(device),
                 )
             for batch in batches:
-                loss, terms = train_step(model, batch, loss_fn, optimizer, tc.clip_grad, tc.bf16)
+                loss, terms = train_step(model, batch, loss_fn, optimizer, tc.clip_grad, tc.precision == "bf16")
                 loss_sum += loss
                 steps += 1
                 windows += int(batch["keypoints_2d"].shape[0])
@@ -232,16 +241,6 @@ def train_loop_per_worker(config: dict) -> None:
     finally:
         if log is not None:
             log.close()
-
-
-def _global_share(dataset_loc: Location, group_rows: list[int], seed: int, epoch: int, rank: int, world: int,
-                  cap: Optional[int]) -> tuple[Any, int]:
-    """This worker's Ray Dataset for `epoch` under `train.shuffle: global` and its window cap
-    (equal on every worker, so DDP steps stay in lockstep)."""
-    from preprocessing.readers import open_split
-
-    shares, per_worker = epoch_shares(group_rows, seed, epoch, world)
-    return open_split(dataset_loc, "train", groups=shares[rank]), per_worker if cap is None else min(cap, per_worker)
 
 
 def _report(row: dict, net: torch.nn.Module, meta: dict, train_state: dict, rank: int, run_uri: Location,
