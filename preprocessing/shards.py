@@ -10,11 +10,14 @@ How a dataset is built (`prepare_dataset`):
    (`dataset_id`). A manifest already at `<root>/<id>` is a cache hit: nothing else is done.
 2. plan (driver, cheap arithmetic): the window sources (one per sequence, or per synchronised
    camera group in multi-view mode) in a fixed order (split, subject, action, camera), each
-   contributing its windows then (training, `flip`) their mirrored copies; the rows of a split are
-   cut into shards of `rows_per_shard` rows and row groups of `rows_per_group` rows.
+   contributing its windows then (training, `flip`) their mirrored copies. A split's rows are
+   stored in that sequence order, or, for the training split with `windows.row_order: shuffled`
+   (the default), in a seeded uniform permutation of it (`SplitRows`); the stored rows are cut
+   into shards of `rows_per_shard` rows and row groups of `rows_per_group` rows.
 3. Ray Data runs one task per shard (`ray.data.from_items(shards).map(...)`): it cuts its windows
    from the sources (shared through the object store), and streams them row group by row group
-   into `<staging>/<split>/part-NNNNN.parquet`, hashing the bytes as they are written.
+   into `<staging>/<split>/part-NNNNN.parquet`, hashing the bytes as they are written (and the
+   writer stores a CRC-32 with every page, which streaming readers check).
 4. publish: move the staging directory to `<root>/<id>`, check every shard is there, then write
    the manifest.
 Steps 3-4 run under the id's lease `<root>/.lock-<id>` (`preprocessing.lease`: exclusive create on
