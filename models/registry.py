@@ -69,3 +69,8 @@ def build_model(cfg: Any, frames: int, joints: int = 17) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def is_image_model(model_cls: type) -> bool:
+    """True for models that take image crops (class attribute `input_kind = "images"`), not 2D keypoints."""
+    return getattr(model_cls, "input_kind", "keypoints") == "images"

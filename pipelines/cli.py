@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "preprocess": ("pipelines.data.preprocess", "build Parquet windows from a dataset (Ray Data)"),
     "data": ("pipelines.data.admin", "list, verify and show preprocessed datasets"),
     "train": ("pipelines.train.driver", "train a lifter with Ray Train, then evaluate it"),
-    "evaluate": ("pipelines.evaluate.protocols", "evaluate a checkpoint with the field's protocols"),
+    "evaluate": ("pipelines.evaluate.command", "evaluate a checkpoint with the field's protocols"),
     "predict2d": ("pipelines.evaluate.predict2d", "predict 2D for every frame of an image dataset (VideoPose3D 2D file)"),
     "two-stage": ("pipelines.twostage.driver", "images -> 2D model -> predicted 2D -> lifter -> 3D, one config"),
     "tune": ("pipelines.tune.driver", "search frame counts, depths and more with Ray Tune"),
@@ -31,15 +31,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 VERBOSE_HELP = "also show Ray's own log lines (by default they only go to Ray's log files)"
-
-
-def user_error_types() -> tuple[type, ...]:
-    """Exception types that mean 'the user gave bad input', not 'raylift has a bug'."""
-    from models.checkpoint import CheckpointError
-    from preprocessing.schema import ConfigError
-    from preprocessing.errors import DataError
-
-    return (ConfigError, DataError, CheckpointError)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -89,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(command)
     args = parser.parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
+    from pipelines.config import user_error_types
+
     errors = user_error_types()
     try:
         return int(module.run(args) or 0)

@@ -159,7 +159,7 @@ class TuneConfig:
 
     space: dict[str, Any] = field(default_factory=dict)  # dotted key -> {grid|choice|uniform|loguniform: ...}
     num_samples: int = 1
-    metric: str = "val_mpjpe"
+    metric: Optional[str] = None  # the trials' validation metric; default: val_mpjpe, or val_px for image models
     scheduler: Literal["asha", "fifo"] = "asha"
     grace_period: int = 1
     reduction_factor: int = 2
@@ -205,6 +205,8 @@ class ExperimentConfig:
                 f"model {self.model.name!r} takes {'images' if images_in else '2D keypoints'}, but "
                 f"data.source.kind is {self.data.source.kind!r}: set data.source.kind to {want}"
             )
+        if self.tune is not None and self.tune.metric is None:
+            self.tune.metric = "val_px" if images_in else "val_mpjpe"  # what the model's training task reports
         if images_in:
             # Image windows are cut by data.images (f frames x V views); data.windows mirrors them
             # so checkpoints, resume checks and tables read T from the usual place.
@@ -254,3 +256,28 @@ def add_config_arguments(parser, required: bool = True) -> None:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config value by dotted key, e.g. --set train.epochs=5 (repeatable)",
     )
+
+
+def parse_resources(text: str) -> dict[str, float]:
+    """`GPU=8,CPU=64` -> {"GPU": 8.0, "CPU": 64.0}; anything else is a ConfigError naming it."""
+    out = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, amount = item.partition("=")
+        try:
+            value = float(amount)
+        except ValueError:
+            value = float("nan")
+        if not sep or not name.strip() or not value >= 0:
+            raise ConfigError(f"--resources: expected NAME=AMOUNT (AMOUNT >= 0), got {item!r}")
+        out[name.strip()] = value
+    if not out:
+        raise ConfigError(f"--resources: expected NAME=AMOUNT[,NAME=AMOUNT], got {text!r}")
+    return out
+
+
+def user_error_types() -> tuple[type, ...]:
+    """Exception types that mean 'the user gave bad input', not 'raylift has a bug'."""
+    from models.checkpoint import CheckpointError
+    from preprocessing.errors import DataError
+
+    return (ConfigError, DataError, CheckpointError)

@@ -1,12 +1,15 @@
-"""raylift preprocessing, the ground floor: from files on disk to Parquet windows.
+"""raylift preprocessing, the ground floor: from files on disk to Parquet windows and back.
 
-    source files (sources.py: h36m, generic VideoPose3D, mpi3dhp, synthetic)
-    → sequences (sequences.py; cameras.py, skeleton.py, keypoint_formats.py)
-    → windows (windows.py: seq2seq / seq2frame, flip, multi-view)
-    → shards + manifest (shards.py, manifest.py, storage.py: local or object store)
-    → worker batches (readers.py: Ray Data)
+    source files (sources/: h36m, generic VideoPose3D, mpi3dhp, synthetic; user 2D files)
+    → sequences (sequences.py; cameras.py, skeleton.py)
+    → windows (keypoints/windows.py: seq2seq / seq2frame, flip, multi-view)
+      or person crops (images/: render, crops)
+    → shards + manifest (keypoints/dataset.py, images/dataset.py through store/writer.py;
+      store/: storage, lease, manifest)
+    → worker batches (keypoints/readers.py, images/readers.py over store/parquet.py; Ray Data)
 
-Also here, because every floor above uses them: `schema.py` (dataclass configs from YAML, validated
-with the key's name in every error), `version.py`, `errors.py` (`DataError`), and `safe_npz.py`
-(the field's pickled npz files, loaded without running code).
+Floors inside the package (a module imports its own floor or a lower one): the ground
+(`errors.py`, `version.py`, `schema.py`: dataclass configs from YAML, validated with the key's
+name in every error; `config.py`: the `data:` section) < the conventions (`skeleton.py`,
+`cameras.py`, `sequences.py`) < `sources/` and `store/` < `keypoints/` and `images/`.
 """

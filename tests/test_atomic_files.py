@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from preprocessing.storage import atomic_local_file, write_local_atomic
+from preprocessing.store.storage import atomic_local_file, write_local_atomic
 
 
 def test_write_local_atomic_creates_parents_and_replaces(tmp_path):

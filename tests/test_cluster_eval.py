@@ -8,14 +8,14 @@ import shutil
 import pytest
 
 from preprocessing.schema import ConfigError
-from tests.test_train import synthetic_cfg
+from tests.helpers import synthetic_cfg
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, ray_local):
     """Prepare a tiny synthetic dataset, delete its source files, train 1 epoch from its URI."""
     from pipelines.train.driver import run_training
-    from preprocessing.shards import prepare_dataset
+    from preprocessing.keypoints.dataset import prepare_dataset
 
     tmp = tmp_path_factory.mktemp("from_uri")
     info = prepare_dataset(synthetic_cfg(tmp).data, progress=lambda m: None)
@@ -32,7 +32,7 @@ def trained(tmp_path_factory, ray_local):
 def test_train_from_a_dataset_uri_needs_no_source_files(trained):
     tmp, info, cfg, out, lines = trained
     assert not (tmp / "synthetic").exists()
-    assert out.dataset_uri == info.uri and out.best_checkpoint is not None
+    assert out.dataset == info.uri and out.best_checkpoint is not None
     assert [p.name for p in (tmp / "datasets").iterdir() if not p.name.startswith(".")] == [info.id]
     assert out.evaluation is not None and (tmp / "runs" / "tiny" / "eval" / "results.md").is_file()
     assert any("Ray Data batch inference on CPU tasks" in line for line in lines)
@@ -67,7 +67,7 @@ def _flatten(summary, prefix=""):
 def test_ray_data_evaluation_equals_in_driver_evaluation(trained, flip):
     from models.checkpoint import load_model
     from pipelines.evaluate.batch import Placement, evaluate_on_ray
-    from pipelines.evaluate.protocols import evaluate_model
+    from pipelines.evaluate.scoring import evaluate_model
 
     _, info, cfg, out, _ = trained
     model, _ = load_model(out.best_checkpoint)
@@ -96,7 +96,7 @@ def test_evaluate_command_runs_on_ray_data_with_todays_numbers(trained, capsys):
 
     from models.checkpoint import load_model
     from pipelines.cli import main
-    from pipelines.evaluate.protocols import evaluate_model
+    from pipelines.evaluate.scoring import evaluate_model
 
     tmp, info, _, out, _ = trained
     model, _ = load_model(out.best_checkpoint)

@@ -3,84 +3,17 @@ sequences, action-wise tables, 3DHP PCK/AUC, mean-pose baseline, checkpoint refu
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from models.checkpoint import CheckpointError
-from pipelines.evaluate import metrics, protocols
+from pipelines.evaluate import metrics, results, scoring
 from preprocessing.errors import DataError
 from preprocessing.skeleton import H36M17, MPI17
-
-
-class DepthlessLift(nn.Module):
-    """(x, y) -> (x, y, 0) per joint: exact in x/y, so the error is |z| of the target.
-    Flip-equivariant, so test-time flip leaves it unchanged."""
-
-    output_mode = "seq2seq"
-    multiview = False
-
-    def __init__(self, seq2frame: bool = False):
-        super().__init__()
-        self.seq2frame = seq2frame
-
-    def forward(self, x):
-        out = torch.cat([x, torch.zeros_like(x[..., :1])], dim=-1)
-        if self.seq2frame:
-            c = x.shape[1] // 2
-            out = out[:, c : c + 1]
-        return out
-
-
-def make_sequence(subject, action, camera, n, layout=H36M17, valid=None, seed=0, step=0.01):
-    """Targets with z = step * frame on every non-root joint (so the depth error grows by `step`
-    per frame and the velocity error is exactly `step` per step), 2D = the target's x, y."""
-    rng = np.random.default_rng(seed)
-    pos = rng.normal(scale=0.2, size=(n, 17, 3)).astype(np.float32)
-    pos[:, :, 2] = step * np.arange(n, dtype=np.float32)[:, None]
-    pos[:, layout.root] = 0.0
-    return {
-        "subject": subject, "action": action, "activity": action.split(" ")[0], "camera": camera,
-        "pos": pos, "kp": pos[:, :, :2].copy(), "valid": np.ones(n, bool) if valid is None else valid,
-    }
-
-
-def windows_of(seqs, frames, mode="seq2seq", flipped_copies=False):
-    """Test-split arrays in the CONTRACTS schema: seq2seq = non-overlapping centred chunks,
-    edge-padded; seq2frame = one window per frame, target = centre frame."""
-    cols = {k: [] for k in ("keypoints_2d", "positions_3d", "mask", "subject", "action", "activity",
-                            "camera", "start", "sequence_length", "flipped")}
-    for s in seqs:
-        n = len(s["pos"])
-        if mode == "seq2seq":
-            chunks = math.ceil(n / frames)
-            starts = np.arange(chunks) * frames - (chunks * frames - n) // 2
-        else:
-            starts = np.arange(n) - frames // 2
-        for st in starts:
-            raw = st + np.arange(frames)
-            idx = np.clip(raw, 0, n - 1)
-            real = (raw >= 0) & (raw < n) & s["valid"][idx]
-            kp, pos = s["kp"][idx], s["pos"][idx]
-            mask = real.astype(np.float32)
-            if mode == "seq2frame":
-                pos, mask = pos[frames // 2 : frames // 2 + 1], mask[frames // 2 : frames // 2 + 1]
-            for flip in ([False, True] if flipped_copies else [False]):
-                cols["keypoints_2d"].append(kp)
-                cols["positions_3d"].append(pos)
-                cols["mask"].append(mask)
-                for k in ("subject", "action", "activity", "camera"):
-                    cols[k].append(s[k])
-                cols["start"].append(st)
-                cols["sequence_length"].append(n)
-                cols["flipped"].append(flip)
-    out = {k: np.stack(v) if k in ("keypoints_2d", "positions_3d", "mask") else np.array(v) for k, v in cols.items()}
-    out["start"] = out["start"].astype(np.int32)
-    return out
+from tests.helpers import DepthlessLift, eval_sequence, windows_of
 
 
 def expected_h36m(seqs):
@@ -98,15 +31,15 @@ def expected_h36m(seqs):
 def h36m_seqs():
     # Unbalanced activities: Walking has 2 sequences (10 + 7 frames), Eating one of 5 frames.
     return [
-        make_sequence("S9", "Walking 1", "54138969", 10, seed=1),
-        make_sequence("S11", "Walking", "55011271", 7, seed=2),
-        make_sequence("S9", "Eating", "54138969", 5, seed=3),
+        eval_sequence("S9", "Walking 1", "54138969", 10, seed=1),
+        eval_sequence("S11", "Walking", "55011271", 7, seed=2),
+        eval_sequence("S9", "Eating", "54138969", 5, seed=3),
     ]
 
 
 def test_seq2seq_each_real_frame_counted_once_and_action_wise(h36m_seqs):
     test = windows_of(h36m_seqs, frames=4, flipped_copies=True)
-    result = protocols.evaluate_arrays(DepthlessLift(), test, "mem://h36m", H36M17, flip=True, )
+    result = scoring.evaluate_arrays(DepthlessLift(), test, "mem://h36m", H36M17, flip=True, )
     assert result["frames"] == 10 + 7 + 5
     assert result["protocol"].startswith("seq2seq: non-overlapping windows, each real frame counted once")
     model = result["results"]["model"]
@@ -125,7 +58,7 @@ def test_seq2seq_each_real_frame_counted_once_and_action_wise(h36m_seqs):
 
 def test_frames_are_reassembled_per_sequence(h36m_seqs):
     test = windows_of(h36m_seqs, frames=4)
-    frames = protocols.collect_frames(test["positions_3d"].copy(), test, H36M17)
+    frames = scoring.collect_frames(test["positions_3d"].copy(), test, H36M17)
     assert frames.num_frames == 22
     # MPJVE steps: N - 1 per sequence, never across sequences: 9 + 6 + 4.
     assert len(frames.steps()) == 19
@@ -135,7 +68,7 @@ def test_frames_are_reassembled_per_sequence(h36m_seqs):
     # A shifted sequence (its frames far from the others) must not create a cross-sequence step.
     pred = test["positions_3d"].copy()
     pred[test["action"] == "Eating"] += 1.0
-    f2 = protocols.collect_frames(pred, test, H36M17)
+    f2 = scoring.collect_frames(pred, test, H36M17)
     vel = metrics.mpjpe_frames(f2.pred[f2.steps() + 1] - f2.pred[f2.steps()], f2.gt[f2.steps() + 1] - f2.gt[f2.steps()])
     # Only the root moved relative to the zeroed target root: velocity errors stay 0.
     np.testing.assert_allclose(vel, 0.0, atol=1e-4)
@@ -145,13 +78,13 @@ def test_a_frame_counted_twice_is_refused(h36m_seqs):
     test = windows_of(h36m_seqs, frames=4)
     dup = {k: np.concatenate([v, v[:1]]) for k, v in test.items()}
     with pytest.raises(DataError, match="more than once"):
-        protocols.collect_frames(dup["positions_3d"], dup, H36M17)
+        scoring.collect_frames(dup["positions_3d"], dup, H36M17)
 
 
 def test_seq2frame_every_frame_once(h36m_seqs):
     test = windows_of(h36m_seqs, frames=5, mode="seq2frame")
     assert test["positions_3d"].shape[1:] == (1, 17, 3)
-    result = protocols.evaluate_arrays(DepthlessLift(seq2frame=True), test, "mem://h36m", H36M17, )
+    result = scoring.evaluate_arrays(DepthlessLift(seq2frame=True), test, "mem://h36m", H36M17, )
     assert result["mode"] == "seq2frame" and result["frames"] == 22
     _, action_wise, frame_wise = expected_h36m(h36m_seqs)
     model = result["results"]["model"]
@@ -163,15 +96,15 @@ def test_3dhp_pck_auc_per_sequence_valid_frames_only():
     valid = np.ones(8, bool)
     valid[[2, 5]] = False
     seqs = [
-        make_sequence("TS1", "TS1", "0", 8, layout=MPI17, valid=valid, seed=4, step=0.0123),
-        make_sequence("TS2", "TS2", "0", 9, layout=MPI17, seed=5, step=0.0123),
+        eval_sequence("TS1", "TS1", "0", 8, layout=MPI17, valid=valid, seed=4, step=0.0123),
+        eval_sequence("TS2", "TS2", "0", 9, layout=MPI17, seed=5, step=0.0123),
     ]
     test = windows_of(seqs, frames=4)
-    result = protocols.evaluate_arrays(PelvisOffset(), test, "mem://3dhp", MPI17, )
+    result = scoring.evaluate_arrays(PelvisOffset(), test, "mem://3dhp", MPI17, )
     assert result["metrics"] == ["pck", "auc", "mpjpe"]
     # The field's summary is MATLAB's "All": pooled over every valid frame, not the mean of TS1-6.
     assert result["summary_key"] == "frame_wise" and result["frame_wise_label"].startswith("All")
-    assert "All (pooled" in protocols.result_tables(result) and "mean of TS1-TS6" in protocols.result_tables(result)
+    assert "All (pooled" in results.result_tables(result) and "mean of TS1-TS6" in results.result_tables(result)
     model = result["results"]["model"]
     assert model["groups"]["TS1"]["frames"] == 6 and model["frames"] == 15
     # Errors are 12.3 t mm (t = frame; never on a threshold) on all 14 PCK joints (root 14 is not
@@ -201,7 +134,7 @@ class PelvisOffset(DepthlessLift):
 
 
 def test_multiview_views_scored_as_camera_sequences():
-    seqs = [make_sequence("S9", "Walking", c, 6, seed=i) for i, c in enumerate(["c0", "c1"])]
+    seqs = [eval_sequence("S9", "Walking", c, 6, seed=i) for i, c in enumerate(["c0", "c1"])]
     single = windows_of(seqs, frames=3)
     half = len(single["subject"]) // 2
     test = {
@@ -211,7 +144,7 @@ def test_multiview_views_scored_as_camera_sequences():
         **{k: single[k][:half] for k in ("subject", "action", "activity", "start", "sequence_length", "flipped")},
         "camera": np.array(["c0,c1"] * half),
     }
-    result = protocols.evaluate_arrays(DepthlessLift(), test, "mem://mv", H36M17, )
+    result = scoring.evaluate_arrays(DepthlessLift(), test, "mem://mv", H36M17, )
     assert result["frames"] == 12 and "every view" in result["protocol"]
     assert result["results"]["model"]["frame_wise"]["mpjpe"] == pytest.approx(np.mean(10 * np.arange(6) * 16 / 17), rel=1e-5)
 
@@ -224,21 +157,21 @@ def test_mean_pose_baseline(h36m_seqs):
         "positions_3d": np.stack([np.stack([pose_a, pose_b]), np.stack([pose_b, np.full((17, 3), 9.0, np.float32)])]),
         "mask": np.array([[1.0, 1.0], [1.0, 0.0]]),  # the 9.0 pose is padding
     }
-    pred = protocols.baseline_mean_pose(train, test)
+    pred = scoring.baseline_mean_pose(train, test)
     expected_pose = (pose_a + 2 * pose_b) / 3
     assert pred.shape == test["positions_3d"].shape
     np.testing.assert_allclose(pred[0, 0], expected_pose, rtol=1e-6)
-    frames = protocols.collect_frames(np.asarray(pred), test, H36M17)
-    summary = protocols.score_frames(frames, H36M17)
+    frames = scoring.collect_frames(np.asarray(pred), test, H36M17)
+    summary = scoring.score_frames(frames, H36M17)
     gt = np.concatenate([s["pos"] for s in h36m_seqs])
     assert summary["frame_wise"]["mpjpe"] == pytest.approx(metrics.mpjpe(np.broadcast_to(expected_pose, gt.shape), gt), rel=1e-5)
     # evaluate_arrays scores it next to the model with the same protocol.
-    result = protocols.evaluate_arrays(DepthlessLift(), test, "mem://h36m", H36M17, train=train)
+    result = scoring.evaluate_arrays(DepthlessLift(), test, "mem://h36m", H36M17, train=train)
     assert result["results"]["baseline"] == summary
     assert result["results"]["baseline"]["frames"] == result["results"]["model"]["frames"] == 22
-    assert "baseline" in protocols.result_tables(result)
+    assert "baseline" in results.result_tables(result)
     with pytest.raises(DataError, match="no real frame"):
-        protocols.baseline_mean_pose({"positions_3d": train["positions_3d"], "mask": np.zeros((2, 2))}, test)
+        scoring.baseline_mean_pose({"positions_3d": train["positions_3d"], "mask": np.zeros((2, 2))}, test)
 
 
 def _meta(name="mixste", frames=4, joints=17):
@@ -246,25 +179,25 @@ def _meta(name="mixste", frames=4, joints=17):
 
 
 def test_mismatched_checkpoint_is_refused(h36m_seqs):
-    test = protocols.describe_arrays(windows_of(h36m_seqs, frames=4))
+    test = scoring.describe_arrays(windows_of(h36m_seqs, frames=4))
     assert test == {"frames": 4, "joints": 17, "mode": "seq2seq", "multiview": False, "layout": None}
-    protocols.check_compatible(_meta(), test, "ckpt", "ds")  # fits
+    scoring.check_compatible(_meta(), test, "ckpt", "ds")  # fits
     with pytest.raises(CheckpointError, match=r"T=8 frames but the dataset's windows have T=4"):
-        protocols.check_compatible(_meta(frames=8), test, "ckpt", "ds")
+        scoring.check_compatible(_meta(frames=8), test, "ckpt", "ds")
     with pytest.raises(CheckpointError, match="predicts 16 joints"):
-        protocols.check_compatible(_meta(joints=16), test, "ckpt", "ds")
+        scoring.check_compatible(_meta(joints=16), test, "ckpt", "ds")
     with pytest.raises(CheckpointError, match="seq2frame but the dataset's windows are seq2seq"):
-        protocols.check_compatible(_meta(name="poseformer"), test, "ckpt", "ds")
+        scoring.check_compatible(_meta(name="poseformer"), test, "ckpt", "ds")
     with pytest.raises(CheckpointError, match="layout 'h36m' but the dataset is 'mpi_inf_3dhp'"):
-        protocols.check_compatible(_meta(), {**test, "layout": "mpi_inf_3dhp"}, "ckpt", "ds")
+        scoring.check_compatible(_meta(), {**test, "layout": "mpi_inf_3dhp"}, "ckpt", "ds")
     with pytest.raises(CheckpointError, match="not multi-view but the dataset is multi-view"):
-        protocols.check_compatible(_meta(), {**test, "multiview": True}, "ckpt", "ds")
+        scoring.check_compatible(_meta(), {**test, "multiview": True}, "ckpt", "ds")
 
 
 def test_results_files(tmp_path, h36m_seqs):
     test = windows_of(h36m_seqs, frames=4)
-    result = protocols.evaluate_arrays(DepthlessLift(), test, "mem://h36m", H36M17, )
-    protocols.write_results(result, str(tmp_path / "out"))
+    result = scoring.evaluate_arrays(DepthlessLift(), test, "mem://h36m", H36M17, )
+    results.write_results(result, str(tmp_path / "out"))
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     assert data["frames"] == 22 and data["results"]["model"]["groups"]["Eating"]["frames"] == 5
     md = (tmp_path / "out" / "results.md").read_text()
@@ -293,8 +226,8 @@ def _small_experiment(tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 def test_cli_end_to_end_with_real_shards(tmp_path, capsys):
-    shards = pytest.importorskip("preprocessing.shards")
-    readers = pytest.importorskip("preprocessing.readers")
+    shards = pytest.importorskip("preprocessing.keypoints.dataset")
+    readers = pytest.importorskip("preprocessing.keypoints.readers")
     from models.checkpoint import save_checkpoint
     from models.registry import build_model
     from pipelines.cli import main
@@ -303,7 +236,7 @@ def test_cli_end_to_end_with_real_shards(tmp_path, capsys):
     cfg_path = _small_experiment(tmp_path)
     cfg = load_config(str(cfg_path))
     info = shards.prepare_dataset(cfg.data, progress=lambda *_: None)
-    test = readers.load_split_arrays(info.uri, "test")
+    test = readers.load_split_arrays(info, "test")
     real_frames = int((test["mask"][~np.asarray(test["flipped"], bool)] > 0.5).sum())
     torch.manual_seed(0)
     model = build_model(cfg.model, frames=8, joints=17)
@@ -351,7 +284,7 @@ def test_every_registry_model_trains_through_its_loss_and_evaluates(name):
     frames = 5
     torch.manual_seed(0)
     model = build_model(cfg, frames=frames, joints=17)
-    seqs = [make_sequence("S9", "Walking", f"c{v}", 7, seed=v) for v in range(2)]
+    seqs = [eval_sequence("S9", "Walking", f"c{v}", 7, seed=v) for v in range(2)]
     mode = cls.output_mode
     test = windows_of(seqs, frames=frames, mode=mode)
     if cls.multiview:
@@ -369,6 +302,6 @@ def test_every_registry_model_trains_through_its_loss_and_evaluates(name):
     loss.backward()
     assert torch.isfinite(loss) and logs["mpjpe_mm"] > 0
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
-    result = protocols.evaluate_arrays(model, test, "mem://tiny", H36M17, batch_size=4)
+    result = scoring.evaluate_arrays(model, test, "mem://tiny", H36M17, batch_size=4)
     assert result["mode"] == mode and result["frames"] == 14
     assert all(v is not None for v in result["results"]["model"]["frame_wise"].values())

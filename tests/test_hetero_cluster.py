@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.test_train import synthetic_cfg
+from tests.helpers import synthetic_cfg
 
 GPU_LIKE = "gpu_like"
 
@@ -73,7 +73,7 @@ def test_preprocess_train_evaluate_tune_with_a_worker_node_killed(tmp_path, hete
 
     from pipelines.train.driver import evaluate_best, run_training
     from pipelines.tune.driver import tune_experiment
-    from preprocessing.shards import prepare_dataset
+    from preprocessing.keypoints.dataset import prepare_dataset
 
     cluster, workers = hetero_cluster
     times: dict[str, float] = {}
@@ -92,11 +92,11 @@ def test_preprocess_train_evaluate_tune_with_a_worker_node_killed(tmp_path, hete
     t0 = time.perf_counter()
     out = run_training(cfg, progress=lambda m: None)
     stage("train (2 epochs)", t0)
-    assert out.dataset_uri == info.uri and out.best_checkpoint is not None
+    assert out.dataset == info.uri and out.best_checkpoint is not None
 
     lines: list[str] = []
     t0 = time.perf_counter()
-    evaluation = evaluate_best(cfg, out.best_checkpoint, out.dataset_uri, "h36m", out.run_uri, lines.append)
+    evaluation = evaluate_best(cfg, out.best_checkpoint, out.dataset, "h36m", out.run_uri, lines.append)
     stage("evaluate", t0)
     assert evaluation["frames"] > 0 and {"model", "baseline"} <= set(evaluation["results"])
     assert any("Ray Data batch inference on 1 actor(s)" in l and GPU_LIKE in l for l in lines), lines

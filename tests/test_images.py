@@ -11,23 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from preprocessing.config import DataConfig, ImagesConfig, SourceConfig, SyntheticConfig
-from preprocessing.crops import check_box, flip_crops, keypoint_box, to_crop, to_full
+from preprocessing.config import DataConfig, ImagesConfig, SourceConfig
+from preprocessing.images.crops import check_box, flip_crops, keypoint_box, to_crop, to_full
 from preprocessing.errors import DataError
-from preprocessing.image_shards import ImageJob, image_dataset_id, piece_rows, rows_table
-from preprocessing.image_sources import load_image_sequences, write_synthetic_videos
-from preprocessing.render import BONE_COLOURS, Background, Occluder, PixelGrid, draw_skeleton, render_frame
+from preprocessing.images.dataset import ImageJob, image_dataset_id, piece_rows, rows_table
+from preprocessing.images.sources import load_image_sequences, write_synthetic_videos
+from preprocessing.images.render import BONE_COLOURS, Background, Occluder, PixelGrid, draw_skeleton, render_frame
 from preprocessing.schema import ConfigError, parse_dataclass
 from preprocessing.skeleton import H36M17
-from preprocessing.storage import open_location
-from preprocessing.synthetic import ensure_synthetic
-
-
-def synthetic_data(tmp: Path, frames: int = 6, **images) -> DataConfig:
-    cfg = SyntheticConfig(subjects=["S1", "S9"], actions_per_subject=1, frames_per_action=frames,
-                          out_dir=str(tmp / "synthetic"))
-    return DataConfig(source=SourceConfig(kind="synthetic_images", synthetic=cfg),
-                      images=ImagesConfig(size=32, frames=4, **images), root=str(tmp / "datasets"))
+from preprocessing.sources.synthetic import ensure_synthetic
+from tests.helpers import synthetic_data
 
 
 def video_data(tmp: Path, kind: str, root: Path, **images) -> DataConfig:
@@ -40,8 +33,8 @@ def video_data(tmp: Path, kind: str, root: Path, **images) -> DataConfig:
     return DataConfig(source=source, images=ImagesConfig(size=32, frames=4, **images), root=str(tmp / "datasets"))
 
 
-def job_of(data: DataConfig, tmp: Path) -> ImageJob:
-    return ImageJob(data.source.kind, data.images, 0, open_location(str(tmp / "staging")))
+def job_of(data: DataConfig) -> ImageJob:
+    return ImageJob(data.source.kind, data.images, 0)
 
 
 # ----------------------------------------------------------------------------- crops and config
@@ -166,7 +159,7 @@ def test_synthetic_crops_carry_labels_and_boxes(tmp_path):
     src = load_image_sequences(data)
     assert src.cameras == ["54138969", "55011271", "58860488", "60457274"]
     seq = src.sequences[0]
-    rows = piece_rows(seq, 0, 2, job_of(data, tmp_path))  # 6 frames -> windows of 4: the second is padded
+    rows = piece_rows(seq, 0, 2, job_of(data))  # 6 frames -> windows of 4: the second is padded
     assert rows["keypoints"].shape == (2, 4, 4, 17, 2)
     np.testing.assert_array_equal(rows["mask"], [[1, 1, 1, 1], [1, 1, 0, 0]])
     assert rows["images"][1][2 * 4:] == [b""] * 8  # padded frames store no image
@@ -190,7 +183,7 @@ def test_video_source_decodes_real_mp4_files(videos, tmp_path):
     data = video_data(tmp, "h36m_video", root)
     src = load_image_sequences(data)
     assert [s.subject for s in src.sequences] == ["S1", "S9"]
-    rows = piece_rows(src.sequences[0], 0, 1, job_of(data, tmp_path))
+    rows = piece_rows(src.sequences[0], 0, 1, job_of(data))
     # boxes are in decoded-video pixels (100x100 for 1000x1000 cameras): labels were rescaled
     full = to_full(rows["keypoints"][0], rows["boxes"][0], 32)
     np.testing.assert_allclose(full[..., 0], src.sequences[0].keypoints[:4, ..., 0] * 0.1, atol=1e-3)
@@ -218,7 +211,7 @@ def test_undecodable_and_short_videos_name_the_file_and_frame(videos, tmp_path):
     bad.write_bytes(b"\x00not a video" * 100)
     with pytest.raises(DataError, match=r"Walking 1\.55011271\.mp4: cannot open video"):
         load_image_sequences(video_data(tmp, "h36m_video", copy))
-    from preprocessing.render import write_video
+    from preprocessing.images.render import write_video
 
     short = [np.zeros((100, 100, 3), np.uint8)] * 3  # 3 frames; the labels have 6
     write_video(bad, short, 50.0)
@@ -231,8 +224,8 @@ def test_a_window_late_in_a_video_is_decoded_by_seeking_with_the_same_pixels(tmp
     of frames) and index frames by timestamp: the pixels equal a sequential decode from frame 0."""
     import av
 
-    from preprocessing.image_sources import _decode_from, _video_frames
-    from preprocessing.render import write_video
+    from preprocessing.images.sources import decode_from, video_frames
+    from preprocessing.images.render import write_video
 
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(300)]  # keyframes at 0 and later
@@ -243,20 +236,20 @@ def test_a_window_late_in_a_video_is_decoded_by_seeking_with_the_same_pixels(tmp
         sequential = [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
     assert len(sequential) == 300 and len(keyframes) > 1, keyframes
     with av.open(path) as c:
-        first, _ = next(_decode_from(c, c.streams.video[0], 290))
+        first, _ = next(decode_from(c, c.streams.video[0], 290))
     assert 0 < first <= 290  # it seeked: decoding started at a later keyframe, not at frame 0
     for start, stop in ((290, 300), (keyframes[1] - 1, keyframes[1] + 2), (0, 3), (5, 9)):
-        got = list(_video_frames(path, start, stop))
+        got = list(video_frames(path, start, stop))
         assert len(got) == stop - start and all((g == w).all() for g, w in zip(got, sequential[start:stop]))
     with pytest.raises(DataError, match=r"long\.mp4: frames out of sync: the video ends after 300 frames"):
-        list(_video_frames(path, 295, 302))
+        list(video_frames(path, 295, 302))
 
 
 def test_frame_folders_out_of_sync_name_the_frame(tmp_path):
     root = tmp_path / "frames"
     write_synthetic_videos(synthetic_data(tmp_path), str(root), scale=0.1, frames_dir=True)
     data = video_data(tmp_path, "frames", root)
-    rows = piece_rows(load_image_sequences(data).sequences[0], 0, 1, job_of(data, tmp_path))
+    rows = piece_rows(load_image_sequences(data).sequences[0], 0, 1, job_of(data))
     assert len(rows["images"][0]) == 16
     (root / "S1" / "Walking 1.60457274" / "000002.png").unlink()
     with pytest.raises(DataError, match=r"Walking 1\.60457274: frames out of sync: frame 2 is missing"):
@@ -264,11 +257,11 @@ def test_frame_folders_out_of_sync_name_the_frame(tmp_path):
 
 
 def test_corrupt_image_in_a_shard_names_the_frame(tmp_path):
-    from preprocessing.image_readers import decode_rows
+    from preprocessing.images.readers import decode_rows
 
     data = synthetic_data(tmp_path)
     seq = load_image_sequences(data).sequences[0]
-    rows = piece_rows(seq, 0, 1, job_of(data, tmp_path))
+    rows = piece_rows(seq, 0, 1, job_of(data))
     perm = H36M17.flip_permutation()
     ok = decode_rows(rows_table([rows]), 32, 4, False, 0, perm, "shard.parquet")
     assert ok["images"].shape == (1, 4, 4, 3, 32, 32) and 0 <= ok["images"].min() and ok["images"].max() <= 1
@@ -282,9 +275,9 @@ def test_corrupt_image_in_a_shard_names_the_frame(tmp_path):
 
 @pytest.mark.slow
 def test_image_shards_reproducible_cached_readable_and_failures_publish_nothing(tmp_path, ray_local):
-    from preprocessing.image_readers import load_image_split, open_image_split
-    from preprocessing.image_shards import build_image_dataset
-    from preprocessing.readers import read_manifest
+    from preprocessing.images.readers import load_image_split, open_image_split
+    from preprocessing.images.dataset import build_image_dataset
+    from preprocessing.store.dataset import Dataset
 
     data = synthetic_data(tmp_path, frames=10, windows_per_shard=2, windows_per_group=1)
     quiet = lambda _: None  # noqa: E731
@@ -294,16 +287,16 @@ def test_image_shards_reproducible_cached_readable_and_failures_publish_nothing(
     assert first.id == second.id and not second.cached
     assert [s["sha256"] for s in first.manifest["shards"]] == [s["sha256"] for s in second.manifest["shards"]]
     assert build_image_dataset(data, quiet).cached
-    m = read_manifest(first.uri)
+    m = Dataset.open(first.uri).manifest
     assert m["images"] == 2 * 10 * 4 and m["splits"]["train"]["windows"] == 3  # ceil(10 / 4)
     assert m["bytes_per_image"] > 0
 
-    batches = list(open_image_split(first.uri, "train", seed=3).iter_torch_batches(batch_size=2))
+    batches = list(open_image_split(first, "train", seed=3).iter_torch_batches(batch_size=2))
     assert tuple(batches[0]["images"].shape) == (2, 4, 4, 3, 32, 32)
     assert tuple(batches[0]["keypoints"].shape) == (2, 4, 4, 17, 2)
     assert tuple(batches[0]["boxes"].shape) == (2, 4, 4, 4)
-    plain = load_image_split(first.uri, "train")
-    draws = [load_image_split(first.uri, "train", flip=True, seed=s) for s in range(4)]
+    plain = load_image_split(first, "train")
+    draws = [load_image_split(first, "train", flip=True, seed=s) for s in range(4)]
     flipped = next(d for d in draws if d["flipped"].any())  # P(no flip in 4 x 3 windows) = 2^-12
     f = flipped["flipped"]
     np.testing.assert_allclose(flipped["images"][f], plain["images"][f][..., ::-1])
@@ -327,9 +320,9 @@ def test_any_videopose3d_dataset_renders_through_its_cameras(cmu_dev, tmp_path):
     data = DataConfig(source=source, images=ImagesConfig(size=32, frames=2))
     src = load_image_sequences(data)
     seq = src.sequences[0]
-    rows = piece_rows(seq, 0, 1, job_of(data, tmp_path))
+    rows = piece_rows(seq, 0, 1, job_of(data))
     np.testing.assert_allclose(to_full(rows["keypoints"][0], rows["boxes"][0], 32), seq.keypoints[:2], atol=1e-2)
-    from preprocessing.crops import decode_image
+    from preprocessing.images.crops import decode_image
 
     image = decode_image(rows["images"][0][0], 32, "cmu")
     assert image.std() > 10  # a person on a textured background, not an empty frame

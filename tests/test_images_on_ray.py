@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_images import synthetic_data
-from tests.test_two_stage import TINY_MPSTR
+from tests.helpers import synthetic_data
+from tests.helpers import TINY_MPSTR
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def image_run(tmp_path_factory, ray_local):
     """A tiny image dataset and an untrained (seeded) mpstr checkpoint for it."""
     from models.checkpoint import save_checkpoint
     from models.registry import build_model, parse_model_config
-    from preprocessing.image_shards import build_image_dataset
+    from preprocessing.images.dataset import build_image_dataset
 
     tmp = tmp_path_factory.mktemp("images_on_ray")
     info = build_image_dataset(synthetic_data(tmp, frames=10, windows_per_shard=2, windows_per_group=1),
@@ -26,15 +26,15 @@ def image_run(tmp_path_factory, ray_local):
     model = build_model(parse_model_config(dict(TINY_MPSTR), "model"), frames=4, joints=17).eval()
     meta = {"model": dict(TINY_MPSTR), "frames": 4, "joints": 17, "layout": "h36m", "epoch": 3,
             "dataset_id": info.id, "metrics": {}}
-    return info.uri, save_checkpoint(tmp / "ckpt", model.state_dict(), meta), model
+    return info, save_checkpoint(tmp / "ckpt", model.state_dict(), meta), model
 
 
-def _direct(model, uri: str, split: str) -> dict[str, np.ndarray]:
+def _direct(model, dataset, split: str) -> dict[str, np.ndarray]:
     """The reference: the model run in this process over every row group of the split."""
-    from preprocessing.image_readers import iter_image_groups
+    from preprocessing.images.readers import iter_image_groups
 
     parts = []
-    for arrays in iter_image_groups(uri, split):
+    for arrays in iter_image_groups(dataset, split):
         with torch.no_grad():
             arrays["pred"] = model(torch.from_numpy(arrays.pop("images"))).numpy()
         arrays.pop("flipped")
@@ -45,13 +45,13 @@ def _direct(model, uri: str, split: str) -> dict[str, np.ndarray]:
 def test_2d_evaluation_on_ray_matches_the_model_run_directly(image_run):
     from pipelines.evaluate.batch import Placement
     from pipelines.evaluate.images2d import evaluate_image_checkpoint, score_predictions
-    from preprocessing.storage import open_location
+    from preprocessing.store.storage import open_location
 
-    uri, ckpt, model = image_run
-    expected = score_predictions(_direct(model, uri, "test"), 32)
+    dataset, ckpt, model = image_run
+    expected = score_predictions(_direct(model, dataset, "test"), 32)
     lines: list[str] = []
     for source, ship in ((str(ckpt), True), (open_location(str(ckpt)), False)):  # shipped, or read by workers
-        result = evaluate_image_checkpoint(source, uri, Placement(cpus=1), batch_size=2, ship=ship,
+        result = evaluate_image_checkpoint(source, dataset, Placement(cpus=1), batch_size=2, ship=ship,
                                            progress=lines.append)
         (entry,) = result["models"].values()
         assert entry["epoch"] == 3 and set(entry["results"]) == set(expected)
@@ -65,15 +65,15 @@ def test_predict2d_on_ray_matches_the_model_run_directly(image_run, tmp_path):
     from pipelines.evaluate.batch import Placement
     from pipelines.evaluate.predict2d import collect_full_image, positions_2d, predict_2d_file
 
-    uri, ckpt, model = image_run
+    dataset, ckpt, model = image_run
     tables: dict = {}
     for split in ("train", "test"):
-        collect_full_image(_direct(model, uri, split), 32, 4, tables)
-    from preprocessing.image_readers import _image_manifest
+        collect_full_image(_direct(model, dataset, split), 32, 4, tables)
+    from preprocessing.store.dataset import Dataset
 
-    expected = positions_2d(tables, list(_image_manifest(uri)["cameras"]))
+    expected = positions_2d(tables, list(dataset.manifest["cameras"]))
     out = tmp_path / "pred.npz"
-    meta = predict_2d_file(str(ckpt), uri, str(out), Placement(cpus=1), batch_size=3, progress=lambda m: None)
+    meta = predict_2d_file(str(ckpt), dataset, str(out), Placement(cpus=1), batch_size=3, progress=lambda m: None)
     with np.load(out, allow_pickle=True) as z:
         got = z["positions_2d"].item()
     assert meta["frames"] == 2 * 10 * 4 and set(got) == set(expected)
@@ -89,24 +89,24 @@ def test_an_image_checkpoint_of_the_wrong_window_length_is_refused_before_infere
     from pipelines.evaluate.batch import Placement
     from pipelines.evaluate.images2d import evaluate_image_checkpoint
 
-    uri = image_run[0]
+    dataset = image_run[0]
     f8 = build_model(parse_model_config(dict(TINY_MPSTR), "model"), frames=8, joints=17)
     bad = save_checkpoint(tmp_path / "f8", f8.state_dict(),
                           {"model": dict(TINY_MPSTR), "frames": 8, "joints": 17, "layout": "h36m", "epoch": 0})
     for ship in (True, False):
         with pytest.raises(CheckpointError, match=r"f=8 frames, dataset .* has f=4"):
-            evaluate_image_checkpoint(str(bad), uri, Placement(), ship=ship, progress=lambda m: None)
+            evaluate_image_checkpoint(str(bad), dataset, Placement(), ship=ship, progress=lambda m: None)
 
 
 def test_evaluation_after_training_runs_on_the_training_workers_resources(image_run, tmp_path):
     from pipelines.config import config_from_dict
     from pipelines.evaluate.images2d import evaluate_image_best
-    from tests.test_two_stage import image_raw
+    from tests.helpers import image_raw
 
-    uri, ckpt, _ = image_run
+    dataset, ckpt, _ = image_run
     cfg = config_from_dict(image_raw(tmp_path, num_workers=1, cpus_per_worker=0.5))
     lines: list[str] = []
-    result = evaluate_image_best(cfg, str(ckpt), uri, str(tmp_path / "run"), lines.append)
+    result = evaluate_image_best(cfg, str(ckpt), dataset, str(tmp_path / "run"), lines.append)
     assert "2D evaluation: Ray Data batch inference on CPU tasks of 0.5 CPU(s)" in lines
     assert (tmp_path / "run" / "eval" / "results.md").is_file()
     assert next(iter(result["models"].values()))["results"]["overall"]["images"] == 10 * 4

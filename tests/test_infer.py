@@ -14,7 +14,7 @@ from pipelines.cli import main
 from pipelines.evaluate.infer import lift_sequence, load_inference_output
 from pipelines.evaluate.windows import plan_windows
 from preprocessing.errors import DataError
-from preprocessing.keypoint_formats import coco_to_h36m, load_keypoints, normalize_screen, screen_to_pixels
+from preprocessing.sources.keypoint_formats import coco_to_h36m, load_keypoints, normalize_screen, screen_to_pixels
 from preprocessing.skeleton import H36M17
 
 TINY_MIXSTE = {"name": "mixste", "dim": 32, "depth": 2, "heads": 4, "drop_path_rate": 0.0}

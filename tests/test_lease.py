@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from preprocessing import lease
+from preprocessing.store import lease
 from preprocessing.errors import DataError
-from preprocessing.manifest import verify_dataset
-from preprocessing.shards import OWNER_NAME, _clean_leftovers
-from preprocessing.storage import open_location
+from preprocessing.store.manifest import verify_dataset
+from preprocessing.store.writer import OWNER_NAME, clean_leftovers
+from preprocessing.store.storage import open_location
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -107,7 +107,7 @@ def test_staging_leftovers_are_removed_only_when_their_owner_is_gone(tmp_path):
         _write_record(tmp_path / f".staging-abc-{name}" / OWNER_NAME, owner)
     (tmp_path / ".staging-abc-norecord").mkdir()
     messages: list[str] = []
-    _clean_leftovers(root, root.child("abc"), "abc", messages.append)
+    clean_leftovers(root, root.child("abc"), "abc", messages.append)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".staging-abc-foreign-live", ".staging-abc-live"]
     assert any("keeping" in m and "pid" in m for m in messages)
 
@@ -117,9 +117,10 @@ RUN_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     from preprocessing.config import DataConfig, WindowConfig
     from preprocessing.errors import DataError
-    from preprocessing.shards import build_dataset, hash_files
+    from preprocessing.keypoints.dataset import build_dataset
+from preprocessing.store.writer import hash_files
     from preprocessing.skeleton import H36M17
-    from tests.test_windows import make_sequence
+    from tests.helpers import make_sequence
     seqs = [make_sequence(3000, subject=f"S{{i}}", seed=i) for i in range(1, 9)]
     data = DataConfig(windows=WindowConfig(frames=81), root={root!r}, rows_per_shard=8, rows_per_group=4)
     try:
@@ -169,10 +170,10 @@ def test_an_image_dataset_build_takes_the_lease_and_keeps_a_live_runs_staging(tm
     finds the id's lease held by a live run is refused before doing any work, and leaves that run's
     staging directory alone (it used to take no lease, and its `_STAGING` marker was no owner
     record, so each run's cleanup could delete the other's staging)."""
-    from preprocessing.image_shards import build_image_dataset, image_dataset_id
-    from preprocessing.image_sources import load_image_sequences
-    from preprocessing.shards import LOCK_PREFIX, hash_files
-    from tests.test_images import synthetic_data
+    from preprocessing.images.dataset import build_image_dataset, image_dataset_id
+    from preprocessing.images.sources import load_image_sequences
+    from preprocessing.store.writer import LOCK_PREFIX, hash_files
+    from tests.helpers import synthetic_data
 
     data = synthetic_data(tmp_path)
     src = load_image_sequences(data)

@@ -14,6 +14,7 @@ import torch
 from models.layers import DropPath
 from models.registry import MODELS, build_model, config_class, count_parameters, parse_model_config
 from preprocessing.schema import ConfigError
+from tests.helpers import assert_gradients_reach_every_parameter
 
 # Small configs: fast on a shared 2-core CPU, still every component of the model.
 TINY: dict[str, dict] = {
@@ -88,14 +89,6 @@ def test_gradients_reach_every_parameter(name):
     model = tiny(name, 9, 17).train()
     model(inputs(model, 2, 9, 17)).square().mean().backward()
     assert_gradients_reach_every_parameter(model, name)
-
-
-def assert_gradients_reach_every_parameter(model: torch.nn.Module, what: str) -> None:
-    """After a backward pass: every parameter has a finite, non-zero gradient."""
-    for key, p in model.named_parameters():
-        assert p.grad is not None, f"{what}: no gradient reaches {key}"
-        assert torch.isfinite(p.grad).all(), f"{what}: non-finite gradient at {key}"
-        assert p.grad.abs().sum() > 0, f"{what}: zero gradient at {key}"
 
 
 @pytest.mark.parametrize("name", NAMES)

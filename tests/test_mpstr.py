@@ -25,7 +25,7 @@ from models.losses import build_loss, forward_for_loss
 from models.mpstr import MPSTRConfig
 from models.registry import IMAGE_MODELS, MODELS, build_model, count_parameters, parse_model_config
 from preprocessing.schema import ConfigError
-from tests.test_models import assert_gradients_reach_every_parameter
+from tests.helpers import assert_gradients_reach_every_parameter
 
 # Tensors SwinPose holds but never uses in its forward pass (README "What runs").
 UNUSED = ["backbone.head.bias", "backbone.head.weight", "keypoint_head.Temporal_pos_embed",

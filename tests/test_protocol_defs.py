@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from pipelines.config import config_from_dict
-from pipelines.evaluate import protocol_defs, protocols
+from pipelines.evaluate import protocol_defs, results, scoring
 from preprocessing.errors import DataError
 from preprocessing.schema import ConfigError
 from preprocessing.skeleton import H36M17, MPI17
-from tests.test_evaluate import DepthlessLift, make_sequence, windows_of
+from tests.helpers import DepthlessLift, eval_sequence, windows_of
 
 
 def test_mixste_windows_start_at_zero_and_end_flush():
@@ -25,7 +24,7 @@ SEQS = [("S9", "Walking 1", "54138969", 10, 1), ("S11", "Walking", "55011271", 7
 
 
 def _seqs():
-    return [make_sequence(s, a, c, n, seed=k) for s, a, c, n, k in SEQS]
+    return [eval_sequence(s, a, c, n, seed=k) for s, a, c, n, k in SEQS]
 
 
 def test_mixste_protocol_counts_overlaps_as_the_code_does():
@@ -46,20 +45,20 @@ def test_mixste_protocol_counts_overlaps_as_the_code_does():
     expected = (walking[0] * 12 + walking[1] * 8) / 20
     assert summary["groups"]["Walking"]["mpjve"] == pytest.approx(expected, rel=1e-5)
     # raylift's protocol on the same split counts each real frame once: a different number
-    raylift = protocols.evaluate_arrays(DepthlessLift(), test, "mem://h", H36M17, flip=True)
+    raylift = scoring.evaluate_arrays(DepthlessLift(), test, "mem://h", H36M17, flip=True)
     assert raylift["results"]["model"]["groups"]["Walking"]["frames"] == 17
-    result = protocols.evaluate_arrays(DepthlessLift(), test, "mem://h", H36M17, flip=True, protocol="mixste",
+    result = scoring.evaluate_arrays(DepthlessLift(), test, "mem://h", H36M17, flip=True, protocol="mixste",
                                        labels={"checkpoint": "last epoch"})
     assert result["protocol_spec"]["name"] == "mixste" and result["protocol_spec"]["checkpoint"] == "last epoch"
     assert "counts twice" in result["protocol_spec"]["frames_counted"]
-    assert "mixste" in protocols.results_markdown(result)
+    assert "mixste" in results.results_markdown(result)
 
 
 def test_videopose3d_seq2frame_weights_sequence_mpjve_by_frames():
     test = windows_of(_seqs(), frames=3, mode="seq2frame")
     summary = protocol_defs.evaluate_protocol(DepthlessLift(seq2frame=True), test, H36M17,
                                               "videopose3d_seq2frame", frames=3)
-    raylift = protocols.evaluate_arrays(DepthlessLift(seq2frame=True), test, "mem://h", H36M17)["results"]["model"]
+    raylift = scoring.evaluate_arrays(DepthlessLift(seq2frame=True), test, "mem://h", H36M17)["results"]["model"]
     assert summary["group_mean"]["mpjpe"] == pytest.approx(raylift["group_mean"]["mpjpe"], rel=1e-6)
     assert summary["groups"]["Walking"]["frames"] == 17
     # every step errs 10*16/17 mm, so each sequence's mean is that, whatever the weights
@@ -71,6 +70,6 @@ def test_protocol_choice_is_validated():
         config_from_dict({"model": {"name": "mixste"}, "eval": {"protocol": "videopose3d_seq2frame"}})
     with pytest.raises(ConfigError, match="protocol"):
         config_from_dict({"model": {"name": "mixste"}, "eval": {"protocol": "h36m"}})
-    seqs = [make_sequence("TS1", "TS1", "0", 6, layout=MPI17)]
+    seqs = [eval_sequence("TS1", "TS1", "0", 6, layout=MPI17)]
     with pytest.raises(DataError, match="MPI-INF-3DHP uses 'raylift'"):
         protocol_defs.evaluate_protocol(DepthlessLift(), windows_of(seqs, 3), MPI17, "mixste", frames=3)

@@ -1,6 +1,6 @@
 """Oracle tests of every evaluation protocol, for every shape a model's output takes.
 
-The test splits are real raylift datasets (preprocessing/shards.py, read back by the evaluation's
+The test splits are real raylift datasets (preprocessing/keypoints/dataset.py, read back by the evaluation's
 own readers) of sequences whose 2D is the exact pinhole projection of their 3D through the
 sequence's camera. The oracle models look the ground truth up from the 2D they are given (flipped
 2D maps to the flipped pose), so they are exact at every window frame, padding included:
@@ -28,13 +28,14 @@ import torch
 from torch import nn
 
 from models.fusionformer import back_project
-from pipelines.evaluate import protocols
+from pipelines.evaluate import scoring
 from preprocessing.config import DataConfig, WindowConfig
-from preprocessing.readers import load_split_arrays
+from preprocessing.keypoints.readers import load_split_arrays
 from preprocessing.sequences import Sequence
-from preprocessing.shards import build_dataset, hash_files
+from preprocessing.keypoints.dataset import build_dataset
+from preprocessing.store.writer import hash_files
 from preprocessing.skeleton import H36M17, MPI17, Skeleton
-from preprocessing.windows import flip_keypoints_2d, flip_positions_3d
+from preprocessing.keypoints.windows import flip_keypoints_2d, flip_positions_3d
 
 FRAMES = 9
 OFFSET = 0.012  # metres, along the camera's depth axis, on every joint
@@ -167,8 +168,8 @@ def splits(tmp_path_factory, ray_local):
             data = DataConfig(windows=WindowConfig(mode=mode, frames=FRAMES), root=str(tmp / "ds"),
                               rows_per_shard=16, rows_per_group=4)
             info = build_dataset(data, seqs, skeleton, _files(tmp, f"{skeleton.name}-{mode}"), progress=lambda m: None)
-            out[(skeleton.name, mode)] = (load_split_arrays(info.uri, "test", columns=list(protocols.TEST_COLUMNS)),
-                                          load_split_arrays(info.uri, "train", columns=["positions_3d", "mask"]))
+            out[(skeleton.name, mode)] = (load_split_arrays(info, "test", columns=list(scoring.TEST_COLUMNS)),
+                                          load_split_arrays(info, "train", columns=["positions_3d", "mask"]))
     return out, lookups
 
 
@@ -177,7 +178,7 @@ def _score(splits, layout: str, protocol: str, shape: str, offset: float, flip: 
     skeleton = {H36M17.name: H36M17, MPI17.name: MPI17}[layout]
     model = SHAPES[shape](lookups[layout], offset)
     test, train = arrays[(layout, model.output_mode)]
-    return protocols.evaluate_arrays(model, test, f"mem://{layout}", skeleton, flip=flip, batch_size=16,
+    return scoring.evaluate_arrays(model, test, f"mem://{layout}", skeleton, flip=flip, batch_size=16,
                                      device="cpu", train=train, protocol=protocol)
 
 

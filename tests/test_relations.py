@@ -1,6 +1,6 @@
 """The image-relations module measurably helps under occlusion (issue: MPSTR, Table I's claim).
 
-Real renders (preprocessing/render.py) with an occluding object on half the images, two training
+Real renders (preprocessing/images/render.py) with an occluding object on half the images, two training
 subjects (S1, S5) and the held-out S9; the full model and `baseline: true` train from the same
 seed, data order and steps with the model's own loss, then are scored on every S9 image. The
 recipe the README reports at 48 px over Ray Train is `configs/mpstr_synthetic.yaml`; this is its
@@ -18,9 +18,9 @@ from models.losses import build_loss, forward_for_loss
 from models.mpstr import MPSTRConfig
 from models.registry import build_model
 from preprocessing.config import DataConfig, ImagesConfig, SourceConfig, SyntheticConfig
-from preprocessing.image_readers import decode_rows
-from preprocessing.image_shards import ImageJob, piece_rows, rows_table
-from preprocessing.image_sources import load_image_sequences
+from preprocessing.images.readers import decode_rows
+from preprocessing.images.dataset import ImageJob, piece_rows, rows_table
+from preprocessing.images.sources import load_image_sequences
 
 SIZE, FRAMES, VIEWS = 32, 8, 4
 

@@ -10,10 +10,12 @@ from pipelines.train.driver import SELECTION_LABELS, validation_split
 from preprocessing.config import SourceConfig
 from preprocessing.errors import DataError
 from preprocessing.schema import ConfigError
-from preprocessing.shards import config_for_id
+from preprocessing.keypoints.dataset import config_for_id
 from preprocessing.config import DataConfig
 from preprocessing.sources import load_sequences
-from preprocessing.windows import window_starts
+from preprocessing.keypoints.windows import window_starts
+from preprocessing.store.dataset import Dataset
+from preprocessing.store.storage import open_location
 
 
 def _cmu(cmu_dev, **kw) -> SourceConfig:
@@ -47,8 +49,9 @@ def test_select_picks_the_validation_split_and_labels_it():
     base = {"model": {"name": "mixste"}}
     with pytest.raises(ConfigError, match="train.select=val needs a validation split"):
         config_from_dict({**base, "train": {"select": "val"}})
-    with_val = {"splits": {"train": {"windows": 5}, "val": {"windows": 3}, "test": {"windows": 4}}, "id": "d"}
-    without = {"splits": {"train": {"windows": 5}, "test": {"windows": 4}}, "id": "d"}
+    where = open_location("data/datasets/d")
+    with_val = Dataset(where, {"splits": {"train": {"windows": 5}, "val": {"windows": 3}, "test": {"windows": 4}}, "id": "d"})
+    without = Dataset(where, {"splits": {"train": {"windows": 5}, "test": {"windows": 4}}, "id": "d"})
     val_cfg = config_from_dict({**base, "data": {"source": {"val_subjects": ["S8"]}}, "train": {"select": "val"}})
     assert validation_split(val_cfg, with_val) == "val"
     with pytest.raises(DataError, match="has no validation split"):

@@ -12,8 +12,8 @@ import yaml
 from pipelines.cli import main as cli_main
 from pipelines.train.data import iter_val_batches
 from preprocessing.errors import DataError
-from preprocessing.readers import iter_torch_batches, load_split_arrays, open_split
-from tests.test_train import synthetic_cfg
+from preprocessing.keypoints.readers import iter_torch_batches, load_split_arrays, open_split
+from tests.helpers import synthetic_cfg
 
 
 def _silently_damage(shard: Path) -> None:
@@ -40,12 +40,12 @@ def test_damaged_shard_is_refused_by_every_reader_and_by_train(tmp_path, ray_loc
     cfg = synthetic_cfg(tmp_path, epochs=1)
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg.to_dict()))
-    from preprocessing.shards import prepare_dataset
+    from preprocessing.keypoints.dataset import prepare_dataset
 
-    uri = prepare_dataset(cfg.data, progress=lambda m: None).uri
-    before = load_split_arrays(uri, "train")
-    train_shard = Path(uri) / "train" / "part-00000.parquet"
-    test_shard = Path(uri) / "test" / "part-00000.parquet"
+    dataset = prepare_dataset(cfg.data, progress=lambda m: None)
+    before = load_split_arrays(dataset, "train")
+    train_shard = Path(dataset.uri) / "train" / "part-00000.parquet"
+    test_shard = Path(dataset.uri) / "test" / "part-00000.parquet"
     _silently_damage(train_shard)
     _silently_damage(test_shard)
     assert not np.array_equal(pq.read_table(train_shard).column("positions_3d").combine_chunks().to_numpy_ndarray(),
@@ -53,12 +53,12 @@ def test_damaged_shard_is_refused_by_every_reader_and_by_train(tmp_path, ray_loc
 
     # Whole shards are hashed; streaming readers check each page they decode against its CRC-32.
     with pytest.raises(DataError, match=rf"{train_shard}: sha256 .* differs from the manifest's .*raylift data verify"):
-        load_split_arrays(uri, "train")
+        load_split_arrays(dataset, "train")
     damaged = r"damaged bytes \(a page checksum differs.*raylift data verify"
     with pytest.raises(DataError, match=rf"{train_shard}: {damaged}"):
-        list(iter_torch_batches(open_split(uri, "train"), 8))
+        list(iter_torch_batches(open_split(dataset, "train"), 8))
     with pytest.raises(DataError, match=rf"{test_shard}: {damaged}"):
-        list(iter_val_batches(uri, "test", 8))
+        list(iter_val_batches(dataset, "test", 8))
 
     capsys.readouterr()
     assert cli_main(["train", "--config", str(cfg_file)]) == 2

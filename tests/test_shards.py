@@ -18,42 +18,19 @@ import pytest
 from pipelines.cli import main as cli_main
 from preprocessing.config import DataConfig, SourceConfig, WindowConfig
 from preprocessing.errors import DataError
-from preprocessing.manifest import list_datasets, verify_dataset
-from preprocessing.readers import (
-    RowGroup, batch_rows, iter_torch_batches, load_split_arrays, open_split, plan_read_tasks, read_manifest,
-)
-from preprocessing.shards import build_dataset, compute_id, hash_files, prepare_dataset
+from preprocessing.store.manifest import list_datasets, verify_dataset
+from preprocessing.keypoints.readers import iter_torch_batches, load_split_arrays, open_split
+from preprocessing.store.dataset import Dataset
+from preprocessing.store.parquet import RowGroup, batch_rows, plan_read_tasks
+from preprocessing.keypoints.dataset import build_dataset, compute_id, prepare_dataset
+from preprocessing.store.writer import hash_files
 from preprocessing.skeleton import H36M17
-from preprocessing.storage import open_location
-from preprocessing.windows import flip_intrinsics, flip_keypoints_2d, flip_positions_3d
-from tests.test_windows import make_sequence
+from preprocessing.store.storage import open_location
+from preprocessing.keypoints.windows import flip_intrinsics, flip_keypoints_2d, flip_positions_3d
+from tests.helpers import make_sequence
+from tests.helpers import sequences, shard_config, source_files
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def sequences():
-    """Two training subjects x 2 cameras, one test subject with invalid frames; odd lengths."""
-    valid = np.ones(45, bool)
-    valid[[3, 20, 44]] = False
-    return [
-        make_sequence(53, subject="S1", camera="c0", camera_index=0, seed=1),
-        make_sequence(53, subject="S1", camera="c1", camera_index=1, seed=2, width=1200),
-        make_sequence(30, subject="S5", action="Eating", camera="c0", camera_index=0, seed=3),
-        make_sequence(31, subject="S5", action="Eating", camera="c1", camera_index=1, seed=4),
-        make_sequence(45, split="test", subject="S9", camera="c0", camera_index=0, seed=5, valid=valid),
-        make_sequence(45, split="test", subject="S9", camera="c1", camera_index=1, seed=6, valid=valid),
-    ]
-
-
-def source_files(tmp_path: Path, content: bytes = b"source bytes") -> list[dict]:
-    path = tmp_path / "source.bin"
-    path.write_bytes(content)
-    return hash_files([str(path)])
-
-
-def config(root: Path, **windows) -> DataConfig:
-    w = {"frames": 16, **windows}
-    return DataConfig(windows=WindowConfig(**w), root=str(root), rows_per_shard=7, rows_per_group=3)
 
 
 def by_key(seqs):
@@ -63,11 +40,11 @@ def by_key(seqs):
 def test_build_read_back_matches_source(tmp_path, ray_local):
     seqs = sequences()
     files = source_files(tmp_path)
-    info = build_dataset(config(tmp_path / "ds"), seqs, H36M17, files, progress=lambda m: None)
+    info = build_dataset(shard_config(tmp_path / "ds"), seqs, H36M17, files, progress=lambda m: None)
     root = tmp_path / "ds"
     assert info.uri == str(root / info.id) and not info.cached
     assert sorted(p.name for p in root.iterdir()) == [info.id]  # staging removed
-    m = read_manifest(info.uri)
+    m = Dataset.open(info.uri).manifest
     assert m == info.manifest and m["id"] == info.id
     # train: S1 ceil(53/16)=4 windows x 2 cameras, S5 2 + 2 -> 12 windows, x2 flipped = 24 rows
     assert m["splits"]["train"]["windows"] == 24 and m["splits"]["train"]["flipped"] == 12
@@ -93,7 +70,7 @@ def test_build_read_back_matches_source(tmp_path, ray_local):
 
     src = by_key(seqs)
     for split in ("train", "test"):
-        a = load_split_arrays(info.uri, split)
+        a = load_split_arrays(info, split)
         n = len(a["start"])
         assert a["keypoints_2d"].shape == (n, 16, 17, 2) and a["keypoints_2d"].dtype == np.float32
         real_frames: dict = {}
@@ -126,8 +103,8 @@ def test_build_read_back_matches_source(tmp_path, ray_local):
             assert a["flipped"].sum() == n // 2
 
     # Ray Data: the training iterator yields every window once, as torch tensors
-    arrays = load_split_arrays(info.uri, "train")
-    ds = open_split(info.uri, "train")
+    arrays = load_split_arrays(info, "train")
+    ds = open_split(info, "train")
     batches = list(iter_torch_batches(ds, batch_size=5, shuffle_buffer=8, seed=0))
     assert set(batches[0]) == {"keypoints_2d", "positions_3d", "mask", "trajectory", "intrinsics", "image_size",
                                "flipped"}
@@ -190,20 +167,20 @@ def test_plan_read_tasks_keeps_order_and_sizes():
 
 
 def test_training_iterator_columns_and_seeded_shuffle(tmp_path, ray_local):
-    info = build_dataset(config(tmp_path / "ds"), sequences(), H36M17, source_files(tmp_path), progress=lambda m: None)
-    ds = open_split(info.uri, "train")
+    info = build_dataset(shard_config(tmp_path / "ds"), sequences(), H36M17, source_files(tmp_path), progress=lambda m: None)
+    ds = open_split(info, "train")
     assert sorted(ds.schema().names) == sorted(["keypoints_2d", "positions_3d", "mask", "trajectory", "intrinsics",
                                                 "image_size", "flipped"])
-    everything = open_split(info.uri, "train", columns=["subject", "keypoints_2d"]).take_all()
+    everything = open_split(info, "train", columns=["subject", "keypoints_2d"]).take_all()
     assert {r["subject"] for r in everything} == {"S1", "S5"}
 
     def run(seed, **kw):
-        return [b for b in iter_torch_batches(open_split(info.uri, "train"), batch_size=4, shuffle_buffer=9, seed=seed, **kw)]
+        return [b for b in iter_torch_batches(open_split(info, "train"), batch_size=4, shuffle_buffer=9, seed=seed, **kw)]
 
     a, b, c = run(7), run(7), run(8)
     assert all(torch_equal(x, y) for x, y in zip(a, b)) and len(a) == len(b)
     assert not all(torch_equal(x, y) for x, y in zip(a, c))
-    expected = load_split_arrays(info.uri, "train")["positions_3d"]
+    expected = load_split_arrays(info, "train")["positions_3d"]
     got = np.concatenate([x["positions_3d"].numpy() for x in a])
     assert got.shape == expected.shape and np.isclose(got.astype(np.float64).sum(), expected.astype(np.float64).sum())
     assert all(len(x["mask"]) == 4 for x in run(7, drop_last=True))
@@ -217,42 +194,42 @@ def torch_equal(x: dict, y: dict) -> bool:
 
 def test_same_inputs_give_identical_shards_and_cache_hits(tmp_path, ray_local):
     seqs, files = sequences(), source_files(tmp_path)
-    a = build_dataset(config(tmp_path / "a"), seqs, H36M17, files, progress=lambda m: None)
-    b = build_dataset(config(tmp_path / "b"), seqs, H36M17, files, progress=lambda m: None)
+    a = build_dataset(shard_config(tmp_path / "a"), seqs, H36M17, files, progress=lambda m: None)
+    b = build_dataset(shard_config(tmp_path / "b"), seqs, H36M17, files, progress=lambda m: None)
     assert a.id == b.id
     assert a.manifest["shards"] == b.manifest["shards"]
     for shard in a.manifest["shards"]:
         assert (Path(a.uri) / shard["path"]).read_bytes() == (Path(b.uri) / shard["path"]).read_bytes()
     mtime = (Path(a.uri) / "manifest.json").stat().st_mtime_ns
     messages = []
-    again = build_dataset(config(tmp_path / "a"), seqs, H36M17, files, progress=messages.append)
+    again = build_dataset(shard_config(tmp_path / "a"), seqs, H36M17, files, progress=messages.append)
     assert again.cached and again.id == a.id and "cache hit" in messages[-1]
     assert (Path(a.uri) / "manifest.json").stat().st_mtime_ns == mtime
 
 
 def test_dataset_id_depends_on_content_not_location(tmp_path):
     files = source_files(tmp_path)
-    base = config(tmp_path / "x")
-    same = config(tmp_path / "elsewhere")
+    base = shard_config(tmp_path / "x")
+    same = shard_config(tmp_path / "elsewhere")
     same.source = SourceConfig(kind="synthetic")
     same.source.synthetic.out_dir = "/somewhere/else"
     hashes = [f["sha256"] for f in files]
     assert compute_id(base, hashes) == compute_id(same, hashes)
-    assert compute_id(config(tmp_path, frames=27), hashes) != compute_id(base, hashes)
-    assert compute_id(config(tmp_path, stride=8), hashes) != compute_id(base, hashes)
-    assert compute_id(config(tmp_path, stride=16), hashes) == compute_id(base, hashes)  # = default stride
+    assert compute_id(shard_config(tmp_path, frames=27), hashes) != compute_id(base, hashes)
+    assert compute_id(shard_config(tmp_path, stride=8), hashes) != compute_id(base, hashes)
+    assert compute_id(shard_config(tmp_path, stride=16), hashes) == compute_id(base, hashes)  # = default stride
     (tmp_path / "other").mkdir()
     other = [f["sha256"] for f in source_files(tmp_path / "other", b"changed")]
     assert compute_id(base, other) != compute_id(base, hashes)
-    bigger = config(tmp_path)
+    bigger = shard_config(tmp_path)
     bigger.rows_per_shard = 8
     assert compute_id(bigger, hashes) != compute_id(base, hashes)
 
 
 def test_multiview_and_seq2frame_datasets(tmp_path, ray_local):
     seqs, files = sequences(), source_files(tmp_path)
-    mv = build_dataset(config(tmp_path / "mv", multiview=True), seqs, H36M17, files, progress=lambda m: None)
-    a = load_split_arrays(mv.uri, "train")
+    mv = build_dataset(shard_config(tmp_path / "mv", multiview=True), seqs, H36M17, files, progress=lambda m: None)
+    a = load_split_arrays(mv, "train")
     assert a["keypoints_2d"].shape[1:] == (16, 2, 17, 2) and a["positions_3d"].shape[1:] == (16, 2, 17, 3)
     assert a["intrinsics"].shape[1:] == (2, 9) and set(a["camera"]) == {"c0,c1"}
     s5 = [i for i in range(len(a["start"])) if a["subject"][i] == "S5" and not a["flipped"][i]]
@@ -260,11 +237,11 @@ def test_multiview_and_seq2frame_datasets(tmp_path, ray_local):
     np.testing.assert_array_equal(a["keypoints_2d"][s5[0], :, 1], sequences()[3].keypoints_2d[np.clip(np.arange(a["start"][s5[0]], a["start"][s5[0]] + 16), 0, 29)])
     assert mv.manifest["columns"]["keypoints_2d"] == [16, 2, 17, 2]
 
-    sf = build_dataset(config(tmp_path / "sf", mode="seq2frame", frames=9, stride=4), seqs, H36M17, files, progress=lambda m: None)
-    t = load_split_arrays(sf.uri, "test")
+    sf = build_dataset(shard_config(tmp_path / "sf", mode="seq2frame", frames=9, stride=4), seqs, H36M17, files, progress=lambda m: None)
+    t = load_split_arrays(sf, "test")
     assert t["positions_3d"].shape == (90, 1, 17, 3) and t["mask"].shape == (90, 1)  # stride 1 in test
     assert t["mask"].sum() == 84
-    tr = load_split_arrays(sf.uri, "train")
+    tr = load_split_arrays(sf, "train")
     assert len(tr["start"]) == 2 * (2 * 14 + 8 + 8)  # centres 0,4,... : ceil(53/4)=14, ceil(30/4)=ceil(31/4)=8
     first = by_key(seqs)[("S1", "Walking 1", "c0")]
     row = np.flatnonzero((tr["subject"] == "S1") & (tr["camera"] == "c0") & (tr["start"] == -4) & ~tr["flipped"])
@@ -274,7 +251,7 @@ def test_multiview_and_seq2frame_datasets(tmp_path, ray_local):
 
 
 def test_verify_names_corrupted_and_missing_shards(tmp_path, ray_local, capsys):
-    info = build_dataset(config(tmp_path / "ds"), sequences(), H36M17, source_files(tmp_path), progress=lambda m: None)
+    info = build_dataset(shard_config(tmp_path / "ds"), sequences(), H36M17, source_files(tmp_path), progress=lambda m: None)
     loc = open_location(info.uri)
     assert verify_dataset(loc).ok
     assert cli_main(["data", "verify", info.id, "--root", str(tmp_path / "ds")]) == 0
@@ -294,26 +271,26 @@ def test_verify_names_corrupted_and_missing_shards(tmp_path, ray_local, capsys):
 
 
 def test_not_parquet_shard_is_a_data_error_naming_the_file(tmp_path, ray_local):
-    info = build_dataset(config(tmp_path / "ds"), sequences(), H36M17, source_files(tmp_path), progress=lambda m: None)
+    info = build_dataset(shard_config(tmp_path / "ds"), sequences(), H36M17, source_files(tmp_path), progress=lambda m: None)
     bad = Path(info.uri) / "train/part-00002.parquet"
     bad.write_text("this is not parquet\n")
     with pytest.raises(DataError, match="part-00002.parquet"):
-        load_split_arrays(info.uri, "train")
+        load_split_arrays(info, "train")
     with pytest.raises(DataError, match="part-00002.parquet"):
-        open_split(info.uri, "train")
+        open_split(info, "train")
     with pytest.raises(DataError, match="no dataset"):
-        read_manifest(str(tmp_path / "ds" / "nonexistent"))
+        Dataset.open(str(tmp_path / "ds" / "nonexistent"))
     with pytest.raises(DataError, match="no 'validation' split"):
-        load_split_arrays(info.uri, "validation")
+        load_split_arrays(info, "validation")
 
 
 def test_empty_selection_publishes_nothing(tmp_path, ray_local):
     with pytest.raises(DataError, match="no windows"):
-        build_dataset(config(tmp_path / "ds"), [], H36M17, source_files(tmp_path), progress=lambda m: None)
+        build_dataset(shard_config(tmp_path / "ds"), [], H36M17, source_files(tmp_path), progress=lambda m: None)
     only_one_camera = [s for s in sequences() if s.camera == "c0"][:1]
     only_one_camera.append(make_sequence(20, camera="c1", camera_index=1, action="Other"))
     with pytest.raises(DataError, match="no windows"):  # multi-view: no group has every camera
-        build_dataset(config(tmp_path / "ds", multiview=True), only_one_camera, H36M17, source_files(tmp_path), progress=lambda m: None)
+        build_dataset(shard_config(tmp_path / "ds", multiview=True), only_one_camera, H36M17, source_files(tmp_path), progress=lambda m: None)
     assert not (tmp_path / "ds").exists() or list((tmp_path / "ds").iterdir()) == []
 
 
@@ -322,7 +299,7 @@ def test_unwritable_destination_is_a_data_error(tmp_path, ray_local, capsys):
     blocker.write_text("x")
     for root in (blocker, blocker / "datasets"):
         with pytest.raises(DataError, match=str(blocker)):
-            build_dataset(config(root), sequences(), H36M17, source_files(tmp_path), progress=lambda m: None)
+            build_dataset(shard_config(root), sequences(), H36M17, source_files(tmp_path), progress=lambda m: None)
     assert blocker.read_text() == "x"
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(f"data:\n  root: {blocker / 'datasets'}\n  source: {{kind: synthetic, synthetic: {{out_dir: {tmp_path / 'syn'}, "
@@ -338,9 +315,10 @@ KILL_SCRIPT = textwrap.dedent("""
     import numpy as np
     import ray
     from preprocessing.config import DataConfig, WindowConfig
-    from preprocessing.shards import build_dataset, hash_files
+    from preprocessing.keypoints.dataset import build_dataset
+    from preprocessing.store.writer import hash_files
     from preprocessing.skeleton import H36M17
-    from tests.test_windows import make_sequence
+    from tests.helpers import make_sequence
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     seqs = [make_sequence(4000, subject=f"S{{i}}", seed=i) for i in range(1, 9)]
     data = DataConfig(windows=WindowConfig(frames=81), root={root!r}, rows_per_shard=8, rows_per_group=4)
@@ -395,7 +373,7 @@ def test_cmu_dev_end_to_end(tmp_path, cmu_dev, ray_local):
     info = prepare_dataset(data, progress=lambda m: None)
     src = load_sequences(data.source)
     test = [s for s in src.sequences if s.split == "test"]
-    a = load_split_arrays(info.uri, "test")
+    a = load_split_arrays(info, "test")
     assert a["mask"].sum() == sum(int(s.valid.sum()) for s in test)
     seqs = by_key(src.sequences)
     for i in range(len(a["start"])):
@@ -404,7 +382,7 @@ def test_cmu_dev_end_to_end(tmp_path, cmu_dev, ray_local):
         np.testing.assert_array_equal(a["keypoints_2d"][i], seq.keypoints_2d[idx])
         np.testing.assert_array_equal(a["positions_3d"][i], seq.positions_3d[idx])
     assert set(a["subject"]) == {"C05"}
-    assert set(read_manifest(info.uri)["splits"]["train"]["subjects"]) == {"C01", "C03"}
+    assert set(Dataset.open(info.uri).manifest["splits"]["train"]["subjects"]) == {"C01", "C03"}
     assert [f["sha256"] for f in info.manifest["source"]["files"]] == [f["sha256"] for f in hash_files(src.files)]
     again = prepare_dataset(data, progress=lambda m: None)
     assert again.cached and again.id == info.id

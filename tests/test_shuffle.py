@@ -1,5 +1,5 @@
 """Global per-epoch shuffling of the training split (pipelines/train/data.py `epoch_shares`,
-preprocessing/readers.py `open_split(groups=...)`): seeded, resumable, a partition of the split
+preprocessing/keypoints/readers.py `open_split(groups=...)`): seeded, resumable, a partition of the split
 in every epoch, and read back in the drawn order."""
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 
 from pipelines.train.data import epoch_shares
 from preprocessing.errors import DataError
-from preprocessing.readers import load_split_arrays, open_split, split_row_groups
-from preprocessing.shards import build_dataset
+from preprocessing.keypoints.readers import load_split_arrays, open_split, split_row_groups
+from preprocessing.keypoints.dataset import build_dataset
 from preprocessing.skeleton import H36M17
-from tests.test_shards import config, sequences, source_files
+from tests.helpers import sequences, shard_config, source_files
 
 
 def test_epoch_shares_partition_the_split_seeded_per_epoch():
@@ -36,19 +36,19 @@ def test_epoch_shares_partition_the_split_seeded_per_epoch():
 
 @pytest.mark.slow
 def test_open_split_reads_the_drawn_row_groups_in_order(tmp_path, ray_local):
-    info = build_dataset(config(tmp_path / "ds"), sequences(), H36M17, source_files(tmp_path), progress=lambda m: None)
-    rows = split_row_groups(info.uri, "train")
-    everything = load_split_arrays(info.uri, "train", columns=["positions_3d"])["positions_3d"]
+    info = build_dataset(shard_config(tmp_path / "ds"), sequences(), H36M17, source_files(tmp_path), progress=lambda m: None)
+    rows = split_row_groups(info, "train")
+    everything = load_split_arrays(info, "train", columns=["positions_3d"])["positions_3d"]
     assert sum(rows) == len(everything) and len(rows) > 4
     bounds = np.concatenate([[0], np.cumsum(rows)])
     shares, per_worker = epoch_shares(rows, seed=0, epoch=2, world=2)
     got = []
     for share in shares:
-        block = [r["positions_3d"] for r in open_split(info.uri, "train", groups=share).iter_rows()]
+        block = [r["positions_3d"] for r in open_split(info, "train", groups=share).iter_rows()]
         expected = np.concatenate([everything[bounds[i]:bounds[i + 1]] for i in share])
         assert np.array_equal(np.stack(block), expected)  # the drawn groups, in the drawn order
         assert len(block) >= per_worker
         got.append(np.stack(block))
     assert np.isclose(np.concatenate(got).astype(np.float64).sum(), everything.astype(np.float64).sum())
     with pytest.raises(DataError, match="out of range"):
-        open_split(info.uri, "train", groups=[len(rows)])
+        open_split(info, "train", groups=[len(rows)])

@@ -24,10 +24,10 @@ from preprocessing.cameras import (
 )
 from preprocessing.config import SourceConfig, SyntheticConfig
 from preprocessing.errors import DataError
-from preprocessing.safe_npz import read_npz
+from preprocessing.sources.safe_npz import read_npz
 from preprocessing.skeleton import H36M17, H36M32_KEPT, MPI17, reduce_h36m32
 from preprocessing.sources import load_sequences
-from preprocessing.synthetic import config_hash
+from preprocessing.sources.synthetic import config_hash
 
 H36M_SUBJECTS = ("S1", "S5", "S6", "S7", "S8", "S9", "S11")
 CAMS = load_cameras(BUILTIN_H36M_CAMERAS)

@@ -1,4 +1,4 @@
-"""One storage layer for every URI pyarrow or fsspec knows (preprocessing/storage.py).
+"""One storage layer for every URI pyarrow or fsspec knows (preprocessing/store/storage.py).
 
 Local paths and `file://` URIs, `memory://` (an fsspec-only filesystem: pyarrow has no native one),
 `s3://` on the local SeaweedFS server and `gs://` on the local GCS emulator (fake-gcs-server) go
@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from preprocessing import storage
+from preprocessing.store import storage
 from preprocessing.errors import DataError
 
 

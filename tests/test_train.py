@@ -24,6 +24,7 @@ from pipelines.train.loop import (
     checkpoint_meta, current_lr, epoch_line, load_resume_state, masked_error_sums, restore_rng_state,
     train_step, unwrap, validation_sums,
 )
+from tests.helpers import synthetic_cfg
 
 T, J = 9, 17
 
@@ -148,7 +149,7 @@ def _trained(cfg: dict):
 def _save(directory, cfg: dict, epoch: int = 1, val: float = 50.0, dataset_id: str = "ds1"):
     model, opt, sched = _trained(cfg)
     history = [{"epoch": e, "loss": 0.1, "val_mpjpe": val} for e in range(1, epoch + 1)]
-    meta = checkpoint_meta(cfg, epoch, dataset_id, J, "h36m", {"val_mpjpe": val})
+    meta = checkpoint_meta(cfg, epoch, dataset_id, J, "h36m", {"val_mpjpe": val}, "val_mpjpe")
     state = build_train_state(opt, sched, epoch, [capture_rng_state()], history)
     save_checkpoint(directory, model.state_dict(), meta, state)
     return model, opt, sched
@@ -220,7 +221,7 @@ def test_run_directory_retention_and_partial_uploads(tmp_path):
     vals = [80.0, 60.0, 70.0, 65.0]
     model, opt, sched = _trained(cfg)
     for epoch, val in enumerate(vals, start=1):
-        meta = checkpoint_meta(cfg, epoch, "ds1", J, "h36m", {"val_mpjpe": val})
+        meta = checkpoint_meta(cfg, epoch, "ds1", J, "h36m", {"val_mpjpe": val}, "val_mpjpe")
         write_checkpoint(run, epoch, model.state_dict(), meta, build_train_state(opt, sched, epoch, [], []))
     (tmp_path / "run" / checkpoint_name(5)).mkdir()  # an upload cut short: no files
     (tmp_path / "run" / checkpoint_name(5) / "model.pt").write_bytes(b"partial")
@@ -242,7 +243,7 @@ def test_csv_and_tensorboard_logs(tmp_path):
     log.close()
     rows = read_csv(str(tmp_path / "run"))
     assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["val_mpjpe"] == 80.0 and rows[0]["train_tc"] == 0.1
-    assert csv_text(history).splitlines()[0].startswith("epoch,loss,val_mpjpe,lr,windows,windows_per_s")
+    assert csv_text(history).splitlines()[0].startswith("epoch,loss,val_mpjpe,lr,windows_per_s")  # the rows' order
     assert any((tmp_path / "run" / "tensorboard").iterdir())
 
 
@@ -264,45 +265,29 @@ def test_unwrap_returns_the_plain_module():
 
 
 # ----------------------------------------------------------------------------- real runs
-def synthetic_cfg(tmp_path, **train):
-    return config_from_dict({
-        "name": "tiny",
-        "data": {
-            "source": {"kind": "synthetic", "synthetic": {
-                "subjects": ["S1", "S9"], "actions_per_subject": 1, "frames_per_action": 120,
-                "out_dir": str(tmp_path / "synthetic")}},
-            "windows": {"mode": "seq2seq", "frames": 9},
-            "root": str(tmp_path / "datasets"),
-            "rows_per_group": 16,
-        },
-        "model": {"name": "mixste", "dim": 16, "depth": 1, "heads": 2, "drop_path_rate": 0.0},
-        "train": {"epochs": 2, "batch_size": 16, "lr": 2e-3, "num_workers": 0, "shuffle_buffer": 32,
-                  "storage_path": str(tmp_path / "runs"), "evaluate": False, **train},
-        "eval": {"batch_size": 64},
-    })
 
 
 def test_driver_process_run_resumes_and_refuses_mismatches(tmp_path, ray_local):
     from pipelines.train.driver import run_training
     from pipelines.train.data import iter_val_batches
-    from preprocessing.readers import load_split_arrays
+    from preprocessing.keypoints.readers import load_split_arrays
 
     lines: list[str] = []
     out = run_training(synthetic_cfg(tmp_path, evaluate=True), progress=lines.append)
     run = tmp_path / "runs" / "tiny"
     assert out.run_uri == str(run)
     assert [h["epoch"] for h in out.history] == [1, 2] and all(h["val_mpjpe"] > 0 for h in out.history)
-    n_train = len(load_split_arrays(out.dataset_uri, "train", columns=["mask"])["mask"])
+    n_train = len(load_split_arrays(out.dataset, "train", columns=["mask"])["mask"])
     assert all(h["windows"] == n_train for h in out.history)  # one worker: every window, every epoch
     assert [r["epoch"] for r in read_csv(str(run))] == [1, 2]
     assert (run / "training_curves.png").stat().st_size > 5000 and (run / "config.yaml").is_file()
     assert (run / "eval" / "results.md").is_file() and {"model", "baseline"} <= set(out.evaluation["results"])
     assert any("best checkpoint:" in line for line in lines)
     # Validation shares: two workers' row groups together are the whole test split, once.
-    n_test = len(load_split_arrays(out.dataset_uri, "test")["mask"])
-    shares = [sum(len(b["mask"]) for b in iter_val_batches(out.dataset_uri, "test", 7, r, 2)) for r in (0, 1)]
+    n_test = len(load_split_arrays(out.dataset, "test")["mask"])
+    shares = [sum(len(b["mask"]) for b in iter_val_batches(out.dataset, "test", 7, r, 2)) for r in (0, 1)]
     assert sum(shares) == n_test and min(shares) > 0
-    assert sum(len(b["mask"]) for b in iter_val_batches(out.dataset_uri, "test", 7, 0, 1, max_windows=10)) == 10
+    assert sum(len(b["mask"]) for b in iter_val_batches(out.dataset, "test", 7, 0, 1, max_windows=10)) == 10
     kept = [c.epoch for c in list_checkpoints(str(run))]
     assert 2 in kept and len(kept) <= 2  # the best and the latest
 

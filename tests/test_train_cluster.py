@@ -39,7 +39,7 @@ def two_nodes():
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, two_nodes):
-    from preprocessing.shards import prepare_dataset
+    from preprocessing.keypoints.dataset import prepare_dataset
 
     root = tmp_path_factory.mktemp("data")
     cfg = experiment(root, root / "runs", "unused")
@@ -119,7 +119,7 @@ def test_two_nodes_one_worker_each_survive_a_killed_worker(two_nodes, dataset, t
 
     def fit() -> None:
         try:
-            outcome["result"] = run_training(cfg, dataset_uri=uri, progress=lambda _: None)
+            outcome["result"] = run_training(cfg, dataset=uri, progress=lambda _: None)
         except BaseException as e:  # surfaced by the assertion below
             outcome["error"] = e
 
@@ -163,11 +163,11 @@ def test_rerunning_the_same_command_continues_a_finished_run(two_nodes, dataset,
     root, uri = dataset
     storage = tmp_path / "shared"
     # With a cap of 40 training windows per epoch: each worker stops after 20 (2 batches of 16).
-    first = run_training(experiment(root, storage, "again", epochs=2, max_windows_per_epoch=40), dataset_uri=uri,
+    first = run_training(experiment(root, storage, "again", epochs=2, max_windows_per_epoch=40), dataset=uri,
                          progress=lambda _: None)
     assert [h["epoch"] for h in first.history] == [1, 2] and all(h["windows"] == 64 for h in first.history)
     lines: list[str] = []
-    second = run_training(experiment(root, storage, "again", epochs=4, max_windows_per_epoch=40), dataset_uri=uri,
+    second = run_training(experiment(root, storage, "again", epochs=4, max_windows_per_epoch=40), dataset=uri,
                           progress=lines.append)
     assert any("resuming from" in line and checkpoint_name(2) in line for line in lines)
     assert [h["epoch"] for h in second.history] == [1, 2, 3, 4]
@@ -178,8 +178,8 @@ def test_rerunning_the_same_command_continues_a_finished_run(two_nodes, dataset,
 def test_checkpoints_logs_and_results_on_s3(two_nodes, dataset, tmp_path, monkeypatch):
     """storage_path on a real S3 server (SeaweedFS on 127.0.0.1): both nodes' workers write there."""
     from pipelines.train.driver import run_training
-    from pipelines.train.checkpoints import local_copy
-    from preprocessing import storage
+    from preprocessing.store.storage import local_copy
+    from preprocessing.store import storage
     from tests.s3_server import s3_server, weed_binary
 
     if weed_binary() is None:
@@ -188,7 +188,7 @@ def test_checkpoints_logs_and_results_on_s3(two_nodes, dataset, tmp_path, monkey
     with s3_server(tmp_path / "s3") as server:
         for key, value in server.env().items():
             monkeypatch.setenv(key, value)  # read by the driver; workers get the pickled filesystem
-        out = run_training(experiment(root, f"s3://{server.bucket}/runs", "ons3", epochs=2), dataset_uri=uri,
+        out = run_training(experiment(root, f"s3://{server.bucket}/runs", "ons3", epochs=2), dataset=uri,
                            evaluate_after=True, progress=lambda _: None)
         assert out.run_uri == f"s3://{server.bucket}/runs/ons3"
         assert [r["epoch"] for r in read_csv(out.run_uri)] == [1, 2]
@@ -205,8 +205,8 @@ def test_checkpoints_logs_and_results_on_gcs(two_nodes, dataset, tmp_path, monke
     """storage_path on a real GCS emulator (fake-gcs-server on 127.0.0.1): both nodes' workers write
     there through the pickled GcsFileSystem, which carries the emulator endpoint."""
     from pipelines.train.driver import run_training
-    from pipelines.train.checkpoints import local_copy
-    from preprocessing import storage
+    from preprocessing.store.storage import local_copy
+    from preprocessing.store import storage
     from tests.gcs_server import fake_gcs_binary, gcs_server
 
     if fake_gcs_binary() is None:
@@ -215,7 +215,7 @@ def test_checkpoints_logs_and_results_on_gcs(two_nodes, dataset, tmp_path, monke
     with gcs_server(tmp_path / "gcs") as server:
         for key, value in server.env().items():
             monkeypatch.setenv(key, value)
-        out = run_training(experiment(root, f"gs://{server.bucket}/runs", "ongcs", epochs=2), dataset_uri=uri,
+        out = run_training(experiment(root, f"gs://{server.bucket}/runs", "ongcs", epochs=2), dataset=uri,
                            evaluate_after=True, progress=lambda _: None)
         assert out.run_uri == f"gs://{server.bucket}/runs/ongcs"
         assert [r["epoch"] for r in read_csv(out.run_uri)] == [1, 2]

@@ -15,9 +15,9 @@ from pipelines.train.checkpoints import checkpoint_name, list_checkpoints
 from pipelines.train.driver import RUN_LOCK, run_training
 from pipelines.train.logs import read_csv
 from pipelines.train.loop import config_differences
-from preprocessing import lease
-from preprocessing.storage import open_location
-from tests.test_train import synthetic_cfg
+from preprocessing.store import lease
+from preprocessing.store.storage import open_location
+from tests.helpers import synthetic_cfg
 
 
 def test_config_differences_ignore_only_the_listed_keys():

@@ -10,7 +10,7 @@ import pytest
 from pipelines.bench.order import OLD_BUFFER, Variant, close_pairs, measure, uniform_expectation
 from pipelines.config import config_from_dict
 from pipelines.train.data import buffer_windows, decoded_window_bytes
-from preprocessing.shards import SplitRows
+from preprocessing.keypoints.dataset import SplitRows
 
 
 def test_stored_rows_are_a_permutation_each_located_once():

@@ -114,7 +114,7 @@ def _rows() -> list[dict]:
 
 
 def test_tune_results_go_to_the_storage_path_on_s3(s3_server, monkeypatch, tmp_path):
-    from preprocessing import storage
+    from preprocessing.store import storage
 
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)

@@ -17,23 +17,7 @@ from pipelines.config import config_from_dict
 from preprocessing.errors import DataError
 from preprocessing.schema import ConfigError
 from preprocessing.skeleton import H36M17
-
-TINY_MPSTR = {"name": "mpstr", "img_size": 32, "patch_size": 4, "embed_dim": 16, "depths": [1, 1],
-              "num_heads": [2, 4], "window_size": 4, "token_dim": 32, "relation_depth": 1, "relation_heads": 4,
-              "drop_path_rate": 0.0, "relation_drop_path_rate": 0.0}
-
-
-def image_raw(tmp: Path, **train) -> dict:
-    return {
-        "name": "mpstr_tiny",
-        "data": {"source": {"kind": "synthetic_images",
-                            "synthetic": {"subjects": ["S1", "S9"], "actions_per_subject": 1, "frames_per_action": 12,
-                                          "out_dir": str(tmp / "synthetic")}},
-                 "images": {"size": 32, "frames": 4, "views": 4}, "root": str(tmp / "datasets")},
-        "model": dict(TINY_MPSTR),
-        "train": {"epochs": 1, "batch_size": 2, "num_workers": 0, "storage_path": str(tmp / "runs"), **train},
-        "eval": {"flip": False, "batch_size": 4},
-    }
+from tests.helpers import TINY_MPSTR, image_raw
 
 
 # ----------------------------------------------------------------------------- config checks
@@ -59,11 +43,14 @@ def test_image_windows_follow_data_images(tmp_path):
 
 def test_prepared_dataset_of_the_wrong_kind_is_refused(tmp_path):
     from pipelines.train.driver import check_input_kind
+    from preprocessing.store.dataset import Dataset
+    from preprocessing.store.storage import open_location
 
     cfg = config_from_dict(image_raw(tmp_path))
+    where = open_location("data/datasets/abc")
     with pytest.raises(ConfigError, match="holds 2D keypoint windows, but model 'mpstr' takes images"):
-        check_input_kind(cfg, {"kind": "windows"}, "data/datasets/abc")
-    check_input_kind(cfg, {"kind": "images"}, "data/datasets/abc")
+        check_input_kind(cfg, Dataset(where, {"id": "abc", "kind": "keypoints"}))
+    check_input_kind(cfg, Dataset(where, {"id": "abc", "kind": "images"}))
 
 
 # ----------------------------------------------------------------------------- batches and scores
@@ -186,8 +173,8 @@ def test_two_stage_end_to_end_on_synthetic_images(tmp_path, ray_local, capsys):
     from pipelines.cli import main
     from pipelines.twostage.driver import TwoStageConfig, StagesConfig, run_two_stage
     from preprocessing.config import SourceConfig
-    from preprocessing.source_videopose3d import load_generic
-    from preprocessing.synthetic import ensure_synthetic
+    from preprocessing.sources.videopose3d import load_generic
+    from preprocessing.sources.synthetic import ensure_synthetic
 
     images = image_raw(tmp_path, epochs=2, lr=1e-3, weight_decay=0.05)
     lifter = {"data": {"windows": {"mode": "seq2frame", "frames": 3, "stride": 1}, "root": str(tmp_path / "datasets")},

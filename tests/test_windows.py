@@ -6,11 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from preprocessing.sequences import Sequence
-from preprocessing.shards import WindowJob, multi_view_sources, piece_arrays, plan_shards, single_view_sources
+
+from preprocessing.keypoints.dataset import WindowJob, multi_view_sources, piece_arrays, single_view_sources
+from preprocessing.store.writer import plan_shards
 from preprocessing.skeleton import H36M17, MPI17
-from preprocessing.storage import open_location
-from preprocessing.windows import (
+from preprocessing.keypoints.windows import (
     flip_intrinsics,
     flip_keypoints_2d,
     flip_positions_3d,
@@ -21,23 +21,7 @@ from preprocessing.windows import (
     window_mask,
     window_starts,
 )
-
-
-def make_sequence(n: int, split: str = "train", camera: str = "c0", camera_index: int = 0,
-                  subject: str = "S1", action: str = "Walking 1", joints: int = 17, seed: int = 0,
-                  valid: np.ndarray | None = None, layout: str = "h36m", width: int = 1000) -> Sequence:
-    """A random but well-formed Sequence (frame f of keypoints_2d has x of joint 0 = f, for tracing)."""
-    rng = np.random.default_rng(seed)
-    kp = rng.standard_normal((n, joints, 2)).astype(np.float32)
-    kp[:, 0, 0] = np.arange(n)
-    return Sequence(
-        subject=subject, action=action, activity=action.split(" ")[0], camera=camera,
-        camera_index=camera_index, split=split, layout=layout, keypoints_2d=kp,
-        positions_3d=rng.standard_normal((n, joints, 3)).astype(np.float32),
-        trajectory=rng.standard_normal((n, 3)).astype(np.float32),
-        intrinsics=np.array([1145.0, 1143.8, 512.5, 515.4, -0.2, 0.24, -0.0028, -0.0016, -0.0008], np.float32),
-        image_size=(width, 1002), fps=50.0, valid=np.ones(n, bool) if valid is None else valid,
-    )
+from tests.helpers import make_sequence
 
 
 @pytest.mark.parametrize("n", [1, 5, 26, 27, 28, 54, 100, 243, 244, 1000, 1383])
@@ -183,7 +167,7 @@ def test_flip_intrinsics_mirrors_the_camera_consistently_with_2d():
 def test_flipped_rows_follow_originals_and_test_has_none(tmp_path):
     seqs = [make_sequence(100, seed=1), make_sequence(60, split="test", subject="S9", seed=2)]
     sources = single_view_sources(seqs)
-    job = WindowJob("seq2seq", 27, 27, True, H36M17, 8, open_location(str(tmp_path)))
+    job = WindowJob("seq2seq", 27, 27, True, H36M17)
     assert [job.rows_of(s) for s in sources] == [8, 3]
     rows = piece_arrays(sources[0], np.arange(8), job)
     assert rows["flipped"].tolist() == [False] * 4 + [True] * 4
@@ -227,7 +211,7 @@ def test_multiview_groups_trim_and_skip():
     np.testing.assert_array_equal(src.keypoints_2d[:, 1], seqs[0].keypoints_2d[:48])
     np.testing.assert_array_equal(src.keypoints_2d[:, 0], seqs[1].keypoints_2d)
     assert src.intrinsics.shape == (2, 9) and src.image_size[:, 0].tolist() == [1200.0, 1000.0]
-    job = WindowJob("seq2seq", 27, 27, True, H36M17, 8, open_location("/tmp"))
+    job = WindowJob("seq2seq", 27, 27, True, H36M17)
     rows = piece_arrays(src, np.arange(job.rows_of(src)), job)
     assert rows["keypoints_2d"].shape == (4, 27, 2, 17, 2) and rows["intrinsics"].shape == (4, 2, 9)
     np.testing.assert_array_equal(rows["keypoints_2d"][2:], flip_keypoints_2d(rows["keypoints_2d"][:2], H36M17))

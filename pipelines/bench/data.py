@@ -80,15 +80,15 @@ def tree_cpu_seconds() -> float:
     return total
 
 
-def read_back(uri: str, batch_size: int, shuffle_buffer: int, shuffle: str = "global") -> tuple[int, float]:
+def read_back(dataset, batch_size: int, shuffle_buffer: int, shuffle: str = "global") -> tuple[int, float]:
     """Iterate the training split once as torch batches, in the order `train.shuffle` would read
     it (one worker, epoch 1); (windows, seconds)."""
     from pipelines.train.data import epoch_shares
-    from preprocessing.readers import iter_torch_batches, open_split, split_row_groups
+    from preprocessing.keypoints.readers import iter_torch_batches, open_split, split_row_groups
 
     t0 = time.monotonic()
-    groups = epoch_shares(split_row_groups(uri, "train"), 0, 1, 1)[0][0] if shuffle == "global" else None
-    ds = open_split(uri, "train", groups=groups)
+    groups = epoch_shares(split_row_groups(dataset, "train"), 0, 1, 1)[0][0] if shuffle == "global" else None
+    ds = open_split(dataset, "train", groups=groups)
     windows = 0
     for batch in iter_torch_batches(ds, batch_size, shuffle_buffer=shuffle_buffer, seed=0):
         windows += int(batch["keypoints_2d"].shape[0])
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     import ray
 
     from cluster.session import quiet_ray_data
-    from preprocessing.shards import build_dataset, hash_files
+    from preprocessing.keypoints.dataset import build_dataset, hash_files
     from preprocessing.sources import load_sequences
 
     quiet_ray_data()
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
             m = info.manifest
             windows = sum(c["windows"] for c in m["splits"].values())
             cpu0 = tree_cpu_seconds()
-            read_windows, read_s = read_back(info.uri, args.batch_size, args.shuffle_buffer, args.shuffle)
+            read_windows, read_s = read_back(info, args.batch_size, args.shuffle_buffer, args.shuffle)
             read_cpu = tree_cpu_seconds() - cpu0
             run = {
                 "frames": frames,
@@ -167,12 +167,12 @@ def run(args: argparse.Namespace) -> int:
         if not args.keep and not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     print(f"\nbench data (scale {args.scale}, {args.cpus} CPUs, Ray start {results['ray_start_s']} s)")
-    print(f"{'T':>5}{'camera-frames':>15}{'windows':>9}{'build s':>9}{'windows/s':>11}{'win/CPU-s':>11}"
-          f"{'B/window':>10}{'read win/s':>12}{'read win/CPU-s':>16}")
-    for r in results["runs"]:
-        print(f"{r['frames']:>5}{r['camera_frames']:>15}{r['windows']:>9}{r['build_s']:>9}{r['windows_per_s']:>11}"
-              f"{r['windows_per_cpu_s']:>11}{r['bytes_per_window']:>10}{r['read_windows_per_s']:>12}"
-              f"{r['read_windows_per_cpu_s']:>16}")
+    from pipelines.viz.tables import render_table
+
+    keys = ("frames", "camera_frames", "windows", "build_s", "windows_per_s", "windows_per_cpu_s", "bytes_per_window",
+            "read_windows_per_s", "read_windows_per_cpu_s")
+    print(render_table(["T", "camera-frames", "windows", "build s", "windows/s", "win/CPU-s", "B/window", "read win/s",
+                        "read win/CPU-s"], [[r[k] for k in keys] for r in results["runs"]], left=0))
     print("(win/CPU-s: windows per CPU-second of this process tree, independent of other load on the machine)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -189,13 +189,14 @@ def run_raylift(cfg: Any, out_dir: str, progress=print) -> SideResult:
 
 def comparison_table(sides: list[SideResult], reference: str = "authors' code") -> str:
     """Markdown table of the sides, with each one's MPJPE relative to the reference side."""
+    from pipelines.viz.tables import render_table
+
     ref = next((s for s in sides if s.name == reference), None)
-    rows = ["| implementation | MPJPE (mm) | P-MPJPE (mm) | vs authors (MPJPE) | wall-clock (s) | epochs | protocol |",
-            "|---|---|---|---|---|---|---|"]
-    for s in sides:
-        rel = f"{(s.mpjpe / ref.mpjpe - 1) * 100:+.1f}%" if ref is not None and ref.mpjpe > 0 else "n/a"
-        rows.append(f"| {s.name} | {s.mpjpe:.2f} | {s.p_mpjpe:.2f} | {rel} | {s.wall_s:.0f} | {s.epochs} | {s.protocol} |")
-    return "\n".join(rows)
+    rows = [[s.name, f"{s.mpjpe:.2f}", f"{s.p_mpjpe:.2f}",
+             f"{(s.mpjpe / ref.mpjpe - 1) * 100:+.1f}%" if ref is not None and ref.mpjpe > 0 else "n/a",
+             f"{s.wall_s:.0f}", s.epochs, s.protocol] for s in sides]
+    return render_table(["implementation", "MPJPE (mm)", "P-MPJPE (mm)", "vs authors (MPJPE)", "wall-clock (s)",
+                         "epochs", "protocol"], rows, markdown=True)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _configs(args: argparse.Namespace, work: Path):
     from preprocessing.config import DataConfig, ImagesConfig, SourceConfig, SyntheticConfig
-    from preprocessing.synthetic import ensure_synthetic
+    from preprocessing.sources.synthetic import ensure_synthetic
 
     subjects = [f"S{i + 1}" for i in range(max(2, args.subjects))]
     syn = SyntheticConfig(subjects=subjects, actions_per_subject=1, frames_per_action=args.frames,
@@ -51,9 +51,9 @@ def _configs(args: argparse.Namespace, work: Path):
 
 def _crop_rate(data, work: Path) -> tuple[int, float]:
     """Crop every image of `data`'s source in this process: (images, CPU seconds)."""
-    from preprocessing.image_shards import ImageJob, crop_views
-    from preprocessing.image_sources import load_image_sequences
-    from preprocessing.storage import open_location
+    from preprocessing.images.dataset import ImageJob, crop_views
+    from preprocessing.images.sources import load_image_sequences
+    from preprocessing.store.storage import open_location
 
     sequences = load_image_sequences(data).sequences
     job = ImageJob(data.source.kind, data.images, 0, open_location(str(work / "unused")))
@@ -69,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
     from cluster.session import quiet_ray_data
     from pipelines.bench.data import tree_cpu_seconds
-    from preprocessing.image_shards import build_image_dataset
-    from preprocessing.image_sources import write_synthetic_videos
+    from preprocessing.images.dataset import build_image_dataset
+    from preprocessing.images.sources import write_synthetic_videos
 
     quiet_ray_data()
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="raylift-bench-images-"))

@@ -79,12 +79,11 @@ def bench_one(name: str, frames: int, joints: int, batch: int, steps: int, warmu
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    header = f"{'model':<14}{'params':>13}{'T':>6}{'batch':>7}{'ms/step':>11}{'frames/s':>11}"
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        lines.append(f"{r['model']:<14}{r['parameters']:>13,}{r['frames']:>6}{r['batch']:>7}"
-                     f"{r['ms_per_step']:>11.1f}{r['frames_per_s']:>11.1f}")
-    return "\n".join(lines)
+    from pipelines.viz.tables import render_table
+
+    return render_table(["model", "params", "T", "batch", "ms/step", "frames/s"],
+                        [[r["model"], f"{r['parameters']:,}", r["frames"], r["batch"], f"{r['ms_per_step']:.1f}",
+                          f"{r['frames_per_s']:.1f}"] for r in rows])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -81,22 +81,23 @@ def measure(cfg, variant: Variant, workers: int, max_batches: Optional[int], ing
     import copy
 
     from pipelines.train.data import batch_seed, buffer_windows, decoded_window_bytes, global_share
-    from preprocessing.readers import iter_numpy_batches, iter_torch_batches, load_split_arrays, split_row_groups
-    from preprocessing.shards import prepare_dataset
+    from preprocessing.keypoints.readers import iter_torch_batches, load_split_arrays, split_row_groups
+    from preprocessing.store.parquet import iter_numpy_batches
+    from preprocessing.keypoints.dataset import prepare_dataset
 
     cfg = copy.deepcopy(cfg)
     cfg.data.windows.row_order = variant.row_order
     cfg.train.shuffle_buffer = variant.buffer
-    info = prepare_dataset(cfg.data, progress=lambda _m: None)
+    dataset = prepare_dataset(cfg.data, progress=lambda _m: None)
     frames, tc = cfg.data.windows.frames, cfg.train
     batch = tc.windows_per_batch(frames)
-    split = load_split_arrays(info.uri, "train", columns=KEY_COLUMNS)
+    split = load_split_arrays(dataset, "train", columns=KEY_COLUMNS)
     expected = uniform_expectation(sequence_keys(split), split["start"].astype(np.int64), frames, batch)
-    window_bytes, group_rows = decoded_window_bytes(info.manifest), split_row_groups(info.uri, "train")
+    window_bytes, group_rows = decoded_window_bytes(dataset.manifest), split_row_groups(dataset, "train")
 
     def epoch(number: int, columns: Optional[list[str]]):
         """Worker 0's batches of epoch `number`, read as train.shuffle global reads them."""
-        ds, share, _ = global_share(info.uri, group_rows, tc.seed, number, 0, workers, columns)
+        ds, share, _ = global_share(dataset, group_rows, tc.seed, number, 0, workers, columns)
         buffer = buffer_windows(tc.shuffle_buffer, tc.shuffle_buffer_mb, window_bytes, share)
         return ds, buffer, share
 
@@ -104,8 +105,8 @@ def measure(cfg, variant: Variant, workers: int, max_batches: Optional[int], ing
         """Close pairs per full batch, and the batches' windows (for the resume check)."""
         ds, buffer, _ = epoch(number, KEY_COLUMNS + ["flipped"])
         pairs, seen = [], []
-        for b in iter_numpy_batches(ds, batch, buffer, tc.prefetch_batches, batch_seed(tc.seed, number, 0),
-                                    drop_last=True, keys=KEY_COLUMNS + ["flipped"]):
+        for b in iter_numpy_batches(ds, batch, KEY_COLUMNS + ["flipped"], buffer, tc.prefetch_batches,
+                                    batch_seed(tc.seed, number, 0), drop_last=True):
             keys, starts = sequence_keys(b), b["start"].astype(np.int64)
             pairs.append(close_pairs(keys, starts, frames))
             seen.append(tuple(zip(keys.tolist(), starts.tolist(), b["flipped"].tolist())))
@@ -127,7 +128,7 @@ def measure(cfg, variant: Variant, workers: int, max_batches: Optional[int], ing
     total_expected = expected * len(pairs)
     ratio = float(np.sum(pairs)) / total_expected if total_expected > 0 else float("nan")
     return {
-        "variant": variant.name, "row_order": variant.row_order, "buffer": buffer, "dataset": info.id,
+        "variant": variant.name, "row_order": variant.row_order, "buffer": buffer, "dataset": dataset.id,
         "batch": batch, "batches": len(pairs), "share_windows": share,
         "close_pairs_per_batch": round(float(np.mean(pairs)) if pairs else float("nan"), 3),
         "uniform_expectation": round(expected, 3), "ratio_to_uniform": round(ratio, 3),

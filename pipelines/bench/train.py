@@ -259,7 +259,7 @@ def write_profile(model, data: dict, loss_fn: Callable, optimizer, bf16: bool, c
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from preprocessing.storage import atomic_local_file
+    from preprocessing.store.storage import atomic_local_file
     from pipelines.train.loop import train_step
 
     train_step(model, data, loss_fn, optimizer, clip_grad=clip_grad, bf16=bf16)
@@ -281,20 +281,18 @@ def _fmt(r: dict[str, Any], key: str, spec: str, scale: float = 1.0) -> str:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A markdown table of result rows (raylift and official side by side)."""
-    head = ("| model | implementation | precision | compile | batch (windows) | train frames/s | peak GiB "
-            "| TFLOP/s | vs official |\n|---|---|---|---|---|---|---|---|---|")
-    lines = [head]
-    for r in rows:
-        fps = r["error"] if r.get("error") else _fmt(r, "frames_per_s", ",.0f")
-        compile_text = r["compile_mode"] if r["compile"] else "eager"
-        lines.append(
-            f"| {r['model']} T={r['frames']} | {r['implementation']} | {r['precision']} | {compile_text} | {r['batch']} "
-            f"| {fps} | {_fmt(r, 'peak_memory_bytes', '.2f', 2.0 ** -30)} | {_fmt(r, 'tflop_per_s', '.3g')} "
-            f"| {_fmt(r, 'speedup_vs_official', '.2f')}{'x' if r.get('speedup_vs_official') else ''} |")
+    from pipelines.viz.tables import render_table
+
+    body = [[f"{r['model']} T={r['frames']}", r["implementation"], r["precision"],
+             r["compile_mode"] if r["compile"] else "eager", r["batch"],
+             r["error"] if r.get("error") else _fmt(r, "frames_per_s", ",.0f"),
+             _fmt(r, "peak_memory_bytes", ".2f", 2.0 ** -30), _fmt(r, "tflop_per_s", ".3g"),
+             f"{_fmt(r, 'speedup_vs_official', '.2f')}{'x' if r.get('speedup_vs_official') else ''}"] for r in rows]
     kinds = sorted({r["peak_memory_kind"] for r in rows if r.get("peak_memory_kind")})
     devices = sorted({r["device"] for r in rows})
-    lines.append(f"\ndevice: {', '.join(devices)}; peak memory: {', '.join(kinds) or '-'}")
-    return "\n".join(lines)
+    return (render_table(["model", "implementation", "precision", "compile", "batch (windows)", "train frames/s",
+                          "peak GiB", "TFLOP/s", "vs official"], body, markdown=True, left=4)
+            + f"\n\ndevice: {', '.join(devices)}; peak memory: {', '.join(kinds) or '-'}")
 
 
 def format_result(r: dict[str, Any]) -> str:

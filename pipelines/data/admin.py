@@ -43,7 +43,7 @@ def resolve_root(args: argparse.Namespace) -> str:
 
 
 def dataset_location(args: argparse.Namespace):
-    from preprocessing import storage
+    from preprocessing.store import storage
 
     ref = args.dataset
     if "/" in ref or ref.startswith("."):
@@ -60,31 +60,31 @@ def _size(n: float) -> str:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from preprocessing import storage
-    from preprocessing.manifest import list_datasets
+    from preprocessing.store import storage
+    from preprocessing.store.manifest import list_datasets
 
     root = storage.open_location(resolve_root(args))
     manifests = list_datasets(root)
     if not manifests:
         print(f"no datasets under {root.uri}")
         return 0
-    header = f"{'ID':<18}{'SOURCE':<18}{'MODE':<10}{'T':>5}{'VIEWS':>6}{'TRAIN':>10}{'TEST':>9}{'SIZE':>10}  CREATED"
-    print(f"datasets under {root.uri}:")
-    print(header)
+    from pipelines.viz.tables import render_table
+
+    rows = []
     for m in manifests:
         w, s = m["windows"], m["splits"]
         images = m.get("kind") == "images"
         views = w["views"] if images else len(w["cameras"]) if w["multiview"] else 1
-        print(
-            f"{m['id']:<18}{m['source']['kind']:<18}{'images' if images else w['mode']:<10}{w['frames']:>5}{views:>6}"
-            f"{s.get('train', {}).get('windows', 0):>10}{s.get('test', {}).get('windows', 0):>9}"
-            f"{_size(m['total_bytes']):>10}  {m.get('created', '?')}"
-        )
+        rows.append([m["id"], m["source"]["kind"], "images" if images else w["mode"], w["frames"], views,
+                     s.get("train", {}).get("windows", 0), s.get("test", {}).get("windows", 0),
+                     _size(m["total_bytes"]), m.get("created", "?")])
+    print(f"datasets under {root.uri}:")
+    print(render_table(["ID", "SOURCE", "MODE", "T", "VIEWS", "TRAIN", "TEST", "SIZE", "CREATED"], rows, left=3))
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from preprocessing.manifest import verify_dataset
+    from preprocessing.store.manifest import verify_dataset
 
     dataset = dataset_location(args)
     report = verify_dataset(dataset)
@@ -98,15 +98,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from preprocessing.manifest import read_manifest_at
+    from preprocessing.store.dataset import Dataset
 
-    dataset = dataset_location(args)
-    m = read_manifest_at(dataset)
-    if m.get("kind") == "images":
+    dataset = Dataset.open(dataset_location(args))
+    m = dataset.manifest
+    if dataset.kind == "images":
         from pipelines.data.preprocess import image_summary_lines
-        from preprocessing.shards import DatasetInfo
 
-        for line in image_summary_lines(DatasetInfo(m["id"], dataset.uri, m, cached=True), 0.0)[:-1]:
+        for line in image_summary_lines(Dataset(dataset.location, m, cached=True), 0.0)[:-1]:
             print(line)
         return 0
     w, src = m["windows"], m["source"]

@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from cluster.session import init_ray, quiet_ray_data
     from pipelines.config import load_config
     from preprocessing.config import IMAGE_KINDS
-    from preprocessing.image_shards import build_image_dataset
-    from preprocessing.shards import prepare_dataset
+    from preprocessing.images.dataset import build_image_dataset
+    from preprocessing.keypoints.dataset import prepare_dataset
 
     cfg = load_config(args.config, args.overrides)
     quiet_ray_data()

@@ -10,7 +10,7 @@ cluster/kuberay/). So the test split is streamed through `Dataset.map_batches`:
 
 Each batch returns its real (non-flipped) windows with a `pred` column (N, T', [V,] J, 3); the
 driver gathers the scoring columns and the predictions and scores them with exactly the code of
-`pipelines/evaluate/protocols.py` (`evaluate_arrays` with `pred`), so the tables match today's
+`pipelines/evaluate/scoring.py` (`evaluate_arrays` with `pred`), so the tables match today's
 in-driver evaluation. Row order does not matter: `collect_frames` sorts frames by sequence.
 
 `raylift infer --dataset` lifts one whole sequence the same way (`lift_sequence_on_ray`): the
@@ -24,12 +24,14 @@ it on its CPU and puts its meta and weights in the object store.
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
-from preprocessing.storage import Location
+from preprocessing.store.dataset import Dataset
+from preprocessing.store.storage import Location
 
 # (checkpoint key, device) -> (model, meta), per worker process: a CPU task loads the checkpoint once.
 _MODELS: dict[tuple[str, str], tuple[Any, dict]] = {}
@@ -100,6 +102,23 @@ def placement_for_cli(device: str, resources: Optional[dict[str, float]] = None,
     return Placement(gpus=gpus, resources=dict(resources or {}), actors=actors)
 
 
+def add_placement_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where Ray Data runs the forward passes (`pipelines.evaluate.batch.placement_for_cli`)."""
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="cuda: actors with one GPU each; cpu: CPU tasks; auto (default): cuda when the "
+                             "Ray cluster has GPUs")
+    parser.add_argument("--resources", metavar="NAME=N[,NAME=N]", default=None,
+                        help="custom Ray resources each inference actor asks for (e.g. accelerator_type:A10G=0.01)")
+    parser.add_argument("--actors", type=int, default=1, help="inference actors with --device cuda or --resources")
+
+
+def parse_placement_resources(text: Optional[str]) -> dict[str, float]:
+    """`--resources NAME=N[,NAME=N]` -> {NAME: N} (ConfigError naming a malformed item)."""
+    from pipelines.config import parse_resources
+
+    return parse_resources(text) if text else {}
+
+
 def ensure_ray() -> None:
     """Connect to RAY_ADDRESS's cluster, else start a private local Ray (cluster/session.py)."""
     import ray
@@ -136,7 +155,7 @@ def _load(checkpoint: CheckpointSource, device: str, expect_model: Optional[str]
             load_into(model, state, checkpoint.source)
             model.eval()
         else:
-            from pipelines.train.checkpoints import local_copy
+            from preprocessing.store.storage import local_copy
 
             with local_copy(checkpoint) as d:
                 model, meta = load_model(d, expect_model=expect_model, expect_frames=expect_frames)
@@ -148,7 +167,7 @@ def lift_batch(batch: dict[str, np.ndarray], model: Any, layout: str, flip: bool
                device: str, bf16: bool) -> dict[str, np.ndarray]:
     """The batch's real windows (flipped training copies dropped) with their predictions `pred`."""
     from pipelines.evaluate.prediction import predict_windows
-    from pipelines.evaluate.protocols import camera_columns
+    from pipelines.evaluate.scoring import camera_columns
 
     flipped = batch.get("flipped")
     keep = np.ones(len(batch["keypoints_2d"]), bool) if flipped is None else ~np.asarray(flipped, bool)
@@ -194,7 +213,7 @@ def _lift_task(batch: dict[str, np.ndarray], checkpoint, device, expect_model, e
     return lift(batch, model, **lift_kwargs, device=device)
 
 
-def _map_lift(ds: Any, checkpoint: CheckpointSource, placement: Placement, batch_size: int, lift: Callable,
+def map_lift(ds: Any, checkpoint: CheckpointSource, placement: Placement, batch_size: int, lift: Callable,
               lift_kwargs: dict, expect_model: Optional[str], expect_frames: Optional[int]) -> Any:
     """`ds.map_batches(lift)` on GPU/custom-resource actors or CPU tasks, per `placement`."""
     args = dict(checkpoint=checkpoint, device=placement.device, expect_model=expect_model,
@@ -209,7 +228,7 @@ def _map_lift(ds: Any, checkpoint: CheckpointSource, placement: Placement, batch
                           num_cpus=placement.cpus)
 
 
-def _gather(ds: Any) -> dict[str, np.ndarray]:
+def gather(ds: Any) -> dict[str, np.ndarray]:
     parts: dict[str, list[np.ndarray]] = {}
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for k, v in batch.items():
@@ -225,26 +244,26 @@ def where_text(placement: Placement) -> str:
     return f"CPU tasks of {placement.cpus:g} CPU(s)"
 
 
-def predict_split(checkpoint: CheckpointSource, dataset_uri: str, layout: str, placement: Placement,
+def predict_split(checkpoint: CheckpointSource, dataset: Dataset, placement: Placement,
                   flip: bool = True, batch_size: int = 64, bf16: bool = False,
                   expect_model: Optional[str] = None, expect_frames: Optional[int] = None,
                   split: str = "test") -> dict[str, np.ndarray]:
     """Every real window of `split` with its prediction, gathered on the driver: the scoring
-    columns (`protocols.TEST_COLUMNS`) plus `pred`."""
-    from pipelines.evaluate.protocols import TEST_COLUMNS
-    from preprocessing.readers import open_split
-    from preprocessing.storage import open_location
+    columns (`scoring.TEST_COLUMNS`) plus `pred`."""
+    from pipelines.evaluate.scoring import TEST_COLUMNS
+    from preprocessing.keypoints.readers import open_split
+    from preprocessing.store.storage import open_location
 
     if isinstance(checkpoint, str):
         checkpoint = open_location(checkpoint)
-    ds = open_split(dataset_uri, split, columns=list(TEST_COLUMNS))
-    ds = _map_lift(ds, checkpoint, placement, batch_size, lift_batch,
-                   dict(layout=layout, flip=flip, batch_size=batch_size, bf16=bf16), expect_model, expect_frames)
-    parts = _gather(ds)
+    ds = open_split(dataset, split, columns=list(TEST_COLUMNS))
+    ds = map_lift(ds, checkpoint, placement, batch_size, lift_batch,
+                   dict(layout=dataset.layout, flip=flip, batch_size=batch_size, bf16=bf16), expect_model, expect_frames)
+    parts = gather(ds)
     if not parts:
         from preprocessing.errors import DataError
 
-        raise DataError(f"{dataset_uri}: {split} split has no windows")
+        raise DataError(f"{dataset.uri}: {split} split has no windows")
     return parts
 
 
@@ -264,28 +283,28 @@ def lift_sequence_on_ray(checkpoint: CheckpointSource, keypoints_2d: np.ndarray,
         raise DataError(f"keypoints must be (frames, joints, 2), got {kp.shape}")
     plan = plan_windows(kp.shape[0], frames, mode)
     ds = ray.data.range(plan.num_windows)  # one row per window id
-    ds = _map_lift(ds, checkpoint, placement, batch_size, lift_windows_of_sequence,
+    ds = map_lift(ds, checkpoint, placement, batch_size, lift_windows_of_sequence,
                    dict(keypoints=ray.put(kp), plan=plan, layout=skeleton.name, flip=flip, batch_size=batch_size,
                         bf16=bf16), None, frames)
-    got = _gather(ds)
+    got = gather(ds)
     out = np.zeros(kp.shape[:2] + (3,), dtype=np.float32)  # (N, J, 3)
     stitch_into(out, got["pred"], plan, got["id"])
     return out - out[:, skeleton.root : skeleton.root + 1]
 
 
-def evaluate_on_ray(checkpoint: CheckpointSource, dataset_uri: str, layout: str, placement: Placement,
+def evaluate_on_ray(checkpoint: CheckpointSource, dataset: Dataset, placement: Placement,
                     flip: bool = True, batch_size: int = 64, bf16: bool = False, baseline: bool = True,
                     expect_model: Optional[str] = None, expect_frames: Optional[int] = None,
                     progress: Callable[[str], None] = print, labels: Optional[dict[str, str]] = None,
                     camera_inputs: tuple[str, ...] = ()) -> dict[str, Any]:
     """`protocols.evaluate_model`'s result for a checkpoint, with the forward passes run by Ray Data
     on `placement`; the mean-pose baseline (numpy) is computed in the driver as before."""
-    from pipelines.evaluate.protocols import evaluate_arrays, load_train_for_baseline
+    from pipelines.evaluate.scoring import evaluate_arrays, load_train_for_baseline
 
     progress(f"evaluation: Ray Data batch inference on {where_text(placement)}")
-    arrays = predict_split(checkpoint, dataset_uri, layout, placement, flip, batch_size, bf16, expect_model,
+    arrays = predict_split(checkpoint, dataset, placement, flip, batch_size, bf16, expect_model,
                            expect_frames)
     pred = arrays.pop("pred")
-    train, notes = load_train_for_baseline(dataset_uri) if baseline else (None, [])
-    return evaluate_arrays(None, arrays, dataset_uri, layout, flip=flip, batch_size=batch_size, train=train,
+    train, notes = load_train_for_baseline(dataset) if baseline else (None, [])
+    return evaluate_arrays(None, arrays, dataset.uri, dataset.layout, flip=flip, batch_size=batch_size, train=train,
                            notes=notes, pred=pred, labels=labels, camera_inputs=camera_inputs)

@@ -20,6 +20,8 @@ import torch
 
 from models.checkpoint import CheckpointError
 from pipelines.evaluate.metrics2d import PCK_THRESHOLD, evaluate_2d
+from pipelines.viz.tables import render_table
+from preprocessing.store.dataset import Dataset
 
 PROTOCOL_2D = (f"2D: every real test image once (padded frames excluded), no test-time flip, full-image "
                f"pixels via the crop boxes; PCK@{PCK_THRESHOLD:g} = joint error < {PCK_THRESHOLD:g} x the "
@@ -32,7 +34,7 @@ COLUMNS_2D = (("PCK@0.05", "PCK@0.05 %", 100.0), ("pixel_error", "px err", 1.0),
 def load_image_model(checkpoint: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """The model of an image checkpoint (local directory or URI), in eval mode on `device`."""
     from models.checkpoint import load_model
-    from pipelines.train.checkpoints import local_copy
+    from preprocessing.store.storage import local_copy
 
     with local_copy(checkpoint) as d:
         model, meta = load_model(d)
@@ -43,7 +45,7 @@ def load_image_model(checkpoint: str, device: torch.device) -> tuple[torch.nn.Mo
 def _require_image_model(meta: dict, checkpoint: Any) -> None:
     """CheckpointError unless the checkpoint's model takes images."""
     from models.registry import model_class
-    from pipelines.train.images import is_image_model
+    from models.registry import is_image_model
 
     if not is_image_model(model_class(meta["model"]["name"])):
         raise CheckpointError(f"{checkpoint}: model {meta['model']['name']!r} takes 2D keypoints, not images; "
@@ -54,7 +56,7 @@ def predict_image_batch(batch: dict[str, np.ndarray], model: torch.nn.Module, bf
                         device: str) -> dict[str, np.ndarray]:
     """map_batches function (`batch._map_lift`): the batch's windows without their pixels, plus
     `pred` (N, f, V, J, 2) in crop pixels."""
-    from pipelines.train.loop import autocast
+    from pipelines.evaluate.prediction import autocast
 
     dev = torch.device(device)
     with torch.no_grad(), autocast(dev, bf16):
@@ -64,44 +66,44 @@ def predict_image_batch(batch: dict[str, np.ndarray], model: torch.nn.Module, bf
     return out
 
 
-def predict_split(checkpoint: Any, uri: str, split: str, placement: Any, batch_size: int,
+def predict_split(checkpoint: Any, dataset: Dataset, split: str, placement: Any, batch_size: int,
                   bf16: bool = False) -> dict[str, np.ndarray]:
     """Predictions for every window of a split, run by Ray Data where `placement` says (GPU or
     custom-resource actors, else CPU tasks; `pipelines/evaluate/batch.py`), never in this driver:
     `pred` and `keypoints` (W, f, V, J, 2) crop pixels, `boxes` (W, f, V, 4), `mask` (W, f),
     `frame` (W, f), `subject`/`action`/`activity`/`camera` (W,). `checkpoint`: a Location the
     workers can read, or a `batch.ShippedCheckpoint`."""
-    from pipelines.evaluate.batch import _gather, _map_lift
+    from pipelines.evaluate.batch import gather, map_lift
     from preprocessing.errors import DataError
-    from preprocessing.image_readers import open_image_split
+    from preprocessing.images.readers import open_image_split
 
-    ds = open_image_split(uri, split, flip=False, labels=True)
-    ds = _map_lift(ds, checkpoint, placement, batch_size, predict_image_batch,
-                   {"bf16": bf16}, None, None)  # autocast is a no-op off CUDA (train.loop.autocast)
-    parts = _gather(ds)
+    ds = open_image_split(dataset, split, flip=False, labels=True)
+    ds = map_lift(ds, checkpoint, placement, batch_size, predict_image_batch,
+                   {"bf16": bf16}, None, None)  # autocast is a no-op off CUDA (prediction.autocast)
+    parts = gather(ds)
     if not parts:
-        raise DataError(f"{uri}: {split} split has no windows")
+        raise DataError(f"{dataset.uri}: {split} split has no windows")
     return parts
 
 
-def checkpoint_for_workers(checkpoint: Any, manifest: dict, dataset_uri: str, ship: bool) -> tuple[Any, dict]:
+def checkpoint_for_workers(checkpoint: Any, dataset: Dataset, ship: bool) -> tuple[Any, dict]:
     """(source for `predict_split`, meta) of an image checkpoint, checked against the dataset's
     window length. `ship`: load it here (on CPU: a damaged file fails here, naming it) and put its
     weights in the object store, for a checkpoint only this process can read (a local directory);
     else the workers read it from its URI (a run directory on shared or object storage)."""
     from pipelines.evaluate.batch import ship_model
-    from preprocessing import storage
+    from preprocessing.store import storage
 
     if ship:
         model, meta = load_image_model(checkpoint, torch.device("cpu"))
         source = ship_model(model, meta, str(checkpoint))
     else:
-        source = checkpoint if isinstance(checkpoint, storage.Location) else storage.open_location(str(checkpoint))
+        source = storage.as_location(checkpoint)
         meta = json.loads(storage.read_bytes(source.child("meta.json")))  # the meta only, not the weights
         _require_image_model(meta, source.uri)
-    if int(meta["frames"]) != int(manifest["windows"]["frames"]):
-        raise CheckpointError(f"{checkpoint}: trained on windows of f={meta['frames']} frames, dataset {dataset_uri} "
-                              f"has f={manifest['windows']['frames']}")
+    if int(meta["frames"]) != int(dataset.windows["frames"]):
+        raise CheckpointError(f"{checkpoint}: trained on windows of f={meta['frames']} frames, dataset {dataset.uri} "
+                              f"has f={dataset.windows['frames']}")
     return source, meta
 
 
@@ -115,23 +117,14 @@ def format_table_2d(results: dict[str, dict[str, float]], markdown: bool = False
     head = ["activity", *[label for _, label, _ in COLUMNS_2D], "images"]
     rows = [[name, *[f"{results[name][k] * scale:.2f}" for k, _, scale in COLUMNS_2D], str(results[name]["images"])]
             for name in [*sorted(k for k in results if k != "overall"), "overall"]]
-    return _render(head, rows, markdown)
+    return render_table(head, rows, markdown)
 
 
 def format_table_i(overall: dict[str, dict[str, float]], markdown: bool = False) -> str:
     """The paper's Table I layout: one row per model (e.g. baseline, full), overall 2D metrics."""
     head = ["model", *[label for _, label, _ in COLUMNS_2D]]
     rows = [[name, *[f"{m[k] * scale:.2f}" for k, _, scale in COLUMNS_2D]] for name, m in overall.items()]
-    return _render(head, rows, markdown)
-
-
-def _render(head: list[str], rows: list[list[str]], markdown: bool) -> str:
-    if markdown:
-        return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-                         + ["| " + " | ".join(r) + " |" for r in rows])
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    fmt = lambda r: "  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths)))
-    return "\n".join([fmt(head), "-" * len(fmt(head))] + [fmt(r) for r in rows])
+    return render_table(head, rows, markdown)
 
 
 def model_label(meta: dict) -> str:
@@ -140,28 +133,26 @@ def model_label(meta: dict) -> str:
     return f"{m.get('name')} {m.get('variant', '')} {what}, f={meta.get('frames')}".replace("  ", " ")
 
 
-def evaluate_image_checkpoint(checkpoint: str, dataset_uri: str, placement: Any, compare: Optional[str] = None,
+def evaluate_image_checkpoint(checkpoint: str, dataset: Dataset, placement: Any, compare: Optional[str] = None,
                               batch_size: int = 8, bf16: bool = False, ship: bool = True,
                               progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Score `checkpoint` (and `compare`, e.g. the no-relations baseline) on the test split of
-    the image dataset `dataset_uri`, the forward passes as Ray Data batch inference on
+    the image dataset `dataset`, the forward passes as Ray Data batch inference on
     `placement`. `ship`: see `checkpoint_for_workers`. Returns {"protocol", "dataset", "models":
     {label: {"checkpoint", "epoch", "results": per-activity metrics}}}."""
     from pipelines.evaluate.batch import where_text
-    from preprocessing.image_readers import _image_manifest
 
-    manifest = _image_manifest(dataset_uri)
-    size = int(manifest["windows"]["size"])
+    size = int(dataset.windows["size"])
     progress(f"2D evaluation: Ray Data batch inference on {where_text(placement)}")
     models: dict[str, Any] = {}
     for ckpt in [c for c in (compare, checkpoint) if c]:
-        source, meta = checkpoint_for_workers(ckpt, manifest, dataset_uri, ship)
+        source, meta = checkpoint_for_workers(ckpt, dataset, ship)
         label = model_label(meta)
         if label in models:
             label = f"{label} ({Path(str(ckpt)).name})"
-        arrays = predict_split(source, dataset_uri, "test", placement, batch_size, bf16)
+        arrays = predict_split(source, dataset, "test", placement, batch_size, bf16)
         models[label] = {"checkpoint": str(ckpt), "epoch": meta.get("epoch"), "results": score_predictions(arrays, size)}
-    return {"protocol": PROTOCOL_2D, "dataset": str(dataset_uri), "models": models}
+    return {"protocol": PROTOCOL_2D, "dataset": dataset.uri, "models": models}
 
 
 def result_text(result: dict[str, Any], markdown: bool = False) -> str:
@@ -179,23 +170,23 @@ def result_text(result: dict[str, Any], markdown: bool = False) -> str:
 
 def write_result(result: dict[str, Any], out_dir) -> None:
     """results.json and results.md into `out_dir` (a local path or storage Location), atomically."""
-    from preprocessing import storage
+    from preprocessing.store import storage
 
-    loc = out_dir if isinstance(out_dir, storage.Location) else storage.open_location(str(out_dir))
+    loc = storage.as_location(out_dir if isinstance(out_dir, storage.Location) else str(out_dir))
     storage.write_bytes(loc.child("results.json"), (json.dumps(result, indent=1, default=float) + "\n").encode())
     storage.write_bytes(loc.child("results.md"), ("# raylift 2D evaluation\n\n" + result_text(result, True) + "\n").encode())
 
 
-def evaluate_image_best(cfg, checkpoint_uri: str, dataset_uri: str, run_uri: str,
+def evaluate_image_best(cfg, checkpoint_uri: str, dataset: Dataset, run_uri: str,
                         progress: Callable[[str], None] = print) -> dict[str, Any]:
     """The evaluation after `raylift train` of an image model: printed and written to
     `<run>/eval/results.{md,json}`. The forward passes run as Ray Data batch inference on the
     training workers' resources (`batch.placement_for`), never in this driver (on a cluster it runs
     on a head without a GPU); the workers read the checkpoint from the run's storage."""
     from pipelines.evaluate.batch import placement_for
-    from preprocessing import storage
+    from preprocessing.store import storage
 
-    result = evaluate_image_checkpoint(checkpoint_uri, dataset_uri, placement_for(cfg.train),
+    result = evaluate_image_checkpoint(checkpoint_uri, dataset, placement_for(cfg.train),
                                        batch_size=cfg.eval.batch_size, bf16=cfg.eval.bf16, ship=False,
                                        progress=progress)
     progress(result_text(result))
@@ -205,36 +196,35 @@ def evaluate_image_best(cfg, checkpoint_uri: str, dataset_uri: str, run_uri: str
     return result
 
 
-def resolve_image_dataset(checkpoint: str, data: Optional[str], root: Optional[str], progress=print) -> str:
-    """Dataset URI for an image checkpoint: an experiment YAML (its image data is built or found),
+def resolve_image_dataset(checkpoint: str, data: Optional[str], root: Optional[str], progress=print) -> Dataset:
+    """The dataset of an image checkpoint: an experiment YAML (its image data is built or found),
     a dataset id under `root`, or by default the checkpoint's dataset under its config's data.root."""
     from models.checkpoint import read_meta
-    from pipelines.train.checkpoints import local_copy
-    from preprocessing import storage
+    from preprocessing.store.storage import local_copy
+    from preprocessing.store import storage
 
     if data is not None and (data.endswith((".yaml", ".yml")) or Path(data).is_file()):
         from pipelines.config import load_config
-        from preprocessing.image_shards import build_image_dataset
+        from preprocessing.images.dataset import build_image_dataset
 
         cfg = load_config(data)
         if root:
             cfg.data.root = root
-        return build_image_dataset(cfg.data, progress=progress).uri
+        return build_image_dataset(cfg.data, progress=progress)
     with local_copy(checkpoint) as d:
         meta = read_meta(d)
     cfg_root = ((meta.get("config") or {}).get("data") or {}).get("root") or "data/datasets"
     dataset_id = data or meta.get("dataset_id")
     if not dataset_id:
         raise CheckpointError(f"{checkpoint}: meta has no dataset_id: pass --data (a dataset id or experiment YAML)")
-    return storage.join(root or cfg_root, dataset_id)
+    return Dataset.open(storage.join(root or cfg_root, dataset_id))
 
 
 def is_image_checkpoint(checkpoint: str) -> bool:
     """True when `checkpoint`'s model takes images (read from its meta.json only)."""
     from models.checkpoint import read_meta
-    from models.registry import model_class
-    from pipelines.train.checkpoints import local_copy
-    from pipelines.train.images import is_image_model
+    from models.registry import is_image_model, model_class
+    from preprocessing.store.storage import local_copy
 
     with local_copy(checkpoint) as d:
         name = read_meta(d)["model"].get("name")
@@ -246,13 +236,12 @@ def is_image_checkpoint(checkpoint: str) -> bool:
 
 def run_cli(args) -> int:
     """`raylift evaluate --checkpoint D [--compare D2] [--data ID|C]` for image checkpoints."""
-    from pipelines.evaluate.batch import ensure_ray, placement_for_cli
-    from pipelines.evaluate.protocols import parse_placement_resources
+    from pipelines.evaluate.batch import ensure_ray, parse_placement_resources, placement_for_cli
 
     ensure_ray()  # before resolve_image_dataset, which may build a YAML's dataset with Ray Data
-    uri = resolve_image_dataset(args.checkpoint, args.data, args.root)
+    dataset = resolve_image_dataset(args.checkpoint, args.data, args.root)
     placement = placement_for_cli(args.device, parse_placement_resources(args.resources), args.actors)
-    result = evaluate_image_checkpoint(args.checkpoint, uri, placement, compare=args.compare,
+    result = evaluate_image_checkpoint(args.checkpoint, dataset, placement, compare=args.compare,
                                        batch_size=args.batch_size, bf16=args.bf16)
     out = args.out or f"{str(args.checkpoint).rstrip('/')}-eval"
     print(result_text(result))

@@ -2,7 +2,7 @@
 
 Two inputs:
 - `--input K`: a COCO-17 (default) or H36M-17 (`--layout h36m`) keypoint file in pixels (formats:
-  `preprocessing/keypoint_formats.py`), with the image size from `--width/--height` or the file.
+  `preprocessing/sources/keypoint_formats.py`), with the image size from `--width/--height` or the file.
 - `--dataset D --subject S --action A --camera I`: one sequence of a dataset (an experiment YAML, or
   a directory in VideoPose3D's formats such as cmu-dev), lifted and compared with its ground truth
   (MPJPE / P-MPJPE printed and stored).
@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from preprocessing import storage
+from preprocessing.store import storage
 from preprocessing.errors import DataError
 
 OUTPUT_FORMAT = "raylift-inference/1"
@@ -288,7 +288,7 @@ def _lift_on_ray(args: argparse.Namespace, model: Any, meta: dict, keypoints: np
     """`lift_sequence` as Ray Data batch inference on `--device/--resources/--actors`:
     (poses (N, J, 3), where they ran)."""
     from pipelines.evaluate.batch import ensure_ray, lift_sequence_on_ray, placement_for_cli, ship_model, where_text
-    from pipelines.evaluate.protocols import parse_placement_resources
+    from pipelines.evaluate.batch import parse_placement_resources
 
     ensure_ray()
     placement = placement_for_cli(args.device, parse_placement_resources(args.resources), args.actors)
@@ -300,7 +300,7 @@ def _lift_on_ray(args: argparse.Namespace, model: Any, meta: dict, keypoints: np
 
 
 def run(args: argparse.Namespace) -> int:
-    from preprocessing.keypoint_formats import load_keypoints, normalize_screen, screen_to_pixels
+    from preprocessing.sources.keypoint_formats import load_keypoints, normalize_screen, screen_to_pixels
     from preprocessing.skeleton import H36M17, get_skeleton
 
     if args.batch_size is not None and args.batch_size < 1:

@@ -33,6 +33,13 @@ MM_PER_M = 1000.0
 
 # MPI-INF-3DHP (P-STMO order): PCK/AUC joints = all but pelvis 14, spine 15, head 16.
 MPI_PCK_JOINTS: tuple[int, ...] = tuple(range(14))
+# Human3.6M's 15 activities in the order papers print them.
+H36M_ACTIVITIES = (
+    "Directions", "Discussion", "Eating", "Greeting", "Phoning", "Photo", "Posing", "Purchases",
+    "Sitting", "SittingDown", "Smoking", "Waiting", "WalkDog", "Walking", "WalkTogether",
+)
+H36M_METRICS = ("mpjpe", "p_mpjpe", "n_mpjpe", "mpjve")
+MPI_METRICS = ("pck", "auc", "mpjpe")
 PCK_THRESHOLD_MM = 150.0
 AUC_THRESHOLDS_MM: np.ndarray = np.linspace(0.0, 150.0, 31)  # 0, 5, ..., 150
 
@@ -331,6 +338,6 @@ def markdown_table(
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
-    from preprocessing.storage import write_local_atomic
+    from preprocessing.store.storage import write_local_atomic
 
     return write_local_atomic(path, json.dumps(data, indent=1, sort_keys=False) + "\n")

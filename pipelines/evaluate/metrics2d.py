@@ -19,7 +19,7 @@ import io
 
 import numpy as np
 
-from preprocessing.crops import to_full
+from preprocessing.images.crops import to_full
 
 PCK_THRESHOLD = 0.05  # of max(person box width, height): the authors' utils/valid.py
 # COCO's per-keypoint sigmas (pycocotools, cocoeval.py) mapped to the Human3.6M-17 joints. COCO has

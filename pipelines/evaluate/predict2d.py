@@ -22,9 +22,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipelines.evaluate.protocols import add_placement_arguments
-from preprocessing.crops import to_full
+from pipelines.evaluate.batch import add_placement_arguments
+from preprocessing.images.crops import to_full
 from preprocessing.errors import DataError
+from preprocessing.store.dataset import Dataset
 
 
 def collect_full_image(arrays: dict[str, np.ndarray], size: int, views: int,
@@ -52,30 +53,28 @@ def positions_2d(tables: dict[tuple[str, str], dict[int, np.ndarray]], cameras: 
     return out
 
 
-def predict_2d_file(checkpoint: str, dataset_uri: str, output: str, placement: Any, batch_size: int = 8,
+def predict_2d_file(checkpoint: str, dataset: Dataset, output: str, placement: Any, batch_size: int = 8,
                     bf16: bool = False, ship: bool = True, progress: Callable[[str], None] = print) -> dict:
-    """Predict every frame of every camera of `dataset_uri` with `checkpoint`, the forward passes
+    """Predict every frame of every camera of `dataset` with `checkpoint`, the forward passes
     as Ray Data batch inference on `placement` (`images2d.predict_split`; `ship`: see
     `images2d.checkpoint_for_workers`); write `output`. Returns the file's metadata plus `frames`
     (camera-frames written)."""
     from pipelines.evaluate.batch import where_text
     from pipelines.evaluate.images2d import checkpoint_for_workers, predict_split
-    from preprocessing.image_readers import _image_manifest
-    from preprocessing.safe_npz import write_npz
     from preprocessing.skeleton import get_skeleton
+    from preprocessing.sources.safe_npz import write_npz
 
-    manifest = _image_manifest(dataset_uri)
-    windows = manifest["windows"]
-    source, meta = checkpoint_for_workers(checkpoint, manifest, dataset_uri, ship)
+    manifest, windows = dataset.manifest, dataset.windows
+    source, meta = checkpoint_for_workers(checkpoint, dataset, ship)
     progress(f"predicting 2D: Ray Data batch inference on {where_text(placement)}")
     cameras = list(manifest["cameras"])
     tables: dict[tuple[str, str], dict[int, np.ndarray]] = {}
     for split in [s for s in ("train", "test") if s in manifest["splits"]]:
-        arrays = predict_split(source, dataset_uri, split, placement, batch_size, bf16)
+        arrays = predict_split(source, dataset, split, placement, batch_size, bf16)
         collect_full_image(arrays, int(windows["size"]), len(cameras), tables)
         progress(f"predicted {split}: {int(arrays['mask'].sum()) * len(cameras)} images")
     pos = positions_2d(tables, cameras)
-    skel = get_skeleton(manifest["source"]["layout"])
+    skel = get_skeleton(dataset.layout)
     sizes = manifest.get("image_sizes") or {}
     metadata = {
         "layout_name": skel.name,
@@ -116,12 +115,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipelines.evaluate.batch import ensure_ray, placement_for_cli
     from pipelines.evaluate.images2d import resolve_image_dataset
-    from pipelines.evaluate.protocols import parse_placement_resources
+    from pipelines.evaluate.batch import parse_placement_resources
 
     if not args.output.endswith(".npz"):
         raise DataError(f"--output {args.output}: expected a .npz file name")
     ensure_ray()  # before resolve_image_dataset, which may build a YAML's dataset with Ray Data
-    uri = resolve_image_dataset(args.checkpoint, args.data, args.root)
+    dataset = resolve_image_dataset(args.checkpoint, args.data, args.root)
     placement = placement_for_cli(args.device, parse_placement_resources(args.resources), args.actors)
-    predict_2d_file(args.checkpoint, uri, args.output, placement, args.batch_size, args.bf16)
+    predict_2d_file(args.checkpoint, dataset, args.output, placement, args.batch_size, args.bf16)
     return 0

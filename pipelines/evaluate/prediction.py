@@ -41,6 +41,13 @@ def flip_poses(x: torch.Tensor, skeleton: Union[str, Skeleton]) -> torch.Tensor:
     return x.index_select(-2, perm) * sign
 
 
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when asked; a no-op on CPU (CPU bf16 is slower than fp32 here)."""
+    if bf16 and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def predict(model: nn.Module, x: torch.Tensor, skeleton: Union[str, Skeleton], flip: bool = True,
             camera: Optional[Mapping[str, torch.Tensor]] = None) -> torch.Tensor:
     """Model output for `x`, averaged with the un-flipped output of the flipped input if `flip`
@@ -95,13 +102,8 @@ def predict_windows(
     was_training = model.training
     model.eval()
     outputs: list[np.ndarray] = []
-    autocast = (
-        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        if bf16 and device.type == "cuda"
-        else contextlib.nullcontext()
-    )
     try:
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast(device, bf16):
             for start in range(0, len(keypoints_2d), batch_size):
                 xb = torch.as_tensor(np.ascontiguousarray(keypoints_2d[start : start + batch_size]), dtype=torch.float32)
                 camera = {}

@@ -40,9 +40,10 @@ import torch
 from torch import nn
 
 from pipelines.evaluate import metrics
+from pipelines.evaluate.metrics import H36M_ACTIVITIES
 from preprocessing.errors import DataError
 from preprocessing.skeleton import MPI17, Skeleton, get_skeleton
-from preprocessing.windows import frame_indices
+from preprocessing.keypoints.windows import frame_indices
 
 PROTOCOL_NAMES = ("raylift", "mixste", "videopose3d_seq2frame", "fusionformer")
 
@@ -176,8 +177,6 @@ def evaluate_protocol(model: nn.Module, arrays: Mapping[str, np.ndarray], skelet
                       device: Union[str, torch.device] = "cpu") -> dict[str, Any]:
     """Score `model` on the test split `arrays` with `protocol` (not `raylift`); returns a
     `metrics.summarise` summary (groups = activities, group mean = action-wise)."""
-    from pipelines.evaluate.protocols import H36M_ACTIVITIES
-
     skel = skeleton if isinstance(skeleton, Skeleton) else get_skeleton(skeleton)
     if protocol not in SPECS or protocol == "raylift":
         raise ValueError(f"evaluate_protocol: protocol {protocol!r} is not one of {', '.join(PROTOCOL_NAMES[1:])}")

@@ -6,7 +6,7 @@
 - seq2frame (PoseFormer, CrossFormer): one window per frame, frames [i-p, i+p] edge-padded
   (T = 2p+1); the prediction of frame i is the window's single output.
 
-These are exactly the test-split windows of `preprocessing.windows` (whose start and edge-clipped
+These are exactly the test-split windows of `preprocessing.keypoints.windows` (whose start and edge-clipped
 index functions are used here), so inference on a sequence sees what evaluation sees. A plan is
 just the window start frames; windows are gathered batch by batch (a long sequence never holds all
 its seq2frame windows in memory) and their outputs scattered back to frames.
@@ -18,7 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
-from preprocessing.windows import frame_indices, window_starts
+from preprocessing.keypoints.windows import frame_indices, window_starts
 
 
 @dataclass(frozen=True)

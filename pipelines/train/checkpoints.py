@@ -4,16 +4,16 @@ A run directory `<storage_path>/<run name>/` holds `checkpoint_epochNNNN/` direc
 `models/checkpoint.py`'s format (written by Ray Train's `report` when training runs on Ray workers,
 or by `persist_checkpoint` when it runs in the driver with `num_workers: 0`). Every one carries its
 epoch and metrics in `meta.json`, so "latest" (highest epoch: what a restart resumes from) and
-"best" (lowest validation MPJPE: what is evaluated) are read from the directory itself, whoever
-wrote it. A directory without a readable `meta.json`, `model.pt` and `train_state.pt` is
+"best" (lowest validation score, the metric meta.json names as `score`: MPJPE in mm for the lifters,
+the 2D error in pixels for image models) are read from the directory itself, whoever wrote it. A directory without a readable `meta.json`, `model.pt` and `train_state.pt` is
 incomplete (an upload cut short by a dying worker) and is never chosen; when Ray Train's
 checkpoint-manager snapshot is present, only the checkpoints it registered (fully uploaded ones)
 count. A run continued in the driver process (`num_workers: 0`) drops that snapshot first
 (`forget_ray_snapshot`), since from then on its own atomic writes are the record.
 
-Retention (`prune`) keeps the `keep_best` lowest-validation-MPJPE checkpoints plus the latest: the
-same rule Ray Train's CheckpointConfig(num_to_keep=keep_best, checkpoint_score_attribute=
-"val_mpjpe", checkpoint_score_order="min") applies, which also never deletes the latest.
+Retention (`prune`) keeps the `keep_best` lowest-score checkpoints plus the latest: the same rule
+Ray Train's CheckpointConfig(num_to_keep=keep_best, checkpoint_score_attribute=<the task's metric>,
+checkpoint_score_order="min") applies, which also never deletes the latest.
 """
 from __future__ import annotations
 
@@ -23,18 +23,15 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Iterator, Optional, Union
+from typing import Optional, Union
 
 import pyarrow.fs as pafs
 
-from preprocessing import storage
-from preprocessing.storage import Location
+from preprocessing.store import storage
+from preprocessing.store.storage import Location
 
 Where = Union[str, Location]  # a URI, or a Location whose pickled filesystem carries its S3 settings
 
-
-def _loc(where: Where) -> Location:
-    return where if isinstance(where, Location) else storage.open_location(where)
 
 PREFIX = "checkpoint_epoch"
 REQUIRED_FILES = ("meta.json", "model.pt", "train_state.pt")
@@ -54,13 +51,13 @@ class CheckpointInfo:
     name: str  # directory name, e.g. checkpoint_epoch0003
     uri: str  # local path or s3:// URI of the directory
     epoch: int
-    val_mpjpe: float  # mm; inf when missing
+    score: float  # the run's validation metric (meta "score": val_mpjpe in mm, val_px); inf when missing
     meta: dict
 
 
 def list_checkpoints(run_uri: Where) -> list[CheckpointInfo]:
     """Complete checkpoints of a run directory, sorted by epoch (empty when the run is new)."""
-    run = _loc(run_uri)
+    run = storage.as_location(run_uri)
     registered = ray_registered(run)
     out = []
     for entry in storage.list_dir(run):
@@ -78,7 +75,7 @@ def list_checkpoints(run_uri: Where) -> list[CheckpointInfo]:
             continue
         if not isinstance(meta, dict) or "epoch" not in meta:
             continue
-        val = (meta.get("metrics") or {}).get("val_mpjpe")
+        val = (meta.get("metrics") or {}).get(meta.get("score", "val_mpjpe"))
         val = float(val) if isinstance(val, (int, float)) and math.isfinite(val) else math.inf
         out.append(CheckpointInfo(entry.base_name, loc.uri, int(meta["epoch"]), val, meta))
     return sorted(out, key=lambda c: (c.epoch, c.name))
@@ -90,7 +87,7 @@ def ray_registered(run_uri: Where) -> Optional[set[str]]:
     CheckpointConfig it lists every registered checkpoint); None when Ray Train never recorded one."""
     import ray.train
 
-    run = _loc(run_uri)
+    run = storage.as_location(run_uri)
     if not storage.exists(run.child(RAY_SNAPSHOT)):
         return None
     try:
@@ -105,7 +102,7 @@ def ray_registered(run_uri: Where) -> Optional[set[str]]:
 
 def forget_ray_snapshot(run_uri: Where) -> None:
     """Delete Ray Train's snapshot (a run continuing in the driver process keeps its own record)."""
-    storage.delete_tree(_loc(run_uri).child(RAY_SNAPSHOT))
+    storage.delete_tree(storage.as_location(run_uri).child(RAY_SNAPSHOT))
 
 
 def latest(checkpoints: list[CheckpointInfo]) -> Optional[CheckpointInfo]:
@@ -116,7 +113,7 @@ def best(checkpoints: list[CheckpointInfo]) -> Optional[CheckpointInfo]:
     """Lowest validation MPJPE; ties go to the later epoch (as Ray orders equal scores)."""
     if not checkpoints:
         return None
-    return min(checkpoints, key=lambda c: (c.val_mpjpe, -c.epoch))
+    return min(checkpoints, key=lambda c: (c.score, -c.epoch))
 
 
 def select_checkpoint(checkpoints: list[CheckpointInfo], select: str) -> Optional[CheckpointInfo]:
@@ -131,7 +128,7 @@ def select_checkpoint(checkpoints: list[CheckpointInfo], select: str) -> Optiona
 
 def to_keep(checkpoints: list[CheckpointInfo], keep_best: int) -> set[str]:
     """Names kept by the retention rule: the `keep_best` best by validation MPJPE + the latest."""
-    ranked = sorted(checkpoints, key=lambda c: (c.val_mpjpe, -c.epoch))
+    ranked = sorted(checkpoints, key=lambda c: (c.score, -c.epoch))
     keep = {c.name for c in ranked[:keep_best]}
     if checkpoints:
         keep.add(checkpoints[-1].name)
@@ -140,7 +137,7 @@ def to_keep(checkpoints: list[CheckpointInfo], keep_best: int) -> set[str]:
 
 def prune(run_uri: Where, keep_best: int) -> list[str]:
     """Delete the checkpoints outside `to_keep`; returns the deleted names."""
-    run = _loc(run_uri)
+    run = storage.as_location(run_uri)
     checkpoints = list_checkpoints(run)
     keep = to_keep(checkpoints, keep_best)
     deleted = [c.name for c in checkpoints if c.name not in keep]
@@ -193,7 +190,7 @@ def write_checkpoint(run_uri: Where, epoch: int, model_state: dict, meta: dict, 
     """
     from models.checkpoint import save_checkpoint
 
-    run = _loc(run_uri)
+    run = storage.as_location(run_uri)
     target = run.child(checkpoint_name(epoch))
     try:
         if isinstance(run.fs, pafs.LocalFileSystem):
@@ -212,23 +209,3 @@ def write_checkpoint(run_uri: Where, epoch: int, model_state: dict, meta: dict, 
     return target.uri
 
 
-@contextlib.contextmanager
-def local_copy(uri: Where) -> Iterator[str]:
-    """A local directory holding checkpoint `uri` (the directory itself when local; a temporary
-    download from S3, removed afterwards)."""
-    loc = _loc(uri)
-    if isinstance(loc.fs, pafs.LocalFileSystem):
-        yield loc.path
-        return
-    files = storage.list_files(loc)
-    if not files:
-        from models.checkpoint import CheckpointError
-
-        raise CheckpointError(f"{loc.uri}: no checkpoint there (no files under that prefix)")
-    with tempfile.TemporaryDirectory(prefix="raylift-ckpt-") as tmp:
-        for rel in files:
-            dest = os.path.join(tmp, rel)
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            with open(dest, "wb") as f:
-                f.write(storage.read_bytes(loc.child(rel)))
-        yield tmp

@@ -6,7 +6,7 @@ Training order (`train.shuffle: global`, the default). The reference codes draw 
 permutation of all training windows every epoch (a DataLoader with `shuffle=True`). raylift
 streams Parquet instead of holding every window in memory, in three layers:
 1. the training split's rows are stored as a seeded uniform permutation of its windows
-   (`data.windows.row_order: shuffled`, preprocessing/shards.py), so any row group, and so any
+   (`data.windows.row_order: shuffled`, preprocessing/keypoints/dataset.py), so any row group, and so any
    batch drawn from a few of them, is a uniform sample of windows, not a run of neighbouring,
    near-identical ones;
 2. each epoch, a permutation of all row groups drawn from (train.seed, epoch) is dealt to the
@@ -23,73 +23,36 @@ Training streams through Ray Data (`get_dataset_shard`); per-epoch validation do
 shuffle or a streaming executor, and starting one per epoch per worker costs seconds. Here worker
 `rank` of `world` reads row groups rank, rank + world, ... of the split (in manifest order) with
 plain pyarrow, so the workers together score every window exactly once. Only those row groups are
-read, every page checked against its stored CRC-32 (`preprocessing.readers.checked_parquet`).
+read, every page checked against its stored CRC-32 (`preprocessing.store.parquet.iter_row_group_share`).
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 
-from preprocessing import storage
 from preprocessing.errors import DataError
+from preprocessing.store.dataset import Dataset
 
 COLUMNS = ("keypoints_2d", "positions_3d", "mask", "trajectory", "intrinsics", "image_size", "flipped")
 
 
-def row_groups(dataset: Union[str, storage.Location], split: str) -> list[tuple[storage.Location, int]]:
-    """(shard, row group index) pairs of a split, in row order. `dataset` is a URI or a Location
-    (whose pickled filesystem carries its S3 settings into Ray workers)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from preprocessing.manifest import read_manifest_at, shard_paths
-
-    loc_ = dataset if isinstance(dataset, storage.Location) else storage.open_location(dataset)
-    paths = shard_paths(read_manifest_at(loc_), split)
-    if not paths:
-        raise DataError(f"dataset {loc_.uri} has no {split!r} split")
-    out = []
-    for loc in (loc_.child(p) for p in paths):
-        try:
-            n = pq.ParquetFile(loc.fs.open_input_file(loc.path)).num_row_groups
-        except (OSError, pa.ArrowException) as e:
-            raise DataError(f"{loc.uri}: not a readable Parquet shard ({e})") from None
-        out += [(loc, i) for i in range(n)]
-    return out
-
-
-def _read_group(shard, loc: storage.Location, index: int) -> dict[str, np.ndarray]:
-    from preprocessing.readers import read_checked_groups
-
-    table = read_checked_groups(shard, loc.uri, [index], COLUMNS)
-    out = {}
-    for name in COLUMNS:
-        column = table.column(name).combine_chunks()
-        out[name] = column.to_numpy(zero_copy_only=False) if name == "flipped" else column.to_numpy_ndarray()
-    return out
-
-
 def iter_val_batches(
-    uri: Union[str, storage.Location],
+    dataset: Dataset,
     split: str,
     batch_size: int,
     rank: int = 0,
     world: int = 1,
     max_windows: Optional[int] = None,
 ) -> Iterator[dict]:
-    """Batches (dicts of CPU torch tensors: `keypoints_2d`, `positions_3d`, `mask`, `flipped`) of
-    this worker's row groups; `max_windows` caps the windows this call yields."""
-    from preprocessing.readers import checked_parquet
+    """Batches (dicts of CPU torch tensors: `COLUMNS`) of this worker's row groups of `split`;
+    `max_windows` caps the windows this call yields."""
+    from preprocessing.store.parquet import column_numpy, iter_row_group_share
 
-    dataset = uri if isinstance(uri, storage.Location) else storage.open_location(uri)
     seen = 0
-    opened: Optional[tuple] = None
-    for loc, index in row_groups(dataset, split)[rank::world]:
-        if opened is None or opened[0] != loc.path:  # each shard read and checked once per call
-            opened = (loc.path, checked_parquet(loc.fs, loc.uri, loc.path))
-        arrays = _read_group(opened[1], loc, index)
+    for _, _, table in iter_row_group_share(dataset, split, COLUMNS, rank, world):
+        arrays = {name: column_numpy(table.column(name).combine_chunks()) for name in COLUMNS}
         n = len(arrays["mask"])
         for lo in range(0, n, batch_size):
             if max_windows is not None and seen >= max_windows:
@@ -122,7 +85,7 @@ def global_share(dataset, group_rows: list[int], seed: int, epoch: int, rank: in
     epoch's row-group permutation, read in that order; `columns`: those of `open_split`), the
     windows in it, and the windows every worker takes (the smallest share: DDP workers stay in
     lockstep)."""
-    from preprocessing.readers import open_split
+    from preprocessing.keypoints.readers import open_split
 
     shares, per_worker = epoch_shares(group_rows, seed, epoch, world)
     return (open_split(dataset, "train", columns=columns, groups=shares[rank]),

@@ -31,6 +31,7 @@ from models.checkpoint import CheckpointError
 from preprocessing.errors import DataError
 from pipelines.config import ExperimentConfig, add_config_arguments, load_config
 from preprocessing.schema import ConfigError
+from preprocessing.store.dataset import Dataset
 
 EVAL_DIR = "eval"
 # How the evaluated checkpoint was chosen (train.select), as results state it.
@@ -41,22 +42,22 @@ SELECTION_LABELS = {
 }
 
 
-def validation_split(cfg: ExperimentConfig, manifest: dict) -> str:
+def validation_split(cfg: ExperimentConfig, dataset: Dataset) -> str:
     """The split per-epoch validation MPJPE is measured on (see train.select)."""
-    has_val = bool((manifest.get("splits") or {}).get("val", {}).get("windows"))
+    has_val = dataset.windows_in("val") > 0
     if cfg.train.select == "val" and not has_val:
-        raise DataError(f"train.select=val but dataset {manifest.get('id')} has no validation split "
-                              "(data.source.val_subjects)")
+        raise DataError(f"train.select=val but dataset {dataset.id} has no validation split "
+                        "(data.source.val_subjects)")
     return "val" if has_val and cfg.train.select != "test" else "test"
 PLOT_NAME = "training_curves.png"
 CONFIG_NAME = "config.yaml"
-RUN_LOCK = ".lock"  # the lease of the one live run of a run directory (preprocessing.lease)
+RUN_LOCK = ".lock"  # the lease of the one live run of a run directory (preprocessing.store.lease)
 
 
 @dataclass
 class TrainOutcome:
     run_uri: str  # the run directory (local path or s3:// URI)
-    dataset_uri: str
+    dataset: Dataset
     best_checkpoint: Optional[str]
     latest_checkpoint: Optional[str]
     history: list[dict] = field(default_factory=list)  # per-epoch metrics (metrics.csv)
@@ -69,59 +70,46 @@ def storage_root(storage_path: str) -> str:
     return storage_path if "://" in storage_path else os.path.abspath(os.path.expanduser(storage_path))
 
 
-def dataset_facts(manifest: dict, cfg: ExperimentConfig) -> tuple[str, int, str]:
-    """(dataset id, joints, layout name) of a prepared dataset."""
-    from preprocessing.skeleton import get_skeleton
-
-    source = manifest.get("source") or {}
-    layout = source.get("layout") or ("mpi_inf_3dhp" if cfg.data.source.kind == "mpi3dhp" else "h36m")
-    joints = source.get("joints") or get_skeleton(layout).num_joints
-    return str(manifest["id"]), int(joints), str(layout)
-
-
-def prepared_dataset_uri(cfg: ExperimentConfig) -> Optional[str]:
-    """The URI of `data.dataset` (a URI, or an id under `data.root`), checked to exist and to hold
-    the windows the config's model expects; None when the config names no prepared dataset."""
-    from preprocessing import storage
-    from preprocessing.readers import read_manifest
+def prepared_dataset(cfg: ExperimentConfig) -> Optional[Dataset]:
+    """The dataset `data.dataset` names (a URI, or an id under `data.root`), checked to exist and to
+    hold the windows the config's model expects; None when the config names no prepared dataset."""
+    from preprocessing.store import storage
 
     named = cfg.data.dataset
     if named is None:
         return None
     is_id = "/" not in named and "\\" not in named
-    uri = storage.join(storage_root(cfg.data.root), named) if is_id else storage_root(named)
-    manifest = read_manifest(uri)  # DataError naming the URI when there is no dataset there
-    check_input_kind(cfg, manifest, uri)
-    if manifest.get("kind") == "images":
-        have_f, want_f = (manifest.get("windows") or {}).get("frames"), cfg.data.images.frames
+    dataset = Dataset.open(storage.join(storage_root(cfg.data.root), named) if is_id else storage_root(named))
+    check_input_kind(cfg, dataset)
+    if dataset.kind == "images":
+        have_f, want_f = dataset.windows.get("frames"), cfg.data.images.frames
         if have_f != want_f:
-            raise ConfigError(f"data.dataset {uri} holds image windows of f={have_f} frames but "
+            raise ConfigError(f"data.dataset {dataset.uri} holds image windows of f={have_f} frames but "
                               f"data.images.frames is {want_f}: set data.images.frames to match the dataset")
-        return uri
-    windows, want = manifest.get("windows") or {}, cfg.data.windows
+        return dataset
+    windows, want = dataset.windows, cfg.data.windows
     have = (windows.get("frames"), windows.get("mode"), bool(windows.get("multiview")))
     if have != (want.frames, want.mode, bool(want.multiview)):
         raise ConfigError(
-            f"data.dataset {uri} holds {have[1]} windows of T={have[0]} (multiview={have[2]}) but "
+            f"data.dataset {dataset.uri} holds {have[1]} windows of T={have[0]} (multiview={have[2]}) but "
             f"data.windows asks for {want.mode} T={want.frames} (multiview={bool(want.multiview)}): "
             "set data.windows to match the dataset")
-    return uri
+    return dataset
 
 
 def is_image_config(cfg: ExperimentConfig) -> bool:
     """True when the config's model takes images (mpstr): image datasets, 2D validation."""
-    from models.registry import model_class
-    from pipelines.train.images import is_image_model
+    from models.registry import is_image_model, model_class
 
     return is_image_model(model_class(cfg.model.name))
 
 
-def check_input_kind(cfg: ExperimentConfig, manifest: dict, uri: str) -> None:
+def check_input_kind(cfg: ExperimentConfig, dataset: Dataset) -> None:
     """Refuse an image model on a keypoint dataset and a lifter on an image dataset."""
-    images_in, image_data = is_image_config(cfg), manifest.get("kind") == "images"
+    images_in, image_data = is_image_config(cfg), dataset.kind == "images"
     if images_in != image_data:
         raise ConfigError(
-            f"dataset {uri} holds {'image crops' if image_data else '2D keypoint windows'}, but model "
+            f"dataset {dataset.uri} holds {'image crops' if image_data else '2D keypoint windows'}, but model "
             f"{cfg.model.name!r} takes {'images' if images_in else '2D keypoints'}: give "
             f"{'an image' if images_in else 'a keypoint'} dataset (data.dataset / --data)")
 
@@ -131,9 +119,10 @@ def check_resume(run_uri: str, cfg_dict: dict, joints: int, dataset_id: str) -> 
     starts: another model, T, joint set or dataset, or an unreadable file, is a CheckpointError
     naming the checkpoint."""
     from models.checkpoint import load_state, load_train_state, read_meta
-    from pipelines.train.checkpoints import PREFIX, latest, list_checkpoints, local_copy, ray_registered
+    from pipelines.train.checkpoints import PREFIX, latest, list_checkpoints, ray_registered
+    from preprocessing.store.storage import local_copy
     from pipelines.train.loop import check_compatible, check_train_state
-    from preprocessing import storage
+    from preprocessing.store import storage
 
     run = storage.open_location(run_uri)
     registered = ray_registered(run_uri)
@@ -166,7 +155,7 @@ def user_error_in(error: BaseException) -> Optional[Exception]:
     """The first raylift user error (DataError, CheckpointError, ConfigError) inside a Ray Train
     failure (worker failures, Ray task errors, exception causes), as a plain exception of its own
     type with its own one-line message; None when there is none (a bug keeps its traceback)."""
-    from pipelines.cli import user_error_types
+    from pipelines.config import user_error_types
 
     kinds = user_error_types()
     seen: set[int] = set()
@@ -206,22 +195,18 @@ def _ensure_ray(progress: Callable[[str], None]) -> None:
     progress(f"Ray: {len(ray.nodes())} node(s), {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
 
 
-def build_trainer(cfg: ExperimentConfig, dataset_uri: str, loop_config: dict, run_name: str, storage: str,
+def build_trainer(cfg: ExperimentConfig, task: Any, loop_config: dict, run_name: str, storage: str,
                   callbacks: Sequence[Any] = ()):
     """The TorchTrainer for `cfg`: ScalingConfig from `cfg.train`, RunConfig with checkpoint
-    retention (best `keep_best` by val_mpjpe + the latest) and failure recovery, and the train
-    split as a Ray Dataset that Ray Train splits across the workers."""
+    retention (best `keep_best` by the task's metric + the latest) and failure recovery, and what
+    the task hands Ray Train to split across the workers (`pipelines/train/tasks.py`)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from pipelines.train.worker import TRAIN, train_loop_per_worker
-    from preprocessing import storage as st
-    from preprocessing.image_readers import open_image_split
-    from preprocessing.readers import check_shards, open_split
+    from pipelines.train.worker import train_loop_per_worker
+    from preprocessing.store import storage as st
 
     tc = cfg.train
-    if tc.shuffle == "global":
-        check_shards(dataset_uri, "train")  # a missing or damaged shard fails here, not in a worker
     resources = {"CPU": tc.cpus_per_worker, **tc.resources_per_worker}
     if tc.use_gpu:
         resources["GPU"] = tc.gpus_per_worker
@@ -232,7 +217,7 @@ def build_trainer(cfg: ExperimentConfig, dataset_uri: str, loop_config: dict, ru
         storage_filesystem=None if st.is_local(storage) else loc.fs,
         failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(
-            num_to_keep=tc.keep_best, checkpoint_score_attribute="val_mpjpe", checkpoint_score_order="min",
+            num_to_keep=tc.keep_best, checkpoint_score_attribute=task.metric, checkpoint_score_order="min",
         ),
         callbacks=list(callbacks) or None,
         # Ray Train's own per-report INFO lines would bury raylift's epoch lines; Ray's log files
@@ -246,17 +231,14 @@ def build_trainer(cfg: ExperimentConfig, dataset_uri: str, loop_config: dict, ru
             num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources,
         ),
         run_config=run_config,
-        # Image windows are decoded in Ray Data tasks, the workers draw their flips per epoch; keypoint
-        # windows under train.shuffle global: each worker opens its own per-epoch share (worker.py).
-        datasets=({TRAIN: open_image_split(dataset_uri, "train", flip=False)} if is_image_config(cfg)
-                  else {TRAIN: open_split(dataset_uri, "train")} if tc.shuffle == "local" else None),
+        datasets=task.ray_datasets(),
     )
 
 
 # ----------------------------------------------------------------------------- the run
 def run_training(
     cfg: ExperimentConfig,
-    dataset_uri: Optional[str] = None,
+    dataset: Optional[Dataset] = None,
     run_name: Optional[str] = None,
     storage_path: Optional[str] = None,
     callbacks: Sequence[Any] = (),
@@ -264,62 +246,48 @@ def run_training(
     progress: Callable[[str], None] = print,
     lock_wait_s: float = 0.0,
 ) -> TrainOutcome:
-    """Prepare data (unless `dataset_uri` is given), train (resuming if the run directory has a
+    """Prepare data (unless `dataset` is given), train (resuming if the run directory has a
     checkpoint), plot, and evaluate the best checkpoint (`evaluate_after`, default train.evaluate).
 
     `callbacks` are Ray Train user callbacks (e.g. Tune's TuneReportCallback). The run directory's
     lease (`<run>/.lock`) is held throughout; `lock_wait_s` waits that long for a holder to finish
     or be proven gone (a retried Tune trial whose previous attempt died on another node).
     """
-    from preprocessing import lease, storage
-    from preprocessing.readers import read_manifest
+    from pipelines.train.tasks import task_for
+    from preprocessing.store import lease, storage
 
-    tc = cfg.train
     _ensure_ray(progress)
-    if dataset_uri is None:
-        dataset_uri = prepared_dataset_uri(cfg)
-    if dataset_uri is None:
-        from preprocessing.image_shards import build_image_dataset
-        from preprocessing.shards import prepare_dataset
+    if dataset is None:
+        dataset = prepared_dataset(cfg)
+    if dataset is None:
+        from preprocessing.images.dataset import build_image_dataset
+        from preprocessing.keypoints.dataset import prepare_dataset
 
-        build = build_image_dataset if is_image_config(cfg) else prepare_dataset
-        dataset_uri = build(cfg.data, progress=progress).uri
-    manifest = read_manifest(dataset_uri)
-    check_input_kind(cfg, manifest, dataset_uri)
-    dataset_id, joints, layout = dataset_facts(manifest, cfg)
-    val_split = validation_split(cfg, manifest)
-    if tc.shuffle == "global" and tc.num_workers > 1 and not is_image_config(cfg):
-        from preprocessing.readers import split_row_groups
-
-        groups = len(split_row_groups(dataset_uri, "train"))
-        if groups < tc.num_workers:  # a global share per worker needs a row group per worker
-            progress(f"train.shuffle global: the train split has {groups} row group(s) for {tc.num_workers} "
-                     "workers; reading it in manifest order with a local shuffle (train.shuffle local)")
-            tc.shuffle = "local"
+        dataset = (build_image_dataset if is_image_config(cfg) else prepare_dataset)(cfg.data, progress=progress)
+    check_input_kind(cfg, dataset)
+    task = task_for(cfg, dataset, validation_split(cfg, dataset), progress)
     name = run_name or cfg.name
-    root = storage_root(storage_path or tc.storage_path)
+    root = storage_root(storage_path or cfg.train.storage_path)
     run_uri = storage.join(root, name)
     cfg_dict = cfg.to_dict()
     # One live run per run directory: a second is refused naming the directory and the holder.
     held = lease.acquire(storage.open_location(run_uri).child(RUN_LOCK), f"raylift train of run {name}",
                          wait_s=lock_wait_s)
     try:
-        return _train_locked(cfg, cfg_dict, dataset_uri, manifest, dataset_id, joints, layout, val_split, name,
-                             root, run_uri, callbacks, evaluate_after, progress, held)
+        return _train_locked(cfg, cfg_dict, task, name, root, run_uri, callbacks, evaluate_after, progress, held)
     finally:
         held.release()
 
 
-def _train_locked(cfg: ExperimentConfig, cfg_dict: dict, dataset_uri: str, manifest: dict, dataset_id: str, joints: int,
-                  layout: str, val_split: str, name: str, root: str, run_uri: str, callbacks: Sequence[Any],
-                  evaluate_after: Optional[bool], progress: Callable[[str], None], held: Any) -> TrainOutcome:
+def _train_locked(cfg: ExperimentConfig, cfg_dict: dict, task: Any, name: str, root: str, run_uri: str,
+                  callbacks: Sequence[Any], evaluate_after: Optional[bool], progress: Callable[[str], None],
+                  held: Any) -> TrainOutcome:
     """The part of `run_training` that runs while this process holds the run directory's lease."""
     from pipelines.train.checkpoints import best, forget_ray_snapshot, latest, list_checkpoints, select_checkpoint
-    from pipelines.train.data import decoded_window_bytes
-    from preprocessing import storage
+    from preprocessing.store import storage
 
-    tc = cfg.train
-    resume_from = check_resume(run_uri, cfg_dict, joints, dataset_id)
+    tc, dataset = cfg.train, task.dataset
+    resume_from = check_resume(run_uri, cfg_dict, dataset.joints, dataset.id)
     if tc.num_workers == 0:
         forget_ray_snapshot(run_uri)
     storage.write_bytes(storage.open_location(run_uri).child(CONFIG_NAME),
@@ -328,21 +296,13 @@ def _train_locked(cfg: ExperimentConfig, cfg_dict: dict, dataset_uri: str, manif
 
     # Locations, not URIs: their pickled filesystems carry S3 settings to workers started earlier.
     loop_config = {
-        "cfg": cfg_dict, "dataset_loc": storage.open_location(dataset_uri), "dataset_id": dataset_id,
-        "joints": joints, "layout": layout, "run_loc": storage.open_location(run_uri),
+        "cfg": cfg_dict, "task": task, "run_loc": storage.open_location(run_uri),
         "resume_loc": storage.open_location(resume_from) if resume_from else None,
-        "val_split": val_split,
-        "window_bytes": decoded_window_bytes(manifest),
-        "train_windows": int(((manifest.get("splits") or {}).get("train") or {}).get("windows", 0)),
         "local_mode": tc.num_workers == 0,
         # Ray Train runs no callbacks in local mode; the loop (in this process) calls them itself.
         "local_callbacks": list(callbacks) if tc.num_workers == 0 else [],
     }
-    images = manifest.get("kind") == "images"
-    if images:
-        loop_config["images"] = {"size": int(manifest["windows"]["size"]),
-                                 "flip": bool(manifest["windows"]["flip"])}
-    trainer = build_trainer(cfg, dataset_uri, loop_config, name, root, callbacks)
+    trainer = build_trainer(cfg, task, loop_config, name, root, callbacks)
     held.check()
     try:
         trainer.fit()
@@ -355,7 +315,7 @@ def _train_locked(cfg: ExperimentConfig, cfg_dict: dict, dataset_uri: str, manif
     checkpoints = list_checkpoints(run_uri)
     best_ckpt, last_ckpt = best(checkpoints), latest(checkpoints)
     history = _history(last_ckpt)
-    outcome = TrainOutcome(run_uri, dataset_uri, best_ckpt.uri if best_ckpt else None,
+    outcome = TrainOutcome(run_uri, dataset, best_ckpt.uri if best_ckpt else None,
                            last_ckpt.uri if last_ckpt else None, history)
     if history:
         from pipelines.viz.plots import training_curves_png
@@ -365,15 +325,15 @@ def _train_locked(cfg: ExperimentConfig, cfg_dict: dict, dataset_uri: str, manif
     do_eval = tc.evaluate if evaluate_after is None else evaluate_after
     chosen = select_checkpoint(checkpoints, tc.select)
     if do_eval and chosen is not None:
-        if images:
+        if dataset.kind == "images":
             from pipelines.evaluate.images2d import evaluate_image_best
 
-            outcome.evaluation = evaluate_image_best(cfg, chosen.uri, dataset_uri, run_uri, progress)
+            outcome.evaluation = evaluate_image_best(cfg, chosen.uri, dataset, run_uri, progress)
         else:
-            outcome.evaluation = evaluate_best(cfg, chosen.uri, dataset_uri, layout, run_uri, progress)
+            outcome.evaluation = evaluate_best(cfg, chosen.uri, dataset, run_uri, progress)
     progress(f"run directory: {run_uri}")
     if best_ckpt is not None:
-        score = f"val 2D error {best_ckpt.val_mpjpe:.2f} px" if images else f"val MPJPE {best_ckpt.val_mpjpe:.2f} mm"
+        score = f"{task.metric} {best_ckpt.score:.2f} {task.unit}"
         progress(f"best checkpoint: {best_ckpt.uri} (epoch {best_ckpt.epoch}, {score})")
     return outcome
 
@@ -381,7 +341,7 @@ def _train_locked(cfg: ExperimentConfig, cfg_dict: dict, dataset_uri: str, manif
 def _history(last) -> list[dict]:
     """Per-epoch metrics of the run, from the latest checkpoint's train state."""
     from models.checkpoint import load_train_state
-    from pipelines.train.checkpoints import local_copy
+    from preprocessing.store.storage import local_copy
 
     if last is None:
         return []
@@ -390,7 +350,7 @@ def _history(last) -> list[dict]:
     return [dict(r) for r in state.get("history", [])]
 
 
-def evaluate_best(cfg: ExperimentConfig, checkpoint_uri: str, dataset_uri: str, layout: str, run_uri: str,
+def evaluate_best(cfg: ExperimentConfig, checkpoint_uri: str, dataset: Dataset, run_uri: str,
                   progress: Callable[[str], None] = print) -> dict:
     """Full-protocol evaluation of a checkpoint (with the mean-pose baseline); results are printed
     and written to `<run>/eval/results.{md,json}`. The forward passes run as Ray Data batch
@@ -399,16 +359,16 @@ def evaluate_best(cfg: ExperimentConfig, checkpoint_uri: str, dataset_uri: str, 
     import tempfile
 
     from pipelines.evaluate.batch import evaluate_on_ray, placement_for
-    from pipelines.evaluate.protocols import result_tables, run_summary, write_results
-    from preprocessing import storage
+    from pipelines.evaluate.results import result_tables, run_summary, write_results
+    from preprocessing.store import storage
 
-    from pipelines.evaluate.protocols import run_labels
+    from pipelines.evaluate.results import run_labels
 
     labels = run_labels(cfg.to_dict(), SELECTION_LABELS[cfg.train.select])
     if cfg.eval.protocol == "raylift":
         # The checkpoint was chosen by list_checkpoints, which already parsed this meta.json.
         meta = json.loads(storage.read_bytes(storage.open_location(checkpoint_uri).child("meta.json")))
-        result = evaluate_on_ray(storage.open_location(checkpoint_uri), dataset_uri, layout, placement_for(cfg.train),
+        result = evaluate_on_ray(storage.open_location(checkpoint_uri), dataset, placement_for(cfg.train),
                                  flip=cfg.eval.flip, batch_size=cfg.eval.batch_size, baseline=True,
                                  bf16=cfg.eval.bf16 and cfg.train.use_gpu, expect_model=cfg.model.name,
                                  expect_frames=cfg.data.windows.frames, progress=progress, labels=labels,
@@ -419,13 +379,13 @@ def evaluate_best(cfg: ExperimentConfig, checkpoint_uri: str, dataset_uri: str, 
         import torch
 
         from models.checkpoint import load_model
-        from pipelines.evaluate.protocols import evaluate_model
-        from pipelines.train.checkpoints import local_copy
+        from pipelines.evaluate.scoring import evaluate_model
+        from preprocessing.store.storage import local_copy
 
         with local_copy(checkpoint_uri) as d:
             model, meta = load_model(d, expect_model=cfg.model.name, expect_frames=cfg.data.windows.frames)
         device = "cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu"
-        result = evaluate_model(model, dataset_uri, layout, flip=cfg.eval.flip, batch_size=cfg.eval.batch_size,
+        result = evaluate_model(model, dataset, flip=cfg.eval.flip, batch_size=cfg.eval.batch_size,
                                 device=device, baseline=True, bf16=cfg.eval.bf16 and device == "cuda",
                                 protocol=cfg.eval.protocol, labels=labels)
     result = {"checkpoint": checkpoint_uri, "model_name": cfg.model.name, "epoch": meta.get("epoch"),

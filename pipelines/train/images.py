@@ -1,7 +1,7 @@
 """The image-model side of a training run (models whose `input_kind` is "images", e.g. mpstr).
 
-The worker (`pipelines/train/worker.py`) trains these through the same loop as the lifters; only
-the batches and the validation score differ:
+The worker (`pipelines/train/worker.py`) trains these through the same loop as the lifters; their
+task (`pipelines/train/tasks.py: ImageTask`) differs only in the batches and the validation score:
 - `training_batch`: a Ray Data batch of `open_image_split` (images (B, f, V, 3, H, W) in [0, 1],
   keypoints (B, f, V, J, 2) crop pixels, boxes, mask, flipped) becomes the loop's batch dict
   (`images` = the model input, `keypoints_2d` = the loss target, `mask`), each window mirrored
@@ -10,7 +10,7 @@ the batches and the validation score differ:
 - `validation_sums_2d`: summed per-image mean joint error in full-image pixels (crop predictions
   mapped back through the stored crop boxes) over real frames, and the image count; sums of
   several workers add up. Validation reads this worker's share of the test split's row groups
-  (`preprocessing.image_readers.iter_image_groups`), as the keypoint validation does.
+  (`preprocessing.images.readers.iter_image_groups`), as the keypoint validation does.
 """
 from __future__ import annotations
 
@@ -20,15 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipelines.train.loop import autocast
-from preprocessing.crops import flip_crops, to_full
+from pipelines.evaluate.prediction import autocast
+from preprocessing.images.crops import flip_crops, to_full
 
 IMAGE_INPUT = "images"
-
-
-def is_image_model(model_cls: type) -> bool:
-    """True for models that take image crops (class attribute `input_kind = "images"`)."""
-    return getattr(model_cls, "input_kind", "keypoints") == "images"
 
 
 def training_batch(batch: dict, flip: bool, rng: Optional[np.random.Generator], size: int, perm: np.ndarray,

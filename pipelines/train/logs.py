@@ -16,12 +16,12 @@ from typing import Optional
 
 import pyarrow.fs as pafs
 
-from pipelines.train.checkpoints import Where, _loc
-from preprocessing import storage
+from pipelines.train.checkpoints import Where
+from preprocessing.store import storage
 
 CSV_NAME = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
-LEADING_COLUMNS = ("epoch", "loss", "val_mpjpe", "lr", "windows", "windows_per_s", "epoch_time_s")
+LEADING_COLUMNS = ("epoch", "loss")  # then every key in first-seen order: the validation metric, lr, ...
 
 
 def csv_text(history: list[dict]) -> str:
@@ -39,7 +39,7 @@ def csv_text(history: list[dict]) -> str:
 
 def read_csv(run_uri: Where) -> list[dict]:
     """metrics.csv of a run as dicts of floats (empty when absent)."""
-    loc = _loc(run_uri).child(CSV_NAME)
+    loc = storage.as_location(run_uri).child(CSV_NAME)
     if not storage.exists(loc):
         return []
     rows = []
@@ -54,7 +54,7 @@ class RunLog:
     def __init__(self, run_uri: Where) -> None:
         from tensorboardX import SummaryWriter
 
-        self.run = _loc(run_uri)
+        self.run = storage.as_location(run_uri)
         self._local = isinstance(self.run.fs, pafs.LocalFileSystem)
         self._tmp: Optional[tempfile.TemporaryDirectory] = None
         if self._local:

@@ -4,7 +4,6 @@ checkpoint payloads and the resume checks. No Ray here, so every piece is unit-t
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import random
 from collections import deque
@@ -16,6 +15,7 @@ from torch import nn
 
 from models.checkpoint import CheckpointError
 from pipelines.config import TrainConfig
+from pipelines.evaluate.prediction import autocast
 
 # (model, batch) -> (scalar loss tensor, {term name: float})
 LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
@@ -47,13 +47,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> tor
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
-
-
-def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when asked; a no-op on CPU (CPU bf16 is slower than fp32 here)."""
-    if bf16 and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def train_step(
@@ -217,8 +210,10 @@ def restore_rng_state(state: dict) -> None:
 
 
 # --------------------------------------------------------------------------- checkpoints
-def checkpoint_meta(cfg_dict: dict, epoch: int, dataset_id: str, joints: int, layout: str, metrics: dict) -> dict:
-    """meta.json content (models/checkpoint.py's keys) for the experiment `cfg_dict` at `epoch`."""
+def checkpoint_meta(cfg_dict: dict, epoch: int, dataset_id: str, joints: int, layout: str, metrics: dict,
+                    score: str) -> dict:
+    """meta.json content (models/checkpoint.py's keys) for the experiment `cfg_dict` at `epoch`;
+    `score` names the metric (in `metrics`) checkpoints are ranked by, lower is better."""
     return {
         "model": cfg_dict["model"],
         "frames": int(cfg_dict["data"]["windows"]["frames"]),
@@ -227,6 +222,7 @@ def checkpoint_meta(cfg_dict: dict, epoch: int, dataset_id: str, joints: int, la
         "epoch": int(epoch),
         "dataset_id": dataset_id,
         "metrics": dict(metrics),
+        "score": score,
         "config": cfg_dict,
     }
 

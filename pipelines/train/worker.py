@@ -3,8 +3,9 @@
 
 Per worker: build the model, restore the latest checkpoint if there is one (Ray's after a
 failure, else the run directory's on a restart), wrap in DDP (`prepare_model`: NCCL on GPUs, gloo
-on CPUs), then per epoch train on this worker's shard of the Parquet windows, score validation
-MPJPE on a share of the test split's row groups, and report metrics with a checkpoint written by rank 0.
+on CPUs), then per epoch train on the batches its task gives (`pipelines/train/tasks.py`: keypoint
+windows or image crops), score the task's validation metric on this worker's share, and report
+metrics with a checkpoint written by rank 0.
 With `num_workers: 0` Ray runs this same function in the driver process ("local mode"), where
 `ray.train.report` keeps nothing: checkpoints are then written to the run directory directly.
 """
@@ -18,23 +19,20 @@ import time
 from typing import Any, Optional
 
 import pyarrow.fs as pafs
-import numpy as np
 import torch
 
 from models.checkpoint import save_checkpoint
-from preprocessing import storage
-from preprocessing.storage import Location
-from pipelines.train.data import batch_seed, buffer_windows, global_share, iter_val_batches
+from preprocessing.store import storage
+from preprocessing.store.storage import Location, local_copy
 from pipelines.train.checkpoints import (
-    checkpoint_name, disk_full, is_disk_full, local_copy, prune, state_bytes, write_checkpoint,
+    checkpoint_name, disk_full, is_disk_full, prune, state_bytes, write_checkpoint,
 )
+from pipelines.train.tasks import TRAIN
 from pipelines.train.loop import (
     build_optimizer, build_scheduler, build_train_state, capture_rng_state, checkpoint_meta,
     current_lr, epoch_line, load_resume_state, restore_rng_state, seed_everything, train_step,
-    validation_sums,
 )
 
-TRAIN = "train"
 
 
 def _distributed() -> bool:
@@ -79,36 +77,29 @@ def _node_id() -> str:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """`config`: {"cfg": experiment dict, "dataset_loc" / "run_loc" (storage Locations of the
-    dataset and the run directory), "dataset_id", "joints", "layout", "resume_loc" (Location of
-    the checkpoint to resume from, or None), "local_mode" (bool), "local_callbacks",
-    "window_bytes" and "train_windows" (a decoded training window's bytes and the train split's
-    windows, which size the shuffle buffer), and for image models "images": {"size", "flip"} of
-    the image dataset}.
-
-    Image models (`input_kind = "images"`, pipelines/train/images.py) read image windows, train
-    on their 2D keypoints and are validated by the mean 2D error in full-image pixels (`val_px`,
-    also reported as the checkpoint score `val_mpjpe`, lower is better)."""
+    """`config`: {"cfg": experiment dict, "task" (`pipelines/train/tasks.py`: the dataset handle,
+    batches, validation and metric), "run_loc" (storage Location of the run directory),
+    "resume_loc" (Location of the checkpoint to resume from, or None), "local_mode" (bool),
+    "local_callbacks"}. The loop reports the task's metric (`val_mpjpe` in mm, `val_px` in
+    pixels), lower is better, which is also the checkpoint score."""
     import ray.train
     import ray.train.torch
 
     from models.losses import build_loss, camera_kwargs, forward_for_loss
     from models.registry import build_model, count_parameters
     from pipelines.config import config_from_dict
-    from pipelines.train import images as img
     from pipelines.train.logs import RunLog
-    from preprocessing.image_readers import iter_image_groups
-    from preprocessing.readers import iter_torch_batches, split_row_groups
-    from preprocessing.skeleton import get_skeleton
 
     cfg_dict = config["cfg"]
     cfg = config_from_dict(cfg_dict)
     tc = cfg.train
+    task = config["task"]
+    dataset = task.dataset
     local_mode = bool(config["local_mode"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = _device(tc.use_gpu, local_mode)
-    frames, joints = cfg.data.windows.frames, int(config["joints"])
+    frames, joints = cfg.data.windows.frames, dataset.joints
 
     seed_everything(tc.seed)  # identical initial weights on every worker
     net = build_model(cfg.model, frames=frames, joints=joints).to(device)
@@ -121,10 +112,10 @@ def train_loop_per_worker(config: dict) -> None:
     ray_ckpt = None if local_mode else ray.train.get_checkpoint()
     if ray_ckpt is not None:
         with ray_ckpt.as_directory() as d:
-            state = load_resume_state(d, net, optimizer, scheduler, cfg_dict, joints, config["dataset_id"])
+            state = load_resume_state(d, net, optimizer, scheduler, cfg_dict, joints, dataset.id)
     elif config.get("resume_loc") is not None:
         with local_copy(config["resume_loc"]) as d:
-            state = load_resume_state(d, net, optimizer, scheduler, cfg_dict, joints, config["dataset_id"])
+            state = load_resume_state(d, net, optimizer, scheduler, cfg_dict, joints, dataset.id)
     start = int(state["epoch"]) if state else 0
     history: list[dict] = list(state["history"]) if state else []
     if state and len(state["rng"]) == world:
@@ -135,15 +126,10 @@ def train_loop_per_worker(config: dict) -> None:
     model = net if local_mode else ray.train.torch.prepare_model(net, move_to_device=False)
     if tc.compile:
         model = torch.compile(model)
-    base_loss = build_loss(cfg.model.name, tc.loss, layout=config["layout"])
-
-    image_model = img.is_image_model(type(net))
-    input_key = img.IMAGE_INPUT if image_model else "keypoints_2d"
-    image_info = config.get("images") or {}
-    flip_perm = get_skeleton(config["layout"]).flip_permutation() if image_model else None
+    base_loss = build_loss(cfg.model.name, tc.loss, layout=dataset.layout)
 
     def loss_fn(m: torch.nn.Module, batch: dict):
-        return base_loss(forward_for_loss(m, batch[input_key], camera_kwargs(m, batch)), batch)
+        return base_loss(forward_for_loss(m, batch[task.input_key], camera_kwargs(m, batch)), batch)
 
     nodes = len(set(_all_gather(_node_id(), world)))
     log = RunLog(config["run_loc"]) if rank == 0 else None
@@ -153,11 +139,8 @@ def train_loop_per_worker(config: dict) -> None:
         _say(f"training {cfg.model.name} ({count_parameters(net):,} parameters, T={frames}) {where} "
              f"on {device.type}: {what}")
 
-    if tc.shuffle == "global" and not image_model:  # its share of a per-epoch permutation of row groups
-        group_rows = split_row_groups(config["dataset_loc"], "train")
-    else:  # manifest order, split across workers by Ray Train
-        train_shard = ray.train.get_dataset_shard(TRAIN)
-    cap = None if tc.max_windows_per_epoch is None else -(-tc.max_windows_per_epoch // world)
+    # This worker's part of Ray Train's split of the training split, where the task hands Ray one.
+    shard = ray.train.get_dataset_shard(TRAIN) if task.uses_ray_split else None
     durations: list[float] = []
     try:
         for epoch in range(start + 1, tc.epochs + 1):
@@ -165,27 +148,7 @@ def train_loop_per_worker(config: dict) -> None:
             model.train()
             loss_sum, steps, windows = 0.0, 0, 0
             term_sums: dict[str, float] = {}
-            seed = batch_seed(tc.seed, epoch, rank)
-            if image_model:
-                epoch_cap = cap
-                buffer = buffer_windows(tc.shuffle_buffer, tc.shuffle_buffer_mb, config["window_bytes"],
-                                        -(-config["train_windows"] // world))
-                flip_rng = np.random.default_rng(seed) if image_info.get("flip") else None
-                batches = (img.training_batch(b, flip_rng is not None, flip_rng, int(image_info["size"]), flip_perm, device)
-                           for b in img.iter_numpy_batches(train_shard, tc.windows_per_batch(frames),
-                                                           tc.prefetch_batches, buffer, seed))
-            else:
-                if tc.shuffle == "local":
-                    source, share, epoch_cap = train_shard, -(-config["train_windows"] // world), cap
-                else:
-                    source, share, per_worker = global_share(config["dataset_loc"], group_rows, tc.seed, epoch, rank,
-                                                             world)
-                    epoch_cap = per_worker if cap is None else min(cap, per_worker)
-                batches = iter_torch_batches(
-                    source, tc.windows_per_batch(frames),
-                    shuffle_buffer=buffer_windows(tc.shuffle_buffer, tc.shuffle_buffer_mb, config["window_bytes"], share),
-                    prefetch_batches=tc.prefetch_batches, seed=seed, device=str(device),
-                )
+            batches, epoch_cap = task.epoch_batches(epoch, rank, world, device, shard)
             for batch in batches:
                 loss, terms = train_step(model, batch, loss_fn, optimizer, tc.clip_grad, tc.precision == "bf16")
                 loss_sum += loss
@@ -201,24 +164,14 @@ def train_loop_per_worker(config: dict) -> None:
             loss_sum, steps, windows = reduced[0], reduced[1], reduced[2]
             terms_mean = {f"train_{k}": v / max(steps, 1) for k, v in zip(term_keys, reduced[3:]) if k != "loss"}
 
-            val_cap = None if tc.max_val_windows is None else -(-tc.max_val_windows // world)
-            if image_model:
-                groups = iter_image_groups(config["dataset_loc"], "test", rank, world, val_cap)
-                err, count = img.validation_sums_2d(net, groups, int(image_info["size"]), tc.val_batch_size, device,
-                                                    cfg.eval.bf16)
-            else:
-                val_batches = iter_val_batches(config["dataset_loc"], config.get("val_split", "test"),
-                                               tc.val_batch_size, rank, world, val_cap)
-                err, count = validation_sums(net, val_batches, device, cfg.eval.bf16)
-            err, count = _all_reduce_sum([err, count], device)
-            score = (err if image_model else 1000.0 * err) / count if count else float("nan")
+            err, count = _all_reduce_sum(list(task.validation_sums(net, rank, world, device)), device)
+            score = err / count if count else float("nan")
             elapsed = time.perf_counter() - t0
             durations.append(elapsed)
             row = {
                 "epoch": epoch,
                 "loss": loss_sum / max(steps, 1),
-                "val_mpjpe": score,  # the checkpoint score: mm, or for image models the 2D error in px
-                **({"val_px": score} if image_model else {}),
+                task.metric: score,  # the checkpoint score (mm, or px for image models), lower is better
                 "lr": current_lr(optimizer),
                 "windows": int(windows),
                 "windows_per_s": windows / max(train_time, 1e-9),
@@ -230,7 +183,7 @@ def train_loop_per_worker(config: dict) -> None:
             history.append(row)
             rng_states = _all_gather(capture_rng_state(), world)
             scheduler.step()  # per-epoch decay, after the epoch's lr was recorded
-            meta = checkpoint_meta(cfg_dict, epoch, config["dataset_id"], joints, config["layout"], row)
+            meta = checkpoint_meta(cfg_dict, epoch, dataset.id, joints, dataset.layout, row, task.metric)
             train_state = build_train_state(optimizer, scheduler, epoch, rng_states, history)
             _report(row, net, meta, train_state, rank, config["run_loc"], local_mode, tc.keep_best,
                     config.get("local_callbacks") or [])

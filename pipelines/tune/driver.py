@@ -24,9 +24,10 @@ from typing import Any, Optional
 
 import yaml
 
-from pipelines.config import ExperimentConfig, add_config_arguments, config_from_dict, load_config
+from pipelines.config import ExperimentConfig, add_config_arguments, config_from_dict, load_config, parse_resources
 from cluster.session import init_ray
 from preprocessing.schema import ConfigError, apply_overrides, apply_values, load_yaml
+from preprocessing.store.dataset import Dataset
 from pipelines.tune.space import (
     candidate_overrides,
     data_key,
@@ -50,28 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "how many trials run at once)")
 
 
-def parse_resources(text: str) -> dict[str, float]:
-    """`GPU=8,CPU=64` -> {"GPU": 8.0, "CPU": 64.0}; anything else is a ConfigError naming it."""
-    out = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, amount = item.partition("=")
-        try:
-            value = float(amount)
-        except ValueError:
-            value = float("nan")
-        if not sep or not name.strip() or not value >= 0:
-            raise ConfigError(f"--resources: expected NAME=AMOUNT (AMOUNT >= 0), got {item!r}")
-        out[name.strip()] = value
-    if not out:
-        raise ConfigError(f"--resources: expected NAME=AMOUNT[,NAME=AMOUNT], got {text!r}")
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     if bool(args.config) == bool(args.resume):
         raise ConfigError("give exactly one of --config FILE or --resume DIR")
     if args.resume:
-        from preprocessing import storage as st
+        from preprocessing.store import storage as st
 
         experiment = st.open_location(args.resume)  # local directory or s3:// URI
         base_file = experiment.child(BASE_CONFIG_FILE)
@@ -112,10 +96,10 @@ def check_space(raw: dict) -> tuple[ExperimentConfig, list]:
     return cfg, dims
 
 
-def prepare_datasets(raw: dict, dims: list, progress=print) -> dict[str, str]:
-    """Prepare (or find in the cache) the windows of every data.* assignment: data_key -> dataset uri."""
-    from pipelines.train.driver import is_image_config, prepared_dataset_uri
-    from preprocessing.shards import prepare_dataset
+def prepare_datasets(raw: dict, dims: list, progress=print) -> dict[str, Dataset]:
+    """Prepare (or find in the cache) the windows of every data.* assignment: data_key -> dataset."""
+    from pipelines.train.driver import is_image_config, prepared_dataset
+    from preprocessing.keypoints.dataset import prepare_dataset
 
     base = config_from_dict(raw)
     if base.data.dataset is not None:
@@ -123,30 +107,30 @@ def prepare_datasets(raw: dict, dims: list, progress=print) -> dict[str, str]:
         if searched:
             raise ConfigError(f"data.dataset names one prepared dataset, but tune.space searches {searched}: "
                               "drop data.dataset so each variant's windows are prepared")
-        uri = prepared_dataset_uri(base)
-        progress(f"dataset for all trials: {uri}")
-        return {data_key({}): uri}
-    uris = {}
+        dataset = prepared_dataset(base)
+        progress(f"dataset for all trials: {dataset.uri}")
+        return {data_key({}): dataset}
+    datasets = {}
     for values in data_variants(dims):
         cfg = config_from_dict(apply_values(raw, values))
         if is_image_config(cfg):  # image models: each data.images variant (e.g. frames f) is its own dataset
-            from preprocessing.image_shards import build_image_dataset
+            from preprocessing.images.dataset import build_image_dataset
 
-            info = build_image_dataset(cfg.data, progress=progress)
+            dataset = build_image_dataset(cfg.data, progress=progress)
         else:
-            info = prepare_dataset(cfg.data, progress=progress)
-        uris[data_key(values)] = info.uri
-        progress(f"dataset for {values or 'all trials'}: {info.uri}")
-    return uris
+            dataset = prepare_dataset(cfg.data, progress=progress)
+        datasets[data_key(values)] = dataset
+        progress(f"dataset for {values or 'all trials'}: {dataset.uri}")
+    return datasets
 
 
-def _trial(config: dict, base_raw: dict, datasets: dict[str, str], train_storage: str) -> None:
+def _trial(config: dict, base_raw: dict, datasets: dict[str, Dataset], train_storage: str) -> None:
     """One Tune trial: the training issue's Ray Train run, reporting every epoch to Tune."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from pipelines.train.driver import run_training
-    from preprocessing.lease import DEFAULT_TTL_S
+    from preprocessing.store.lease import DEFAULT_TTL_S
 
     overrides = config["overrides"]
     cfg = config_from_dict(apply_values(base_raw, overrides))
@@ -158,7 +142,7 @@ def _trial(config: dict, base_raw: dict, datasets: dict[str, str], train_storage
     # The trial id is stable across trial restarts, so a retried trial resumes its Train run.
     run_training(
         cfg,
-        dataset_uri=datasets[data_key(overrides)],
+        dataset=datasets[data_key(overrides)],
         run_name=f"train-{ray.tune.get_context().get_trial_id()}",
         storage_path=train_storage,
         callbacks=[TuneReportCallback()],
@@ -245,7 +229,7 @@ def tune_experiment(raw: dict, name: str, storage_path: str, resume: bool = Fals
     import ray
     from ray import tune
 
-    from preprocessing import storage as st
+    from preprocessing.store import storage as st
 
     cfg, dims = check_space(raw)
     experiment_path = st.join(_absolute(storage_path), name)
@@ -335,7 +319,7 @@ def write_results(rows: list[dict[str, Any]], base_raw: dict, out_uri: str) -> d
     temporary directory and then written whole (atomically on local disk, one PUT on S3)."""
     import tempfile
 
-    from preprocessing import storage as st
+    from preprocessing.store import storage as st
 
     out = st.open_location(str(out_uri))
     with tempfile.TemporaryDirectory(prefix="raylift-tune-") as tmp:
@@ -389,11 +373,10 @@ def _cell(column: str, value: Any) -> str:
 
 
 def _markdown_table(df) -> str:
+    from pipelines.viz.tables import render_table
+
     cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in df.iterrows():
-        lines.append("| " + " | ".join(_cell(c, row[c]) for c in cols) + " |")
-    return "\n".join(lines)
+    return render_table(cols, [[_cell(c, row[c]) for c in cols] for _, row in df.iterrows()], markdown=True)
 
 
 def metric_unit(metric_col: str) -> str:

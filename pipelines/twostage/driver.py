@@ -82,7 +82,7 @@ def label_files(images_cfg) -> tuple[str, str, str]:
     """(data_3d, GT data_2d, cameras) the image source's crops were labelled with."""
     src = images_cfg.data.source
     if src.kind == "synthetic_images" and not src.data_3d:
-        from preprocessing.synthetic import ensure_synthetic
+        from preprocessing.sources.synthetic import ensure_synthetic
 
         files = ensure_synthetic(src.synthetic)
         return files.data_3d, files.data_2d, files.cameras
@@ -116,12 +116,9 @@ def final_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
     """3D MPJPE / P-MPJPE (mm, action-wise mean) per 2D input."""
     head = ["2D input", "lifter", "MPJPE mm", "P-MPJPE mm", "frames"]
     body = [[r["input"], r["lifter"], f"{r['mpjpe']:.2f}", f"{r['p_mpjpe']:.2f}", str(r["frames"])] for r in rows]
-    if markdown:
-        return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-                         + ["| " + " | ".join(b) + " |" for b in body])
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    fmt = lambda r: "  ".join(x.ljust(w) if i < 2 else x.rjust(w) for i, (x, w) in enumerate(zip(r, widths)))
-    return "\n".join([fmt(head), "-" * len(fmt(head))] + [fmt(b) for b in body])
+    from pipelines.viz.tables import render_table
+
+    return render_table(head, body, markdown, left=2)
 
 
 def run_two_stage(two: TwoStageConfig, progress: Callable[[str], None] = print) -> dict[str, Any]:
@@ -131,8 +128,7 @@ def run_two_stage(two: TwoStageConfig, progress: Callable[[str], None] = print) 
     from pipelines.evaluate.images2d import evaluate_image_checkpoint, result_text
     from pipelines.evaluate.predict2d import predict_2d_file
     from pipelines.train.driver import run_training
-    from preprocessing import storage
-    from preprocessing.image_readers import _image_manifest
+    from preprocessing.store import storage
 
     home = storage.open_location(f"{two.storage_path.rstrip('/')}/{two.name}")
     progress("== stage 1: images -> 2D")
@@ -142,22 +138,21 @@ def run_two_stage(two: TwoStageConfig, progress: Callable[[str], None] = print) 
         raise DataError(f"stage 1 ({images_cfg.name}) produced no checkpoint")
     baseline_ckpt = None
     if two.stages.compare_baseline:
-        base = run_training(_image_config(two, baseline=True), dataset_uri=full.dataset_uri, evaluate_after=False,
+        base = run_training(_image_config(two, baseline=True), dataset=full.dataset, evaluate_after=False,
                             progress=progress)
         baseline_ckpt = base.best_checkpoint
     # Both stages' forward passes run as Ray Data batch inference on the image model's training
     # resources; the workers read the checkpoints from the run's storage.
     placement = placement_for(images_cfg.train)
-    stage1 = evaluate_image_checkpoint(full.best_checkpoint, full.dataset_uri, placement, compare=baseline_ckpt,
+    stage1 = evaluate_image_checkpoint(full.best_checkpoint, full.dataset, placement, compare=baseline_ckpt,
                                        batch_size=two.stages.predict_batch_size, ship=False, progress=progress)
     progress(result_text(stage1))
 
     progress("== stage 1 -> 2: predicted 2D for every frame of every camera")
     pred_path = home.child("predicted_2d.npz").path
-    prediction = predict_2d_file(full.best_checkpoint, full.dataset_uri, pred_path, placement,
+    prediction = predict_2d_file(full.best_checkpoint, full.dataset, pred_path, placement,
                                  batch_size=two.stages.predict_batch_size, ship=False, progress=progress)
-    manifest = _image_manifest(full.dataset_uri)
-    subjects = {split: sorted(manifest["splits"][split]["subjects"]) for split in ("train", "test")}
+    subjects = {split: sorted(full.dataset.splits[split]["subjects"]) for split in ("train", "test")}
     data_3d, gt_2d, cameras = label_files(images_cfg)
 
     progress("== stage 2: 2D -> 3D")

@@ -97,9 +97,9 @@ def run_anim(args: argparse.Namespace) -> int:
 def run_curves(args: argparse.Namespace) -> int:
     """The training engineer's figure (`pipelines.viz.plots`) from the run's `metrics.csv` (local or S3)."""
     from pipelines.viz.plots import training_curves_png
-    from preprocessing.storage import write_local_atomic
+    from preprocessing.store.storage import write_local_atomic
     from pipelines.train.logs import CSV_NAME, read_csv
-    from preprocessing import storage
+    from preprocessing.store import storage
 
     run_uri = args.run.rstrip("/")
     if storage.is_local(run_uri) and not Path(storage.open_location(run_uri).path).is_dir():

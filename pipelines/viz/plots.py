@@ -24,16 +24,18 @@ def training_curves_png(history: list[dict], title: str = "") -> bytes:
         ax_lr = ax_loss.twinx()
         ax_lr.plot(epochs, [r.get("lr", math.nan) for r in history], color="C2", linestyle="--", label="lr")
         ax_lr.set_ylabel("learning rate", color="C2")
-    vals = [r.get("val_mpjpe", math.nan) for r in history]
+    pixels = any("val_px" in r for r in history)  # an image model: the 2D error in full-image pixels
+    metric, unit, name = ("val_px", "px", "2D error") if pixels else ("val_mpjpe", "mm", "MPJPE")
+    vals = [r.get(metric, math.nan) for r in history]
     ax_val.plot(epochs, vals, marker="o", color="C1")
     finite = [(e, v) for e, v in zip(epochs, vals) if math.isfinite(v)]
     if finite:
         e_best, v_best = min(finite, key=lambda p: p[1])
-        ax_val.scatter([e_best], [v_best], color="k", zorder=3, label=f"best {v_best:.1f} mm (epoch {e_best})")
+        ax_val.scatter([e_best], [v_best], color="k", zorder=3, label=f"best {v_best:.1f} {unit} (epoch {e_best})")
         ax_val.legend()
     ax_val.set_xlabel("epoch")
-    ax_val.set_ylabel("validation MPJPE (mm)")
-    ax_val.set_title("validation MPJPE (no flip)")
+    ax_val.set_ylabel(f"validation {name} ({unit})")
+    ax_val.set_title(f"validation {name} (no flip)")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -22,7 +22,7 @@ import numpy as np
 
 from preprocessing.errors import DataError
 from preprocessing.skeleton import Skeleton
-from preprocessing.storage import atomic_local_file, write_local_atomic
+from preprocessing.store.storage import atomic_local_file, write_local_atomic
 
 SIDE_COLOURS = {"left": "#1f77b4", "right": "#d62728", "centre": "#333333"}
 DPI = 80

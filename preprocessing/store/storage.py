@@ -36,7 +36,7 @@ import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Union
 from urllib.parse import ParseResult, urlparse
 
 import pyarrow as pa
@@ -45,6 +45,7 @@ import pyarrow.fs as pafs
 from preprocessing.errors import DataError
 
 S3_CONNECT_TIMEOUT_S = 5.0
+ENDPOINT_CHECK_TIMEOUT_S = 3.0  # a custom endpoint that does not answer in this long fails fast, named
 S3_REQUEST_TIMEOUT_S = 120.0
 GCS_RETRY_LIMIT_S = 30.0  # pyarrow's GCS client retries transient errors for this long, then fails
 
@@ -132,13 +133,15 @@ def _gcs_filesystem(uri: str) -> pafs.GcsFileSystem:
 
 
 def check_s3_endpoint(uri: str) -> None:
-    """Fail fast (3 s) with a DataError naming `uri` when a custom S3 endpoint does not answer."""
+    """Fail fast (`ENDPOINT_CHECK_TIMEOUT_S`) with a DataError naming `uri` when a custom S3
+    endpoint does not answer."""
     _check_reachable("S3", s3_endpoint_from_env(), uri)
 
 
 def check_endpoint(uri: str) -> None:
-    """Fail fast (3 s) with a DataError naming `uri` when the custom S3 or GCS endpoint that `uri`
-    would use does not answer (no-op for other URIs and for the clouds' own endpoints)."""
+    """Fail fast (`ENDPOINT_CHECK_TIMEOUT_S`) with a DataError naming `uri` when the custom S3 or
+    GCS endpoint that `uri` would use does not answer (no-op for other URIs and for the clouds' own
+    endpoints), instead of waiting out the client's retries."""
     if is_s3(uri):
         _check_reachable("S3", s3_endpoint_from_env(), uri)
     elif is_gcs(uri):
@@ -151,7 +154,7 @@ def _check_reachable(kind: str, endpoint: str | None, uri: str) -> None:
     parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
-        socket.create_connection((parsed.hostname, port), timeout=3.0).close()
+        socket.create_connection((parsed.hostname, port), timeout=ENDPOINT_CHECK_TIMEOUT_S).close()
     except OSError as e:
         raise DataError(f"cannot reach {kind} endpoint {endpoint} for {uri}: {e}") from None
 
@@ -396,3 +399,29 @@ def write_local_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     with atomic_local_file(path) as tmp:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     return Path(path)
+
+
+def as_location(where: Union[str, Location]) -> Location:
+    """`where` as a Location: a URI is opened, a Location is returned as it is."""
+    return where if isinstance(where, Location) else open_location(where)
+
+
+@contextlib.contextmanager
+def local_copy(where: Union[str, Location]) -> Iterator[str]:
+    """A local directory holding the files under `where` (a checkpoint directory): the directory
+    itself when local; a temporary download from an object store, removed afterwards. DataError
+    when an object-store prefix holds no file."""
+    loc = as_location(where)
+    if isinstance(loc.fs, pafs.LocalFileSystem):
+        yield loc.path
+        return
+    files = list_files(loc)
+    if not files:
+        raise DataError(f"{loc.uri}: nothing there (no files under that prefix)")
+    with tempfile.TemporaryDirectory(prefix="raylift-copy-") as tmp:
+        for rel in files:
+            dest = os.path.join(tmp, rel)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with open(dest, "wb") as f:
+                f.write(read_bytes(loc.child(rel)))
+        yield tmp

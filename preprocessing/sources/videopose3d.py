@@ -26,7 +26,7 @@ from preprocessing.cameras import (
 )
 from preprocessing.config import SourceConfig
 from preprocessing.errors import DataError
-from preprocessing.safe_npz import read_npz
+from preprocessing.sources.safe_npz import read_npz
 from preprocessing.sequences import Sequence
 from preprocessing.skeleton import H36M17, reduce_h36m32
 

@@ -41,9 +41,9 @@ from typing import Iterator, Optional
 
 import pyarrow.fs as pafs
 
-from preprocessing import storage
+from preprocessing.store import storage
 from preprocessing.errors import DataError
-from preprocessing.storage import Location
+from preprocessing.store.storage import Location
 
 DEFAULT_TTL_S = 60.0
 

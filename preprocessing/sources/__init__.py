@@ -1,10 +1,10 @@
 """Sources -> canonical sequences: `load_sequences(source)` dispatches on `source.kind`.
 
 - `synthetic`: generate (or reuse) the VideoPose3D-format files of `source.synthetic`
-  (`preprocessing.synthetic`), then read them with the generic loader; default split S1,S5-S8 /
+  (`preprocessing.sources.synthetic`), then read them with the generic loader; default split S1,S5-S8 /
   S9,S11 (by subject name), overridden by `source.train_subjects` / `test_subjects`.
-- `h36m`, `generic`: `preprocessing.source_videopose3d`.
-- `mpi3dhp`: `preprocessing.source_mpi3dhp`.
+- `h36m`, `generic`: `preprocessing.sources.videopose3d`.
+- `mpi3dhp`: `preprocessing.sources.mpi3dhp`.
 Every problem with the input raises `DataError` naming the file, key or value.
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ from preprocessing.config import SourceConfig
 from preprocessing.errors import DataError
 from preprocessing.sequences import Sequence
 from preprocessing.skeleton import H36M17, MPI17, Skeleton
-from preprocessing.source_mpi3dhp import load_mpi3dhp
-from preprocessing.source_videopose3d import load_generic, load_h36m, load_videopose3d
-from preprocessing.synthetic import default_split, ensure_synthetic
+from preprocessing.sources.mpi3dhp import load_mpi3dhp
+from preprocessing.sources.videopose3d import load_generic, load_h36m, load_videopose3d
+from preprocessing.sources.synthetic import default_split, ensure_synthetic
 
 
 @dataclass
@@ -28,7 +28,7 @@ class SourceData:
     files: list[str]  # absolute paths of every input file read (for hashing)
 
 
-def _load_synthetic(source: SourceConfig) -> tuple[list[Sequence], list[str]]:
+def load_synthetic(source: SourceConfig) -> tuple[list[Sequence], list[str]]:
     files = ensure_synthetic(source.synthetic)
     train, test = default_split(list(source.synthetic.subjects))
     sequences = load_videopose3d(
@@ -54,7 +54,7 @@ def _hold_out(sequences: list[Sequence], val_subjects: list[str], where: str) ->
 
 def load_sequences(source: SourceConfig) -> SourceData:
     """Read `source` into canonical sequences (see preprocessing/sequences.py). Raises DataError."""
-    loaders = {"synthetic": _load_synthetic, "h36m": load_h36m, "generic": load_generic, "mpi3dhp": load_mpi3dhp}
+    loaders = {"synthetic": load_synthetic, "h36m": load_h36m, "generic": load_generic, "mpi3dhp": load_mpi3dhp}
     if source.kind not in loaders:
         raise DataError(f"source.kind: unknown source {source.kind!r} (expected one of {sorted(loaders)})")
     sequences, files = loaders[source.kind](source)

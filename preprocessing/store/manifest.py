@@ -12,9 +12,9 @@ import json
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from preprocessing import storage
+from preprocessing.store import storage
 from preprocessing.errors import DataError
-from preprocessing.storage import Location
+from preprocessing.store.storage import Location
 
 MANIFEST_NAME = "manifest.json"
 # Bump when the shard layout or the meaning of a column changes: it is part of every dataset id.

@@ -1,65 +1,32 @@
-"""Windows -> zstd Parquet shards on local disk or S3, built in parallel by Ray Data, reproducibly.
+"""Keypoint-window datasets: sequences -> windows -> zstd Parquet shards, built by Ray Data.
 
-Layout: `<root>/<id>/<split>/part-NNNNN.parquet` + `<root>/<id>/manifest.json` (written last).
-One row = one window (columns: see CONTRACTS.md and `SCHEMA_COLUMNS`). Tensor columns are Arrow's
-canonical fixed-shape tensor extension type (`arrow.fixed_shape_tensor`), which plain pyarrow reads
-back with its shape and Ray Data turns into (batch, *shape) numpy arrays.
+One row = one window (`SCHEMA_COLUMNS`, described in docs/data_format.md). Tensor columns are
+Arrow's canonical fixed-shape tensor extension type (`arrow.fixed_shape_tensor`), which plain
+pyarrow reads back with its shape and Ray Data turns into (batch, *shape) numpy arrays.
 
-How a dataset is built (`prepare_dataset`):
+How a dataset is built (`prepare_dataset`), on the writer shared by every dataset kind
+(preprocessing/store/writer.py: id, planning, shard tasks, lease, publishing):
 1. load the source (`preprocessing.sources.load_sequences`), hash its files, compute the id
    (`dataset_id`). A manifest already at `<root>/<id>` is a cache hit: nothing else is done.
-2. plan (driver, cheap arithmetic): the window sources (one per sequence, or per synchronised
-   camera group in multi-view mode) in a fixed order (split, subject, action, camera), each
-   contributing its windows then (training, `flip`) their mirrored copies. A split's rows are
-   stored in that sequence order, or, for the training split with `windows.row_order: shuffled`
-   (the default), in a seeded uniform permutation of it (`SplitRows`); the stored rows are cut
-   into shards of `rows_per_shard` rows and row groups of `rows_per_group` rows.
-3. Ray Data runs one task per shard (`ray.data.from_items(shards).map(...)`): it cuts its windows
-   from the sources (shared through the object store), and streams them row group by row group
-   into `<staging>/<split>/part-NNNNN.parquet`, hashing the bytes as they are written (and the
-   writer stores a CRC-32 with every page, which streaming readers check).
-4. publish: move the staging directory to `<root>/<id>`, check every shard is there, then write
-   the manifest.
-Steps 3-4 run under the id's lease `<root>/.lock-<id>` (`preprocessing.lease`: exclusive create on
-local disk, a conditional PUT on S3), so at most one run writes a dataset id at a time: a second
-run is refused with the holder's host and pid, or finds the first's manifest (cache hit). Each
-staging directory holds its run's owner record (`_OWNER.json`: host, pid, start time, lease
-expiry); a leftover is removed only when that owner is provably gone.
-The file names, row order and row groups depend only on the data and the config, and the Parquet
-writer adds no timestamps, so the same inputs give byte-identical shards. A run that dies leaves
-only a `.staging-<id>-*` directory (no manifest, so no dataset) and a stale lease; the next run for
-that id takes the lease over and removes the directory.
-
-Dataset id: sha256 of (DataConfig without `root` and without source file *locations*, the source
-files' content hashes in load order, FORMAT_VERSION), 16 hex digits. Locations are left out
-because the hashes already pin the content: the same files elsewhere give the same dataset.
+2. the window sources (one per sequence, or per synchronised camera group in multi-view mode) in
+   a fixed order (split, subject, action, camera), each contributing its windows then (training,
+   `flip`) their mirrored copies. A split's rows are stored in that sequence order, or, for the
+   training split with `windows.row_order: shuffled` (the default), in a seeded uniform
+   permutation of it (`SplitRows`).
+3. each shard task cuts its row groups' windows from the sources (`WindowRows`), and the writer
+   streams them into the staging directory and publishes it.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import sys
 import time
-import uuid
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-from preprocessing import lease, storage
 from preprocessing.config import DataConfig
 from preprocessing.errors import DataError
-from preprocessing.manifest import (
-    FORMAT_VERSION,
-    STAGING_PREFIX,
-    has_manifest,
-    read_manifest_at,
-    write_manifest_at,
-)
-from preprocessing.sequences import Sequence
-from preprocessing.skeleton import Skeleton
-from preprocessing.storage import Location
-from preprocessing.windows import (
+from preprocessing.keypoints.windows import (
     flip_intrinsics,
     flip_keypoints_2d,
     flip_positions_3d,
@@ -68,17 +35,28 @@ from preprocessing.windows import (
     window_mask,
     window_starts,
 )
+from preprocessing.sequences import Sequence
+from preprocessing.skeleton import Skeleton
+from preprocessing.store import storage
+from preprocessing.store.dataset import Dataset
+from preprocessing.store.manifest import FORMAT_VERSION, has_manifest, read_manifest_at
+from preprocessing.store.writer import (
+    SPLITS,
+    Progress,
+    ShardPlan,
+    check_root,
+    content_config,
+    content_id,
+    hash_files,
+    plan_shards,
+    publish_dataset,
+    run_shard_tasks,
+    staging_location,
+)
 
-SPLITS = ("train", "val", "test")  # "val": source.val_subjects, windowed like "test"
 TENSOR_COLUMNS = ("keypoints_2d", "positions_3d", "mask", "trajectory", "intrinsics", "image_size")
 STRING_COLUMNS = ("subject", "action", "activity", "camera")
 SCHEMA_COLUMNS = TENSOR_COLUMNS + STRING_COLUMNS + ("start", "flipped", "sequence_length")
-OWNER_NAME = "_OWNER.json"  # a staging directory's owner record (preprocessing.lease.Owner)
-LOCK_PREFIX = ".lock-"  # <root>/.lock-<id>: the lease of the one run that may build dataset <id>
-# Config fields that only say where source files are (their content is hashed instead).
-_LOCATION_FIELDS = ("data_3d", "data_2d", "cameras", "mpi_train", "mpi_test", "videos", "frames_dir")
-
-Progress = Callable[[str], None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,8 +156,6 @@ class WindowJob:
     stride: int
     flip: bool
     skeleton: Skeleton
-    rows_per_group: int
-    staging: Location
 
     def starts(self, source: WindowSource) -> np.ndarray:
         return window_starts(source.num_frames, self.mode, self.frames, self.stride, source.split)
@@ -235,55 +211,6 @@ def split_rows(sources: list[WindowSource], job: WindowJob, row_order: str) -> d
             out[split] = SplitRows(tuple(index), tuple(job.rows_of(sources[i]) for i in index),
                                    shuffled=split == "train" and row_order == "shuffled")
     return out
-
-
-Piece = tuple[int, int, int]  # (source index, first row, end row) in the source's own row order
-
-
-@dataclass
-class ShardPlan:
-    split: str
-    index: int
-    groups: list[list[Piece]] = field(default_factory=list)  # one list of pieces per row group
-
-    @property
-    def name(self) -> str:
-        return f"part-{self.index:05d}.parquet"
-
-    @property
-    def path(self) -> str:
-        return f"{self.split}/{self.name}"
-
-    @property
-    def rows(self) -> int:
-        return sum(hi - lo for group in self.groups for _, lo, hi in group)
-
-
-def plan_shards(row_counts: list[tuple[str, int]], rows_per_shard: int, rows_per_group: int) -> list[ShardPlan]:
-    """Cut each split's rows (sources in order, `row_counts[i] = (split, rows of source i)`) into
-    shards of `rows_per_shard` rows, each cut into row groups of `rows_per_group` rows."""
-    plans: list[ShardPlan] = []
-    for split in SPLITS:
-        shard: Optional[ShardPlan] = None
-        shard_rows = group_rows = 0
-        for index, (src_split, rows) in enumerate(row_counts):
-            if src_split != split:
-                continue
-            row = 0
-            while row < rows:
-                if shard is None or shard_rows == rows_per_shard:
-                    shard = ShardPlan(split, len([p for p in plans if p.split == split]))
-                    plans.append(shard)
-                    shard_rows = group_rows = 0
-                if not shard.groups or group_rows == rows_per_group:
-                    shard.groups.append([])
-                    group_rows = 0
-                take = min(rows - row, rows_per_shard - shard_rows, rows_per_group - group_rows)
-                shard.groups[-1].append((index, row, row + take))
-                row += take
-                shard_rows += take
-                group_rows += take
-    return plans
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,7 +274,7 @@ def windows_table(arrays: dict[str, np.ndarray]):
 def parquet_options() -> dict:
     """Writer settings: zstd; byte-stream-split (and no dictionary) on the float tensor leaves,
     dictionaries for strings; statistics only on scalar columns (float stats are useless here);
-    a CRC-32 with every page, which the streaming readers check (preprocessing/readers.py)."""
+    a CRC-32 with every page, which the streaming readers check (preprocessing/keypoints/readers.py)."""
     return {
         "compression": "zstd",
         "use_dictionary": list(STRING_COLUMNS),
@@ -357,89 +284,32 @@ def parquet_options() -> dict:
     }
 
 
-class _HashingSink:
-    """A write-only file object forwarding to a pyarrow output stream while hashing the bytes."""
-
-    def __init__(self, stream) -> None:
-        self._stream = stream
-        self._hash = hashlib.sha256()
-        self._size = 0
-        self.closed = False
-
-    def write(self, data) -> int:
-        view = memoryview(data)
-        self._hash.update(view)
-        self._stream.write(view)
-        self._size += view.nbytes
-        return view.nbytes
-
-    def tell(self) -> int:
-        return self._size
-
-    def flush(self) -> None:
-        self._stream.flush()
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        self.closed = True
-
-    @property
-    def sha256(self) -> str:
-        return self._hash.hexdigest()
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-
 def locate_groups(plan: ShardPlan, rows: SplitRows) -> list[list[tuple[int, np.ndarray, np.ndarray]]]:
     """Per row group of `plan` (a range of the split's stored rows), `rows.locate` of its rows."""
     order = rows.order()
     return [rows.locate(group[0][1], group[-1][2], order) for group in plan.groups]
 
 
-def write_shard(plan: ShardPlan, sources: dict[int, WindowSource], job: WindowJob,
-                located: list[list[tuple[int, np.ndarray, np.ndarray]]]) -> dict:
-    """Write one shard into the staging directory, one row group per planned group (`located`:
-    `locate_groups(plan, ...)`, which source rows fill each group)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+@dataclass(frozen=True)
+class WindowRows:
+    """The keypoint windows' row layout for the shared writer (`store.writer.ShardRows`)."""
 
-    target = job.staging.child(plan.path)
-    try:
-        job.staging.fs.create_dir(job.staging.child(plan.split).path, recursive=True)
-        with target.fs.open_output_stream(target.path) as stream:
-            sink = _HashingSink(stream)
-            writer = None
-            for group in located:
-                table = windows_table(gather_rows(sources, group, job))
-                if writer is None:
-                    writer = pq.ParquetWriter(sink, table.schema, **parquet_options())
-                writer.write_table(table, row_group_size=len(table))
-            writer.close()
-    except (OSError, pa.ArrowException) as e:
-        raise DataError(f"cannot write {target.uri}: {e}") from None
-    return {"split": plan.split, "path": plan.path, "rows": plan.rows, "bytes": sink.size, "sha256": sink.sha256}
+    job: WindowJob
+    layout: dict[str, SplitRows]
 
+    def locate(self, plan: ShardPlan) -> tuple[Any, list[int]]:
+        located = locate_groups(plan, self.layout[plan.split])
+        return located, sorted({int(i) for group in located for i, _, _ in group})
 
-def _write_shard_row(row: dict, sources: list, job: WindowJob, layout: dict[str, SplitRows]) -> dict:
-    """Ray Data map function: one row = one planned shard (as JSON); returns its file record."""
-    import ray
+    def tables(self, plan: ShardPlan, located: Any, inputs: dict[int, Any]) -> Iterator[Any]:
+        for group in located:
+            yield windows_table(gather_rows(inputs, group, self.job))
 
-    spec = json.loads(row["plan"])
-    plan = ShardPlan(spec["split"], spec["index"], [[tuple(p) for p in g] for g in spec["groups"]])
-    located = locate_groups(plan, layout[plan.split])
-    needed = sorted({int(i) for group in located for i, _, _ in group})
-    fetched = dict(zip(needed, ray.get([sources[i] for i in needed])))
-    try:
-        return {**write_shard(plan, fetched, job, located), "error": ""}
-    except DataError as e:  # returned, not raised: Ray's task-error wrapping would lose the type
-        return {"split": plan.split, "path": plan.path, "rows": 0, "bytes": 0, "sha256": "", "error": str(e)}
+    def parquet_options(self) -> dict:
+        return parquet_options()
+
+    def tally(self, table: Any) -> dict[str, int]:
+        return {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,40 +318,15 @@ def _write_shard_row(row: dict, sources: list, job: WindowJob, layout: dict[str,
 
 
 def config_for_id(data: DataConfig) -> dict:
-    """The part of the data config that defines the dataset's content."""
-    from preprocessing.schema import to_dict
-
-    cfg = to_dict(data)
-    cfg.pop("root", None)
-    cfg.pop("dataset", None)  # names a prepared dataset, never part of one's content
-    cfg.pop("images", None)  # image datasets have their own id (preprocessing/image_shards.py)
-    for key in _LOCATION_FIELDS:
-        cfg["source"].pop(key, None)
-    cfg["source"].get("synthetic", {}).pop("out_dir", None)
+    """The part of the data config that defines a keypoint dataset's content."""
+    cfg = content_config(data)
+    cfg.pop("images", None)  # image datasets have their own id (preprocessing/images/dataset.py)
     cfg["windows"]["stride"] = data.windows.effective_stride
-    if not cfg["source"].get("val_subjects"):
-        cfg["source"].pop("val_subjects", None)  # ids of datasets without a validation split unchanged
     return cfg
 
 
-def hash_files(paths: list[str]) -> list[dict]:
-    """[{path, sha256, bytes}] for each source file, in the given order."""
-    out = []
-    for path in paths:
-        loc = storage.open_location(path)
-        info = storage.file_info(loc)
-        if info.type != storage.pafs.FileType.File:
-            raise DataError(f"source file not found: {path}")
-        out.append({"path": loc.uri, "sha256": storage.sha256_of(loc), "bytes": info.size})
-    return out
-
-
 def compute_id(data: DataConfig, file_hashes: list[str]) -> str:
-    payload = json.dumps(
-        {"format_version": FORMAT_VERSION, "config": config_for_id(data), "sources": file_hashes},
-        sort_keys=True, separators=(",", ":"),
-    )
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+    return content_id(config_for_id(data), file_hashes)
 
 
 def dataset_id(data: DataConfig, source_files: Optional[list[str]] = None) -> str:
@@ -492,14 +337,6 @@ def dataset_id(data: DataConfig, source_files: Optional[list[str]] = None) -> st
 
         source_files = load_sequences(data.source).files
     return compute_id(data, [f["sha256"] for f in hash_files(source_files)])
-
-
-@dataclass
-class DatasetInfo:
-    id: str
-    uri: str  # <root>/<id>
-    manifest: dict
-    cached: bool = False  # True when an existing dataset was found and nothing was built
 
 
 def _counts(sources: list[WindowSource], job: WindowJob) -> dict:
@@ -539,122 +376,6 @@ def _shapes(sources: list[WindowSource], job: WindowJob) -> dict:
     }
 
 
-def _clean_leftovers(root: Location, dataset: Location, id_: str, progress: Progress) -> None:
-    """Remove staging directories of earlier runs for this id whose owner is provably gone (dead
-    pid on this host, or lease expired: `lease.owner_gone`), and an unpublished dataset dir.
-    Runs only while this run holds the id's lease, so no live writer can own the dataset dir."""
-    for info in storage.list_dir(root):
-        if not info.base_name.startswith(f"{STAGING_PREFIX}{id_}-"):
-            continue
-        leftover = root.child(info.base_name)
-        owner = _staging_owner(leftover)
-        if not lease.owner_gone(owner):
-            progress(f"keeping staging directory {leftover.uri}: its owner {owner.describe()} is alive")
-            continue
-        progress(f"removing leftover staging directory {leftover.uri}"
-                 + (f" (owner {owner.describe()} is gone)" if owner else " (no owner record)"))
-        storage.delete_tree(leftover)
-    if storage.exists(dataset):
-        progress(f"removing incomplete dataset directory {dataset.uri} (no manifest)")
-        storage.delete_tree(dataset)
-
-
-def _staging_owner(staging: Location) -> Optional[lease.Owner]:
-    marker = staging.child(OWNER_NAME)
-    if not storage.is_file(marker):
-        return None
-    return lease.Owner.parse(storage.read_bytes(marker))
-
-
-def _check_complete(dataset: Location, shards: list[dict]) -> None:
-    """Refuse to publish a manifest listing a shard that is not there (or not at its size)."""
-    present = {}
-    for info in storage.list_dir(dataset):
-        if info.type == storage.pafs.FileType.Directory:
-            for sub in storage.list_dir(dataset.child(info.base_name)):
-                present[f"{info.base_name}/{sub.base_name}"] = sub.size
-    for shard in shards:
-        if present.get(shard["path"]) != shard["bytes"]:
-            raise DataError(f"{dataset.child(shard['path']).uri}: "
-                            + ("missing" if shard["path"] not in present else f"{present[shard['path']]} bytes, expected {shard['bytes']}")
-                            + " after publishing; the manifest was not written")
-
-
-def _check_root(root: Location) -> None:
-    """A destination that cannot hold a dataset directory fails before any work is done."""
-    storage.check_endpoint(root.uri)
-    info = storage.file_info(root)
-    if info.type == storage.pafs.FileType.File:
-        raise DataError(f"destination {root.uri} is a file, expected a directory")
-    storage.make_dirs(root)
-
-
-def _ensure_ray(start_ray: Optional[Callable[[], None]] = None) -> bool:
-    """Use the running Ray; else `start_ray()` when given (the caller then owns the instance and
-    its shutdown, e.g. `cluster.session.init_ray`, which also stops it on signals); else connect
-    to RAY_ADDRESS if set, else start a private local instance (never silently join another
-    process's cluster). True if this call initialised Ray and must shut it down."""
-    import os
-
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if start_ray is not None:
-        start_ray()
-        return False
-    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
-    return True
-
-
-def publish_dataset(
-    root: Location,
-    id_: str,
-    staging: Location,
-    write: Callable[[], dict],
-    progress: Progress = print,
-    start_ray: Optional[Callable[[], None]] = None,
-) -> Optional[dict]:
-    """Steps 3-4 of the module doc, for every kind of dataset (keypoint windows and images): under
-    the id's lease, remove provably dead leftovers, mark `staging` with this run's owner record,
-    run `write()` (which writes the shards into `staging`, with Ray running, and returns the
-    manifest listing them under "shards"), then move `staging` to `<root>/<id>`, check every shard
-    is there and write the manifest last. Returns the manifest, or None when another run published
-    the id meanwhile (a cache hit). On any failure the staging directory is removed and nothing is
-    published."""
-    dataset = root.child(id_)
-    with lease.acquire(root.child(f"{LOCK_PREFIX}{id_}"), f"raylift preprocess of dataset {id_}") as held:
-        if has_manifest(dataset):  # another run published it while this one was planning
-            progress(f"dataset {id_} was published at {dataset.uri} meanwhile (cache hit, nothing to do)")
-            return None
-        _clean_leftovers(root, dataset, id_, progress)
-        # The owner record (host, pid, start, lease expiry) marks the staging directory as this
-        # run's and proves the destination is writable.
-        marker = staging.child(OWNER_NAME)
-        storage.write_bytes(marker, held.owner.to_json())
-        started_ray = _ensure_ray(start_ray)
-        try:
-            manifest = write()
-            held.check()  # still ours: nobody took over while the shards were written
-            storage.delete_tree(marker)
-            storage.move_tree(staging, dataset)
-            _check_complete(dataset, manifest["shards"])
-            write_manifest_at(dataset, manifest)
-        except BaseException:
-            try:
-                storage.delete_tree(staging)
-            except DataError:
-                pass  # the original error matters more; the next run cleans this id's staging
-            raise
-        finally:
-            if started_ray:
-                import ray
-
-                ray.shutdown()
-    return manifest
-
-
 def build_dataset(
     data: DataConfig,
     sequences: list[Sequence],
@@ -662,19 +383,19 @@ def build_dataset(
     source_files: list[dict],
     progress: Progress = print,
     start_ray: Optional[Callable[[], None]] = None,
-) -> DatasetInfo:
+) -> Dataset:
     """Window `sequences` into shards under `data.root` (see module doc). `source_files` are the
     records from `hash_files`; their hashes define the id together with the config. `start_ray`:
-    how to start Ray if it is not running and shards must be written (see `_ensure_ray`)."""
+    how to start Ray if it is not running and shards must be written (`store.writer.publish_dataset`)."""
     started = time.monotonic()
     root = storage.open_location(data.root)
     id_ = compute_id(data, [f["sha256"] for f in source_files])
     dataset = root.child(id_)
-    _check_root(root)
+    check_root(root)
     if has_manifest(dataset):
         manifest = read_manifest_at(dataset)
         progress(f"dataset {id_} already built at {dataset.uri} (cache hit, nothing to do)")
-        return DatasetInfo(id_, dataset.uri, manifest, cached=True)
+        return Dataset(dataset, manifest, cached=True)
 
     w = data.windows
     if w.multiview:
@@ -686,8 +407,8 @@ def build_dataset(
         sources = single_view_sources(sequences)
         camera_ids = sorted({s.camera for s in sources})
     sources = [s for s in sources if s.split in SPLITS]
-    staging = root.child(f"{STAGING_PREFIX}{id_}-{uuid.uuid4().hex[:8]}")
-    job = WindowJob(w.mode, w.frames, w.effective_stride, w.flip, skeleton, data.rows_per_group, staging)
+    staging = staging_location(root, id_)
+    job = WindowJob(w.mode, w.frames, w.effective_stride, w.flip, skeleton)
     layout = split_rows(sources, job, w.row_order)
     # One entry per split: a planned piece is a range of the split's stored rows (`SplitRows`).
     plans = plan_shards([(split, rows.total) for split, rows in layout.items()], data.rows_per_shard,
@@ -705,49 +426,19 @@ def build_dataset(
     )
 
     def write() -> dict:
-        records = _run_shard_tasks(plans, sources, job, layout, progress)
-        shards = sorted(records, key=lambda r: (SPLITS.index(r["split"]), r["path"]))
+        shards = run_shard_tasks(plans, sources, staging, WindowRows(job, layout), progress)
         return _manifest(data, id_, skeleton, source_files, sources, job, camera_ids, counts, shards, started)
 
     manifest = publish_dataset(root, id_, staging, write, progress, start_ray)
     if manifest is None:
-        return DatasetInfo(id_, dataset.uri, read_manifest_at(dataset), cached=True)
+        return Dataset(dataset, read_manifest_at(dataset), cached=True)
     shards = manifest["shards"]
     total = manifest["total_bytes"]
     progress(
         f"published {dataset.uri}: " + ", ".join(f"{k} {v['windows']}" for k, v in counts.items())
         + f" windows, {len(shards)} shards, {total / 1e6:.1f} MB in {manifest['build_seconds']:.1f} s"
     )
-    return DatasetInfo(id_, dataset.uri, manifest)
-
-
-def _run_shard_tasks(plans: list[ShardPlan], sources: list[WindowSource], job: WindowJob,
-                     layout: dict[str, SplitRows], progress: Progress) -> list[dict]:
-    """The parallel part: a Ray Data dataset of shard plans mapped through `write_shard`."""
-    import ray
-
-    from tqdm import tqdm
-
-    refs = [ray.put(s) for s in sources]
-    items = [{"plan": json.dumps({"split": p.split, "index": p.index, "groups": p.groups})} for p in plans]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map(_write_shard_row, fn_kwargs={"sources": refs, "job": job, "layout": layout}, num_cpus=1)
-    records = []
-    # A progress bar on a terminal; one line per shard where output is a log (no terminal).
-    bar = tqdm(total=len(plans), unit="shard", desc="writing shards", disable=not sys.stderr.isatty())
-    try:
-        for record in ds.iter_rows():
-            if record["error"]:
-                raise DataError(record["error"])
-            records.append({k: v for k, v in record.items() if k != "error"})
-            bar.update(1)
-            if bar.disable:
-                progress(f"  wrote {record['path']} ({record['rows']} windows, {record['bytes'] / 1e6:.1f} MB) "
-                         f"[{len(records)}/{len(plans)}]")
-    finally:
-        bar.close()
-        del refs
-    return records
+    return Dataset(dataset, manifest)
 
 
 def _manifest(data, id_, skeleton, source_files, sources, job, camera_ids, counts, shards, started) -> dict:
@@ -792,7 +483,7 @@ def _manifest(data, id_, skeleton, source_files, sources, job, camera_ids, count
 
 
 def prepare_dataset(data: DataConfig, progress: Progress = print,
-                    start_ray: Optional[Callable[[], None]] = None) -> DatasetInfo:
+                    start_ray: Optional[Callable[[], None]] = None) -> Dataset:
     """Build (or find) the dataset `data` describes; returns its id, URI and manifest."""
     from preprocessing.sources import load_sequences
 

@@ -23,7 +23,7 @@ import numpy as np
 from preprocessing.cameras import image_coordinates
 from preprocessing.config import DataConfig
 from preprocessing.errors import DataError
-from preprocessing.render import Background, video_path
+from preprocessing.images.render import Background, video_path
 from preprocessing.sequences import Sequence
 from preprocessing.skeleton import H36M17, Skeleton
 
@@ -64,12 +64,12 @@ class ImageSourceData:
 
 
 def _keypoint_sequences(data: DataConfig) -> tuple[list[Sequence], list[str]]:
-    from preprocessing.source_videopose3d import load_generic, load_h36m
-    from preprocessing.sources import _load_synthetic
+    from preprocessing.sources.videopose3d import load_generic, load_h36m
+    from preprocessing.sources import load_synthetic
 
     source = data.source
     if source.kind == "synthetic_images" and not source.data_3d:
-        return _load_synthetic(source)
+        return load_synthetic(source)
     if source.kind == "synthetic_images":
         return load_generic(source)
     return load_h36m(source)
@@ -170,13 +170,13 @@ def load_image_sequences(data: DataConfig) -> ImageSourceData:
 # ----------------------------------------------------------------------------- pixels, in tasks
 
 
-def _video_frames(path: str, start: int, stop: int) -> Iterator[np.ndarray]:
+def video_frames(path: str, start: int, stop: int) -> Iterator[np.ndarray]:
     import av
 
     index = -1
     try:
         with av.open(path) as container:
-            for index, frame in _decode_from(container, container.streams.video[0], start):
+            for index, frame in decode_from(container, container.streams.video[0], start):
                 if index >= stop:
                     return
                 if index >= start:
@@ -187,7 +187,7 @@ def _video_frames(path: str, start: int, stop: int) -> Iterator[np.ndarray]:
         raise DataError(f"{path}: frames out of sync: the video ends after {index + 1} frames, frame {index + 1} is needed")
 
 
-def _decode_from(container, stream, start: int) -> Iterator[tuple[int, object]]:
+def decode_from(container, stream, start: int) -> Iterator[tuple[int, object]]:
     """(frame index, frame) pairs of `stream` from the keyframe at or before frame `start` on.
 
     A shard task needs a window from the middle of a long video (a Human3.6M take has up to ~5000
@@ -232,11 +232,11 @@ def frames_of(seq: ImageSequence, view: int, start: int, stop: int) -> Iterator[
     """Decoded full frames [start, stop) of one view, (H, W, 3) uint8 each (videos and folders)."""
     if seq.frame_files:
         return _folder_frames(seq.frame_files[view], start, stop, seq.files[view])
-    return _video_frames(seq.files[view], start, stop)
+    return video_frames(seq.files[view], start, stop)
 
 
 def background_of(seq: ImageSequence, view: int, seed: int) -> Background:
-    from preprocessing.render import sequence_seed
+    from preprocessing.images.render import sequence_seed
 
     return Background.random(sequence_seed(seed, seq.subject, seq.action, seq.cameras[view]))
 
@@ -249,7 +249,7 @@ def render_full_frames(seq: ImageSequence, view: int, scale: float, seed: int, b
                        occluder_size: float = 0.25) -> Iterator[np.ndarray]:
     """Whole frames of a synthetic sequence at `scale` x the camera resolution (even sizes, for
     H.264), (H, W, 3) uint8 each. The occluders are those of the crops (same seeds)."""
-    from preprocessing.render import PixelGrid, render_frame, sequence_seed
+    from preprocessing.images.render import PixelGrid, render_frame, sequence_seed
 
     w, h = seq.image_sizes[view]
     width, height = 2 * max(8, round(w * scale / 2)), 2 * max(8, round(h * scale / 2))
@@ -269,7 +269,7 @@ def write_synthetic_videos(data: DataConfig, out_root: str, scale: float = 0.2, 
     which are in crop pixels, are not). Returns the written paths."""
     from PIL import Image
 
-    from preprocessing.render import write_video
+    from preprocessing.images.render import write_video
 
     if data.source.kind != "synthetic_images":
         raise DataError(f"source.kind must be synthetic_images to render videos, got {data.source.kind!r}")

@@ -1,4 +1,5 @@
-"""Evaluate a lifter on a prepared dataset's test split with the field's protocols: `raylift evaluate`.
+"""Scoring a lifter on a prepared dataset's test split with the field's protocols (the maths of
+`raylift evaluate`, `raylift train`'s final evaluation and the papers' protocols).
 
 Protocol (stated in every result):
 - seq2seq models: the test split holds non-overlapping windows in which every real frame has
@@ -17,12 +18,10 @@ Protocol (stated in every result):
   VideoPose3D's seq2frame) is computed in `pipelines/evaluate/protocol_defs.py`.
 - A mean-pose baseline (the mean training pose for every frame) is scored the same way.
 """
+
 from __future__ import annotations
 
-import argparse
-import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -30,21 +29,17 @@ import torch
 from torch import nn
 
 from pipelines.evaluate import metrics, protocol_defs
+from pipelines.evaluate.metrics import H36M_ACTIVITIES, H36M_METRICS, MPI_METRICS
 from preprocessing.errors import DataError
 from preprocessing.skeleton import MPI17, Skeleton, get_skeleton
-from preprocessing.storage import write_local_atomic
+from preprocessing.store.dataset import Dataset
 
-# Human3.6M's 15 activities in the order papers print them.
-H36M_ACTIVITIES = (
-    "Directions", "Discussion", "Eating", "Greeting", "Phoning", "Photo", "Posing", "Purchases",
-    "Sitting", "SittingDown", "Smoking", "Waiting", "WalkDog", "Walking", "WalkTogether",
-)
-H36M_METRICS = ("mpjpe", "p_mpjpe", "n_mpjpe", "mpjve")
-MPI_METRICS = ("pck", "auc", "mpjpe")
 CHUNK_FRAMES = 65536  # frames per vectorised metric call (bounds float64 temporaries)
 # The windows' camera columns, read by models that declare `camera_inputs` (models.losses.camera_kwargs).
+
 CAMERA_COLUMNS = ("trajectory", "intrinsics", "image_size")
 # Columns of the test split that evaluation reads.
+
 TEST_COLUMNS = ("keypoints_2d", "positions_3d", "mask", "subject", "action", "activity", "camera", "start",
                 "sequence_length", "flipped") + CAMERA_COLUMNS
 
@@ -53,6 +48,8 @@ PROTOCOL_SEQ2FRAME = "seq2frame: one window per frame, scored at its centre fram
 
 
 @dataclass
+
+
 class ScoredFrames:
     """Every real test frame once, in sequence order: prediction, target and labels."""
 
@@ -227,22 +224,6 @@ def baseline_mean_pose(train_arrays: dict[str, np.ndarray], test_arrays: dict[st
     return np.broadcast_to(mean_pose.astype(np.float32), test_pos.shape)
 
 
-def run_labels(cfg: Mapping[str, Any], checkpoint: str) -> dict[str, str]:
-    """How a checkpoint was made and chosen, for every results header: the checkpoint rule
-    (`checkpoint`, e.g. the train.select label), the training precision and the training order,
-    read from the run's experiment config (a checkpoint's meta "config")."""
-    train = cfg.get("train") or {}
-    windows = (cfg.get("data") or {}).get("windows") or {}
-    precision = train.get("precision", "unknown")
-    precision = {"fp32": "fp32 (the authors' numerics)", "bf16": "bf16 autocast forward, fp32 losses"}.get(
-        precision, str(precision))
-    buffer = train.get("shuffle_buffer")
-    buffer = f"{buffer} windows" if buffer is not None else f"the worker's share, up to {train.get('shuffle_buffer_mb')} MiB"
-    order = (f"train.shuffle {train.get('shuffle', 'unknown')}: rows stored {windows.get('row_order', 'in sequence order')}, "
-             f"a (seed {train.get('seed')}, epoch) permutation of row groups per epoch, shuffle buffer {buffer}")
-    return {"checkpoint": checkpoint, "precision": precision, "training order": order}
-
-
 def camera_columns(arrays: dict[str, np.ndarray]) -> Optional[dict[str, np.ndarray]]:
     """The windows' camera columns (`CAMERA_COLUMNS`), or None when the split lacks one."""
     if not all(k in arrays for k in CAMERA_COLUMNS):
@@ -259,8 +240,7 @@ def protocol_text(mode: str, flip: bool, multiview: bool) -> str:
 
 def evaluate_model(
     model,
-    dataset_uri: str,
-    skeleton: Union[str, Skeleton],
+    dataset: Dataset,
     flip: bool = True,
     batch_size: int = 64,
     device: Optional[str] = None,
@@ -269,27 +249,27 @@ def evaluate_model(
     protocol: str = "raylift",
     labels: Optional[Mapping[str, str]] = None,
 ) -> dict[str, Any]:
-    """Predict the test split of `dataset_uri` and score it; also the mean-pose baseline.
+    """Predict the test split of `dataset` and score it; also the mean-pose baseline.
     `protocol`: `eval.protocol`; `labels`: how the checkpoint was made and chosen (`run_labels`).
 
     Returns a JSON-ready dict: `dataset`, `layout`, `protocol`, `metrics`, `group_by`,
     `group_mean_label`, `windows`, `frames`, `results` ({"model": summary, "baseline": summary}
     per `metrics.summarise`) and `notes`.
     """
-    from preprocessing.readers import load_split_arrays
+    from preprocessing.keypoints.readers import load_split_arrays
 
-    test = load_split_arrays(dataset_uri, "test", columns=list(TEST_COLUMNS))
-    train, notes = load_train_for_baseline(dataset_uri) if baseline else (None, [])
-    return evaluate_arrays(model, test, dataset_uri, skeleton, flip=flip, batch_size=batch_size, device=device,
+    test = load_split_arrays(dataset, "test", columns=list(TEST_COLUMNS))
+    train, notes = load_train_for_baseline(dataset) if baseline else (None, [])
+    return evaluate_arrays(model, test, dataset.uri, dataset.layout, flip=flip, batch_size=batch_size, device=device,
                            train=train, bf16=bf16, notes=notes, protocol=protocol, labels=labels)
 
 
-def load_train_for_baseline(dataset_uri: str) -> tuple[Optional[dict[str, np.ndarray]], list[str]]:
+def load_train_for_baseline(dataset: Dataset) -> tuple[Optional[dict[str, np.ndarray]], list[str]]:
     """The train split for the mean-pose baseline, or None and a note saying why it is skipped."""
-    from preprocessing.readers import load_split_arrays
+    from preprocessing.keypoints.readers import load_split_arrays
 
     try:
-        return load_split_arrays(dataset_uri, "train", columns=["positions_3d", "mask"]), []
+        return load_split_arrays(dataset, "train", columns=["positions_3d", "mask"]), []
     except DataError as e:
         return None, [f"mean-pose baseline skipped: {e}"]
 
@@ -406,9 +386,6 @@ def _paper_protocol(model, test: dict[str, np.ndarray], dataset_uri: str, skel: 
     }
 
 
-# --- checkpoints and the CLI ------------------------------------------------------------------
-
-
 def describe_arrays(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     """Window length, joints, mode and views of a loaded split (layout unknown: None)."""
     kp = _column(arrays, "keypoints_2d")
@@ -416,14 +393,14 @@ def describe_arrays(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
             "multiview": kp.ndim == 5, "layout": None}
 
 
-def describe_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The same description from a dataset manifest (`preprocessing.shards`), layout included."""
+def describe_dataset(dataset: Dataset) -> dict[str, Any]:
+    """The same description from a dataset's manifest, layout included."""
     try:
-        windows, source = manifest["windows"], manifest["source"]
-        return {"frames": int(windows["frames"]), "joints": int(source["joints"]), "mode": windows["mode"],
-                "multiview": bool(windows["multiview"]), "layout": source["layout"]}
+        windows = dataset.windows
+        return {"frames": int(windows["frames"]), "joints": dataset.joints, "mode": windows["mode"],
+                "multiview": bool(windows["multiview"]), "layout": dataset.layout}
     except (KeyError, TypeError, ValueError) as e:
-        raise DataError(f"dataset manifest {manifest.get('id', '?')}: missing window/source description ({e})") from None
+        raise DataError(f"dataset manifest {dataset.id}: missing window/source description ({e})") from None
 
 
 def check_compatible(meta: dict[str, Any], data: dict[str, Any], checkpoint: str, dataset: str) -> None:
@@ -451,205 +428,3 @@ def check_compatible(meta: dict[str, Any], data: dict[str, Any], checkpoint: str
         problems.append(f"model {name!r} is {cls.output_mode} but the dataset's windows are {data['mode']}")
     if problems:
         raise CheckpointError(f"{checkpoint} does not match dataset {dataset}: " + "; ".join(problems))
-
-
-def _join(root: str, name: str) -> str:
-    return f"{root.rstrip('/')}/{name}" if "://" in root else str(Path(root) / name)
-
-
-def resolve_dataset(data: Optional[str], root: Optional[str], meta: dict[str, Any], progress=print) -> str:
-    """Dataset URI: `data` = an experiment YAML (its data section is prepared, a cache hit costs
-    nothing) or a dataset id under `root`; default the checkpoint's dataset_id under its config's
-    data.root."""
-    from models.checkpoint import CheckpointError
-
-    cfg_root = ((meta.get("config") or {}).get("data") or {}).get("root")
-    if data is not None and (data.endswith((".yaml", ".yml")) or Path(data).is_file()):
-        from pipelines.config import load_config
-        from preprocessing.shards import prepare_dataset
-
-        cfg = load_config(data)
-        if root:
-            cfg.data.root = root
-        return prepare_dataset(cfg.data, progress=progress).uri
-    dataset_id = data or meta.get("dataset_id")
-    if not dataset_id:
-        raise CheckpointError("checkpoint meta has no dataset_id: pass --data (a dataset id or experiment YAML)")
-    uri = _join(root or cfg_root or "data/datasets", dataset_id)
-    if "://" not in uri and not Path(uri).is_dir():
-        raise DataError(f"dataset {dataset_id!r} not found at {uri} (pass --root or --data)")
-    return uri
-
-
-def evaluate_checkpoint(
-    checkpoint: str,
-    data: Optional[str] = None,
-    root: Optional[str] = None,
-    flip: bool = True,
-    out: Optional[str] = None,
-    batch_size: int = 64,
-    device: str = "auto",
-    baseline: bool = True,
-    bf16: bool = False,
-    resources: Optional[dict[str, float]] = None,
-    actors: int = 1,
-    progress=print,
-    protocol: str = "raylift",
-) -> dict[str, Any]:
-    """Load `checkpoint`, resolve its dataset, check they fit, evaluate, write results.md/.json.
-
-    The forward passes run as Ray Data batch inference (`pipelines/evaluate/batch.py`) on
-    `device` / `resources` / `actors` (`batch.placement_for_cli`), on RAY_ADDRESS's cluster or a
-    local Ray: a job driver on a GPU-less head never runs the model. The checkpoint is read and
-    checked here and its weights shipped through the object store, so it may be a local path.
-    """
-    from models.checkpoint import load_model, read_meta
-    from pipelines.evaluate.batch import ensure_ray, evaluate_on_ray, placement_for_cli, ship_model
-    from preprocessing.readers import load_split_arrays, read_manifest
-
-    meta = read_meta(checkpoint)
-    ensure_ray()  # before resolve_dataset, which may prepare a YAML's dataset with Ray Data
-    uri = resolve_dataset(data, root, meta, progress)
-    described = describe_manifest(read_manifest(uri))
-    check_compatible(meta, described, checkpoint, uri)
-    placement = placement_for_cli(device, resources, actors)
-    model, meta = load_model(checkpoint)  # on this CPU: a damaged file fails here, naming it
-    labels = run_labels(meta.get("config") or {}, f"given checkpoint (epoch {meta.get('epoch')})")
-    if protocol == "raylift":
-        result = evaluate_on_ray(ship_model(model, meta, checkpoint), uri, described["layout"], placement, flip=flip,
-                                 batch_size=batch_size, bf16=bf16, baseline=baseline, progress=progress,
-                                 labels=labels, camera_inputs=tuple(getattr(model, "camera_inputs", ())))
-    else:
-        # A paper's protocol re-cuts whole test sequences into that paper's windows: the model runs
-        # in this process, on its GPU when one is asked for and visible, else on its CPUs.
-        import torch
-
-        test = load_split_arrays(uri, "test", columns=list(TEST_COLUMNS))
-        check_compatible(meta, {**describe_arrays(test), "layout": described["layout"]}, checkpoint, uri)
-        train, notes = load_train_for_baseline(uri) if baseline else (None, [])
-        torch_device = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
-        result = evaluate_arrays(model, test, uri, described["layout"], flip=flip, batch_size=batch_size,
-                                 device=torch_device, train=train, bf16=bf16 and torch_device == "cuda",
-                                 notes=notes, protocol=protocol, labels=labels)
-    result = {"checkpoint": str(checkpoint), "model_name": meta["model"].get("name"), "epoch": meta.get("epoch"),
-              "frames_T": int(meta["frames"]), **result}
-    write_results(result, out or default_out_dir(checkpoint))
-    return result
-
-
-def default_out_dir(checkpoint: str) -> str:
-    path = Path(checkpoint)
-    return str(path.parent / f"{path.name}-eval")
-
-
-def run_summary(result: dict[str, Any]) -> str:
-    """One console line of what a result depends on beyond its protocol: what the model read, the
-    checkpoint rule, the training precision and order (`protocol_spec`)."""
-    spec = result.get("protocol_spec") or {}
-    return "; ".join(f"{k}: {spec[k]}" for k in ("model inputs", "checkpoint", "precision", "training order") if k in spec)
-
-
-def result_tables(result: dict[str, Any], markdown: bool = False) -> str:
-    fmt = metrics.markdown_table if markdown else metrics.format_table
-    return fmt(result["results"], result["metrics"], result["group_mean_label"],
-               result.get("frame_wise_label", "frame-wise"))
-
-
-def results_markdown(result: dict[str, Any]) -> str:
-    lines = ["# raylift evaluation", ""]
-    for key in ("checkpoint", "model_name", "epoch", "dataset", "layout", "windows", "frames"):
-        if key in result:
-            lines.append(f"- {key}: `{result[key]}`")
-    lines.append(f"- protocol: {result['protocol']}")
-    for key, value in (result.get("protocol_spec") or {}).items():
-        lines.append(f"  - {key}: {value}")
-    lines += ["", result_tables(result, markdown=True), ""]
-    if "baseline" in result["results"]:
-        lines.append("`baseline` = the mean training pose predicted for every frame, scored with the same protocol.")
-    lines += [f"- {n}" for n in result.get("notes", [])]
-    return "\n".join(lines) + "\n"
-
-
-def write_results(result: dict[str, Any], out_dir: str) -> None:
-    """Write `results.json` and `results.md` into `out_dir` (each atomically)."""
-    metrics.write_json(Path(out_dir) / "results.json", _json_safe(result))
-    write_local_atomic(Path(out_dir) / "results.md", results_markdown(result))
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return None if not math.isfinite(float(obj)) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="raylift checkpoint directory")
-    parser.add_argument("--data", default=None,
-                        help="dataset id under --root, or an experiment YAML whose data section is prepared "
-                             "(default: the checkpoint's dataset)")
-    parser.add_argument("--root", default=None, help="datasets root (default: the checkpoint config's data.root)")
-    parser.add_argument("--no-flip", action="store_true", help="disable test-time flip augmentation")
-    parser.add_argument("--no-baseline", action="store_true", help="skip the mean-pose baseline")
-    parser.add_argument("--out", default=None, help="output directory for results.md/json (default: CHECKPOINT-eval)")
-    parser.add_argument("--batch-size", type=int, default=64, help="windows per forward pass")
-    add_placement_arguments(parser)
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward passes (CUDA only)")
-    parser.add_argument("--protocol", default="raylift", choices=protocol_defs.PROTOCOL_NAMES,
-                        help="what the tables reproduce (eval.protocol): raylift = each real frame once; mixste = "
-                             "MixSTE's test windows; videopose3d_seq2frame = PoseFormer/CrossFormer; fusionformer")
-    parser.add_argument("--compare", default=None, metavar="CHECKPOINT",
-                        help="image models (mpstr): a second checkpoint, e.g. the no-relations baseline, "
-                             "scored on the same images and shown beside --checkpoint (the paper's Table I)")
-
-
-def add_placement_arguments(parser: argparse.ArgumentParser) -> None:
-    """Where Ray Data runs the forward passes (`pipelines.evaluate.batch.placement_for_cli`)."""
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                        help="cuda: actors with one GPU each; cpu: CPU tasks; auto (default): cuda when the "
-                             "Ray cluster has GPUs")
-    parser.add_argument("--resources", metavar="NAME=N[,NAME=N]", default=None,
-                        help="custom Ray resources each inference actor asks for (e.g. accelerator_type:A10G=0.01)")
-    parser.add_argument("--actors", type=int, default=1, help="inference actors with --device cuda or --resources")
-
-
-def parse_placement_resources(text: Optional[str]) -> dict[str, float]:
-    """`--resources NAME=N[,NAME=N]` -> {NAME: N} (ConfigError naming a malformed item)."""
-    from pipelines.tune.driver import parse_resources
-
-    return parse_resources(text) if text else {}
-
-
-def run(args: argparse.Namespace) -> int:
-    from pipelines.evaluate.images2d import is_image_checkpoint, run_cli
-    from pipelines.train.checkpoints import local_copy
-    from preprocessing import storage
-
-    if not storage.is_s3(args.checkpoint) and is_image_checkpoint(args.checkpoint):
-        return run_cli(args)  # images -> 2D: the 2D metrics (pipelines/evaluate/images2d.py)
-    if args.compare:
-        raise DataError(f"--compare: only for local image checkpoints (mpstr); {args.checkpoint} is not one")
-    if storage.is_s3(args.checkpoint):  # an unreachable endpoint is named, not "no meta.json"
-        storage.check_s3_endpoint(args.checkpoint)
-    out = args.out or default_out_dir(args.checkpoint.split("://", 1)[-1] if storage.is_s3(args.checkpoint)
-                                      else args.checkpoint)
-    with local_copy(args.checkpoint) as checkpoint:
-        result = evaluate_checkpoint(
-            checkpoint, data=args.data, root=args.root, flip=not args.no_flip, out=out,
-            batch_size=args.batch_size, device=args.device, baseline=not args.no_baseline, bf16=args.bf16,
-            protocol=args.protocol,
-            resources=parse_placement_resources(args.resources), actors=args.actors,
-        )
-    print(f"{result['model_name']} on {result['dataset']} ({result['frames']} frames)")
-    print(f"protocol: {result['protocol']}")
-    print(run_summary(result))
-    print(result_tables(result))
-    for note in result["notes"]:
-        print(f"note: {note}")
-    print(f"wrote {Path(out) / 'results.md'} and {Path(out) / 'results.json'}")
-    return 0

@@ -33,10 +33,10 @@ import numpy as np
 
 from preprocessing.config import SourceConfig
 from preprocessing.errors import DataError
-from preprocessing.safe_npz import read_npz
+from preprocessing.sources.safe_npz import read_npz
 from preprocessing.sequences import Sequence
 from preprocessing.skeleton import MPI17
-from preprocessing.source_videopose3d import checked_keypoints_2d
+from preprocessing.sources.videopose3d import checked_keypoints_2d
 
 TRAIN_CAMERAS = ("0", "1", "2", "4", "5", "6", "7", "8")
 TRAIN_RESOLUTION = (2048, 2048)

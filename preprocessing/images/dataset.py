@@ -6,45 +6,44 @@ bytes), so every image is stored exactly once. Columns:
 - `images`: list<binary>, f*V JPEG/PNG crops (frame-major: index t*V + v; b"" where mask = 0);
 - `keypoints` (f, V, J, 2) float32: labels in crop pixels;
 - `boxes` (f, V, 4) float32: crop boxes (x0, y0, x1, y1) in full-image pixels of the decoded
-  frame (`preprocessing.crops.to_full` maps predictions back);
+  frame (`preprocessing.images.crops.to_full` maps predictions back);
 - `mask` (f,) float32; `frame` (f,) int32 (source frame index); `subject`, `action`, `activity`,
   `camera` (view ids joined by ","), `start`, `sequence_length`.
-The id, lease, owned staging directory and manifest-last publishing (`shards.publish_dataset`),
-Ray Data shard tasks and byte reproducibility are the keypoint datasets' (preprocessing/shards.py
-and manifest.py): at most one run writes an id at a time, the same
-inputs give byte-identical shards, and a run that fails (a corrupt video, a box outside the
-image) leaves no dataset behind. Decoding and cropping happen in the shard tasks.
+The id, lease, owned staging directory and manifest-last publishing, Ray Data shard tasks and byte
+reproducibility are those of every dataset (preprocessing/store/writer.py; this module gives it
+the row layout, `ImageRows`): at most one run writes an id at a time, the same inputs give
+byte-identical shards, and a run that fails (a corrupt video, a box outside the image) leaves no
+dataset behind. Decoding and cropping happen in the shard tasks.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-import uuid
 from dataclasses import dataclass
+from typing import Any, Iterator
 
 import numpy as np
 
-from preprocessing import storage
 from preprocessing.config import IMAGE_KINDS, DataConfig, ImagesConfig
-from preprocessing.crops import check_box, crop_image, encode_image, keypoint_box, to_crop
 from preprocessing.errors import DataError
-from preprocessing.image_sources import ImageSequence, background_of, frames_of, load_image_sequences
-from preprocessing.manifest import FORMAT_VERSION, STAGING_PREFIX, has_manifest, read_manifest_at
-from preprocessing.render import PixelGrid, render_frame, sequence_seed
-from preprocessing.shards import (
+from preprocessing.images.crops import check_box, crop_image, encode_image, keypoint_box, to_crop
+from preprocessing.images.render import PixelGrid, render_frame, sequence_seed
+from preprocessing.images.sources import ImageSequence, background_of, frames_of, load_image_sequences
+from preprocessing.store import storage
+from preprocessing.store.dataset import Dataset
+from preprocessing.store.manifest import FORMAT_VERSION, has_manifest, read_manifest_at
+from preprocessing.store.writer import (
     SPLITS,
-    DatasetInfo,
     Progress,
     ShardPlan,
-    _check_root,
-    _HashingSink,
-    config_for_id,
+    check_root,
+    content_config,
+    content_id,
     hash_files,
     plan_shards,
     publish_dataset,
+    run_shard_tasks,
+    staging_location,
 )
-from preprocessing.storage import Location
 
 IMAGE_FORMAT = "images-2"  # bump when the image row layout changes (part of every image dataset id); 2: page checksums
 STRING_COLUMNS = ("subject", "action", "activity", "camera")
@@ -58,7 +57,6 @@ class ImageJob:
     kind: str
     images: ImagesConfig
     seed: int  # synthetic backgrounds and noise
-    staging: Location
 
     def windows_of(self, seq: ImageSequence) -> int:
         return -(-seq.num_frames // self.images.frames)
@@ -67,7 +65,7 @@ class ImageJob:
 def image_config_for_id(data: DataConfig) -> dict:
     from preprocessing.schema import to_dict
 
-    cfg = config_for_id(data)
+    cfg = content_config(data)
     cfg.pop("windows", None)  # image windows are described by `images`
     cfg["images"] = to_dict(data.images)
     if not data.images.occluder_prob:  # datasets built before occluders existed keep their ids
@@ -78,9 +76,7 @@ def image_config_for_id(data: DataConfig) -> dict:
 
 
 def image_dataset_id(data: DataConfig, file_hashes: list[str]) -> str:
-    payload = json.dumps({"format_version": FORMAT_VERSION, "config": image_config_for_id(data), "sources": file_hashes},
-                         sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+    return content_id(image_config_for_id(data), file_hashes)
 
 
 # ----------------------------------------------------------------------------- one window's crops
@@ -166,61 +162,44 @@ def rows_table(parts: list[dict]):
     return pa.table(columns)
 
 
-def _parquet_options() -> dict:
+def parquet_options() -> dict:
     """zstd for labels and metadata; the already-compressed image bytes are stored as they are."""
     return {
         "compression": {"images.list.element": "NONE", **{c: "ZSTD" for c in STRING_COLUMNS + ("start", "sequence_length")},
                         **{f"{c}.list.element": "ZSTD" for c in TENSOR_COLUMNS}},
         "use_dictionary": list(STRING_COLUMNS),
         "write_statistics": list(STRING_COLUMNS) + ["start", "sequence_length"],
-        "write_page_checksum": True,  # streaming readers check every page (preprocessing/readers.py)
+        "write_page_checksum": True,  # streaming readers check every page (preprocessing/keypoints/readers.py)
     }
 
 
-def write_image_shard(plan: ShardPlan, sequences: dict[int, ImageSequence], job: ImageJob) -> dict:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+@dataclass(frozen=True)
+class ImageRows:
+    """The image windows' row layout for the shared writer (`store.writer.ShardRows`): a planned
+    piece is (sequence index, first window, end window)."""
 
-    target = job.staging.child(plan.path)
-    try:
-        job.staging.fs.create_dir(job.staging.child(plan.split).path, recursive=True)
-        with target.fs.open_output_stream(target.path) as stream:
-            sink = _HashingSink(stream)
-            writer = None
-            images = 0
-            for group in plan.groups:
-                parts = [piece_rows(sequences[i], lo, hi, job) for i, lo, hi in group]
-                table = rows_table(parts)
-                images += int(sum(p["mask"].sum() for p in parts)) * len(sequences[group[0][0]].cameras)
-                if writer is None:
-                    writer = pq.ParquetWriter(sink, table.schema, **_parquet_options())
-                writer.write_table(table, row_group_size=len(table))
-            writer.close()
-    except (OSError, pa.ArrowException) as e:
-        raise DataError(f"cannot write {target.uri}: {e}") from None
-    return {"split": plan.split, "path": plan.path, "rows": plan.rows, "images": images,
-            "bytes": sink.size, "sha256": sink.sha256}
+    job: ImageJob
 
+    def locate(self, plan: ShardPlan) -> tuple[Any, list[int]]:
+        return None, sorted({i for group in plan.groups for i, _, _ in group})
 
-def _write_row(row: dict, sequences: list, job: ImageJob) -> dict:
-    """Ray Data map function: one planned shard in, its file record out (errors as text: Ray's
-    task-error wrapping would lose the DataError type)."""
-    import ray
+    def tables(self, plan: ShardPlan, located: Any, inputs: dict[int, Any]) -> Iterator[Any]:
+        for group in plan.groups:
+            yield rows_table([piece_rows(inputs[i], lo, hi, self.job) for i, lo, hi in group])
 
-    spec = json.loads(row["plan"])
-    plan = ShardPlan(spec["split"], spec["index"], [[tuple(p) for p in g] for g in spec["groups"]])
-    needed = sorted({i for g in plan.groups for i, _, _ in g})
-    fetched = dict(zip(needed, ray.get([sequences[i] for i in needed])))
-    try:
-        return {**write_image_shard(plan, fetched, job), "error": ""}
-    except DataError as e:
-        return {"split": plan.split, "path": plan.path, "rows": 0, "images": 0, "bytes": 0, "sha256": "", "error": str(e)}
+    def parquet_options(self) -> dict:
+        return parquet_options()
+
+    def tally(self, table: Any) -> dict[str, int]:
+        """Images in a row group: its real frames times its views."""
+        views = table.schema.field("keypoints").type.shape[1]
+        return {"images": int(table.column("mask").combine_chunks().to_numpy_ndarray().sum()) * views}
 
 
 # ----------------------------------------------------------------------------- build and publish
 
 
-def build_image_dataset(data: DataConfig, progress: Progress = print) -> DatasetInfo:
+def build_image_dataset(data: DataConfig, progress: Progress = print) -> Dataset:
     """Build (or find) the image dataset `data` describes (see module doc)."""
     if data.source.kind not in IMAGE_KINDS:
         raise DataError(f"source.kind={data.source.kind!r} is not an image source ({', '.join(IMAGE_KINDS)})")
@@ -233,52 +212,31 @@ def build_image_dataset(data: DataConfig, progress: Progress = print) -> Dataset
     root = storage.open_location(data.root)
     id_ = image_dataset_id(data, [f["sha256"] for f in files])
     dataset = root.child(id_)
-    _check_root(root)
+    check_root(root)
     if has_manifest(dataset):
         progress(f"dataset {id_} already built at {dataset.uri} (cache hit, nothing to do)")
-        return DatasetInfo(id_, dataset.uri, read_manifest_at(dataset), cached=True)
+        return Dataset(dataset, read_manifest_at(dataset), cached=True)
 
     sequences = [s for s in src.sequences if s.split in SPLITS]
-    staging = root.child(f"{STAGING_PREFIX}{id_}-{uuid.uuid4().hex[:8]}")
-    job = ImageJob(data.source.kind, data.images, data.source.synthetic.seed, staging)
+    staging = staging_location(root, id_)
+    job = ImageJob(data.source.kind, data.images, data.source.synthetic.seed)
     plans = plan_shards([(s.split, job.windows_of(s)) for s in sequences], data.images.windows_per_shard,
                         data.images.windows_per_group)
     progress(f"dataset {id_}: {len(sequences)} sequences x {len(src.cameras)} views -> {len(plans)} shards "
              f"(f={data.images.frames}, {data.images.size}px {data.images.format})")
 
     def write() -> dict:
-        records = _run_tasks(plans, sequences, job, progress)
-        shards = sorted(records, key=lambda r: (SPLITS.index(r["split"]), r["path"]))
+        shards = run_shard_tasks(plans, sequences, staging, ImageRows(job), progress)
         return _manifest(data, id_, src, files, sequences, job, shards, started)
 
     manifest = publish_dataset(root, id_, staging, write, progress)
     if manifest is None:
-        return DatasetInfo(id_, dataset.uri, read_manifest_at(dataset), cached=True)
+        return Dataset(dataset, read_manifest_at(dataset), cached=True)
     shards = manifest["shards"]
     progress(f"published {dataset.uri}: {manifest['images']} images, {len(shards)} shards, "
              f"{manifest['total_bytes'] / 1e6:.1f} MB ({manifest['bytes_per_image']:.0f} bytes/image) "
              f"in {manifest['build_seconds']:.1f} s")
-    return DatasetInfo(id_, dataset.uri, manifest)
-
-
-def _run_tasks(plans: list[ShardPlan], sequences: list[ImageSequence], job: ImageJob, progress: Progress) -> list[dict]:
-    import ray
-
-    refs = [ray.put(s) for s in sequences]
-    items = [{"plan": json.dumps({"split": p.split, "index": p.index, "groups": p.groups})} for p in plans]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map(_write_row, fn_kwargs={"sequences": refs, "job": job}, num_cpus=1)
-    records = []
-    try:
-        for record in ds.iter_rows():
-            if record["error"]:
-                raise DataError(record["error"])
-            records.append({k: v for k, v in record.items() if k != "error"})
-            progress(f"  wrote {record['path']} ({record['rows']} windows, {record['images']} images, "
-                     f"{record['bytes'] / 1e6:.1f} MB) [{len(records)}/{len(plans)}]")
-    finally:
-        del refs
-    return records
+    return Dataset(dataset, manifest)
 
 
 def _manifest(data, id_, src, files, sequences, job, shards, started) -> dict:

@@ -1,29 +1,22 @@
-"""Reading preprocessed datasets back: Ray Data for training, plain pyarrow for evaluation.
+"""Reading dataset shards back, for every kind of dataset: checked Parquet files, the Ray Data
+datasource training streams from, and shuffled batches.
 
-- `open_split(uri, split, columns=None)`: the split's shards (in row order, as listed in the
-  manifest) as a streaming `ray.data.Dataset` (by default only the columns training uses); hand it
-  to `TorchTrainer(datasets=...)` and each worker reads its part with
-  `iter_torch_batches(ray.train.get_dataset_shard(...), ...)`. Its read tasks decode whole row
-  groups with plain pyarrow: Ray's generic `read_parquet` spent ~1/3 more CPU per window and, on
-  first use in each worker process, seconds importing its listing/HTTP machinery.
-  `open_split(..., groups=[...])` reads only the listed row groups (indices into the split's row
-  groups in manifest order, `split_row_groups`), in the listed order: a seeded permutation of them
-  is the per-epoch global shuffle of training (`pipelines/train/data.py`).
-- `iter_torch_batches(ds_or_shard, batch_size, ...)`: dicts of torch tensors, windows × frames ×
-  joints (`keypoints_2d` (B, T, [V,] J, 2), `positions_3d`, `mask`, `intrinsics`, `flipped`), with
-  an optional seeded local shuffle buffer; works on a Dataset and on a Ray Train DataIterator alike.
-  Blocks come from Ray as zero-copy numpy views of the Arrow tensor columns and each window is
-  copied once, into the batch's own memory, which torch wraps without a copy (Ray's own local
-  shuffle + numpy conversion + the copy torch needed made three).
-- `load_split_arrays(uri, split)`: the whole split as numpy arrays, read without Ray.
-- `read_manifest(uri)`.
-Any shard that is missing, is not Parquet, or whose bytes are damaged raises a DataError naming the
-file, so damaged bytes are never trained or evaluated on: readers of whole shards
-(`load_split_arrays`) hash each shard's bytes as they read them and compare them with the
-manifest's sha256 (`verified_parquet`); streaming readers, which read a few row groups of a shard
-(training's per-epoch row-group order, validation shares), check every page they decode against
-the CRC-32 the writer stored with it and each footer's row count against the manifest
-(`checked_parquet`), so no shard is read in full to read a part of it.
+Damaged bytes are never trained or evaluated on; a missing, non-Parquet or damaged shard raises a
+DataError naming the file. Readers of whole shards (`verified_parquet`, `read_split`) hash each
+shard's bytes as they read them and compare them with the manifest's sha256; streaming readers,
+which read a few row groups of a shard (training's per-epoch row-group order, validation shares,
+the Ray Data datasource), check every page they decode against the CRC-32 the writer stored with
+it and each footer's row count against the manifest (`checked_parquet`, `split_footers`), so no
+shard is read in full to read a part of it.
+
+- `open_split(dataset, split, columns, groups)`: the split as a streaming `ray.data.Dataset`
+  whose read tasks decode whole row groups with plain pyarrow (Ray's generic `read_parquet` spent
+  ~1/3 more CPU per window and, on first use in each worker process, seconds importing its
+  listing/HTTP machinery); `groups` reads only those row groups, in that order.
+- `iter_numpy_batches(ds_or_shard, batch_size, shuffle_buffer, ...)`: batches drawn from a seeded
+  local shuffle buffer (`batch_rows`); blocks come from Ray as zero-copy numpy views of the Arrow
+  tensor columns and each row is copied once, into the batch's own memory.
+- `read_split(dataset, split, columns)`: the whole split in memory, read without Ray.
 """
 from __future__ import annotations
 
@@ -34,35 +27,17 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from preprocessing import storage
 from preprocessing.errors import DataError
-from preprocessing.manifest import read_manifest_at, shard_paths
-from preprocessing.shards import SCHEMA_COLUMNS, STRING_COLUMNS, TENSOR_COLUMNS
+from preprocessing.store.dataset import Dataset
+from preprocessing.store.storage import Location
 
-TORCH_COLUMNS = TENSOR_COLUMNS + ("flipped",)
 # Read-task sizing in decoded bytes: ~128 MB of row groups per Ray read task (fewer, larger tasks
 # cost less scheduling), blocks of at most ~32 MB (at least one row group) so they stream.
 READ_TASK_BYTES = 128 << 20
 READ_BLOCK_BYTES = 32 << 20
 
 
-def read_manifest(uri: str) -> dict:
-    """The manifest of the dataset at `uri` (`<root>/<id>`, local or s3://)."""
-    return read_manifest_at(storage.open_location(uri))
-
-
-def _split_files(uri, split: str) -> tuple[storage.Location, list[storage.Location], dict]:
-    dataset = uri if isinstance(uri, storage.Location) else storage.open_location(uri)
-    uri = dataset.uri
-    manifest = read_manifest_at(dataset)
-    paths = shard_paths(manifest, split)
-    if not paths:
-        available = sorted(k for k, v in manifest["splits"].items() if v.get("windows"))
-        raise DataError(f"dataset {uri} has no {split!r} split (available: {', '.join(available) or 'none'})")
-    return dataset, [dataset.child(p) for p in paths], manifest
-
-
-def _parquet_file(loc: storage.Location):
+def parquet_file(loc: Location):
     """Open one shard's footer; DataError naming the file if it is missing or not Parquet."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -100,29 +75,16 @@ def verified_parquet(fs, uri: str, path: str, sha256: Optional[str]):
         raise DataError(f"{uri}: not a readable Parquet shard ({e})") from None
 
 
-def shard_hashes(dataset: storage.Location, manifest: dict) -> dict[str, str]:
-    """Path inside the filesystem -> the manifest's sha256, for every shard of a dataset."""
-    return {dataset.child(s["path"]).path: s["sha256"] for s in manifest["shards"]}
-
-
-def _split_footers(uri, split: str) -> list[tuple[storage.Location, Any]]:
+def split_footers(dataset: Dataset, split: str) -> list[tuple[Location, Any]]:
     """(shard, Parquet footer metadata) of every shard of the split, in row order, each footer's
     row count checked against the manifest (no data read)."""
-    dataset, files, manifest = _split_files(uri, split)
-    rows = {s["path"]: s["rows"] for s in manifest["shards"]}
     out = []
-    for loc in files:
-        meta = _parquet_file(loc).metadata
-        rel = loc.path[len(dataset.path.rstrip("/")) + 1:]
-        if meta.num_rows != rows[rel]:
-            raise DataError(f"{loc.uri}: {meta.num_rows} rows, manifest says {rows[rel]}")
+    for loc, record in zip(dataset.shards(split), dataset.shard_records(split)):
+        meta = parquet_file(loc).metadata
+        if meta.num_rows != record["rows"]:
+            raise DataError(f"{loc.uri}: {meta.num_rows} rows, manifest says {record['rows']}")
         out.append((loc, meta))
     return out
-
-
-def check_shards(uri: str, split: str) -> list[storage.Location]:
-    """Open every shard's footer and compare its row count with the manifest (no data read)."""
-    return [loc for loc, _ in _split_footers(uri, split)]
 
 
 @dataclass(frozen=True)
@@ -201,7 +163,7 @@ def _read_blocks(fs, blocks: list[tuple[str, str, list[int]]], columns: list[str
         yield read_checked_groups(opened[1], uri, indices, columns)
 
 
-def _row_groups(footers: list[tuple[storage.Location, Any]], columns: Sequence[str]) -> list[RowGroup]:
+def row_groups(footers: list[tuple[Location, Any]], columns: Sequence[str]) -> list[RowGroup]:
     """Every row group of the split, in manifest (row) order."""
     groups = []
     for loc, meta in footers:
@@ -213,12 +175,12 @@ def _row_groups(footers: list[tuple[storage.Location, Any]], columns: Sequence[s
     return groups
 
 
-def split_row_groups(uri, split: str) -> list[int]:
+def split_row_groups(dataset: Dataset, split: str, columns: Sequence[str]) -> list[int]:
     """Rows of each row group of the split, in manifest order (what `open_split(groups=...)` indexes)."""
-    return [g.rows for g in _row_groups(_split_footers(uri, split), TORCH_COLUMNS)]
+    return [g.rows for g in row_groups(split_footers(dataset, split), columns)]
 
 
-def _shard_datasource(footers: list[tuple[storage.Location, Any]], columns: list[str],
+def shard_datasource(footers: list[tuple[Location, Any]], columns: list[str],
                       selection: Optional[Sequence[int]] = None):
     """A Ray Data datasource whose read tasks decode the shards' row groups with pyarrow, every
     page checked (`checked_parquet`); only the row groups `selection` (indices in manifest
@@ -226,7 +188,7 @@ def _shard_datasource(footers: list[tuple[storage.Location, Any]], columns: list
     from ray.data import Datasource, ReadTask
     from ray.data.block import BlockMetadata
 
-    groups = _row_groups(footers, columns)
+    groups = row_groups(footers, columns)
     if selection is not None:
         bad = [i for i in selection if not 0 <= i < len(groups)]
         if bad:
@@ -255,27 +217,33 @@ def _shard_datasource(footers: list[tuple[storage.Location, Any]], columns: list
     return ParquetShards()
 
 
-def open_split(uri, split: str, columns: Optional[Sequence[str]] = None, groups: Optional[Sequence[int]] = None):
-    """The split as a streaming `ray.data.Dataset` of Arrow blocks (rows in shard order). `columns`
-    limits what is read: by default the columns `iter_torch_batches` yields (`TORCH_COLUMNS`);
-    pass `SCHEMA_COLUMNS` for all of them. `groups`: read only these row groups (indices into
-    `split_row_groups`), in this order (blocks keep the row-group order). `uri` may be a URI or a
-    `storage.Location`."""
+def iter_row_group_share(dataset: Dataset, split: str, columns: Sequence[str], rank: int = 0,
+                         world: int = 1) -> Iterator[tuple[Location, int, Any]]:
+    """(shard, row group index, Arrow table of `columns`) of row groups rank, rank + world, ... of
+    the split (manifest order), every page checked: `world` readers together read every row once,
+    without Ray (per-epoch validation shares)."""
+    groups = [(loc, i) for loc, meta in split_footers(dataset, split) for i in range(meta.num_row_groups)]
+    opened: Optional[tuple] = None
+    for loc, index in groups[rank::world]:
+        if opened is None or opened[0] != loc.path:  # each shard opened once per call
+            opened = (loc.path, checked_parquet(loc.fs, loc.uri, loc.path))
+        yield loc, index, read_checked_groups(opened[1], loc.uri, [index], columns)
+
+
+def open_split(dataset: Dataset, split: str, columns: Sequence[str], groups: Optional[Sequence[int]] = None):
+    """The split's `columns` as a streaming `ray.data.Dataset` of Arrow blocks (rows in shard
+    order); `groups`: only these row groups (indices into `split_row_groups`), in this order.
+    Blocks keep the row-group order."""
     import ray
 
-    columns = list(TORCH_COLUMNS if columns is None else columns)
-    unknown = [c for c in columns if c not in SCHEMA_COLUMNS]
-    if unknown or not columns:
-        raise DataError(f"unknown column(s) {unknown or columns} for {uri} (columns: {', '.join(SCHEMA_COLUMNS)})")
-    dataset = uri if isinstance(uri, storage.Location) else storage.open_location(uri)
-    ds = ray.data.read_datasource(_shard_datasource(_split_footers(dataset, split), columns, groups))
+    ds = ray.data.read_datasource(shard_datasource(split_footers(dataset, split), list(columns), groups))
     # Blocks in row-group order, whichever read task finishes first: a seeded training order (and a
     # resumed run's) is then the same on every run.
     ds.context.execution_options.preserve_order = True
     return ds
 
 
-def _column_numpy(array) -> np.ndarray:
+def column_numpy(array) -> np.ndarray:
     """A (zero-copy where Arrow allows) numpy view of one Arrow column chunk; fixed-shape tensors
     keep their shape ((n, T, J, C)); booleans (bit-packed in Arrow) are unpacked."""
     import pyarrow as pa
@@ -287,10 +255,10 @@ def _column_numpy(array) -> np.ndarray:
     return array.to_numpy(zero_copy_only=False)
 
 
-def block_pieces(table, keys: Sequence[str] = TORCH_COLUMNS) -> list[dict[str, np.ndarray]]:
+def block_pieces(table, keys: Sequence[str]) -> list[dict[str, np.ndarray]]:
     """A block (Arrow table) as numpy views of its `keys` columns, one dict per record batch."""
     keys = [k for k in keys if k in table.column_names]
-    return [{k: _column_numpy(rb.column(k)) for k in keys} for rb in table.to_batches() if rb.num_rows]
+    return [{k: column_numpy(rb.column(k)) for k in keys} for rb in table.to_batches() if rb.num_rows]
 
 
 def batch_rows(pieces: Iterator[dict[str, np.ndarray]], batch_size: int, shuffle_buffer: int = 0,
@@ -344,73 +312,45 @@ def batch_rows(pieces: Iterator[dict[str, np.ndarray]], batch_size: int, shuffle
         yield out
 
 
-def _to_torch(batch: dict[str, np.ndarray], device: Any) -> dict:
-    import torch
-
-    out = {}
-    for key, array in batch.items():
-        tensor = torch.from_numpy(array)  # owned, writable memory from batch_rows: no copy
-        out[key] = tensor.to(device, non_blocking=True) if str(device) != "cpu" else tensor
-    return out
-
-
 def iter_numpy_batches(
     ds_or_shard,
     batch_size: int,
+    keys: Sequence[str],
     shuffle_buffer: int = 0,
     prefetch_batches: int = 2,
     seed: Optional[int] = None,
     drop_last: bool = False,
-    keys: Sequence[str] = TORCH_COLUMNS,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of windows as dicts of numpy arrays (the `keys` columns the blocks hold), with an
-    optional seeded local shuffle buffer (`batch_rows`): what `iter_torch_batches` wraps."""
+    """Batches of rows as dicts of numpy arrays (the `keys` columns the blocks hold) from a Ray
+    Dataset or a Ray Train shard, with an optional seeded local shuffle buffer (`batch_rows`;
+    same blocks in the same order + same seed = same batches). Ray streams and prefetches
+    `prefetch_batches` blocks ahead (decoding happens in Ray read tasks)."""
     blocks = ds_or_shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=prefetch_batches)
     pieces = (piece for table in blocks for piece in block_pieces(table, keys))
     rng = np.random.default_rng(seed) if shuffle_buffer else None
     return batch_rows(pieces, batch_size, shuffle_buffer, rng, drop_last)
 
 
-def iter_torch_batches(
-    ds_or_shard,
-    batch_size: int,
-    shuffle_buffer: int = 0,
-    prefetch_batches: int = 2,
-    seed: Optional[int] = None,
-    device: Any = "cpu",
-    drop_last: bool = False,
-) -> Iterator[dict]:
-    """Batches of windows as torch tensors (keys `keypoints_2d`, `positions_3d`, `mask`,
-    `trajectory`, `intrinsics`, `image_size`, `flipped`; other columns are left out).
-    `shuffle_buffer` > 0 shuffles locally within a buffer of at least that many windows, seeded by
-    `seed` (same blocks in the same order + same seed = same batches). Ray streams and prefetches
-    `prefetch_batches` blocks ahead (decoding happens in Ray read tasks); blocks arrive as zero-copy
-    Arrow views and `batch_rows` copies each window once into the batch."""
-    for batch in iter_numpy_batches(ds_or_shard, batch_size, shuffle_buffer, prefetch_batches, seed, drop_last):
-        yield _to_torch(batch, device)
-
-
-def load_split_arrays(uri: str, split: str, columns: Optional[list[str]] = None) -> dict[str, np.ndarray]:
-    """The whole split in memory, rows in shard order: tensor columns stacked into float32 arrays
-    ((W, T, J, 2), ...), `start`/`sequence_length` int32, `flipped` bool, strings as object arrays."""
+def read_split(dataset: Dataset, split: str, columns: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+    """The whole split in memory, rows in shard order, every shard checked against the manifest's
+    sha256: fixed-shape tensor columns as float32 arrays ((W, T, J, 2), ...), strings as object
+    arrays, other columns as numpy arrays."""
     import pyarrow as pa
 
-    files = check_shards(uri, split)
-    dataset = storage.open_location(uri)
-    hashes = shard_hashes(dataset, read_manifest_at(dataset))
     tables = []
-    for loc in files:
+    for loc, _ in split_footers(dataset, split):
         try:
-            tables.append(verified_parquet(loc.fs, loc.uri, loc.path, hashes.get(loc.path)).read(columns=columns))
+            shard = verified_parquet(loc.fs, loc.uri, loc.path, dataset.sha256_of(loc))
+            tables.append(shard.read(columns=None if columns is None else list(columns)))
         except (OSError, pa.ArrowException) as e:
             raise DataError(f"{loc.uri}: cannot read shard ({e})") from None
     table = pa.concat_tables(tables)
     out: dict[str, np.ndarray] = {}
     for name in table.column_names:
         column = table.column(name).combine_chunks()
-        if name in TENSOR_COLUMNS:
+        if isinstance(column.type, pa.FixedShapeTensorType):
             out[name] = column.to_numpy_ndarray()
-        elif name in STRING_COLUMNS:
+        elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
             out[name] = np.asarray(column.to_pylist(), dtype=object)
         else:
             out[name] = column.to_numpy(zero_copy_only=False)
