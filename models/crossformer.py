@@ -64,6 +64,7 @@ from einops import rearrange
 from torch import nn
 
 from models.layers import DropPath, drop_path_schedule
+from models.official import poseformer_style_checkpoint
 from models.poseformer import PoseFormer, PoseFormerConfig
 
 Variant = Literal["official", "paper"]
@@ -252,3 +253,50 @@ class CrossFormer(PoseFormer):
             x = x.clone()  # the released forward zeroes these frames in the caller's tensor; we do not
             x[:, self.spec.zeroed_frames] = 0.0
         return super().forward(x)  # (B, 1, J, 3)
+
+
+# Released `PoseTransformer` (common/model_crossformer.py): `local_mp` is the Cross-Joint
+# Interaction (LPI), `local` the Cross-Frame Interaction (SpatialCGNL: t scaled by <p, g>).
+# Official key prefix -> raylift's, first match wins; `{i}` is a block index.
+OFFICIAL_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("Spatial_patch_to_embedding.", "joint_embed."),
+    ("Spatial_pos_embed", "spatial_pos"),
+    ("Temporal_pos_embed1", "temporal_pos"),
+    ("Spatial_blocks.{i}.norm3.", "spatial_blocks.{i}.between.norm."),
+    ("Spatial_blocks.{i}.gamma3", "spatial_blocks.{i}.between.gamma"),
+    ("Spatial_blocks.{i}.local_mp.conv1.", "spatial_blocks.{i}.between.conv1."),
+    ("Spatial_blocks.{i}.local_mp.gn.", "spatial_blocks.{i}.between.group_norm."),
+    ("Spatial_blocks.{i}.local_mp.conv2.", "spatial_blocks.{i}.between.conv2."),
+    ("blocks1.{i}.norm3.", "temporal_blocks.{i}.between.norm."),
+    ("blocks1.{i}.gamma3", "temporal_blocks.{i}.between.gamma"),
+    ("blocks1.{i}.local.t.", "temporal_blocks.{i}.between.value."),
+    ("blocks1.{i}.local.p.", "temporal_blocks.{i}.between.key."),
+    ("blocks1.{i}.local.g.", "temporal_blocks.{i}.between.query."),
+    ("blocks1.{i}.local.z.", "temporal_blocks.{i}.between.out."),
+    ("blocks1.{i}.local.gn.", "temporal_blocks.{i}.between.group_norm."),
+    ("Spatial_blocks.", "spatial_blocks."),
+    ("blocks1.", "temporal_blocks."),
+    ("Spatial_norm.", "spatial_norm."),
+    ("Temporal_norm1.", "temporal_norm."),
+    ("weighted_mean.", "frame_weights."),
+    ("head.0.", "head.norm."),
+    ("head.1.", "head.proj."),
+)
+# Official tensors built but never called (the module docstring's difference 8: second embeddings
+# and projections, `gamma4` / `norm4`, `local_mp.{conv3,bn,gn1}`), full-match patterns.
+OFFICIAL_UNUSED: tuple[str, ...] = (
+    r"(Temporal_pos_embed|chennels_pos_embed|top_pos_embed|outer_tokens|outer_pos|outer_temp|inner_pos"
+    r"|inner_temp|spatial_embed|Temporal_embed)",
+    r"(Spatial_patch_to_embedding1|temporal_patch_to_embedding1|proj_norm1|proj|proj_norm2|proj_norm12"
+    r"|proj12|proj_norm13|lins|Temporal_norm|channels_norm|Temporal|channels|weighted_mean1|weighted_mean2)\.\w+",
+    r"(Spatial_blocks|blocks1)\.\d+\.(gamma4|norm4\.\w+)",
+    r"Spatial_blocks\.\d+\.local_mp\.(conv3|bn|gn1)\.\w+",
+)
+# `models/convert.py` imports CrossFormer's checkpoints with it. T is read off `weighted_mean`
+# (Conv1d(T, 1, 1)): the one temporal position vector does not show it. The released constructor
+# ignores the `mlp_ratio` and `qkv_bias` it is passed (it rebinds 4 and False), so they are left to
+# the `official` variant.
+OFFICIAL_CHECKPOINT = poseformer_style_checkpoint(
+    OFFICIAL_PREFIXES, name="crossformer", blocks="Spatial_blocks", dim_field="spatial_dim",
+    frames_at=("weighted_mean.weight", 1), unused=OFFICIAL_UNUSED, constructor_mlp=False, variant="official",
+)

@@ -78,13 +78,14 @@ The cross-trajectory token width is T·c, so its blocks grow as T².
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Mapping, Optional, Union
 
 import torch
 from einops import rearrange
 from torch import nn
 
 from models.layers import Block, PoseHead, drop_path_schedule
+from models.official import OfficialCheckpoint, State, block_count, block_options, mlp_options, tensor_shape
 
 Variant = Literal["official", "paper"]
 
@@ -462,3 +463,60 @@ class Fusionformer(nn.Module):
                     root_depth: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The refinement stage alone: (B, T, J, 3) pose, (B, T, J, 2) 2D -> (B, T, J, 3) refined."""
         return self.refine(pose, x, intrinsics, root_depth)
+
+
+def _values_from_shapes(state: State, source: str) -> tuple[dict[str, Any], int]:
+    """Fusionformer (official variant) config values and J read off the merged official state dicts
+    (`OfficialCheckpoint.infer_values`); the refinement's hidden width is 1024·T in the code."""
+    _, joints, dim = tensor_shape(state, "SE.Spatial_pos_embed", source)
+    frames = tensor_shape(state, "TE.Temporal_pos_embed", source)[1]
+    return {
+        "dim": dim,
+        "L_s": block_count(state, "SE.Spatial_blocks", "fusionformer", source),
+        "L_c": block_count(state, "STE.Self_Trajectory_blocks", "fusionformer", source),
+        "refine_hidden": tensor_shape(state, "post_refine.0.weight", source)[0] // frames,
+        "variant": "official",
+        **block_options(state, "SE.Spatial_blocks", dim, source),
+    }, int(joints)
+
+
+def _values_from_official(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Fusionformer config values from its constructor arguments (`OfficialCheckpoint.official_values`):
+    the code builds all four encoders with `depth` (L_s = L_c = depth)."""
+    depth = int(kwargs["depth"])
+    return {"dim": int(kwargs["embed_dim_ratio"]), "L_s": depth, "L_c": depth, "variant": "official",
+            **mlp_options(kwargs)}
+
+
+# Released `Fusionformer` (common/Fusionformer.py) and `refine` (common/refine.py), whose two
+# state dicts are merged on import (their keys do not overlap). Official key prefix -> raylift's,
+# first match wins.
+OFFICIAL_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("SE.Spatial_patch_to_embedding.", "gim.spatial.embed."),
+    ("SE.Spatial_pos_embed", "gim.spatial.encoder.pos"),
+    ("SE.Spatial_blocks.", "gim.spatial.encoder.blocks."),
+    ("SE.Spatial_norm.", "gim.spatial.encoder.norm."),
+    ("TE.Temporal_pos_embed", "gim.temporal.encoder.pos"),
+    ("TE.Temporal_blocks.", "gim.temporal.encoder.blocks."),
+    ("TE.Temporal_norm.", "gim.temporal.encoder.norm."),
+    ("STE.Self_Trajectory_patch_to_embedding.", "lim.self_trajectory.embed."),
+    ("STE.Self_Trajectory_pos_embed", "lim.self_trajectory.encoder.pos"),
+    ("STE.Self_Trajectory_blocks.", "lim.self_trajectory.encoder.blocks."),
+    ("STE.Self_Trajectory_norm.", "lim.self_trajectory.encoder.norm."),
+    ("CTE.Cross_Trajectory_pos_embed", "lim.cross_trajectory.encoder.pos"),
+    ("CTE.Cross_Trajectory_blocks.", "lim.cross_trajectory.encoder.blocks."),
+    ("CTE.Cross_Trajectory_norm.", "lim.cross_trajectory.encoder.norm."),
+    ("glf.fc.", "fusion.gate."),
+    ("glf.fusion.0.", "fusion.norm."),
+    ("glf.fusion.1.", "fusion.conv."),
+    ("head.0.", "head.norm."),
+    ("head.1.", "head.proj."),
+    ("post_refine.0.", "refine.fc1."),
+    ("post_refine.3.", "refine.fc2."),
+)
+# How `models/convert.py` imports its checkpoints: two files, the transformer and the refinement.
+OFFICIAL_CHECKPOINT = OfficialCheckpoint(
+    OFFICIAL_PREFIXES, frames_at=("TE.Temporal_pos_embed", 1), refine_file=True,
+    infer_values=_values_from_shapes, official_values=_values_from_official,
+    unused=(r"fcn\.\d+\.\w+",),  # LayerNorm + Conv1d(4T -> T) built, never called (glf fuses)
+)

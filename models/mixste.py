@@ -22,6 +22,7 @@ from einops import rearrange
 from torch import nn
 
 from models.layers import Block, LayerNorm, PoseHead, drop_path_schedule
+from models.official import poseformer_style_checkpoint
 
 
 @dataclass
@@ -113,3 +114,19 @@ class MixSTE(nn.Module):
         # moves 3 channels per token instead of C (same values; tests/test_speed.py).
         x = self.head(x)  # (B*J, T, 3)
         return rearrange(x, "(b j) t c -> b t j c", j=j)  # (B, T, J, 3)
+
+
+# The released `MixSTE2` (common/model_cross.py): official key prefix -> raylift's, first match wins.
+OFFICIAL_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("Spatial_patch_to_embedding.", "joint_embed."),
+    ("Spatial_pos_embed", "spatial_pos"),
+    ("Temporal_pos_embed", "temporal_pos"),
+    ("STEblocks.", "spatial_blocks."),
+    ("TTEblocks.", "temporal_blocks."),
+    ("Spatial_norm.", "spatial_norm."),
+    ("Temporal_norm.", "temporal_norm."),
+    ("head.0.", "head.norm."),
+    ("head.1.", "head.proj."),
+)
+# `models/convert.py` imports MixSTE's checkpoints with it.
+OFFICIAL_CHECKPOINT = poseformer_style_checkpoint(OFFICIAL_PREFIXES, name="mixste", blocks="STEblocks", dim_field="dim")

@@ -27,17 +27,19 @@ the N images of ONE call form the token sequence of a 4-block ViT head (8 heads,
 LayerNorm eps 1e-6), so each prediction depends on the other images of the call. It takes
 (N, 3, H, W) -> (N, J, 2); given paper-style (B, T, V, 3, H, W) it flattens all B·T·V images into
 that one sequence (in b, t, v order) and returns (B, T, V, J, 2). Its checkpoints import through
-`models.convert.convert_mpstr_state_dict`.
+`models.convert.convert_mpstr_state_dict`, with the key tables at the end of this file.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import torch
 from einops import rearrange
 from torch import nn
 
+from models.checkpoint import CheckpointError
 from models.layers import Block, LayerNorm, PoseHead, drop_path_schedule
 
 
@@ -318,3 +320,77 @@ class MPSTR(nn.Module):
         f = self.tokens(x.reshape(-1, *x.shape[-3:]))  # (N, D), N = all images of the call
         f = self.relations(f[None])[0]  # one sequence: (1, N, D) -> (N, D)
         return self.head(f).reshape(*lead, self.joints, 2)  # (N, J, 2) or (B, T, V, J, 2)
+
+
+# --- The authors' checkpoints (`SwinPose`, WUJINHUAN/3D-human-pose) ------------------------------
+#
+# Their checkpoint is `{'model': state_dict, 'epoch', ...}` with no `module.` prefix. The backbone
+# is the original Microsoft Swin (`SwinTransformerspace`), the head `PoseTransformer`. Mapping onto
+# raylift's `MPSTR` (timm SwinTransformer + `SequenceRelations` + `PoseHead`):
+# - original Swin puts PatchMerging at the END of stage i, timm at the START of stage i+1:
+#   `layers.i.downsample.*` -> `layers.{i+1}.downsample.*`. Both concatenate the 2x2 neighbours in
+#   the order x0 (even row, even col), x1 (odd, even), x2 (even, odd), x3 (odd, odd): timm's
+#   reshape(B, H/2, 2, W/2, 2, C).permute(0, 1, 3, 4, 2, 5) flattens column-parity-major, which
+#   is that same order, so the reduction / norm weights are copied unpermuted (the parity test
+#   would expose a swap: 0.82 at the fixture's output).
+# - `relative_position_index` and `attn_mask` are config-derived buffers (timm rebuilds them,
+#   non-persistent): dropped.
+# - unused by the authors' forward: `backbone.head` (Linear 768 -> 34), `keypoint_head.
+#   Temporal_pos_embed` (replaced by zeros at run time) and `keypoint_head.weighted_mean`: dropped.
+OFFICIAL_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("backbone.", "backbone."),
+    ("keypoint_head.blocks.", "relations.temporal_blocks."),
+    ("keypoint_head.Temporal_norm.", "relations.norm."),
+    ("keypoint_head.head.0.", "head.norm."),
+    ("keypoint_head.head.1.", "head.proj."),
+)
+# Official keys dropped on import (full-match patterns): the config-derived buffers, then the
+# tensors SwinPose never uses.
+OFFICIAL_UNUSED: tuple[str, ...] = (
+    r"(.*\.)?(relative_position_index|attn_mask)",
+    r"backbone\.head\..*",
+    r"keypoint_head\.Temporal_pos_embed.*",
+    r"keypoint_head\.weighted_mean\..*",
+)
+
+
+def official_downsample_key(key: str) -> str:
+    """A renamed key with the original Swin's PatchMerging moved to timm's place (stage i -> i+1)."""
+    return re.sub(r"^backbone\.layers\.(\d+)\.downsample\.",
+                  lambda m: f"backbone.layers.{int(m.group(1)) + 1}.downsample.", key)
+
+
+def official_config(backbone: dict[str, Any], joints: int = 17) -> MPSTRConfig:
+    """raylift `MPSTRConfig` (variant official) from the authors' `cfg.model['backbone']` dict.
+
+    Missing entries take `SwinTransformerspace`'s defaults (Swin-T, 224, window 7), as their
+    `configs/swin.py` does. The head is always `PoseTransformer()`: 4 blocks, 8 heads, MLP ratio 2,
+    drop path 0.2; its width is the backbone's final width.
+    """
+    if backbone.get("qk_scale") is not None:
+        raise CheckpointError(f"official mpstr config: qk_scale={backbone['qk_scale']}, only the default is supported")
+    if backbone.get("ape", False) or not backbone.get("patch_norm", True):
+        raise CheckpointError("official mpstr config: ape=True / patch_norm=False are not supported by timm's Swin")
+    if joints != 17:
+        raise CheckpointError(f"official mpstr config: SwinPose hard-wires 17 keypoints, got joints={joints}")
+    cfg = MPSTRConfig(
+        variant="official",
+        img_size=int(backbone.get("img_size", 224)),
+        patch_size=int(backbone.get("patch_size", 4)),
+        in_chans=int(backbone.get("in_chans", 3)),
+        embed_dim=int(backbone.get("embed_dim", 96)),
+        depths=tuple(int(d) for d in backbone.get("depths", (2, 2, 6, 2))),
+        num_heads=tuple(int(h) for h in backbone.get("num_heads", (3, 6, 12, 24))),
+        window_size=int(backbone.get("window_size", 7)),
+        mlp_ratio=float(backbone.get("mlp_ratio", 4.0)),
+        qkv_bias=bool(backbone.get("qkv_bias", True)),
+        relation_depth=4,
+        relation_heads=8,
+        relation_mlp_ratio=2.0,
+        drop_rate=float(backbone.get("drop_rate", 0.0)),
+        attn_drop_rate=float(backbone.get("attn_drop_rate", 0.0)),
+        drop_path_rate=float(backbone.get("drop_path_rate", 0.1)),
+        relation_drop_path_rate=0.2,
+    )
+    cfg.validate()
+    return cfg

@@ -21,6 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from models.layers import Block, PoseHead, drop_path_schedule
+from models.official import poseformer_style_checkpoint
 
 
 @dataclass
@@ -112,3 +113,23 @@ class PoseFormer(nn.Module):
         x = self.frame_weights(x)  # (B, 1, J*c)
         x = self.head(x)  # (B, 1, J*3)
         return rearrange(x, "b 1 (j c) -> b 1 j c", j=j)  # (B, 1, J, 3)
+
+
+# The released `PoseTransformer` (common/model_poseformer.py): official key prefix -> raylift's,
+# first match wins.
+OFFICIAL_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("Spatial_patch_to_embedding.", "joint_embed."),
+    ("Spatial_pos_embed", "spatial_pos"),
+    ("Temporal_pos_embed", "temporal_pos"),
+    ("Spatial_blocks.", "spatial_blocks."),
+    ("blocks.", "temporal_blocks."),
+    ("Spatial_norm.", "spatial_norm."),
+    ("Temporal_norm.", "temporal_norm."),
+    ("weighted_mean.", "frame_weights."),
+    ("head.0.", "head.norm."),
+    ("head.1.", "head.proj."),
+)
+# `models/convert.py` imports PoseFormer's checkpoints with it.
+OFFICIAL_CHECKPOINT = poseformer_style_checkpoint(
+    OFFICIAL_PREFIXES, name="poseformer", blocks="Spatial_blocks", dim_field="spatial_dim"
+)

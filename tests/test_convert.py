@@ -11,7 +11,7 @@ import torch
 
 from models.checkpoint import CheckpointError, load_model
 from models.convert import (
-    OFFICIAL_PREFIXES,
+    OFFICIAL_CHECKPOINTS,
     convert_state_dict,
     import_official,
     infer_config,
@@ -62,7 +62,7 @@ class _Payload:
         return (builtins.open, (str(self.marker), "w"))
 
 
-@pytest.mark.parametrize("name", list(OFFICIAL_PREFIXES))
+@pytest.mark.parametrize("name", list(OFFICIAL_CHECKPOINTS))
 def test_key_mapping_round_trips(name):
     model = build_model(parse_model_config(SMALL[name]), frames=FRAMES.get(name, 9), joints=17)
     for key in model.state_dict():

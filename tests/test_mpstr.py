@@ -17,12 +17,11 @@ from models.convert import (
     convert_mpstr_state_dict,
     load_official_file,
     load_official_mpstr,
-    mpstr_config_from_official,
     mpstr_key,
     mpstr_official_state_dict,
 )
 from models.losses import build_loss, forward_for_loss
-from models.mpstr import MPSTRConfig
+from models.mpstr import MPSTRConfig, official_config
 from models.registry import IMAGE_MODELS, MODELS, build_model, count_parameters, parse_model_config
 from preprocessing.schema import ConfigError
 from tests.helpers import assert_gradients_reach_every_parameter
@@ -81,7 +80,7 @@ def test_dropped_buffers_equal_timms_rebuilt_ones(mpstr_fixture):
     parity_dir, config, _ = mpstr_fixture
     path = parity_dir / "mpstr2d.ckpt.bin"
     state = mpstr_official_state_dict(load_official_file(path), str(path))
-    model = build_model(mpstr_config_from_official(config["model"]["backbone"]), frames=1)
+    model = build_model(official_config(config["model"]["backbone"]), frames=1)
     for key, value in state.items():
         if key.endswith(("relative_position_index", "attn_mask")):
             ours = model.get_submodule(key.rsplit(".", 1)[0]).get_buffer(key.rsplit(".", 1)[1])
@@ -97,7 +96,7 @@ def test_full_size_key_layout_converts(parity_dir):
     layout = json.loads(path.read_text())
     shapes = {k: tuple(v) for k, v in layout["state_dict"].items()}
     assert len(shapes) == 247
-    cfg = mpstr_config_from_official(layout["config"]["model"]["backbone"])  # {} -> Swin-T defaults
+    cfg = official_config(layout["config"]["model"]["backbone"])  # {} -> Swin-T defaults
     assert (cfg.img_size, cfg.depths, cfg.window_size) == (224, (2, 2, 6, 2), 7)
     with torch.device("meta"):
         model = build_model(cfg, frames=1)
