@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 demo: install
 	$(VENV)/bin/raylift train --config configs/demo.yaml
 
-# Issue 12's two-stage system on embedded synthetic images: MPSTR (and its no-relations baseline)
+# The two-stage system on embedded synthetic images: MPSTR (and its no-relations baseline)
 # images -> 2D, predicted 2D for every frame and camera, PoseFormer on it and on the GT 2D.
 demo-2stage: install
 	$(VENV)/bin/raylift two-stage --config configs/two_stage_synthetic.yaml

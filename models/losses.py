@@ -2,7 +2,7 @@
 
 `build_loss(model_name, loss="auto")` returns `loss_fn(outputs, batch) -> (loss, logs)` where
 `batch` holds `positions_3d` (target, metres) and `mask` (1 = real frame that counts; default all
-1). The target's root joint is zeroed (training targets are root-relative; FIELD_NOTES); the
+1). The target's root joint is zeroed (training targets are root-relative; docs/field_notes.md); the
 prediction is left as the model made it. Every masked mean divides by the number of real elements,
 so with an all-ones mask each loss equals the reference code's plain `torch.mean`.
 

@@ -1,6 +1,6 @@
 """Cameras in VideoPose3D's conventions: JSON tables, quaternions, projection, normalisation.
 
-Conventions (FIELD_NOTES): orientation is a unit quaternion (w, x, y, z) rotating camera
+Conventions (docs/field_notes.md): orientation is a unit quaternion (w, x, y, z) rotating camera
 coordinates into world coordinates; translation is the camera centre in world coordinates (the
 JSON stores millimetres, `load_cameras` returns metres); `world_to_camera(X) = qrot(q^-1, X - t)`.
 Intrinsics are the (9,) vector fx, fy, cx, cy, k1, k2, k3, p1, p2 in pixels, projected with

@@ -1,6 +1,6 @@
 """The canonical sequence every source produces and every later stage consumes.
 
-One `Sequence` per (subject, action, camera). Conventions (FIELD_NOTES):
+One `Sequence` per (subject, action, camera). Conventions (docs/field_notes.md):
 - `keypoints_2d` (N, J, 2) float32, normalised image coordinates `x / w * 2 - [1, h / w]`.
 - `positions_3d` (N, J, 3) float32, camera space, metres, root-relative with the root joint zeroed.
 - `trajectory` (N, 3) float32, the root joint's camera-space position in metres (kept separately).

@@ -1,4 +1,4 @@
-"""Train from a prepared dataset without its sources (issue 15, item 2), and evaluation as Ray
+"""Train from a prepared dataset without its sources, and evaluation as Ray
 Data batch inference equal to the in-driver evaluation of pipelines/evaluate/protocols.py (item 1)."""
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def trained(tmp_path_factory, ray_local):
 def test_train_from_a_dataset_uri_needs_no_source_files(trained):
     tmp, info, cfg, out, lines = trained
     assert not (tmp / "synthetic").exists()
-    assert out.dataset == info.uri and out.best_checkpoint is not None
+    assert out.dataset.uri == info.uri and out.best_checkpoint is not None
     assert [p.name for p in (tmp / "datasets").iterdir() if not p.name.startswith(".")] == [info.id]
     assert out.evaluation is not None and (tmp / "runs" / "tiny" / "eval" / "results.md").is_file()
     assert any("Ray Data batch inference on CPU tasks" in line for line in lines)
@@ -40,18 +40,18 @@ def test_train_from_a_dataset_uri_needs_no_source_files(trained):
 
 @pytest.mark.slow
 def test_dataset_by_id_and_mismatched_windows(trained):
-    from pipelines.train.driver import prepared_dataset_uri
+    from pipelines.train.driver import prepared_dataset
     from preprocessing.errors import DataError
 
     tmp, info, cfg, _, _ = trained
     cfg.data.dataset = info.id  # an id is looked up under data.root
-    assert prepared_dataset_uri(cfg) == info.uri
+    assert prepared_dataset(cfg).uri == info.uri
     cfg.data.windows.frames = 27
     with pytest.raises(ConfigError, match=r"holds seq2seq windows of T=9 .* data.windows asks for seq2seq T=27"):
-        prepared_dataset_uri(cfg)
+        prepared_dataset(cfg)
     cfg.data.dataset = str(tmp / "nowhere")
     with pytest.raises(DataError, match="no dataset at"):
-        prepared_dataset_uri(cfg)
+        prepared_dataset(cfg)
 
 
 def _flatten(summary, prefix=""):
@@ -71,8 +71,8 @@ def test_ray_data_evaluation_equals_in_driver_evaluation(trained, flip):
 
     _, info, cfg, out, _ = trained
     model, _ = load_model(out.best_checkpoint)
-    today = evaluate_model(model, info.uri, "h36m", flip=flip, batch_size=32, device="cpu", baseline=True)
-    ray_data = evaluate_on_ray(out.best_checkpoint, info.uri, "h36m", Placement(cpus=1), flip=flip, batch_size=32,
+    today = evaluate_model(model, info, flip=flip, batch_size=32, device="cpu", baseline=True)
+    ray_data = evaluate_on_ray(out.best_checkpoint, info, Placement(cpus=1), flip=flip, batch_size=32,
                                progress=lambda m: None)
     assert {k: v for k, v in ray_data.items() if k != "results"} == {k: v for k, v in today.items() if k != "results"}
     a, b = dict(_flatten(ray_data["results"])), dict(_flatten(today["results"]))
@@ -90,7 +90,7 @@ def _assert_same_results(a_result: dict, b_result: dict) -> None:
 
 @pytest.mark.slow
 def test_evaluate_command_runs_on_ray_data_with_todays_numbers(trained, capsys):
-    """`raylift evaluate --checkpoint D --data ID` (issue 15, item 1): Ray Data batch inference
+    """`raylift evaluate --checkpoint D --data ID` : Ray Data batch inference
     (CPU tasks here), the checkpoint shipped from the driver; equal to the in-process protocol."""
     import json
 
@@ -100,7 +100,7 @@ def test_evaluate_command_runs_on_ray_data_with_todays_numbers(trained, capsys):
 
     tmp, info, _, out, _ = trained
     model, _ = load_model(out.best_checkpoint)
-    today = evaluate_model(model, info.uri, "h36m", flip=True, batch_size=32, device="cpu", baseline=True)
+    today = evaluate_model(model, info, flip=True, batch_size=32, device="cpu", baseline=True)
     assert main(["evaluate", "--checkpoint", out.best_checkpoint, "--data", info.id, "--root", str(tmp / "datasets"),
                  "--device", "cpu", "--batch-size", "32", "--out", str(tmp / "cli-eval")]) == 0
     assert "Ray Data batch inference on CPU tasks" in capsys.readouterr().out

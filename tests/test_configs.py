@@ -66,3 +66,22 @@ def test_image_configs_use_the_papers_schedule():
         assert (cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay, cfg.train.lr_schedule) == (
             "adamw", 1e-3, 0.05, "cosine_warmup"), cfg.name
         assert 0 < cfg.train.warmup_epochs < cfg.train.epochs
+
+
+AUTHORS_RECIPES = {  # config -> the protocol of its authors' test code
+    "mixste_h36m_cpn.yaml": "mixste", "mixste_h36m_gt.yaml": "mixste", "mixste_3dhp.yaml": "raylift",
+    "poseformer_h36m_cpn.yaml": "videopose3d_seq2frame", "poseformer_h36m_gt.yaml": "videopose3d_seq2frame",
+    "crossformer_h36m_cpn.yaml": "videopose3d_seq2frame", "fusionformer_h36m_cpn.yaml": "fusionformer",
+    "mpstr_h36m.yaml": "raylift",
+}
+
+
+@pytest.mark.parametrize("name", sorted(AUTHORS_RECIPES))
+def test_authors_recipes_use_the_authors_numerics_and_protocol(name):
+    """fp32 (no author trains under autocast) and the authors' test protocol; bf16 stays one --set away."""
+    cfg = load_config(str(CONFIGS[0].parent / name))
+    assert cfg.train.precision == "fp32"
+    assert cfg.eval.protocol == AUTHORS_RECIPES[name]
+    assert load_config(str(CONFIGS[0].parent / name), ["train.precision=bf16"]).train.precision == "bf16"
+    if cfg.model.name == "fusionformer":
+        assert cfg.model.root_depth == "gt" and cfg.model.camera_inputs == ("intrinsics", "root_depth")

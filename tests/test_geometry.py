@@ -66,7 +66,7 @@ def test_world_camera_round_trip_with_real_h36m_camera():
     np.testing.assert_allclose(ext.translation, [1.8411070556640625, 4.95528466796875, 1.5634454345703125])
     world = np.random.default_rng(2).uniform(-1, 1, (50, 17, 3)) + [0, 0, 1]
     cam = world_to_camera(world, ext.orientation, ext.translation)
-    # qrot form of FIELD_NOTES: world_to_camera(X) = qrot(q^-1, X - t)
+    # qrot form of docs/field_notes.md: world_to_camera(X) = qrot(q^-1, X - t)
     np.testing.assert_allclose(cam, qrot(np.broadcast_to(qinverse(ext.orientation), (50, 17, 4)), world - ext.translation), atol=1e-12)
     np.testing.assert_allclose(camera_to_world(cam, ext.orientation, ext.translation), world, atol=1e-12)
     assert (cam[..., 2] > 3).all()  # the capture volume is in front of the camera, metres away

@@ -1,4 +1,4 @@
-"""The whole workflow on a simulated heterogeneous cluster (issue 15, proof): a head with 0 CPUs
+"""The whole workflow on a simulated heterogeneous cluster: a head with 0 CPUs
 and 0 GPUs that only advertises the on-demand `raylift_driver` resource, and worker nodes that
 carry a custom GPU-like resource. preprocess -> train from the dataset URI -> evaluation (Ray Data
 actors on the GPU-like nodes) -> tune, with the worker node running the trial's Train worker
@@ -92,11 +92,11 @@ def test_preprocess_train_evaluate_tune_with_a_worker_node_killed(tmp_path, hete
     t0 = time.perf_counter()
     out = run_training(cfg, progress=lambda m: None)
     stage("train (2 epochs)", t0)
-    assert out.dataset == info.uri and out.best_checkpoint is not None
+    assert out.dataset.uri == info.uri and out.best_checkpoint is not None
 
     lines: list[str] = []
     t0 = time.perf_counter()
-    evaluation = evaluate_best(cfg, out.best_checkpoint, out.dataset, "h36m", out.run_uri, lines.append)
+    evaluation = evaluate_best(cfg, out.best_checkpoint, out.dataset, out.run_uri, lines.append)
     stage("evaluate", t0)
     assert evaluation["frames"] > 0 and {"model", "baseline"} <= set(evaluation["results"])
     assert any("Ray Data batch inference on 1 actor(s)" in l and GPU_LIKE in l for l in lines), lines

@@ -1,4 +1,4 @@
-"""Image sources, crops, renderer, image shards and their reader (issue 12, data side).
+"""Image sources, crops, renderer, image shards and their reader.
 
 Tiny on purpose: 2 subjects x 1 action x 6-12 frames, 32 px crops, videos at 1/10 of the camera
 resolution. Only the shard build test starts Ray.

@@ -1,4 +1,4 @@
-"""Image models' inference as Ray Data batch inference (issue 15 item 1 for issue 12's model): the
+"""Image models' inference as Ray Data batch inference (for the image-to-2D model): the
 2D evaluation (`raylift evaluate` on an image checkpoint, the evaluation after training, stage 1
 of `raylift two-stage`) and `raylift predict2d` run the model in Ray Data workers, not in the job
 driver, with the same numbers as the model run directly over the split."""

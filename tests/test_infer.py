@@ -123,7 +123,7 @@ def test_plan_predicts_every_frame_once(mode, n):
     if mode == "seq2seq":
         chunks = -(-n // 27)
         assert plan.num_windows == chunks
-        assert plan.starts[0] == -((chunks * 27 - n) // 2)  # centred (FIELD_NOTES)
+        assert plan.starts[0] == -((chunks * 27 - n) // 2)  # centred (docs/field_notes.md)
     else:
         assert plan.num_windows == n
     idx = plan.indices(slice(None))

@@ -118,7 +118,7 @@ RUN_SCRIPT = textwrap.dedent("""
     from preprocessing.config import DataConfig, WindowConfig
     from preprocessing.errors import DataError
     from preprocessing.keypoints.dataset import build_dataset
-from preprocessing.store.writer import hash_files
+    from preprocessing.store.writer import hash_files
     from preprocessing.skeleton import H36M17
     from tests.helpers import make_sequence
     seqs = [make_sequence(3000, subject=f"S{{i}}", seed=i) for i in range(1, 9)]

@@ -1,4 +1,4 @@
-"""raylift talks to Ray through public APIs only (issue 15, item 11): no `ray._private` imports,
+"""raylift talks to Ray through public APIs only : no `ray._private` imports,
 no dashboard-internal HTTP routes, no parsing of Ray Train's private snapshot file."""
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ def occluded_windows(tmp) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     data = DataConfig(source=SourceConfig(kind="synthetic_images", synthetic=synthetic),
                       images=ImagesConfig(size=SIZE, frames=FRAMES, views=VIEWS, occluder_prob=0.5, noise_std=4.0,
                                           blur_px=0.5))
-    job = ImageJob("synthetic_images", data.images, 0, None)
+    job = ImageJob("synthetic_images", data.images, 0)
     parts: dict[str, list] = {"train": [], "test": []}
     for seq in load_image_sequences(data).sequences:
         table = rows_table([piece_rows(seq, 0, seq.num_frames // FRAMES, job)])  # a shard's rows, as written

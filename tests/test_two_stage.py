@@ -1,4 +1,4 @@
-"""Issue 12, training side: the image model through `raylift train`, its 2D evaluation, predicted
+"""The two-stage system, training side: the image model through `raylift train`, its 2D evaluation, predicted
 2D files for the lifters, `raylift two-stage`, and `raylift models import --from mpstr`.
 
 Fast tests use no Ray; the end-to-end test (slow) runs images -> 2D -> predicted 2D -> lifter -> 3D

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 14 in one device call: the raylift-vs-authors table, a profile, and a short Ray Train run.
+# The GPU figures in one device call: the raylift-vs-authors table, a profile, and a short Ray Train run.
 #
 # On the GPU machine (CUDA torch, no Ray, no package index), from the repository root, with the
 # devicekit carried as .devicekit/ and the authors' checkouts as .official/<model>/ (ignored paths):

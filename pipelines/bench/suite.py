@@ -1,4 +1,4 @@
-"""`raylift bench suite --official-root DIR --out DIR [--tiny] [--budget-s S]`: the issue-14 table.
+"""`raylift bench suite --official-root DIR --out DIR [--tiny] [--budget-s S]`: the GPU table.
 
 raylift next to the authors' code (`bench train --compare-official`), for MixSTE-243,
 PoseFormer-81, CrossFormer-81 and Fusionformer-9: eager and compiled, bf16 and fp32, batch
@@ -127,7 +127,7 @@ def summarize(out_dir: str, train_metrics: Optional[str], train_frames: int = 24
                 and r.get("frames_per_s") and r.get("precision") == precision
                 and (batch is None or r["batch"] == batch) and (compiled is None or r["compile"] == compiled)]
 
-    lines = ["# issue 14 summary", ""]
+    lines = ["# GPU summary", ""]
     bare = fps(train_batch, False)
     train_fps = None
     if train_metrics and os.path.exists(train_metrics):

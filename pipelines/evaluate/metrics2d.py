@@ -1,4 +1,4 @@
-"""2D keypoint metrics of the image-to-2D model (issue 12, the paper's Table I), pure numpy +
+"""2D keypoint metrics of the image-to-2D model (the MPSTR paper's Table I), pure numpy +
 pycocotools, per activity and overall.
 
 - PCK@0.05 as the authors' code computes it (WUJINHUAN/3D-human-pose, utils/valid.py calling

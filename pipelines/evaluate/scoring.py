@@ -405,7 +405,7 @@ def describe_dataset(dataset: Dataset) -> dict[str, Any]:
 
 def check_compatible(meta: dict[str, Any], data: dict[str, Any], checkpoint: str, dataset: str) -> None:
     """Refuse (CheckpointError) a checkpoint whose window length, joints, layout, view layout or
-    output mode does not fit the dataset (`data` from `describe_manifest`/`describe_arrays`)."""
+    output mode does not fit the dataset (`data` from `describe_dataset`/`describe_arrays`)."""
     from models.checkpoint import CheckpointError
     from models.registry import model_class
 

@@ -1,7 +1,7 @@
 """Window plans for lifting a whole sequence of any length: every frame predicted exactly once.
 
 - seq2seq (MixSTE, Fusionformer): ceil(N/T) non-overlapping windows of T frames centred on the
-  sequence (offset = (chunks*T - N)//2, FIELD_NOTES), edge-padded at both ends; each real frame
+  sequence (offset = (chunks*T - N)//2, docs/field_notes.md), edge-padded at both ends; each real frame
   lies in exactly one window, and its prediction is taken from there.
 - seq2frame (PoseFormer, CrossFormer): one window per frame, frames [i-p, i+p] edge-padded
   (T = 2p+1); the prediction of frame i is the window's single output.

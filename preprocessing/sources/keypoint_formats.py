@@ -1,6 +1,6 @@
 """2D keypoints from real detectors and trackers: reading their files and converting COCO-17 -> H36M-17.
 
-Lifters trained on Human3.6M consume the 17 H36M joints (FIELD_NOTES order), while detectors
+Lifters trained on Human3.6M consume the 17 H36M joints (docs/field_notes.md order), while detectors
 (Detectron, HRNet, ViTPose, RTMPose, YOLO-pose ...) export the 17 COCO keypoints. The conversion
 follows the field's convention exactly as MotionBERT's `coco2h36m` (lib/data/dataset_wild.py), which
 VideoPose3D-style in-the-wild demos share:
@@ -93,7 +93,7 @@ def coco_to_h36m(keypoints: np.ndarray) -> np.ndarray:
 
 
 def normalize_screen(xy: np.ndarray, width: float, height: float) -> np.ndarray:
-    """Pixels -> the field's normalised coordinates `x / w * 2 - [1, h / w]` (FIELD_NOTES)."""
+    """Pixels -> the field's normalised coordinates `x / w * 2 - [1, h / w]` (docs/field_notes.md)."""
     xy = np.asarray(xy, dtype=np.float32)
     return (xy / width * 2.0 - np.array([1.0, height / width], dtype=np.float32)).astype(np.float32)
 

@@ -8,7 +8,7 @@
   action = "TS1".."TS6", camera "0" (the single test camera), split "test", image 2048x2048
   (TS1-TS4) or 1920x1080 (TS5, TS6), `valid` from the file.
 
-Conventions applied (FIELD_NOTES): MPI 17-joint order, root = pelvis 14; 3D (`univ_annot3`) is
+Conventions applied (docs/field_notes.md): MPI 17-joint order, root = pelvis 14; 3D (`univ_annot3`) is
 already camera-space but in millimetres -> metres, root trajectory split off and root zeroed.
 Activity = the scene of the official scene-wise breakdown for the test set (GreenScreen TS1-2,
 NoGreenScreen TS3-4, Outdoor TS5-6), the sequence name ("Seq1") for training.

@@ -2,7 +2,7 @@
 
 VideoPose3D and P-STMO store nested dicts as pickled 0-d object arrays inside `.npz` zips, so the
 usual `np.load(..., allow_pickle=True)` would run whatever a malicious file's pickle asks for
-(FIELD_NOTES). `read_npz` parses each `.npy` member itself: plain arrays go through NumPy with
+(docs/field_notes.md). `read_npz` parses each `.npy` member itself: plain arrays go through NumPy with
 pickles disallowed; object arrays are unpickled by `RestrictedUnpickler`, which resolves only the
 few NumPy globals needed to rebuild arrays, dtypes and scalars. Every other global (`os.system`,
 `builtins.eval`, any class) is refused *before* it can be called, with a `DataError` naming the

@@ -1,6 +1,6 @@
 """VideoPose3D-format sources: the generic loader, and Human3.6M as a configuration of it.
 
-Files (FIELD_NOTES): `data_3d_*.npz` key `positions_3d` = {subject: {action: [N, 32|17, 3]}} world
+Files (docs/field_notes.md): `data_3d_*.npz` key `positions_3d` = {subject: {action: [N, 32|17, 3]}} world
 metres; a 2D file key `positions_2d` = {subject: {action: [per camera [N', 17, 2] pixels]}} plus an
 optional `metadata` dict (the H36M GT file has no `layout_name`); a cameras JSON
 (`preprocessing.cameras`). Each (subject, action, camera) becomes one `Sequence`: 3D moved into the
