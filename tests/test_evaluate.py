@@ -226,17 +226,17 @@ def _small_experiment(tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 def test_cli_end_to_end_with_real_shards(tmp_path, capsys):
-    shards = pytest.importorskip("preprocessing.keypoints.dataset")
-    readers = pytest.importorskip("preprocessing.keypoints.readers")
     from models.checkpoint import save_checkpoint
     from models.registry import build_model
     from pipelines.cli import main
     from pipelines.config import load_config
+    from preprocessing.keypoints.dataset import prepare_dataset
+    from preprocessing.keypoints.readers import load_split_arrays
 
     cfg_path = _small_experiment(tmp_path)
     cfg = load_config(str(cfg_path))
-    info = shards.prepare_dataset(cfg.data, progress=lambda *_: None)
-    test = readers.load_split_arrays(info, "test")
+    info = prepare_dataset(cfg.data, progress=lambda *_: None)
+    test = load_split_arrays(info, "test")
     real_frames = int((test["mask"][~np.asarray(test["flipped"], bool)] > 0.5).sum())
     torch.manual_seed(0)
     model = build_model(cfg.model, frames=8, joints=17)

@@ -189,11 +189,9 @@ def test_forward_for_loss_picks_the_call():
 
 
 def test_real_mixste_model_trains_through_the_loss():
-    registry = pytest.importorskip("models.registry")
-    try:
-        cfg = registry.parse_model_config({"name": "mixste", "dim": 16, "depth": 1, "heads": 2})
-    except ImportError:
-        pytest.skip("models.mixste not available")
+    from models import registry
+
+    cfg = registry.parse_model_config({"name": "mixste", "dim": 16, "depth": 1, "heads": 2})
     model = registry.build_model(cfg, frames=9, joints=17)
     x = torch.randn(2, 9, 17, 2)
     target = torch.randn(2, 9, 17, 3) * 0.1

@@ -88,11 +88,9 @@ def test_predict_windows_batches_modes_and_dtype():
 
 
 def test_predict_windows_with_a_registry_model():
-    registry = pytest.importorskip("models.registry")
-    try:
-        cfg = registry.parse_model_config({"name": "poseformer", "spatial_dim": 8, "depth": 1, "heads": 2})
-    except ImportError:
-        pytest.skip("models.poseformer not available")
+    from models import registry
+
+    cfg = registry.parse_model_config({"name": "poseformer", "spatial_dim": 8, "depth": 1, "heads": 2})
     model = registry.build_model(cfg, frames=9, joints=17)
     kp = np.random.default_rng(2).normal(size=(4, 9, 17, 2)).astype(np.float32)
     out = predict_windows(model, kp, H36M17, flip=True, batch_size=3)

@@ -11,9 +11,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+import psutil
 import pytest
 
-psutil = pytest.importorskip("psutil")
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent("""

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import pickle
-import time
 import zipfile
 from pathlib import Path
 
@@ -130,11 +129,7 @@ def test_generic_loader_on_cmu_dev(cmu_dev):
         kind="generic", data_3d=str(cmu_dev / "data_3d_cmu.npz"), data_2d=str(cmu_dev / "data_2d_cmu_gt.npz"),
         cameras=str(cmu_dev / "cameras.json"), train_subjects=["C01", "C03"], test_subjects=["C05"],
     )
-    start = time.perf_counter()
-    data = load_sequences(source)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 5.0, f"loading cmu-dev took {elapsed:.1f} s"
-    seqs = data.sequences
+    seqs = load_sequences(source).sequences
     assert {s.subject for s in seqs} == {"C01", "C03", "C05"}
     assert len({(s.subject, s.action) for s in seqs}) == 23
     assert sum(s.num_frames for s in seqs if s.camera_index == 0) == 8027
