@@ -60,20 +60,22 @@ def shard_config(root: Path, **windows) -> DataConfig:
     return DataConfig(windows=WindowConfig(**w), root=str(root), rows_per_shard=7, rows_per_group=3)
 
 
-def synthetic_cfg(tmp_path, **train):
+def synthetic_cfg(root, *, name: str = "tiny", frames_per_action: int = 120, storage=None, **train):
+    """A tiny MixSTE experiment on synthetic S1/S9 data under `root`; `train` overrides train keys."""
     return config_from_dict({
-        "name": "tiny",
+        "name": name,
         "data": {
             "source": {"kind": "synthetic", "synthetic": {
-                "subjects": ["S1", "S9"], "actions_per_subject": 1, "frames_per_action": 120,
-                "out_dir": str(tmp_path / "synthetic")}},
+                "subjects": ["S1", "S9"], "actions_per_subject": 1, "frames_per_action": frames_per_action,
+                "out_dir": str(root / "synthetic")}},
             "windows": {"mode": "seq2seq", "frames": 9},
-            "root": str(tmp_path / "datasets"),
+            "root": str(root / "datasets"),
             "rows_per_group": 16,
         },
         "model": {"name": "mixste", "dim": 16, "depth": 1, "heads": 2, "drop_path_rate": 0.0},
         "train": {"epochs": 2, "batch_size": 16, "lr": 2e-3, "num_workers": 0, "shuffle_buffer": 32,
-                  "storage_path": str(tmp_path / "runs"), "evaluate": False, **train},
+                  "storage_path": str(storage if storage is not None else root / "runs"), "evaluate": False,
+                  **train},
         "eval": {"batch_size": 64},
     })
 

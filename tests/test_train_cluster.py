@@ -12,9 +12,9 @@ import time
 import pytest
 
 from models.checkpoint import CheckpointError, load_model, load_train_state
-from pipelines.config import config_from_dict
 from pipelines.train.checkpoints import checkpoint_name, latest, list_checkpoints, ray_registered
 from pipelines.train.logs import read_csv
+from tests.helpers import synthetic_cfg
 
 pytestmark = pytest.mark.slow
 
@@ -47,21 +47,10 @@ def dataset(tmp_path_factory, two_nodes):
 
 
 def experiment(root, storage, name: str, **train):
-    return config_from_dict({
-        "name": name,
-        "data": {
-            "source": {"kind": "synthetic", "synthetic": {
-                "subjects": ["S1", "S9"], "actions_per_subject": 1, "frames_per_action": 150,
-                "out_dir": str(root / "synthetic")}},
-            "windows": {"mode": "seq2seq", "frames": 9},
-            "root": str(root / "datasets"),
-            "rows_per_group": 16,
-        },
-        "model": {"name": "mixste", "dim": 16, "depth": 1, "heads": 2, "drop_path_rate": 0.0},
-        "train": {"epochs": 4, "batch_size": 16, "lr": 2e-3, "num_workers": 2, "cpus_per_worker": 1,
-                  "resources_per_worker": {"slot": 1}, "max_failures": 2, "storage_path": str(storage),
-                  "shuffle_buffer": 32, "evaluate": False, **train},
-    })
+    """The tiny experiment on two single-slot workers that may fail twice."""
+    return synthetic_cfg(root, name=name, frames_per_action=150, storage=storage, **{
+        "epochs": 4, "num_workers": 2, "cpus_per_worker": 1, "resources_per_worker": {"slot": 1},
+        "max_failures": 2, **train})
 
 
 def _processes() -> dict[int, tuple[int, str]]:
