@@ -58,6 +58,8 @@ class Attention(nn.Module):
     `qk_scale=None`). With `qk_gains`, q and k are multiplied by two learned scalars first
     (Fusionformer's cross-trajectory attention `CTA`; its names `q_mask`/`k_mask` are kept so
     the released weights map key for key, although they are gains, not masks).
+    With `self_only`, an identity attention mask lets each token attend only to itself: the same
+    parameters and computation, but no information passes between tokens (an ablation control).
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class Attention(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         qk_gains: bool = False,
+        self_only: bool = False,
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -79,6 +82,7 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         self.q_mask = nn.Parameter(torch.ones(1, 1, 1)) if qk_gains else None
         self.k_mask = nn.Parameter(torch.ones(1, 1, 1)) if qk_gains else None
+        self.self_only = self_only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
@@ -86,7 +90,9 @@ class Attention(nn.Module):
         q, k, v = qkv.unbind(0)  # each (B, H, N, C/H)
         if self.q_mask is not None:
             q, k = q * self.q_mask, k * self.k_mask
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        mask = torch.eye(n, dtype=torch.bool, device=x.device) if self.self_only else None  # (N, N): i sees i
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.attn_drop if self.training else 0.0)
         x = x.transpose(1, 2).reshape(b, n, c)  # (B, N, C)
         return self.proj_drop(self.proj(x))
 
@@ -115,10 +121,11 @@ class Block(nn.Module):
         eps: float = 1e-6,
         layer_scale: Optional[float] = None,
         qk_gains: bool = False,
+        self_only: bool = False,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, heads, qkv_bias, attn_drop, drop, qk_gains)
+        self.attn = Attention(dim, heads, qkv_bias, attn_drop, drop, qk_gains, self_only)
         self.drop_path = DropPath(drop_path)
         self.between = between
         self.norm2 = nn.LayerNorm(dim, eps=eps)

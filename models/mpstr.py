@@ -13,11 +13,16 @@ Transformers" (Jiao et al., arXiv 2401.16700) and its authors' code (WUJINHUAN/3
   invariant to where things are in the crop, and at CPU scale (48-px crops, a tiny two-stage
   Swin) neither the Swin nor a small CNN learned past the mean pose through it, while both did
   with the grid kept (see README, "relations module").
+- **Input**: crops in [0, 1] are normalised inside the model with the ImageNet mean and std
+  (`input_norm: imagenet`, the authors' `datasets/COCO_regression.py` transform, and what
+  ImageNet-pretrained weights expect), so a checkpoint needs no separate preprocessing step.
 - **Image-relations module** (`variant: paper`, paper eqs. (10)-(14)): learned frame embedding
   E_time is added and a temporal transformer attends over the T frames of each view; learned
   per-camera embedding E_3D is added and a cross-view transformer attends over the V views of each
   instant; pre-norm blocks, then a final LayerNorm. `baseline: true` drops this module (the
-  paper's baseline): tokens go straight to the head.
+  paper's baseline): tokens go straight to the head. `masked_relations: true` keeps the module,
+  every parameter included, but masks its attention so each image attends only to itself: the
+  control that separates "cross-image relations help" from "a bigger model helps".
 - **Head**: LayerNorm (eps 1e-5) + Linear(D -> 2J) per image: keypoints in pixels of the crop
   (its bias starts at the crop centre; checkpoints overwrite it).
 
@@ -31,6 +36,8 @@ that one sequence (in b, t, v order) and returns (B, T, V, J, 2). Its checkpoint
 """
 from __future__ import annotations
 
+import os
+import pickle
 import re
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
@@ -54,6 +61,7 @@ class MPSTRConfig:
     name: str = "mpstr"
     variant: Literal["paper", "official"] = "paper"
     baseline: bool = False  # paper's baseline: no image-relations module
+    masked_relations: bool = False  # ablation: the module with each image attending only to itself
     # Spatial module (timm SwinTransformer)
     img_size: int = 224
     patch_size: int = 4
@@ -65,6 +73,8 @@ class MPSTRConfig:
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     pretrained: Optional[str] = None  # local ImageNet Swin checkpoint (timm or Microsoft layout)
+    timm_variant: str = "swin_tiny_patch4_window7_224"  # the timm model whose pretrained config reads `pretrained`
+    input_norm: Literal["imagenet", "none"] = "imagenet"  # crops in [0, 1] -> (x - mean) / std (module doc)
     # Image tokens and relations module
     token_dim: Optional[int] = None  # None: the Swin's final width (768 for Swin-T); else a Linear projection
     token_pool: Literal["avg", "flatten"] = "avg"  # avg: paper and code; flatten: raylift's (module doc)
@@ -123,7 +133,13 @@ class MPSTRConfig:
                                  f"divisible by 2^{len(self.depths) - 1} (the patch mergings)")
         if self.width % self.relation_heads:
             raise ValueError(f"token width {self.width} is not divisible by relation_heads {self.relation_heads}")
+        if self.input_norm not in ("imagenet", "none"):
+            raise ValueError(f"input_norm: got {self.input_norm!r}, expected 'imagenet' or 'none'")
+        if self.masked_relations and self.baseline:
+            raise ValueError("masked_relations: the baseline has no relations module to mask; set one of the two")
         if self.variant == "official":
+            if self.masked_relations:
+                raise ValueError("masked_relations: only the paper variant has the image-relations module")
             if self.baseline:
                 raise ValueError("baseline: the official variant always has its temporal head; use variant 'paper'")
             if self.token_dim not in (None, self.swin_width):
@@ -147,13 +163,17 @@ def build_swin(cfg: MPSTRConfig) -> nn.Module:
     unless `global_pool=""`).
     Stage windows shrink to the grid where the grid is not larger (no shift there), as in the
     original Swin; `strict_img_size` keeps the fixed input size the attention masks were built for.
+    With `pretrained`, timm itself loads the local file (`pretrained_cfg_overlay=dict(file=...)`,
+    the `timm_variant`'s checkpoint filter: timm or Microsoft layout, safetensors or torch; read
+    with `weights_only=True`; nothing is ever downloaded), strictly: a backbone tensor the file lacks
+    is an error naming the file.
     """
     from models.timm_loader import import_timm
 
     import_timm()
-    from timm.models.swin_transformer import SwinTransformer
+    import timm
 
-    swin = SwinTransformer(
+    kwargs = dict(
         img_size=cfg.img_size,
         patch_size=cfg.patch_size,
         in_chans=cfg.in_chans,
@@ -169,37 +189,46 @@ def build_swin(cfg: MPSTRConfig) -> nn.Module:
         attn_drop_rate=cfg.attn_drop_rate,
         drop_path_rate=cfg.drop_path_rate,
     )
-    if cfg.pretrained:
-        load_pretrained_swin(swin, cfg.pretrained)
+    if not cfg.pretrained:
+        from timm.models.swin_transformer import SwinTransformer
+
+        return SwinTransformer(**kwargs)
+    if not os.path.isfile(cfg.pretrained):
+        raise CheckpointError(f"model.pretrained: {cfg.pretrained} is not a file (ImageNet Swin weights, timm or "
+                              "Microsoft layout)")
+    from timm.models import load_state_dict
+    from timm.models.swin_transformer import checkpoint_filter_fn
+
+    try:
+        swin = timm.create_model(cfg.timm_variant, pretrained=True, pretrained_cfg_overlay={"file": cfg.pretrained},
+                                 **kwargs)
+        # timm loads non-strictly when the classifier is dropped (num_classes=0): check coverage here.
+        covered = set(checkpoint_filter_fn(load_state_dict(cfg.pretrained), swin))
+    except (RuntimeError, KeyError, ValueError, OSError, pickle.UnpicklingError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"model.pretrained: {cfg.pretrained} does not fit the configured Swin "
+                              f"({cfg.timm_variant}): {first}") from None
+    missing = sorted(set(swin.state_dict()) - covered)
+    if missing:
+        raise CheckpointError(f"model.pretrained: {cfg.pretrained} lacks {len(missing)} tensors of the configured "
+                              f"Swin ({cfg.timm_variant}), missing e.g. {missing[:3]}")
     return swin
 
 
-def load_pretrained_swin(swin: nn.Module, path: str) -> None:
-    """Load ImageNet Swin weights from a local file into `swin` (classifier weights ignored).
+def input_stats(cfg: MPSTRConfig, swin: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per channel that `input_norm` applies: those of the pretrained weights' timm
+    config when loaded, else ImageNet's (the authors' transform); identity for `none`."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    Accepts timm state dicts and the Microsoft release layout (`{'model': ...}`, downsample at the
-    end of each stage); timm's own filter renames and resizes them. Read with `weights_only=True`.
-    Any backbone parameter the file lacks, or a shape that cannot be fitted, is an error.
-    """
-    from models.timm_loader import import_timm
-
-    import_timm()
-    from timm.models.swin_transformer import checkpoint_filter_fn
-
-    from models.checkpoint import CheckpointError
-
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # missing file, refused pickle, corrupt file
-        raise CheckpointError(f"{path}: cannot read pretrained Swin weights ({type(e).__name__}: {e})") from None
-    state = {k: v for k, v in checkpoint_filter_fn(obj, swin).items() if not k.startswith("head.")}
-    own = swin.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: does not fit the configured Swin (missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]})")
-    swin.load_state_dict(state)
+    if cfg.input_norm == "none":
+        return (0.0,) * cfg.in_chans, (1.0,) * cfg.in_chans
+    pretrained = getattr(swin, "pretrained_cfg", None) or {}
+    mean = tuple(pretrained.get("mean", IMAGENET_DEFAULT_MEAN))
+    std = tuple(pretrained.get("std", IMAGENET_DEFAULT_STD))
+    if len(mean) != cfg.in_chans:
+        raise ValueError(f"input_norm: imagenet has {len(mean)} channel statistics, in_chans is {cfg.in_chans}; "
+                         "use input_norm: none")
+    return mean, std
 
 
 class SequenceRelations(nn.Module):
@@ -232,6 +261,7 @@ class ImageRelations(nn.Module):
     x + E_time -> temporal transformer over the T frames of each view -> + E_3D -> cross-view
     transformer over the V views of each instant -> LayerNorm. View v uses row v of E_3D, so a
     fixed camera order gives each camera its own embedding (the model can tell views apart).
+    `masked_relations`: every attention sees only its own token (no image sees another).
     """
 
     def __init__(self, cfg: MPSTRConfig, frames: int) -> None:
@@ -245,7 +275,8 @@ class ImageRelations(nn.Module):
         rates = drop_path_schedule(cfg.relation_drop_path_rate, 2 * cfg.relation_depth)
 
         def block(rate: float) -> Block:
-            return Block(d, cfg.relation_heads, cfg.relation_mlp_ratio, True, cfg.drop_rate, cfg.attn_drop_rate, rate)
+            return Block(d, cfg.relation_heads, cfg.relation_mlp_ratio, True, cfg.drop_rate, cfg.attn_drop_rate, rate,
+                         self_only=cfg.masked_relations)
 
         self.temporal_blocks = nn.ModuleList(block(r) for r in rates[: cfg.relation_depth])
         self.view_blocks = nn.ModuleList(block(r) for r in rates[cfg.relation_depth :])
@@ -264,7 +295,7 @@ class ImageRelations(nn.Module):
 
 
 class MPSTR(nn.Module):
-    """Images -> 2D keypoints (pixels of the input crop).
+    """Images -> 2D keypoints (pixels of the input crop). Images are crops in [0, 1] (`normalise`).
 
     paper:    x (B, T, V, 3, H, W) -> (B, T, V, J, 2)
     official: x (N, 3, H, W) -> (N, J, 2), the N images being one sequence; (B, T, V, 3, H, W)
@@ -281,6 +312,9 @@ class MPSTR(nn.Module):
         cfg.validate()
         self.cfg, self.frames, self.joints = cfg, int(frames), int(joints)
         self.backbone = build_swin(cfg)
+        mean, std = input_stats(cfg, self.backbone)
+        self.register_buffer("input_mean", torch.tensor(mean).view(-1, 1, 1), persistent=False)  # (C, 1, 1)
+        self.register_buffer("input_std", torch.tensor(std).view(-1, 1, 1), persistent=False)
         self.token_proj = nn.Linear(cfg.pooled_width, cfg.width) if cfg.width != cfg.pooled_width else nn.Identity()
         self.relations: Optional[nn.Module]
         if cfg.variant == "official":
@@ -293,8 +327,12 @@ class MPSTR(nn.Module):
         # steps to leave. Loaded checkpoints (the authors' included) overwrite it.
         nn.init.constant_(self.head.proj.bias, cfg.img_size / 2)
 
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """Crops in [0, 1] (..., C, H, W) -> the backbone's input scale (`input_norm`)."""
+        return (images - self.input_mean) / self.input_std
+
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) -> (N, D): one pooled (or flattened) and projected token per image."""
+        """Normalised (N, 3, H, W) -> (N, D): one pooled (or flattened) and projected token per image."""
         return self.token_proj(self.backbone(images).flatten(1))  # avg: (N, C); flatten: (N, g, g, C) -> (N, g·g·C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -307,7 +345,7 @@ class MPSTR(nn.Module):
             raise ValueError(f"mpstr built for T={self.frames} frames; got input {tuple(x.shape)}")
         if v > self.cfg.views:
             raise ValueError(f"got {v} views, the model has E_3D for at most views={self.cfg.views}")
-        f = self.tokens(rearrange(x, "b t v c h w -> (b t v) c h w"))  # (B*T*V, D)
+        f = self.tokens(self.normalise(rearrange(x, "b t v c h w -> (b t v) c h w")))  # (B*T*V, D)
         f = rearrange(f, "(b t v) d -> b t v d", b=b, t=t)  # (B, T, V, D)
         if self.relations is not None:
             f = self.relations(f)
@@ -317,7 +355,7 @@ class MPSTR(nn.Module):
         if x.ndim not in (4, 6):
             raise ValueError(f"mpstr (official) expects (N, C, H, W) or (B, T, V, C, H, W); got {tuple(x.shape)}")
         lead = x.shape[:-3]  # (N,) or (B, T, V)
-        f = self.tokens(x.reshape(-1, *x.shape[-3:]))  # (N, D), N = all images of the call
+        f = self.tokens(self.normalise(x.reshape(-1, *x.shape[-3:])))  # (N, D), N = all images of the call
         f = self.relations(f[None])[0]  # one sequence: (1, N, D) -> (N, D)
         return self.head(f).reshape(*lead, self.joints, 2)  # (N, J, 2) or (B, T, V, J, 2)
 

@@ -21,6 +21,12 @@ from preprocessing.schema import ConfigError, apply_overrides, load_yaml, parse_
 from preprocessing.config import DataConfig
 
 
+# cosine_warmup's defaults relative to train.lr: the authors' WARMUP_LR / BASE_LR and MIN_LR / BASE_LR
+# (WUJINHUAN/3D-human-pose configs/swin_pose.py: 5e-7, 5e-8 and 5e-4).
+WARMUP_LR_RATIO = 1e-3
+MIN_LR_RATIO = 1e-4
+
+
 @dataclass
 class TrainConfig:
     """Optimisation, checkpointing and Ray Train scaling. Defaults follow MixSTE; shipped configs
@@ -41,13 +47,28 @@ class TrainConfig:
     optimizer: Literal["adamw", "adam"] = "adamw"
     amsgrad: bool = False  # the AMSGrad variant of Adam/AdamW (Fusionformer's run.py)
     betas: tuple[float, float] = (0.9, 0.999)
-    # Per-epoch schedule (pipelines/train/schedules.py): lr of epoch e = lr * factor(e - 1).
+    # Schedule (pipelines/train/schedules.py): exponential, step and exponential_step set the lr of
+    # each epoch (lr * factor(e - 1)); cosine_warmup that of each optimiser step (timm's cosine).
     lr_schedule: Literal["exponential", "step", "exponential_step", "cosine_warmup"] = "exponential"
     lr_decay: float = 0.99  # exponential, exponential_step: x lr_decay after every epoch
     lr_step_every: int = 5  # step, exponential_step: x lr_step_factor after every lr_step_every-th epoch
     # (exponential_step: instead of lr_decay for that epoch, as Fusionformer's run.py)
     lr_step_factor: float = 0.5
     warmup_epochs: int = 0  # cosine_warmup: linear warm-up epochs before the cosine decay
+    # cosine_warmup: the lr of the first step, rising linearly to `lr` over warmup_epochs; null:
+    # lr * 1e-3, the authors' ratio (WUJINHUAN/3D-human-pose configs/swin_pose.py: WARMUP_LR 5e-7,
+    # BASE_LR 5e-4).
+    warmup_lr: Optional[float] = None
+    # cosine_warmup: the lr the cosine decays to; null: lr * 1e-4, the authors' ratio (same file:
+    # MIN_LR 5e-8, BASE_LR 5e-4).
+    min_lr: Optional[float] = None
+    # Weight decay groups (pipelines/train/param_groups.py). all: every parameter decays (the
+    # lifters' authors: one AdamW group). skip_1d_and_bias: none for 1-D parameters (norm weights,
+    # biases) and any named *.bias (WUJINHUAN/3D-human-pose utils/optimizer.py set_weight_decay).
+    decay_groups: Literal["all", "skip_1d_and_bias"] = "all"
+    # Layer-wise lr decay (BEiT, timm's param_groups_layer_decay): layer i of a model's L layers
+    # (its timm group_matcher) trains at lr * layer_decay ** (L - 1 - i), the head at lr. null: off.
+    layer_decay: Optional[float] = None
     clip_grad: Optional[float] = None  # max gradient norm (None: no clipping)
     loss: Literal["auto", "mixste", "mpjpe", "fusionformer", "multiview"] = "auto"
     num_workers: int = 2  # Ray Train workers; 0 runs the loop in the driver process
@@ -115,6 +136,9 @@ class TrainConfig:
                 f"train.warmup_epochs ({self.warmup_epochs}) must be < train.epochs ({self.epochs}) "
                 "for lr_schedule cosine_warmup"
             )
+        self._validate_cosine()
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ValueError(f"train.layer_decay must be in (0, 1] or null, got {self.layer_decay}")
         if self.clip_grad is not None and self.clip_grad <= 0:
             raise ValueError(f"train.clip_grad must be > 0 or null, got {self.clip_grad}")
         if self.keep_best < 1:
@@ -131,6 +155,24 @@ class TrainConfig:
             raise ValueError("train.shuffle_buffer and train.prefetch_batches must be >= 0")
         if self.shuffle_buffer_mb < 1:
             raise ValueError(f"train.shuffle_buffer_mb must be >= 1, got {self.shuffle_buffer_mb}")
+
+    def _validate_cosine(self) -> None:
+        """warmup_lr and min_lr: set only for cosine_warmup, each in [0, lr]."""
+        for key in ("warmup_lr", "min_lr"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if self.lr_schedule != "cosine_warmup":
+                raise ValueError(f"train.{key} applies to lr_schedule cosine_warmup only (lr_schedule is "
+                                 f"{self.lr_schedule}); expected null")
+            if not 0 <= value <= self.lr:
+                raise ValueError(f"train.{key} must be in [0, train.lr={self.lr}] or null, got {value}")
+
+    def cosine_lrs(self) -> tuple[float, float]:
+        """(warmup_lr, min_lr) of cosine_warmup, null ones at the authors' ratios to `lr`."""
+        warmup = self.lr * WARMUP_LR_RATIO if self.warmup_lr is None else self.warmup_lr
+        floor = self.lr * MIN_LR_RATIO if self.min_lr is None else self.min_lr
+        return warmup, floor
 
     def windows_per_batch(self, frames: int) -> int:
         """Windows per worker per step for windows of `frames` frames: `batch_frames // frames`

@@ -12,6 +12,7 @@ from typing import Literal, Optional
 SourceKind = Literal["synthetic", "h36m", "generic", "mpi3dhp", "synthetic_images", "h36m_video", "frames"]
 # Sources of person crops (images), built by preprocessing/images/dataset.py instead of shards.py.
 IMAGE_KINDS = ("synthetic_images", "h36m_video", "frames")
+BOX_SPLITS = ("train", "val", "test")  # the splits `images.boxes_splits` may name
 
 
 @dataclass
@@ -160,6 +161,15 @@ class ImagesConfig:
     are about `occluder_size` x the person's box side (preprocessing/images/render.py, `Occluder`).
     `on_missing`: a (subject, action) without every camera is an error, or is skipped and listed
     in the manifest's `skipped` ("skip"); never dropped silently.
+
+    Which 2D points a crop box is made around: `boxes: gt` (default) the ground-truth labels;
+    `boxes: file` a detector's 2D for the splits in `boxes_splits` (default the test split, the
+    H36M 2D literature's setting: train on ground-truth crops, test on detector crops), the others
+    keeping ground-truth boxes. The file is `boxes_2d` (VideoPose3D format: `positions_2d[subject]
+    [action]` = per camera (N, J, 2) pixels of the camera's full resolution; NaN points are left
+    out of a frame's box), or, empty with `source.kind: synthetic_images`, the synthetic source's
+    detector-like 2D (`data_2d_synthetic_noisy.npz`, needs `source.synthetic.noise_px > 0`).
+    The labels stay the ground truth, mapped into whichever box was cut.
     """
 
     size: int = 64  # crop side in pixels (the paper: 224; 64-96 keeps CPU training feasible)
@@ -174,6 +184,9 @@ class ImagesConfig:
     occluder_prob: float = 0.0
     occluder_size: float = 0.25
     on_missing: Literal["error", "skip"] = "error"
+    boxes: Literal["gt", "file"] = "gt"
+    boxes_2d: str = ""  # boxes: file: a VideoPose3D-format 2D file ("" synthetic_images: its noisy 2D)
+    boxes_splits: list[str] = field(default_factory=lambda: ["test"])  # boxes: file: the splits cropped from it
     windows_per_shard: int = 256  # rows (windows) per Parquet file
     windows_per_group: int = 16  # rows per Parquet row group (the read granularity)
 
@@ -194,6 +207,12 @@ class ImagesConfig:
             raise ValueError(f"images.occluder_prob must be a probability in [0, 1], got {self.occluder_prob}")
         if not 0.0 < self.occluder_size <= 1.0:
             raise ValueError(f"images.occluder_size must be in (0, 1] (fraction of the person's box), got {self.occluder_size}")
+        if self.boxes_2d and self.boxes != "file":
+            raise ValueError(f"images.boxes_2d is {self.boxes_2d!r} but images.boxes is {self.boxes!r} "
+                             "(set images.boxes: file to crop around that file's 2D)")
+        if not self.boxes_splits or len(set(self.boxes_splits)) != len(self.boxes_splits) \
+                or not set(self.boxes_splits) <= set(BOX_SPLITS):
+            raise ValueError(f"images.boxes_splits must be distinct names among {list(BOX_SPLITS)}, got {self.boxes_splits}")
 
 
 @dataclass

@@ -146,11 +146,23 @@ def windows_of(seqs, frames, mode="seq2seq", flipped_copies=False):
     return out
 
 
-def synthetic_data(tmp: Path, frames: int = 6, **images) -> DataConfig:
+def synthetic_data(tmp: Path, frames: int = 6, noise_px: float = 0.0, **images) -> DataConfig:
     cfg = SyntheticConfig(subjects=["S1", "S9"], actions_per_subject=1, frames_per_action=frames,
-                          out_dir=str(tmp / "synthetic"))
+                          noise_px=noise_px, out_dir=str(tmp / "synthetic"))
     return DataConfig(source=SourceConfig(kind="synthetic_images", synthetic=cfg),
                       images=ImagesConfig(size=32, frames=4, **images), root=str(tmp / "datasets"))
+
+
+def video_data(tmp: Path, kind: str, root: Path, noise_px: float = 0.0, **images) -> DataConfig:
+    """The synthetic motion of `synthetic_data(tmp, noise_px=...)`, read back through the
+    h36m_video / frames sources (videos or frame folders under `root`), labelled with its GT 2D."""
+    from preprocessing.sources.synthetic import ensure_synthetic
+
+    files = ensure_synthetic(synthetic_data(tmp, noise_px=noise_px).source.synthetic)
+    source = SourceConfig(kind=kind, data_3d=files.data_3d, data_2d=files.gt_2d, cameras=files.cameras,
+                          train_subjects=["S1"], test_subjects=["S9"],
+                          **({"videos": str(root)} if kind == "h36m_video" else {"frames_dir": str(root)}))
+    return DataConfig(source=source, images=ImagesConfig(size=32, frames=4, **images), root=str(tmp / "datasets"))
 
 
 TINY_MPSTR = {"name": "mpstr", "img_size": 32, "patch_size": 4, "embed_dim": 16, "depths": [1, 1],

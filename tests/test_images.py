@@ -19,18 +19,7 @@ from preprocessing.images.sources import load_image_sequences, write_synthetic_v
 from preprocessing.images.render import BONE_COLOURS, Background, Occluder, PixelGrid, draw_skeleton, render_frame
 from preprocessing.schema import ConfigError, parse_dataclass
 from preprocessing.skeleton import H36M17
-from preprocessing.sources.synthetic import ensure_synthetic
-from tests.helpers import synthetic_data
-
-
-def video_data(tmp: Path, kind: str, root: Path, **images) -> DataConfig:
-    """The same synthetic motion, read back through the h36m_video / frames sources."""
-    syn = synthetic_data(tmp)
-    files = ensure_synthetic(syn.source.synthetic)
-    source = SourceConfig(kind=kind, data_3d=files.data_3d, data_2d=files.data_2d, cameras=files.cameras,
-                          train_subjects=["S1"], test_subjects=["S9"],
-                          **({"videos": str(root)} if kind == "h36m_video" else {"frames_dir": str(root)}))
-    return DataConfig(source=source, images=ImagesConfig(size=32, frames=4, **images), root=str(tmp / "datasets"))
+from tests.helpers import synthetic_data, video_data
 
 
 def job_of(data: DataConfig) -> ImageJob:

@@ -44,11 +44,15 @@ def _direct(model, dataset, split: str) -> dict[str, np.ndarray]:
 
 def test_2d_evaluation_on_ray_matches_the_model_run_directly(image_run):
     from pipelines.evaluate.batch import Placement
-    from pipelines.evaluate.images2d import evaluate_image_checkpoint, score_predictions
+    from pipelines.evaluate.images2d import MEAN_POSE, evaluate_image_checkpoint, score_mean_pose, score_predictions
     from preprocessing.store.storage import open_location
 
     dataset, ckpt, model = image_run
-    expected = score_predictions(_direct(model, dataset, "test"), 32)
+    test = _direct(model, dataset, "test")
+    expected = score_predictions(test, 32)
+    train = _direct(model, dataset, "train")
+    mean = train["keypoints"][train["mask"] > 0].reshape(-1, 17, 2).mean(axis=0)  # every real frame and view
+    mean_pose = score_mean_pose(test, mean, 32)
     lines: list[str] = []
     for source, ship in ((str(ckpt), True), (open_location(str(ckpt)), False)):  # shipped, or read by workers
         result = evaluate_image_checkpoint(source, dataset, Placement(cpus=1), batch_size=2, ship=ship,
@@ -58,7 +62,12 @@ def test_2d_evaluation_on_ray_matches_the_model_run_directly(image_run):
         for activity, metrics in expected.items():
             for key, value in metrics.items():
                 assert entry["results"][activity][key] == pytest.approx(value, rel=1e-4, abs=1e-6), (activity, key)
-    assert lines.count("2D evaluation: Ray Data batch inference on CPU tasks of 1 CPU(s)") == 2
+        assert result["boxes"] == "ground-truth 2D boxes (+margin 0.15)" and result["boxes"] in result["protocol"]
+        assert result["mean_pose"]["label"] == MEAN_POSE
+        for key, value in mean_pose["overall"].items():
+            assert result["mean_pose"]["results"]["overall"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    assert lines.count("2D evaluation: Ray Data batch inference on CPU tasks of 1 CPU(s); crop boxes: "
+                       "ground-truth 2D boxes (+margin 0.15)") == 2
 
 
 def test_predict2d_on_ray_matches_the_model_run_directly(image_run, tmp_path):
@@ -77,6 +86,7 @@ def test_predict2d_on_ray_matches_the_model_run_directly(image_run, tmp_path):
     with np.load(out, allow_pickle=True) as z:
         got = z["positions_2d"].item()
     assert meta["frames"] == 2 * 10 * 4 and set(got) == set(expected)
+    assert meta["boxes"] == "ground-truth 2D boxes (+margin 0.15)"
     for subject, actions in expected.items():
         for action, cams in actions.items():
             for want, have in zip(cams, got[subject][action]):
@@ -107,6 +117,6 @@ def test_evaluation_after_training_runs_on_the_training_workers_resources(image_
     cfg = config_from_dict(image_raw(tmp_path, num_workers=1, cpus_per_worker=0.5))
     lines: list[str] = []
     result = evaluate_image_best(cfg, str(ckpt), dataset, str(tmp_path / "run"), lines.append)
-    assert "2D evaluation: Ray Data batch inference on CPU tasks of 0.5 CPU(s)" in lines
+    assert "2D evaluation: Ray Data batch inference on CPU tasks of 0.5 CPU(s); crop boxes: ground-truth 2D boxes (+margin 0.15)" in lines
     assert (tmp_path / "run" / "eval" / "results.md").is_file()
     assert next(iter(result["models"].values()))["results"]["overall"]["images"] == 10 * 4

@@ -60,10 +60,12 @@ def mpstr_fixture(parity_dir):
 def test_official_outputs_reproduced(mpstr_fixture):
     parity_dir, config, io = mpstr_fixture
     model, info = load_official_mpstr(parity_dir / "mpstr2d.ckpt.bin", config["model"]["backbone"])
-    x = torch.from_numpy(io["input"])  # (5, 3, 96, 96): one call, one sequence
+    x = torch.from_numpy(io["input"])  # (5, 3, 96, 96): one call, one sequence, as SwinPose sees it
+    assert model.cfg.input_norm == "imagenet"  # the authors' transform, inside raylift's model
+    crops = x * model.input_std + model.input_mean  # the [0, 1] crops that normalise to x
     with torch.no_grad():
         tokens = model.tokens(x)  # (5, 768)
-        y = model(x)  # (5, 17, 2)
+        y = model(crops)  # (5, 17, 2)
     assert y.shape == io["output"].shape
     assert np.abs(y.numpy() - io["output"]).max() < 1e-5
     assert np.abs(tokens.numpy() - io["backbone_tokens"][0]).max() < 1e-5
@@ -139,6 +141,36 @@ def test_paper_shapes_and_baseline():
         model(torch.randn(1, 3, 5, 3, 32, 32))
 
 
+def test_masked_relations_keep_every_parameter_but_no_image_sees_another():
+    """The ablation control: the relations module with each image attending only to itself."""
+    torch.manual_seed(0)
+    full = build_model(tiny(), frames=3, joints=5).eval()
+    masked = build_model(tiny(masked_relations=True), frames=3, joints=5).eval()
+    masked.load_state_dict(full.state_dict())  # the very same parameters
+    assert count_parameters(masked) == count_parameters(full)
+    x = torch.rand(1, 3, 2, 3, 32, 32)
+    other = x.clone()
+    other[0, 1:, :] = torch.rand(2, 2, 3, 32, 32)  # every image but frame 0 changes
+    other[0, 0, 1] = torch.rand(3, 32, 32)  # and frame 0's second view
+    with torch.no_grad():
+        torch.testing.assert_close(masked(other)[0, 0, 0], masked(x)[0, 0, 0], atol=1e-5, rtol=1e-5)
+        assert (full(other)[0, 0, 0] - full(x)[0, 0, 0]).abs().max() > 1e-4  # the full model looks across
+        assert (masked(x) - full(x)).abs().max() > 1e-4
+    for bad in ({"masked_relations": True, "baseline": True}, {"masked_relations": True, "variant": "official"}):
+        with pytest.raises(ConfigError, match="masked_relations"):
+            parse_model_config({"name": "mpstr", **bad})
+
+
+def test_crops_are_normalised_with_the_imagenet_statistics_inside_the_model():
+    model = build_model(tiny(), frames=1, joints=3).eval()
+    plain = build_model(tiny(input_norm="none"), frames=1, joints=3).eval()
+    plain.load_state_dict(model.state_dict())
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])  # timm's IMAGENET_DEFAULT_*
+    x = torch.rand(1, 1, 1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), plain((x - mean[:, None, None]) / std[:, None, None]))
+
+
 def test_token_projection():
     model = build_model(tiny(token_dim=24, relation_heads=3), frames=2, joints=4)
     assert isinstance(model.token_proj, torch.nn.Linear) and model.token_proj.out_features == 24
@@ -178,7 +210,8 @@ def test_paper_variant_distinguishes_views():
         torch.testing.assert_close(model(x[:, :, perm]), model(x)[:, :, perm], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"baseline": True}, {"variant": "official"}, {"token_dim": 24,
+@pytest.mark.parametrize("overrides", [{}, {"baseline": True}, {"masked_relations": True},
+                                       {"variant": "official"}, {"token_dim": 24,
                                                                                          "relation_heads": 3},
                                        {"token_pool": "flatten", "token_dim": 24, "relation_heads": 3}])
 def test_gradients_reach_every_parameter(overrides):
@@ -232,8 +265,11 @@ def test_pretrained_swin_from_local_file(tmp_path):
     with pytest.raises(CheckpointError, match="missing"):
         torch.save({"norm.weight": swin_state["norm.weight"]}, tmp_path / "partial.pth")
         build_model(tiny(pretrained=str(tmp_path / "partial.pth")), frames=1, joints=3)
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="is not a file"):
         build_model(tiny(pretrained=str(tmp_path / "absent.pth")), frames=1, joints=3)
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="does not fit"):
+        build_model(tiny(pretrained=str(tmp_path / "garbage.pth")), frames=1, joints=3)
 
 
 def test_flatten_token_pool_projects_the_final_grid_and_is_validated():

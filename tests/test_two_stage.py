@@ -190,7 +190,8 @@ def test_two_stage_end_to_end_on_synthetic_images(tmp_path, ray_local, capsys):
         overall = entry["results"]["overall"]
         assert overall["images"] == 12 * 4 and np.isfinite(overall["pixel_error"]) and 0 <= overall["PCK@0.05"] <= 1
     rows = {r["input"].split(" ")[0]: r for r in result["stage2"]}
-    assert set(rows) == {"predicted", "ground-truth"}
+    assert set(rows) == {"predicted", "ground-truth", "(none:"}  # the mean-pose row beside the lifters
+    assert rows["(none:"]["lifter"].startswith("mean pose") and result["stage2"][-1] is rows["(none:"]
     for r in rows.values():
         assert np.isfinite(r["mpjpe"]) and np.isfinite(r["p_mpjpe"]) and r["frames"] > 0
 

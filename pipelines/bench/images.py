@@ -7,6 +7,8 @@
    images per CPU-second.
 3. Builds the `h36m_video` dataset with Ray Data (`--cpus` CPUs): wall-clock images/s, images per
    CPU-second of the whole process tree (Ray workers included), and bytes per stored image.
+4. With `--model-config C`: training steps of C's image model (e.g. the two-stage demo's) on this
+   CPU, images per second (forward, backward, optimiser step; random crops of its size).
 Figures, never pass/fail.
 """
 from __future__ import annotations
@@ -27,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=["jpeg", "png"], default="jpeg")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray instance")
     parser.add_argument("--workdir", default=None, help="where to write (default: a temporary directory, removed afterwards)")
+    parser.add_argument("--model-config", default=None,
+                        help="also time training steps of this image experiment's (or two-stage config's stage-1) "
+                             "model on random crops of its size: images/s on this CPU")
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps (--model-config; after 2 warm-up)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
 
 
@@ -49,19 +55,59 @@ def _configs(args: argparse.Namespace, work: Path):
     return synthetic, video
 
 
-def _crop_rate(data, work: Path) -> tuple[int, float]:
+def _crop_rate(data) -> tuple[int, float]:
     """Crop every image of `data`'s source in this process: (images, CPU seconds)."""
     from preprocessing.images.dataset import ImageJob, crop_views
     from preprocessing.images.sources import load_image_sequences
-    from preprocessing.store.storage import open_location
-
     sequences = load_image_sequences(data).sequences
-    job = ImageJob(data.source.kind, data.images, 0, open_location(str(work / "unused")))
+    job = ImageJob(data.source.kind, data.images, 0)
     images, cpu0 = 0, time.process_time()
     for seq in sequences:
         for view in range(len(seq.cameras)):
             images += len(crop_views(seq, view, 0, seq.num_frames, job)[0])
     return images, time.process_time() - cpu0
+
+
+def image_experiment(path: str):
+    """The image experiment of `path`: an experiment YAML, or a two-stage YAML's `stages.images`."""
+    from pipelines.config import config_from_dict
+    from preprocessing.schema import load_yaml
+
+    raw = load_yaml(path)
+    return config_from_dict(raw["stages"]["images"] if "stages" in raw else raw)
+
+
+def train_rate(cfg, steps: int, warmup: int = 2) -> dict:
+    """Training steps of `cfg`'s image model on this CPU (random crops and labels of the config's
+    sizes, the model's loss, the config's optimiser and clipping): images per second, after
+    `warmup` untimed steps; data loading excluded (the decode rate is measured above)."""
+    import torch
+
+    from models.losses import build_loss, forward_for_loss
+    from models.registry import build_model, count_parameters
+    from pipelines.train.loop import build_optimizer, train_step
+
+    images = cfg.data.images
+    b, f, v, size = cfg.train.batch_size, images.frames, images.views, images.size
+    model = build_model(cfg.model, frames=f, joints=17).train()
+    optimizer = build_optimizer(model, cfg.train)
+    base = build_loss(cfg.model.name, cfg.train.loss)
+    generator = torch.Generator().manual_seed(0)
+    batch = {"images": torch.rand(b, f, v, 3, size, size, generator=generator),
+             "keypoints_2d": torch.rand(b, f, v, 17, 2, generator=generator) * size, "mask": torch.ones(b, f)}
+
+    def loss_fn(m, x):
+        return base(forward_for_loss(m, x["images"]), x)
+
+    for _ in range(warmup):
+        train_step(model, batch, loss_fn, optimizer, cfg.train.clip_grad)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        train_step(model, batch, loss_fn, optimizer, cfg.train.clip_grad)
+    per_step = (time.perf_counter() - t0) / steps
+    return {"model": cfg.model.name, "parameters": count_parameters(model), "images_per_step": b * f * v,
+            "crop_size": size, "threads": torch.get_num_threads(), "step_s": round(per_step, 4),
+            "train_images_per_s": round(b * f * v / per_step, 1)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,11 +131,11 @@ def run(args: argparse.Namespace) -> int:
         results["videos"] = len(videos)
         print(f"rendered {len(videos)} MP4 files at {args.scale:g} x 1000 px in {results['render_videos_s']} s", flush=True)
 
-        n, cpu = _crop_rate(video, work)
+        n, cpu = _crop_rate(video)
         results["video_decode_crop_images_per_cpu_s"] = round(n / cpu, 1)
         print(f"decode + crop + encode ({args.size} px {args.format}) from MP4: {n} images in {cpu:.2f} CPU-s = "
               f"{n / cpu:.1f} images/s per core", flush=True)
-        n, cpu = _crop_rate(synthetic, work)
+        n, cpu = _crop_rate(synthetic)
         results["synthetic_render_images_per_cpu_s"] = round(n / cpu, 1)
         print(f"synthetic render + encode ({args.size} px {args.format}): {n} images in {cpu:.2f} CPU-s = "
               f"{n / cpu:.1f} images/s per core", flush=True)
@@ -107,6 +153,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"Ray Data build (h36m_video, {args.cpus} CPUs): {m['images']} images in {wall:.1f} s = "
               f"{results['build_images_per_s']} images/s, {results['build_images_per_cpu_s']} images per CPU-s "
               f"(Ray start-up and scheduling included); {results['bytes_per_image']} bytes/image", flush=True)
+        if args.model_config:
+            rate = train_rate(image_experiment(args.model_config), args.steps)
+            results["training"] = rate
+            print(f"training {rate['model']} ({rate['parameters']:,} parameters, {rate['crop_size']} px, "
+                  f"{rate['images_per_step']} images a step) on {rate['threads']} CPU threads: {rate['step_s']} s a "
+                  f"step = {rate['train_images_per_s']} images/s", flush=True)
     finally:
         if ray.is_initialized():
             ray.shutdown()

@@ -1,13 +1,18 @@
 """Scoring an image-to-2D checkpoint (mpstr) on an image dataset: `raylift evaluate` on such a
 checkpoint, and the evaluation after `raylift train`.
 
-Protocol (printed with every table, `PROTOCOL_2D`): every real image of the test split once
+Protocol (printed with every table, `protocol_2d`): every real image of the test split once
 (padded frames, mask 0, left out), no test-time flip; predictions in crop pixels are mapped to
-full-image pixels through the stored crop boxes; metrics from `pipelines/evaluate/metrics2d.py`:
-PCK@0.05 of the person box's longer side (the authors' utils/valid.py), mean pixel error and MSE,
-OKS AP/AP50/AP75/AR through pycocotools with COCO's sigmas mapped to the H36M-17 joints; per
-activity and overall (image-wise). With a second checkpoint (`--compare`), the paper's Table I:
-the no-relations baseline next to the full model, on the same images.
+full-image pixels through the stored crop boxes, whose source the results name per split
+(`box_source_text`: ground-truth boxes, or a detector's 2D file on the test split); metrics from
+`pipelines/evaluate/metrics2d.py`: PCK@0.05 of the ground-truth person box's longer side
+(whatever the crop box, so results are comparable across box sources; the authors'
+utils/valid.py), mean pixel error and MSE, OKS AP/AP50/AP75/AR through pycocotools with COCO's
+sigmas mapped to the H36M-17 joints; per activity and overall (image-wise). Every table has a
+reference row, `MEAN_POSE`: the training split's mean label in crop pixels placed in every test
+crop, scored the same way (what knowing only the crop box is worth). The overall comparison
+(the paper's Table I) lists it and every model; with a second checkpoint (`--compare`), the
+no-relations baseline next to the full model, on the same images.
 """
 from __future__ import annotations
 
@@ -23,12 +28,34 @@ from pipelines.evaluate.metrics2d import PCK_THRESHOLD, evaluate_2d
 from pipelines.viz.tables import render_table
 from preprocessing.store.dataset import Dataset
 
-PROTOCOL_2D = (f"2D: every real test image once (padded frames excluded), no test-time flip, full-image "
-               f"pixels via the crop boxes; PCK@{PCK_THRESHOLD:g} = joint error < {PCK_THRESHOLD:g} x the "
-               "person box's longer side (authors' utils/valid.py); OKS AP/AR by pycocotools with COCO "
-               "sigmas mapped to H36M-17 (metrics2d.H36M_OKS_SIGMAS)")
+MEAN_POSE = "mean pose (training mean in the crop box)"
 COLUMNS_2D = (("PCK@0.05", "PCK@0.05 %", 100.0), ("pixel_error", "px err", 1.0), ("MSE", "MSE px^2", 1.0),
               ("AP", "AP", 100.0), ("AP50", "AP50", 100.0), ("AP75", "AP75", 100.0), ("AR", "AR", 100.0))
+
+
+def protocol_2d(boxes: str) -> str:
+    """The protocol line printed with every 2D table; `boxes`: `box_source_text`."""
+    return (f"2D: every real test image once (padded frames excluded), no test-time flip, full-image pixels "
+            f"via the crop boxes ({boxes}); PCK@{PCK_THRESHOLD:g} = joint error < {PCK_THRESHOLD:g} x the longer "
+            "side of the ground-truth person box (the GT keypoints' tight box, whatever the crop box; authors' "
+            "utils/valid.py); OKS AP/AR by pycocotools with COCO sigmas mapped to H36M-17 "
+            f"(metrics2d.H36M_OKS_SIGMAS); {MEAN_POSE}: the training split's mean label in crop pixels placed "
+            "in every test crop, scored the same way")
+
+
+def box_source_text(dataset: Dataset) -> str:
+    """Which boxes the dataset's crops were cut in, per split (the manifest's `windows.boxes`;
+    datasets built before box files existed have ground-truth boxes): "ground-truth 2D boxes
+    (+margin m)", or "boxes from <file> (sha256 ..., +margin m) on test; ground-truth 2D boxes
+    (+margin m) on train"."""
+    margin = float(dataset.windows.get("margin", 0.0))
+    gt = f"ground-truth 2D boxes (+margin {margin:g})"
+    boxes = dataset.windows.get("boxes", "gt")
+    if boxes == "gt":
+        return gt
+    others = [split for split in dataset.splits if split not in boxes["splits"]]
+    text = f"boxes from {boxes['file']} (sha256 {boxes['sha256'][:12]}..., +margin {margin:g}) on {', '.join(boxes['splits'])}"
+    return text + (f"; {gt} on {', '.join(others)}" if others else "")
 
 
 def load_image_model(checkpoint: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
@@ -112,11 +139,20 @@ def score_predictions(arrays: dict[str, np.ndarray], size: int) -> dict[str, dic
     return evaluate_2d(arrays["pred"], arrays["keypoints"], arrays["boxes"], size, arrays["mask"], arrays["activity"])
 
 
-def format_table_2d(results: dict[str, dict[str, float]], markdown: bool = False) -> str:
-    """One row per activity, then `overall`: PCK (%), px error, MSE, AP/AP50/AP75/AR (%), images."""
+def score_mean_pose(arrays: dict[str, np.ndarray], mean: np.ndarray, size: int) -> dict[str, dict[str, float]]:
+    """`score_predictions` of the `MEAN_POSE` baseline: `mean` (J, 2) crop pixels predicted in every
+    crop of `arrays` (a split's windows), mapped back through each crop's own box."""
+    return score_predictions({**arrays, "pred": np.broadcast_to(mean, arrays["keypoints"].shape)}, size)
+
+
+def format_table_2d(results: dict[str, dict[str, float]], markdown: bool = False,
+                    mean_pose: Optional[dict[str, float]] = None) -> str:
+    """One row per activity, then `overall`: PCK (%), px error, MSE, AP/AP50/AP75/AR (%), images;
+    then, given its overall metrics, the `MEAN_POSE` reference row."""
     head = ["activity", *[label for _, label, _ in COLUMNS_2D], "images"]
-    rows = [[name, *[f"{results[name][k] * scale:.2f}" for k, _, scale in COLUMNS_2D], str(results[name]["images"])]
-            for name in [*sorted(k for k in results if k != "overall"), "overall"]]
+    named = [(name, results[name]) for name in [*sorted(k for k in results if k != "overall"), "overall"]]
+    rows = [[name, *[f"{m[k] * scale:.2f}" for k, _, scale in COLUMNS_2D], str(m["images"])]
+            for name, m in named + ([(MEAN_POSE, mean_pose)] if mean_pose else [])]
     return render_table(head, rows, markdown)
 
 
@@ -128,8 +164,14 @@ def format_table_i(overall: dict[str, dict[str, float]], markdown: bool = False)
 
 
 def model_label(meta: dict) -> str:
+    """e.g. "mpstr paper full (relations depth 4), f=8": the model, its relations and frames."""
     m = meta["model"]
-    what = "baseline (no relations)" if m.get("baseline") else f"full (relations depth {m.get('relation_depth')})"
+    if m.get("baseline"):
+        what = "baseline (no relations)"
+    elif m.get("masked_relations"):
+        what = f"masked relations (depth {m.get('relation_depth')}, each image attends only to itself)"
+    else:
+        what = f"full (relations depth {m.get('relation_depth')})"
     return f"{m.get('name')} {m.get('variant', '')} {what}, f={meta.get('frames')}".replace("  ", " ")
 
 
@@ -138,12 +180,16 @@ def evaluate_image_checkpoint(checkpoint: str, dataset: Dataset, placement: Any,
                               progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Score `checkpoint` (and `compare`, e.g. the no-relations baseline) on the test split of
     the image dataset `dataset`, the forward passes as Ray Data batch inference on
-    `placement`. `ship`: see `checkpoint_for_workers`. Returns {"protocol", "dataset", "models":
-    {label: {"checkpoint", "epoch", "results": per-activity metrics}}}."""
+    `placement`. `ship`: see `checkpoint_for_workers`. Returns {"protocol", "boxes" (the crop
+    boxes' source, `box_source_text`), "dataset", "models": {label: {"checkpoint", "epoch",
+    "results": per-activity metrics}}, "mean_pose": {"label", "results"} (None for a dataset
+    without a training split)}."""
     from pipelines.evaluate.batch import where_text
+    from preprocessing.images.readers import mean_keypoints
 
     size = int(dataset.windows["size"])
-    progress(f"2D evaluation: Ray Data batch inference on {where_text(placement)}")
+    boxes = box_source_text(dataset)
+    progress(f"2D evaluation: Ray Data batch inference on {where_text(placement)}; crop boxes: {boxes}")
     models: dict[str, Any] = {}
     for ckpt in [c for c in (compare, checkpoint) if c]:
         source, meta = checkpoint_for_workers(ckpt, dataset, ship)
@@ -152,18 +198,28 @@ def evaluate_image_checkpoint(checkpoint: str, dataset: Dataset, placement: Any,
             label = f"{label} ({Path(str(ckpt)).name})"
         arrays = predict_split(source, dataset, "test", placement, batch_size, bf16)
         models[label] = {"checkpoint": str(ckpt), "epoch": meta.get("epoch"), "results": score_predictions(arrays, size)}
-    return {"protocol": PROTOCOL_2D, "dataset": dataset.uri, "models": models}
+    mean_pose = None
+    if dataset.windows_in("train"):
+        mean_pose = {"label": MEAN_POSE, "results": score_mean_pose(arrays, mean_keypoints(dataset, "train"), size)}
+    return {"protocol": protocol_2d(boxes), "boxes": boxes, "dataset": dataset.uri, "models": models,
+            "mean_pose": mean_pose}
 
 
 def result_text(result: dict[str, Any], markdown: bool = False) -> str:
-    """Every model's per-activity table, then (two or more models) the Table I comparison."""
-    out = []
+    """The crop boxes' source, every model's per-activity table (with the mean-pose row), then
+    the overall comparison (Table I): the mean pose and every model."""
+    head = "## " if markdown else ""
+    mean_pose = result["mean_pose"]
+    reference = mean_pose["results"]["overall"] if mean_pose else None
+    out = [f"crop boxes: {result['boxes']}", ""]
     for label, entry in result["models"].items():
-        out += [f"{'## ' if markdown else ''}{label} (epoch {entry['epoch']}, {entry['checkpoint']})", "",
-                format_table_2d(entry["results"], markdown), ""]
-    if len(result["models"]) > 1:
-        out += [f"{'## ' if markdown else ''}Table I (the paper's comparison): overall", "",
-                format_table_i({k: v["results"]["overall"] for k, v in result["models"].items()}, markdown), ""]
+        out += [f"{head}{label} (epoch {entry['epoch']}, {entry['checkpoint']})", "",
+                format_table_2d(entry["results"], markdown, reference), ""]
+    overall = {**({MEAN_POSE: reference} if reference else {}),
+               **{k: v["results"]["overall"] for k, v in result["models"].items()}}
+    out += [f"{head}Table I (the paper's comparison): overall", "", format_table_i(overall, markdown), ""]
+    if not mean_pose:
+        out += [f"no {MEAN_POSE} row: the dataset has no training split", ""]
     out.append(f"protocol: {result['protocol']}")
     return "\n".join(out)
 

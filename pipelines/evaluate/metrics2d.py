@@ -5,7 +5,8 @@ pycocotools, per activity and overall.
   mmpose's `keypoint_pck_accuracy(pred, gt, mask, thr=0.05, normalize=[s, s])` with
   s = max(bbox width, bbox height)): a joint is correct when its error divided by s is < 0.05;
   the accuracy of each joint over the images, then the mean over joints. Here s is the longer side
-  of the tight box of the ground-truth keypoints (the person box).
+  of the tight box of the ground-truth keypoints in full-image pixels (the person box), never the
+  crop box: crops cut around ground-truth or detector boxes are scored against the same s.
 - Mean pixel error (Euclidean, per joint) and MSE (mean squared coordinate error, px^2) in
   full-image pixels: crop-pixel predictions are mapped back through the stored crop boxes.
 - AP / AR (OKS, COCO's 10 thresholds 0.50:0.05:0.95, plus AP50/AP75) through pycocotools'

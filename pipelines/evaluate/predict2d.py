@@ -5,7 +5,9 @@ image dataset (train and test splits), maps them from crop pixels back to full-i
 through the stored crop boxes, and writes a VideoPose3D-format 2D file:
 `positions_2d[subject][action]` = a list over the dataset's cameras (in the source's camera
 order) of float32 (N, 17, 2) pixel arrays, and `metadata` = {layout_name, num_joints,
-keypoints_symmetry, res (per camera {w, h}), cameras, checkpoint, dataset_id}. The h36m and generic
+keypoints_symmetry, res (per camera {w, h}), cameras, checkpoint, dataset_id, boxes (the crop
+boxes' source per split, `images2d.box_source_text`: predictions made in ground-truth boxes carry
+the true person centre and scale)}. The h36m and generic
 sources read it as any detector's 2D file, so any lifter trains on it (`raylift two-stage`).
 
 Every frame of a sequence must have a prediction (the image dataset stores each image once, with
@@ -60,13 +62,14 @@ def predict_2d_file(checkpoint: str, dataset: Dataset, output: str, placement: A
     `images2d.checkpoint_for_workers`); write `output`. Returns the file's metadata plus `frames`
     (camera-frames written)."""
     from pipelines.evaluate.batch import where_text
-    from pipelines.evaluate.images2d import checkpoint_for_workers, predict_split
+    from pipelines.evaluate.images2d import box_source_text, checkpoint_for_workers, predict_split
     from preprocessing.skeleton import get_skeleton
     from preprocessing.sources.safe_npz import write_npz
 
     manifest, windows = dataset.manifest, dataset.windows
     source, meta = checkpoint_for_workers(checkpoint, dataset, ship)
-    progress(f"predicting 2D: Ray Data batch inference on {where_text(placement)}")
+    boxes = box_source_text(dataset)
+    progress(f"predicting 2D: Ray Data batch inference on {where_text(placement)}; crop boxes: {boxes}")
     cameras = list(manifest["cameras"])
     tables: dict[tuple[str, str], dict[int, np.ndarray]] = {}
     for split in [s for s in ("train", "test") if s in manifest["splits"]]:
@@ -84,6 +87,7 @@ def predict_2d_file(checkpoint: str, dataset: Dataset, output: str, placement: A
         "cameras": cameras,
         "checkpoint": str(checkpoint),
         "dataset_id": str(manifest["id"]),
+        "boxes": boxes,
     }
     path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)

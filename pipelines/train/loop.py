@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections import deque
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -17,36 +17,48 @@ from models.checkpoint import CheckpointError
 from pipelines.config import TrainConfig
 from pipelines.evaluate.prediction import autocast
 
+if TYPE_CHECKING:
+    from pipelines.train.schedules import LRScheduler
+
 # (model, batch) -> (scalar loss tensor, {term name: float})
 LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
 
 
 # --------------------------------------------------------------------------- optimisation
 def build_optimizer(model: nn.Module, train: TrainConfig, fused: Optional[bool] = None) -> torch.optim.Optimizer:
-    """Adam or AdamW (optionally AMSGrad) over every trainable parameter, as the papers do (no per-group decay rules).
+    """Adam or AdamW (optionally AMSGrad) over every trainable parameter, in the groups of
+    `train.decay_groups` and `train.layer_decay` (pipelines/train/param_groups.py; by default one
+    group, as the lifters' papers do).
 
     `fused` picks torch's fused kernel (one launch for all parameters instead of a few per tensor;
     the same update within float rounding, see tests/test_speed.py). None: fused when every
     parameter is on CUDA, where it is the fast path, else torch's default (foreach/for-loop), which
     keeps CPU runs bit-identical to earlier releases.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    from pipelines.train.param_groups import param_groups
+
+    groups = param_groups(model, train)
+    params = [p for group in groups for p in group["params"]]
     if fused is None:
         fused = bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
     cls = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=train.lr, weight_decay=train.weight_decay, betas=tuple(train.betas), amsgrad=train.amsgrad,
+    return cls(groups, lr=train.lr, weight_decay=train.weight_decay, betas=tuple(train.betas), amsgrad=train.amsgrad,
                fused=fused or None)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """The per-epoch schedule `train.lr_schedule` (see pipelines/train/schedules.py)."""
+def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig,
+                    steps_per_epoch: Optional[int] = None) -> LRScheduler:
+    """The schedule `train.lr_schedule` (see pipelines/train/schedules.py); `steps_per_epoch` is
+    needed by the per-step ones."""
     from pipelines.train.schedules import build_scheduler as build
 
-    return build(optimizer, train)
+    return build(optimizer, train, steps_per_epoch)
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
-    return float(optimizer.param_groups[0]["lr"])
+    """The scheduled lr: the first group's, before its layer-decay `lr_scale`."""
+    group = optimizer.param_groups[0]
+    return float(group["lr"]) / float(group.get("lr_scale", 1.0))
 
 
 def train_step(
@@ -229,7 +241,7 @@ def checkpoint_meta(cfg_dict: dict, epoch: int, dataset_id: str, joints: int, la
 
 def build_train_state(
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scheduler: LRScheduler,
     epoch: int,
     rng_states: list[dict],
     history: list[dict],
@@ -294,7 +306,7 @@ RESUME_MAY_DIFFER = (
     "train.resources_per_worker", "train.max_failures", "train.keep_best", "train.prefetch_batches",
     "train.val_batch_size", "train.evaluate", "eval", "tune", "data.root", "data.source.data_3d",
     "data.source.data_2d", "data.source.cameras", "data.source.mpi_train", "data.source.mpi_test",
-    "data.source.synthetic.out_dir",
+    "data.source.synthetic.out_dir", "data.images.boxes_2d",
 )
 
 
@@ -332,7 +344,7 @@ def load_resume_state(
     directory: str,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scheduler: LRScheduler,
     cfg_dict: dict,
     joints: int,
     dataset_id: str,

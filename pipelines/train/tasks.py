@@ -1,8 +1,8 @@
 """What a training run trains on: one task object per kind of model, with the same few methods.
 
 The per-worker loop (`pipelines/train/worker.py`) is generic: each epoch it asks the task for its
-batches, trains on `batch[task.input_key]`, asks for the validation sums and reports
-`task.metric` (lower is better; also the checkpoint score):
+batches (`steps_per_epoch` bounds their number), trains on `batch[task.input_key]`, asks for the
+validation sums and reports `task.metric` (lower is better; also the checkpoint score):
 
 - `KeypointTask` (the lifters: 2D keypoint windows -> 3D): batches of the training split in the
   order `train.shuffle` draws (`pipelines/train/data.py`); validation MPJPE in mm (`val_mpjpe`,
@@ -145,6 +145,18 @@ class ImageTask:
 
 
 Task = Any  # KeypointTask | ImageTask
+
+
+def steps_per_epoch(dataset: Dataset, train: TrainConfig, frames: int, world: int) -> int:
+    """Optimiser steps of a full epoch on each of `world` workers: its share of the training
+    windows (ceil(windows / world), capped by train.max_windows_per_epoch as `epoch_batches` caps
+    it) in batches of `train.windows_per_batch(frames)`. No epoch takes more (a global shuffle's
+    smallest share and Ray's equal split are at most this share); per-step lr schedules count
+    steps with it (pipelines/train/schedules.py)."""
+    share = -(-dataset.windows_in(TRAIN) // world)
+    if train.max_windows_per_epoch is not None:
+        share = min(share, -(-train.max_windows_per_epoch // world))
+    return max(1, -(-share // train.windows_per_batch(frames)))
 
 
 def task_for(cfg: ExperimentConfig, dataset: Dataset, val_split: str,

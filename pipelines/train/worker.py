@@ -27,7 +27,8 @@ from preprocessing.store.storage import Location, local_copy
 from pipelines.train.checkpoints import (
     checkpoint_name, disk_full, is_disk_full, prune, state_bytes, write_checkpoint,
 )
-from pipelines.train.tasks import TRAIN
+from pipelines.train.schedules import after_epoch, before_step
+from pipelines.train.tasks import TRAIN, steps_per_epoch
 from pipelines.train.loop import (
     build_optimizer, build_scheduler, build_train_state, capture_rng_state, checkpoint_meta,
     current_lr, epoch_line, load_resume_state, restore_rng_state, seed_everything, train_step,
@@ -104,7 +105,8 @@ def train_loop_per_worker(config: dict) -> None:
     seed_everything(tc.seed)  # identical initial weights on every worker
     net = build_model(cfg.model, frames=frames, joints=joints).to(device)
     optimizer = build_optimizer(net, tc)
-    scheduler = build_scheduler(optimizer, tc)
+    epoch_steps = steps_per_epoch(dataset, tc, frames, world)  # what per-step lr schedules count in
+    scheduler = build_scheduler(optimizer, tc, epoch_steps)
 
     # Resume: Ray's checkpoint (restored after a worker failure, or from the run's snapshot on a
     # restart) first, else the latest complete checkpoint the driver found in the run directory.
@@ -149,7 +151,8 @@ def train_loop_per_worker(config: dict) -> None:
             loss_sum, steps, windows = 0.0, 0, 0
             term_sums: dict[str, float] = {}
             batches, epoch_cap = task.epoch_batches(epoch, rank, world, device, shard)
-            for batch in batches:
+            for index, batch in enumerate(batches):
+                before_step(scheduler, tc, (epoch - 1) * epoch_steps + index)  # per-step schedules: this step's lr
                 loss, terms = train_step(model, batch, loss_fn, optimizer, tc.clip_grad, tc.precision == "bf16")
                 loss_sum += loss
                 steps += 1
@@ -172,7 +175,7 @@ def train_loop_per_worker(config: dict) -> None:
                 "epoch": epoch,
                 "loss": loss_sum / max(steps, 1),
                 task.metric: score,  # the checkpoint score (mm, or px for image models), lower is better
-                "lr": current_lr(optimizer),
+                "lr": current_lr(optimizer),  # per-step schedules: the epoch's last step's
                 "windows": int(windows),
                 "windows_per_s": windows / max(train_time, 1e-9),
                 "epoch_time_s": elapsed,
@@ -182,7 +185,7 @@ def train_loop_per_worker(config: dict) -> None:
             }
             history.append(row)
             rng_states = _all_gather(capture_rng_state(), world)
-            scheduler.step()  # per-epoch decay, after the epoch's lr was recorded
+            after_epoch(scheduler, tc)  # per-epoch decay, after the epoch's lr was recorded
             meta = checkpoint_meta(cfg_dict, epoch, dataset.id, joints, dataset.layout, row, task.metric)
             train_state = build_train_state(optimizer, scheduler, epoch, rng_states, history)
             _report(row, net, meta, train_state, rank, config["run_loc"], local_mode, tc.keep_best,

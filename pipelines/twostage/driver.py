@@ -85,7 +85,7 @@ def label_files(images_cfg) -> tuple[str, str, str]:
         from preprocessing.sources.synthetic import ensure_synthetic
 
         files = ensure_synthetic(src.synthetic)
-        return files.data_3d, files.data_2d, files.cameras
+        return files.data_3d, files.gt_2d, files.cameras  # the crops' labels: the GT projection
     return src.data_3d, src.data_2d, src.cameras
 
 
@@ -110,6 +110,16 @@ def _image_config(two: TwoStageConfig, baseline: bool):
     if baseline:
         raw.setdefault("model", {})["baseline"] = True
     return config_from_dict(raw)
+
+
+MEAN_POSE_3D = "mean pose (the training mean, root-relative)"
+
+
+def stage2_row(label: str, lifter: str, summary: dict[str, Any], path: str, run_uri: str,
+               protocol: str) -> dict[str, Any]:
+    """One row of the stage-2 table from an evaluation summary (`results["model"]` or `["baseline"]`)."""
+    return {"input": label, "lifter": lifter, "file": path, "run": run_uri, "mpjpe": summary["group_mean"]["mpjpe"],
+            "p_mpjpe": summary["group_mean"]["p_mpjpe"], "frames": summary["frames"], "protocol": protocol}
 
 
 def final_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
@@ -159,14 +169,16 @@ def run_two_stage(two: TwoStageConfig, progress: Callable[[str], None] = print) 
     inputs = [("predicted 2D (" + images_cfg.model.name + ")", "predicted", pred_path), ("ground-truth 2D", "gt", gt_2d)]
     if two.stages.detector_2d:
         inputs.append(("detector 2D (" + two.stages.detector_2d + ")", "detector", two.stages.detector_2d))
-    rows = []
+    rows, baseline = [], None
     for label, tag, path in inputs:
         cfg = lifter_config(two, data_3d, path, cameras, subjects, tag)
         outcome = run_training(cfg, evaluate_after=True, progress=progress)
-        model_row = outcome.evaluation["results"]["model"]
-        rows.append({"input": label, "lifter": cfg.model.name, "file": path, "run": outcome.run_uri,
-                     "mpjpe": model_row["group_mean"]["mpjpe"], "p_mpjpe": model_row["group_mean"]["p_mpjpe"],
-                     "frames": model_row["frames"], "protocol": outcome.evaluation["protocol"]})
+        scored = outcome.evaluation["results"]
+        rows.append(stage2_row(label, cfg.model.name, scored["model"], path, outcome.run_uri,
+                               outcome.evaluation["protocol"]))
+        baseline = baseline or scored.get("baseline")  # the same 3D data for every input: one mean pose
+    if baseline is not None:
+        rows.append(stage2_row("(none: a constant pose)", MEAN_POSE_3D, baseline, "", "", rows[0]["protocol"]))
     table = final_table(rows)
     progress("== two-stage result: 3D from each 2D input (action-wise mean, " + rows[0]["protocol"] + ")")
     progress(table)

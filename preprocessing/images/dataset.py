@@ -6,7 +6,8 @@ bytes), so every image is stored exactly once. Columns:
 - `images`: list<binary>, f*V JPEG/PNG crops (frame-major: index t*V + v; b"" where mask = 0);
 - `keypoints` (f, V, J, 2) float32: labels in crop pixels;
 - `boxes` (f, V, 4) float32: crop boxes (x0, y0, x1, y1) in full-image pixels of the decoded
-  frame (`preprocessing.images.crops.to_full` maps predictions back);
+  frame (`preprocessing.images.crops.to_full` maps predictions back), cut around the labels or,
+  `images.boxes: file`, a detector's 2D (`crop_box`; the manifest's `windows.boxes` says which);
 - `mask` (f,) float32; `frame` (f,) int32 (source frame index); `subject`, `action`, `activity`,
   `camera` (view ids joined by ","), `start`, `sequence_length`.
 The id, lease, owned staging directory and manifest-last publishing, Ray Data shard tasks and byte
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -71,6 +73,10 @@ def image_config_for_id(data: DataConfig) -> dict:
     if not data.images.occluder_prob:  # datasets built before occluders existed keep their ids
         cfg["images"].pop("occluder_prob")
         cfg["images"].pop("occluder_size")
+    cfg["images"].pop("boxes_2d")  # a location: the boxes file's content is among the hashed files
+    if data.images.boxes == "gt":  # datasets built before box files existed keep their ids
+        cfg["images"].pop("boxes")
+        cfg["images"].pop("boxes_splits")
     cfg["image_format"] = IMAGE_FORMAT
     return cfg
 
@@ -79,7 +85,26 @@ def image_dataset_id(data: DataConfig, file_hashes: list[str]) -> str:
     return content_id(image_config_for_id(data), file_hashes)
 
 
+def boxes_record(data: DataConfig, boxes_file: str, files: list[dict]) -> Any:
+    """The manifest's `windows.boxes`: "gt", or {file (name), sha256, splits} of the 2D file the
+    boxes of `images.boxes_splits` were cut around (`files`: the hashed inputs, it among them)."""
+    if not boxes_file:
+        return "gt"
+    from preprocessing.store.storage import open_location
+
+    uri = open_location(boxes_file).uri
+    sha = next(f["sha256"] for f in files if f["path"] == uri)
+    return {"file": Path(boxes_file).name, "sha256": sha, "splits": list(data.images.boxes_splits)}
+
+
 # ----------------------------------------------------------------------------- one window's crops
+
+
+def crop_box(seq: ImageSequence, view: int, k: int, sx: float, sy: float, margin: float) -> np.ndarray:
+    """The crop box of frame k of a view, in pixels of the decoded frame (label pixels x (sx,
+    sy)): around the labels, or (`images.boxes: file`) around the 2D file's finite points."""
+    points = seq.keypoints[k, view] if seq.boxes_2d is None else seq.boxes_2d[k, view]
+    return keypoint_box(points[np.isfinite(points).all(axis=-1)] * [sx, sy], margin)
 
 
 def crop_views(seq: ImageSequence, view: int, start: int, stop: int, job: ImageJob) -> tuple[list[bytes], np.ndarray, np.ndarray]:
@@ -92,7 +117,7 @@ def crop_views(seq: ImageSequence, view: int, start: int, stop: int, job: ImageJ
         background = background_of(seq, view, job.seed)
         for k in range(start, stop):
             kp = seq.keypoints[k, view]
-            box = keypoint_box(kp, cfg.margin)
+            box = crop_box(seq, view, k, 1.0, 1.0, cfg.margin)
             check_box(box, *seq.image_sizes[view], f"{seq.name(view)} frame {k}")
             grid = PixelGrid(box[0], box[1], size / (box[2] - box[0]), size, size)
             image = render_frame(seq.joints_cam[k, view], seq.intrinsics[view], grid, background, k,
@@ -106,7 +131,7 @@ def crop_views(seq: ImageSequence, view: int, start: int, stop: int, job: ImageJ
         for k, frame in enumerate(frames_of(seq, view, start, stop), start=start):
             height, width = frame.shape[:2]
             kp = seq.keypoints[k, view] * [width / label_w, height / label_h]  # labels -> decoded pixels
-            box = keypoint_box(kp, cfg.margin)
+            box = crop_box(seq, view, k, width / label_w, height / label_h, cfg.margin)
             check_box(box, width, height, f"{seq.files[view]} frame {k}")
             encoded.append(encode_image(crop_image(frame, box, size), cfg.format, cfg.quality))
             keypoints.append(to_crop(kp, box, size))
@@ -224,6 +249,8 @@ def build_image_dataset(data: DataConfig, progress: Progress = print) -> Dataset
                         data.images.windows_per_group)
     progress(f"dataset {id_}: {len(sequences)} sequences x {len(src.cameras)} views -> {len(plans)} shards "
              f"(f={data.images.frames}, {data.images.size}px {data.images.format})")
+    if src.boxes_file:
+        progress(f"crop boxes of {', '.join(data.images.boxes_splits)}: around the 2D of {src.boxes_file}")
 
     def write() -> dict:
         shards = run_shard_tasks(plans, sequences, staging, ImageRows(job), progress)
@@ -279,7 +306,7 @@ def _manifest(data, id_, src, files, sequences, job, shards, started) -> dict:
         "image_sizes": {cam: [int(x) for x in wh] for cam, wh in zip(src.cameras, src.sequences[0].image_sizes)},
         "skipped": src.skipped,
         "windows": {"frames": cfg.frames, "views": len(src.cameras), "size": cfg.size, "format": cfg.format,
-                    "flip": cfg.flip, "margin": cfg.margin},
+                    "flip": cfg.flip, "margin": cfg.margin, "boxes": boxes_record(data, src.boxes_file, files)},
         "columns": {"images": [cfg.frames * len(src.cameras)], "keypoints": [cfg.frames, len(src.cameras), joints, 2],
                     "boxes": [cfg.frames, len(src.cameras), 4], "mask": [cfg.frames], "frame": [cfg.frames]},
         "splits": splits,

@@ -10,6 +10,8 @@
   for a whole split, read shard by shard without Ray, each shard checked against its sha256.
 - `iter_image_groups(dataset, split, rank, world)`: decoded row groups, a share per worker, every
   page checked (per-epoch validation).
+- `mean_keypoints(dataset, split)`: the mean crop-pixel label of a split, read without the images
+  (the 2D evaluation's mean-pose baseline).
 A damaged shard raises a DataError naming it (preprocessing/store/parquet.py), a corrupt image one
 naming the dataset, shard or sequence, and the frame.
 """
@@ -121,3 +123,18 @@ def iter_image_groups(dataset: Dataset, split: str, rank: int = 0, world: int = 
             table = table.slice(0, max_windows - seen)
         seen += table.num_rows
         yield decode_rows(table, size, views, False, 0, perm, f"{loc.uri} row group {index}", labels=True)
+
+
+def mean_keypoints(dataset: Dataset, split: str) -> np.ndarray:
+    """The mean label (J, 2) in crop pixels over every real frame (mask 1) and view of a split's
+    windows, float64; only the label columns are read (every page checked). DataError when the
+    split has no real frame."""
+    total, count = 0.0, 0
+    for _, _, table in parquet.iter_row_group_share(_image_dataset(dataset), split, ["keypoints", "mask"]):
+        keypoints = parquet.column_numpy(table.column("keypoints").combine_chunks())  # (W, f, V, J, 2)
+        real = keypoints[parquet.column_numpy(table.column("mask").combine_chunks()) > 0]  # (frames, V, J, 2)
+        total = total + real.astype(np.float64).sum(axis=(0, 1))
+        count += real.shape[0] * real.shape[1]
+    if not count:
+        raise DataError(f"dataset {dataset.uri} split {split}: no real frame to average the labels over")
+    return total / count

@@ -7,7 +7,11 @@ from. Everything is checked here, on the driver, before any Ray task runs:
 - a (subject, action) without a video / frame folder for every camera: DataError naming the
   missing file (`images.on_missing: error`), or listed in `skipped` (`skip`), never dropped silently;
 - a video or folder with fewer frames than the labels, or a frame folder with a gap: frames out
-  of sync, DataError naming the file and the first missing frame.
+  of sync, DataError naming the file and the first missing frame;
+- `images.boxes: file`: the 2D file the boxes of `images.boxes_splits` are cut around
+  (`boxes_file`) must hold every (subject, action, camera) of those splits, with at least the
+  labels' frames (longer is trimmed at the tail, as the labels are) and a finite point in every
+  frame: else a DataError naming the file, sequence, camera and frame or counts.
 `frames_of(seq, view, start, stop)` yields the decoded frames in a task: PyAV for videos (any
 decode error names the file and frame), Pillow for frame folders, the renderer for synthetic.
 """
@@ -45,6 +49,9 @@ class ImageSequence:
     frame_files: list[dict[int, str]] = field(default_factory=list)  # frames: per view, frame -> file
     joints_cam: Optional[np.ndarray] = None  # synthetic: (N, V, J, 3) camera-space metres
     intrinsics: Optional[np.ndarray] = None  # synthetic: (V, 9)
+    # images.boxes: file, a split in boxes_splits: (N, V, J, 2) the points the crop boxes are cut
+    # around, in the pixels of `keypoints` (NaN: a point the detector missed); None: around the labels
+    boxes_2d: Optional[np.ndarray] = None
 
     @property
     def num_frames(self) -> int:
@@ -61,18 +68,24 @@ class ImageSourceData:
     files: list[str]  # every input file whose content defines the dataset (hashed for the id)
     cameras: list[str]
     skipped: list[str]  # "subject/action: reason" for groups left out under on_missing=skip
+    boxes_file: str = ""  # images.boxes: file: the 2D file the boxes are cut around (also in `files`)
 
 
 def _keypoint_sequences(data: DataConfig) -> tuple[list[Sequence], list[str]]:
+    """The labelled sequences of an image source, `source.val_subjects` moved to the "val" split."""
     from preprocessing.sources.videopose3d import load_generic, load_h36m
-    from preprocessing.sources import load_synthetic
+    from preprocessing.sources import hold_out, load_synthetic
 
     source = data.source
     if source.kind == "synthetic_images" and not source.data_3d:
-        return load_synthetic(source)
-    if source.kind == "synthetic_images":
-        return load_generic(source)
-    return load_h36m(source)
+        sequences, files = load_synthetic(source, gt_2d=True)  # the renders show the true pose
+    elif source.kind == "synthetic_images":
+        sequences, files = load_generic(source)
+    else:
+        sequences, files = load_h36m(source)
+    if source.val_subjects:
+        sequences = hold_out(sequences, source.val_subjects, files[0])
+    return sequences, files
 
 
 def _groups(sequences: list[Sequence], views: int) -> tuple[list[str], dict[tuple, dict[str, Sequence]]]:
@@ -84,6 +97,57 @@ def _groups(sequences: list[Sequence], views: int) -> tuple[list[str], dict[tupl
     for s in sorted(sequences, key=lambda s: (s.split != "train", s.subject, s.action, s.camera_index)):
         groups.setdefault((s.split, s.subject, s.action), {})[s.camera] = s
     return cameras[:views], groups
+
+
+def boxes_file(data: DataConfig) -> str:
+    """The 2D file crop boxes are cut around (`images.boxes: file`; see `ImagesConfig`), as an
+    absolute path; "" for ground-truth boxes. DataError naming the key when there is none."""
+    images, source = data.images, data.source
+    if images.boxes == "gt":
+        return ""
+    if images.boxes_2d:
+        path = Path(images.boxes_2d).resolve()
+        if not path.is_file():
+            raise DataError(f"data.images.boxes_2d: file not found: {path}")
+        return str(path)
+    if source.kind != "synthetic_images" or source.data_3d:
+        raise DataError("data.images.boxes is file but data.images.boxes_2d is empty: name a VideoPose3D-format "
+                        "2D file (only the embedded synthetic_images source has one of its own)")
+    if source.synthetic.noise_px <= 0:
+        raise DataError("data.source.synthetic.noise_px is 0: data.images.boxes: file without boxes_2d cuts the "
+                        "boxes around the synthetic detector-like 2D, which needs noise_px > 0")
+    from preprocessing.sources.synthetic import ensure_synthetic
+
+    return ensure_synthetic(source.synthetic).data_2d
+
+
+def _box_points(positions: dict, path: str, seq: ImageSequence, camera_index: dict[str, int]) -> np.ndarray:
+    """(N, V, J, 2) points of `seq` from `positions`, the `positions_2d` of the 2D file at `path`
+    (longer sequences are trimmed at the tail like the labels); DataError naming the file,
+    sequence, camera and the frame counts or the first frame without a finite point."""
+    where = f"{path}: {seq.subject}/{seq.action}"
+    views = positions.get(seq.subject, {}).get(seq.action)
+    if views is None:
+        raise DataError(f"{where}: no 2D for this sequence (images.boxes: file crops the "
+                        f"{seq.split} split around this file)")
+    n, joints = seq.num_frames, seq.keypoints.shape[2]
+    points = []
+    for cam in seq.cameras:
+        index = camera_index[cam]
+        view = views[index] if isinstance(views, (list, tuple)) and index < len(views) else None
+        if not isinstance(view, np.ndarray) or view.ndim != 3 or view.shape[1:] != (joints, 2):
+            shape = getattr(view, "shape", type(view).__name__)
+            raise DataError(f"{where} camera {cam} (index {index}): expected an array [frames, {joints}, 2], got {shape}")
+        if len(view) < n:
+            raise DataError(f"{where} camera {cam}: frames out of sync: the 2D file has {len(view)} frames, "
+                            f"the labels {n}")
+        view = view[:n].astype(np.float64)
+        empty = np.flatnonzero(~np.isfinite(view).all(axis=-1).any(axis=-1))
+        if len(empty):
+            raise DataError(f"{where} camera {cam} frame {empty[0]}: no finite 2D point to cut a crop box around "
+                            f"({len(empty)} such frames)")
+        points.append(view)
+    return np.stack(points, axis=1)
 
 
 def _frame_folder(folder: Path) -> dict[int, str]:
@@ -160,11 +224,27 @@ def load_image_sequences(data: DataConfig) -> ImageSourceData:
             seq.joints_cam = np.stack([v.positions_3d[:n] + v.trajectory[:n, None] for v in views], axis=1).astype(np.float64)
             seq.intrinsics = np.stack([v.intrinsics for v in views]).astype(np.float64)
         out.append(seq)
-    for seq in out:
-        files.extend(seq.files if data.source.kind == "h36m_video" else [f for d in seq.frame_files for f in d.values()])
     if not out:
         raise DataError(f"{data.source.kind} source: no sequence has all {len(cameras)} cameras ({'; '.join(skipped[:3])})")
-    return ImageSourceData(out, H36M17, files, cameras, skipped)
+    boxes_path = boxes_file(data)
+    if boxes_path:
+        files.append(boxes_path)  # its content is part of the dataset id
+        _attach_box_points(out, boxes_path, images.boxes_splits, {s.camera: s.camera_index for s in sequences})
+    for seq in out:
+        files.extend(seq.files if data.source.kind == "h36m_video" else [f for d in seq.frame_files for f in d.values()])
+    return ImageSourceData(out, H36M17, files, cameras, skipped, boxes_path)
+
+
+def _attach_box_points(sequences: list[ImageSequence], path: str, splits: list[str],
+                       camera_index: dict[str, int]) -> None:
+    """Set `boxes_2d` of the sequences of `splits` from the 2D file at `path` (read once)."""
+    from preprocessing.sources.videopose3d import read_positions_2d
+
+    wanted = [s for s in sequences if s.split in splits]
+    if wanted:
+        positions = read_positions_2d(path)
+        for seq in wanted:
+            seq.boxes_2d = _box_points(positions, path, seq, camera_index)
 
 
 # ----------------------------------------------------------------------------- pixels, in tasks

@@ -28,17 +28,20 @@ class SourceData:
     files: list[str]  # absolute paths of every input file read (for hashing)
 
 
-def load_synthetic(source: SourceConfig) -> tuple[list[Sequence], list[str]]:
+def load_synthetic(source: SourceConfig, gt_2d: bool = False) -> tuple[list[Sequence], list[str]]:
+    """The synthetic sequences and their files; 2D from the detector-like file when `noise_px > 0`,
+    or with `gt_2d` always the ground-truth projection (the labels of rendered images)."""
     files = ensure_synthetic(source.synthetic)
     train, test = default_split(list(source.synthetic.subjects))
+    data_2d = files.gt_2d if gt_2d else files.data_2d
     sequences = load_videopose3d(
-        files.data_3d, files.data_2d, load_cameras(files.cameras),
+        files.data_3d, data_2d, load_cameras(files.cameras),
         source.train_subjects or train, source.test_subjects or test, activities=source.activities,
     )
-    return sequences, [files.data_3d, files.data_2d, files.cameras]
+    return sequences, [files.data_3d, data_2d, files.cameras]
 
 
-def _hold_out(sequences: list[Sequence], val_subjects: list[str], where: str) -> list[Sequence]:
+def hold_out(sequences: list[Sequence], val_subjects: list[str], where: str) -> list[Sequence]:
     """Move the training sequences of `val_subjects` into the "val" split (test-style windows:
     each real frame once, no flipped copies)."""
     found = {s.subject for s in sequences if s.subject in val_subjects and s.split == "train"}
@@ -59,7 +62,7 @@ def load_sequences(source: SourceConfig) -> SourceData:
         raise DataError(f"source.kind: unknown source {source.kind!r} (expected one of {sorted(loaders)})")
     sequences, files = loaders[source.kind](source)
     if source.val_subjects:
-        sequences = _hold_out(sequences, source.val_subjects, files[0])
+        sequences = hold_out(sequences, source.val_subjects, files[0])
     skeleton = MPI17 if source.kind == "mpi3dhp" else H36M17
     for seq in sequences:
         try:

@@ -74,6 +74,7 @@ class SyntheticFiles:
     data_3d: str
     data_2d: str  # the GT file, or the noisy one when noise_px > 0
     cameras: str
+    gt_2d: str  # the GT projection file (what rendered images are labelled with)
 
 
 def config_hash(cfg: SyntheticConfig) -> str:
@@ -98,6 +99,7 @@ def ensure_synthetic(cfg: SyntheticConfig) -> SyntheticFiles:
         data_3d=str(final / names["data_3d"]),
         data_2d=str(final / names["noisy" if "noisy" in names else "gt"]),
         cameras=str(final / names["cameras"]),
+        gt_2d=str(final / names["gt"]),
     )
     if all((final / n).is_file() for n in names.values()):
         return files

@@ -89,6 +89,16 @@ def _positions_3d(value: Any, where: str) -> np.ndarray:
     return value.astype(np.float64)
 
 
+def read_positions_2d(path: str) -> dict:
+    """A VideoPose3D 2D file's `positions_2d` ({subject: {action: [per camera (N, J, 2)]}}), its
+    optional metadata checked (H36M layout, 17 joints); the arrays themselves are not checked."""
+    loaded = read_npz(path, ["positions_2d"], optional=["metadata"])
+    positions = _nested_dict(loaded["positions_2d"], f"{path}:positions_2d", "{subject: {action: [arrays]}}")
+    if "metadata" in loaded:
+        _check_metadata(loaded["metadata"], path)
+    return positions
+
+
 def checked_keypoints_2d(value: Any, frames_3d: int, joints: int, where: str) -> np.ndarray:
     """(N', J, 2) pixels -> (frames_3d, J, 2): longer is trimmed at the tail, shorter is an error."""
     if not isinstance(value, np.ndarray) or value.ndim != 3 or value.shape[-1] != 2:
@@ -132,10 +142,7 @@ def load_videopose3d(
     """
     p3, p2 = str(Path(data_3d).resolve()), str(Path(data_2d).resolve())
     pos3d = _nested_dict(read_npz(p3, ["positions_3d"])["positions_3d"], f"{p3}:positions_3d", "{subject: {action: array}}")
-    loaded_2d = read_npz(p2, ["positions_2d"], optional=["metadata"])
-    pos2d = _nested_dict(loaded_2d["positions_2d"], f"{p2}:positions_2d", "{subject: {action: [arrays]}}")
-    if "metadata" in loaded_2d:
-        _check_metadata(loaded_2d["metadata"], p2)
+    pos2d = read_positions_2d(p2)
     fps = fps if fps is not None else (cameras.fps if cameras.fps is not None else H36M_FPS)
     split = _split_of(train_subjects, test_subjects, p3)
     excluded = set(exclude)
