@@ -39,6 +39,9 @@ SKIP = (
     r"A new progress UI is available",
     r"Registered dataset logger for dataset",
     r"Progress bars disabled\. To enable",
+    r"Token authentication is enabled for this Ray cluster",
+    r"Reported metrics: \{",
+    r"Running in local mode\. The training function",
 )
 SKIP_REGEX = "|".join(f"(?:{s})" for s in SKIP)
 LOG_DIR_HINT = "/tmp/ray/session_latest/logs"
@@ -73,16 +76,31 @@ def is_ray_noise(line: str) -> bool:
     return re.search(os.environ.get("RAY_DEDUP_LOGS_SKIP_REGEX", SKIP_REGEX), line) is not None
 
 
+class _DropRayNoise(logging.Filter):
+    """Drops, on the driver's console handlers, the `SKIP` lines Ray logs in this process (its
+    workers' lines are filtered by Ray's deduplicator). Ray Train in local mode runs the training
+    loop here, so its per-report lines would otherwise reach the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not is_ray_noise(record.getMessage())
+
+
 def quiet_ray() -> None:
     """After `import ray`: Ray Data's progress bars and the driver's Ray INFO lines off, unless
-    verbose. Ray's session log files keep every level."""
+    verbose. Ray's session log files keep every level. Call again after `ray.init`, which
+    re-installs the `ray` logger at INFO."""
     if verbose():
         return
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    for handler in logging.getLogger("ray.data").handlers:
-        if type(handler).__name__ != "SessionFileHandler":  # keep the session's log file complete
-            handler.setLevel(logging.WARNING)
     for name in ("ray", "ray._private.worker"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("ray", "ray.data"):
+        for handler in logging.getLogger(name).handlers:
+            if type(handler).__name__ == "SessionFileHandler":  # keep the session's log file complete
+                continue
+            if name == "ray.data":
+                handler.setLevel(logging.WARNING)
+            if not any(isinstance(f, _DropRayNoise) for f in handler.filters):
+                handler.addFilter(_DropRayNoise())

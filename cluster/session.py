@@ -44,6 +44,7 @@ def init_ray(address: Optional[str] = None, **kwargs: Any) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, **kwargs)
+        quiet_ray_data()
         return
     port = _free_port()
     pinned = {"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"{get_node_ip_address()}:{port}"}
@@ -57,6 +58,7 @@ def init_ray(address: Optional[str] = None, **kwargs: Any) -> None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+    quiet_ray_data()  # ray.init re-installs its logger at INFO
     _own_private_instance()
 
 

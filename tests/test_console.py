@@ -49,6 +49,28 @@ def test_ray_noise_is_dropped_and_raylift_lines_are_kept(clean_env):
     assert os.environ["RAY_DEDUP_LOGS"] == "1"  # Ray skips lines only while deduplicating
 
 
+def test_driver_lines_of_ray_are_dropped_after_ray_init(clean_env, capfd):
+    """Ray Train's local mode (`num_workers: 0`) runs the loop in the driver, whose `ray` logger
+    `ray.init` re-installs at INFO: its per-report lines must not reach the console there either."""
+    import logging
+
+    from cluster.session import init_ray, stop_private_ray
+
+    console.configure(False)
+    init_ray(num_cpus=1, include_dashboard=False)
+    try:
+        capfd.readouterr()
+        logging.getLogger("ray.train.v2._internal.execution.train_fn_utils").info("Reported metrics: {'epoch': 1.0}")
+        logging.getLogger("ray.train.v2.api.config").info("Running in local mode. The training function will run")
+        logging.getLogger("ray.data").warning("Progress bars disabled. To enable, set ...")
+        logging.getLogger("ray.data").warning("a real Ray Data warning")
+        err = capfd.readouterr().err
+    finally:
+        stop_private_ray()
+    assert "Reported metrics" not in err and "Running in local mode" not in err and "Progress bars" not in err
+    assert "a real Ray Data warning" in err
+
+
 def test_verbose_turns_the_filters_off(clean_env):
     assert console.wants_verbose(["train", "--config", "c.yaml", "--verbose"])
     assert console.wants_verbose(["--verbose", "train"])

@@ -176,7 +176,7 @@ def test_two_stage_end_to_end_on_synthetic_images(tmp_path, ray_local, capsys):
     from preprocessing.sources.videopose3d import load_generic
     from preprocessing.sources.synthetic import ensure_synthetic
 
-    images = image_raw(tmp_path, epochs=2, lr=1e-3, weight_decay=0.05)
+    images = image_raw(tmp_path, epochs=2, lr=1e-3, weight_decay=0.05, select="last")
     lifter = {"data": {"windows": {"mode": "seq2frame", "frames": 3, "stride": 1}, "root": str(tmp_path / "datasets")},
               "model": {"name": "poseformer", "spatial_dim": 8, "depth": 1, "heads": 2, "drop_path_rate": 0.0},
               "train": {"epochs": 1, "batch_size": 64, "lr": 1e-3, "num_workers": 0}, "eval": {"batch_size": 256}}
@@ -189,6 +189,8 @@ def test_two_stage_end_to_end_on_synthetic_images(tmp_path, ray_local, capsys):
     for entry in stage1.values():
         overall = entry["results"]["overall"]
         assert overall["images"] == 12 * 4 and np.isfinite(overall["pixel_error"]) and 0 <= overall["PCK@0.05"] <= 1
+        # train.select: last scores the last epoch, never the epoch best on the test subject
+        assert entry["checkpoint"].rstrip("/").endswith("checkpoint_epoch0002"), entry["checkpoint"]
     rows = {r["input"].split(" ")[0]: r for r in result["stage2"]}
     assert set(rows) == {"predicted", "ground-truth", "(none:"}  # the mean-pose row beside the lifters
     assert rows["(none:"]["lifter"].startswith("mean pose") and result["stage2"][-1] is rows["(none:"]

@@ -115,14 +115,14 @@ def run(args: argparse.Namespace) -> int:
             cfg = variant_config(args.config, args.overrides, base.name, variant, seed)
             outcome = run_training(cfg, dataset=dataset, evaluate_after=False)
             dataset = outcome.dataset
-            if outcome.best_checkpoint is None:
+            if outcome.selected_checkpoint is None:
                 raise DataError(f"{cfg.name}: training produced no checkpoint")
-            result = evaluate_image_checkpoint(outcome.best_checkpoint, dataset, placement_for(cfg.train),
+            result = evaluate_image_checkpoint(outcome.selected_checkpoint, dataset, placement_for(cfg.train),
                                                batch_size=cfg.eval.batch_size, ship=False, progress=lambda _: None)
             (label, scored), = result["models"].items()
             params = count_parameters(build_model(cfg.model, frames=cfg.data.images.frames,
                                                   joints=dataset.joints))
-            runs.append({"variant": variant, "seed": seed, "run": outcome.run_uri, "checkpoint": outcome.best_checkpoint,
+            runs.append({"variant": variant, "seed": seed, "run": outcome.run_uri, "checkpoint": outcome.selected_checkpoint,
                          "epoch": scored["epoch"], "parameters": params, "overall": scored["results"]["overall"]})
             print(f"{variant} seed {seed}: {label}, epoch {scored['epoch']} (best on validation): "
                   f"{scored['results']['overall']['pixel_error']:.2f} px", flush=True)

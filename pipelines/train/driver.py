@@ -58,8 +58,9 @@ RUN_LOCK = ".lock"  # the lease of the one live run of a run directory (preproce
 class TrainOutcome:
     run_uri: str  # the run directory (local path or s3:// URI)
     dataset: Dataset
-    best_checkpoint: Optional[str]
+    best_checkpoint: Optional[str]  # the lowest per-epoch validation score, on whichever split
     latest_checkpoint: Optional[str]
+    selected_checkpoint: Optional[str]  # the one `train.select` names: what a run's results score
     history: list[dict] = field(default_factory=list)  # per-epoch metrics (metrics.csv)
     evaluation: Optional[dict] = None  # pipelines.evaluate.protocols result for the best checkpoint
 
@@ -315,15 +316,15 @@ def _train_locked(cfg: ExperimentConfig, cfg_dict: dict, task: Any, name: str, r
     checkpoints = list_checkpoints(run_uri)
     best_ckpt, last_ckpt = best(checkpoints), latest(checkpoints)
     history = _history(last_ckpt)
+    chosen = select_checkpoint(checkpoints, tc.select)
     outcome = TrainOutcome(run_uri, dataset, best_ckpt.uri if best_ckpt else None,
-                           last_ckpt.uri if last_ckpt else None, history)
+                           last_ckpt.uri if last_ckpt else None, chosen.uri if chosen else None, history)
     if history:
         from pipelines.viz.plots import training_curves_png
 
         png = training_curves_png(history, title=f"{cfg.model.name} T={cfg.data.windows.frames} ({name})")
         storage.write_bytes(storage.open_location(run_uri).child(PLOT_NAME), png)
     do_eval = tc.evaluate if evaluate_after is None else evaluate_after
-    chosen = select_checkpoint(checkpoints, tc.select)
     if do_eval and chosen is not None:
         if dataset.kind == "images":
             from pipelines.evaluate.images2d import evaluate_image_best

@@ -144,23 +144,23 @@ def run_two_stage(two: TwoStageConfig, progress: Callable[[str], None] = print) 
     progress("== stage 1: images -> 2D")
     images_cfg = _image_config(two, baseline=False)
     full = run_training(images_cfg, evaluate_after=False, progress=progress)
-    if full.best_checkpoint is None:
+    if full.selected_checkpoint is None:
         raise DataError(f"stage 1 ({images_cfg.name}) produced no checkpoint")
     baseline_ckpt = None
     if two.stages.compare_baseline:
         base = run_training(_image_config(two, baseline=True), dataset=full.dataset, evaluate_after=False,
                             progress=progress)
-        baseline_ckpt = base.best_checkpoint
+        baseline_ckpt = base.selected_checkpoint
     # Both stages' forward passes run as Ray Data batch inference on the image model's training
     # resources; the workers read the checkpoints from the run's storage.
     placement = placement_for(images_cfg.train)
-    stage1 = evaluate_image_checkpoint(full.best_checkpoint, full.dataset, placement, compare=baseline_ckpt,
+    stage1 = evaluate_image_checkpoint(full.selected_checkpoint, full.dataset, placement, compare=baseline_ckpt,
                                        batch_size=two.stages.predict_batch_size, ship=False, progress=progress)
     progress(result_text(stage1))
 
     progress("== stage 1 -> 2: predicted 2D for every frame of every camera")
     pred_path = home.child("predicted_2d.npz").path
-    prediction = predict_2d_file(full.best_checkpoint, full.dataset, pred_path, placement,
+    prediction = predict_2d_file(full.selected_checkpoint, full.dataset, pred_path, placement,
                                  batch_size=two.stages.predict_batch_size, ship=False, progress=progress)
     subjects = {split: sorted(full.dataset.splits[split]["subjects"]) for split in ("train", "test")}
     data_3d, gt_2d, cameras = label_files(images_cfg)
