@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml
 demo: install
 	$(VENV)/bin/raylift train --config configs/demo.yaml
 
-# The two-stage system on embedded synthetic images: MPSTR (and its no-relations baseline)
-# images -> 2D, predicted 2D for every frame and camera, PoseFormer on it and on the GT 2D.
+# The two-stage system on embedded synthetic images: MPSTR images -> 2D, predicted 2D for every
+# frame and camera, PoseFormer on it and on the GT 2D, each stage beside its mean pose (~10 min).
 demo-2stage: install
 	$(VENV)/bin/raylift two-stage --config configs/two_stage_synthetic.yaml
 

@@ -37,9 +37,18 @@ def _free_port() -> int:
 
 
 def init_ray(address: Optional[str] = None, **kwargs: Any) -> None:
-    """Connect to `address` (or `RAY_ADDRESS`), else start a private local Ray instance."""
+    """Connect to `address` (or `RAY_ADDRESS`), else start a private local Ray instance. Unless
+    verbose, the driver's Ray logger starts at WARNING (`ray.init`'s `logging_level`), so its
+    start-up INFO lines stay in the session's log files."""
+    import logging
+
     import ray
     from ray.util import get_node_ip_address
+
+    from cluster.console import verbose
+
+    if not verbose():
+        kwargs.setdefault("logging_level", logging.WARNING)
 
     address = address or os.environ.get("RAY_ADDRESS")
     if address:

@@ -12,7 +12,7 @@ Transformers" (Jiao et al., arXiv 2401.16700) and its authors' code (WUJINHUAN/3
   final-stage grid and projects it to `token_dim`: average pooling makes the token (nearly)
   invariant to where things are in the crop, and at CPU scale (48-px crops, a tiny two-stage
   Swin) neither the Swin nor a small CNN learned past the mean pose through it, while both did
-  with the grid kept (see README, "relations module").
+  with the grid kept (README, "Two stages", the token pool).
 - **Input**: crops in [0, 1] are normalised inside the model with the ImageNet mean and std
   (`input_norm: imagenet`, the authors' `datasets/COCO_regression.py` transform, and what
   ImageNet-pretrained weights expect), so a checkpoint needs no separate preprocessing step.

@@ -57,9 +57,10 @@ def test_driver_lines_of_ray_are_dropped_after_ray_init(clean_env, capfd):
     from cluster.session import init_ray, stop_private_ray
 
     console.configure(False)
+    capfd.readouterr()
     init_ray(num_cpus=1, include_dashboard=False)
     try:
-        capfd.readouterr()
+        assert "Started a local Ray instance" not in capfd.readouterr().err
         logging.getLogger("ray.train.v2._internal.execution.train_fn_utils").info("Reported metrics: {'epoch': 1.0}")
         logging.getLogger("ray.train.v2.api.config").info("Running in local mode. The training function will run")
         logging.getLogger("ray.data").warning("Progress bars disabled. To enable, set ...")

@@ -95,7 +95,7 @@ def table(summary: dict[str, dict[str, Any]], mean_pose: dict[str, float], markd
 def run(args: argparse.Namespace) -> int:
     from models.registry import build_model, count_parameters
     from pipelines.config import load_config
-    from pipelines.evaluate.batch import ensure_ray, placement_for
+    from pipelines.evaluate.batch import placement_for
     from pipelines.evaluate.images2d import evaluate_image_checkpoint
     from pipelines.train.driver import is_image_config, run_training
     from preprocessing.errors import DataError
@@ -108,7 +108,6 @@ def run(args: argparse.Namespace) -> int:
     if not base.data.source.val_subjects:
         raise ValueError(f"{args.config}: data.source.val_subjects is empty: checkpoints are chosen on validation "
                          "subjects, never on the test split")
-    ensure_ray()
     runs, dataset, result = [], None, None
     for seed in seeds:
         for variant in VARIANTS:
