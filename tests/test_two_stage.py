@@ -101,6 +101,35 @@ def test_validation_2d_error_is_in_full_image_pixels_over_real_frames():
     assert total / count == pytest.approx(2.0)  # 1 crop pixel = 2 image pixels
 
 
+def test_image_validation_reads_the_split_train_select_names(tmp_path, ray_local):
+    """`train.select: val` measures the per-epoch 2D error on the validation subjects, so the
+    chosen checkpoint never saw the test split; `test` measures it on the test split."""
+    from models.registry import build_model
+    from pipelines.train.driver import validation_split
+    from pipelines.train.images import validation_sums_2d
+    from pipelines.train.tasks import task_for
+    from preprocessing.images.dataset import build_image_dataset
+    from preprocessing.images.readers import iter_image_groups
+
+    raw = image_raw(tmp_path, select="val")
+    raw["data"]["source"]["synthetic"]["subjects"] = ["S1", "S8", "S9"]
+    raw["data"]["source"]["val_subjects"] = ["S8"]
+    cfg = config_from_dict(raw)
+    dataset = build_image_dataset(cfg.data, progress=lambda _: None)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, frames=cfg.data.images.frames, joints=17).eval()
+    cpu = torch.device("cpu")
+    expected = {split: validation_sums_2d(model, iter_image_groups(dataset, split), 32, 4, cpu)
+                for split in ("val", "test")}
+    assert expected["val"] != expected["test"]
+    for select, split in (("val", "val"), ("test", "test")):
+        cfg.train.select = select
+        assert validation_split(cfg, dataset) == split
+        task = task_for(cfg, dataset, split, progress=lambda _: None)
+        with torch.no_grad():
+            assert task.validation_sums(model, 0, 1, cpu) == pytest.approx(expected[split]), select
+
+
 def test_epoch_line_names_pixels_for_image_models():
     from pipelines.train.loop import epoch_line
 

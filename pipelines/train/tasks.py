@@ -8,9 +8,9 @@ validation sums and reports `task.metric` (lower is better; also the checkpoint 
   order `train.shuffle` draws (`pipelines/train/data.py`); validation MPJPE in mm (`val_mpjpe`,
   no flip) on a share of the validation (or test) split's row groups per worker.
 - `ImageTask` (image -> 2D models, `input_kind = "images"`, e.g. mpstr): decoded crop windows
-  from Ray Train's split of the image training split, each mirrored with probability 1/2 from a
+  from Ray Train's split of the image training split, with `data.images.flip` each mirrored with probability 1/2 from a
   generator seeded by (seed, epoch, rank); validation: the mean 2D error in full-image pixels
-  (`val_px`) over a share of the test split's row groups.
+  (`val_px`) over a share of the validation (or test) split's row groups.
 Tasks are built in the driver (`task_for`) and shipped to the workers with the loop config; they
 hold the dataset handle, so no worker re-reads the manifest.
 """
@@ -101,6 +101,7 @@ class ImageTask:
     train: TrainConfig
     frames: int
     layout: str
+    val_split: str  # where per-epoch validation `val_px` is measured (train.select)
     eval_bf16: bool = False
     metric: ClassVar[str] = "val_px"
     unit: ClassVar[str] = "px"
@@ -134,12 +135,13 @@ class ImageTask:
         return batches, None if tc.max_windows_per_epoch is None else -(-tc.max_windows_per_epoch // world)
 
     def validation_sums(self, model: nn.Module, rank: int, world: int, device: torch.device) -> tuple[float, float]:
-        """(sum over real test images of the mean joint error in full-image pixels, images)."""
+        """(sum over the real images of `val_split` of the mean joint error in full-image pixels,
+        images)."""
         from pipelines.train import images as img
         from preprocessing.images.readers import iter_image_groups
 
         cap = None if self.train.max_val_windows is None else -(-self.train.max_val_windows // world)
-        groups = iter_image_groups(self.dataset, "test", rank, world, cap)
+        groups = iter_image_groups(self.dataset, self.val_split, rank, world, cap)
         return img.validation_sums_2d(model, groups, int(self.dataset.windows["size"]), self.train.val_batch_size,
                                       device, self.eval_bf16)
 
@@ -169,7 +171,7 @@ def task_for(cfg: ExperimentConfig, dataset: Dataset, val_split: str,
 
     tc, frames = cfg.train, cfg.data.windows.frames
     if is_image_model(model_class(cfg.model.name)):
-        return ImageTask(dataset, tc, frames, dataset.layout, cfg.eval.bf16)
+        return ImageTask(dataset, tc, frames, dataset.layout, val_split, cfg.eval.bf16)
     if tc.shuffle == "global" and tc.num_workers > 1:
         groups = len(split_row_groups(dataset, TRAIN))
         if groups < tc.num_workers:
