@@ -36,8 +36,8 @@ from preprocessing.store.dataset import Dataset
 EVAL_DIR = "eval"
 # How the evaluated checkpoint was chosen (train.select), as results state it.
 SELECTION_LABELS = {
-    "test": "best-on-test epoch (lowest per-epoch MPJPE on the test split, then scored on it: the papers' habit)",
-    "val": "best-on-validation epoch (lowest per-epoch MPJPE on the held-out validation subjects)",
+    "test": "best-on-test epoch (lowest per-epoch validation error on the test split, then scored on it: the papers' habit)",
+    "val": "best-on-validation epoch (lowest per-epoch validation error on the held-out validation subjects)",
     "last": "last epoch (no selection)",
 }
 
