@@ -125,10 +125,9 @@ def ensure_ray() -> None:
 
     if ray.is_initialized():
         return
-    from cluster.session import init_ray, quiet_ray_data
+    from cluster.session import init_ray
 
-    init_ray(log_to_driver=False)
-    quiet_ray_data()
+    init_ray(log_to_driver=False)  # quiets the driver's Ray logging once it is up
 
 
 CheckpointSource = Union[str, Location, ShippedCheckpoint]
