@@ -93,5 +93,5 @@ def ray_console_on_this_tests_stderr():
     for name in ("ray", "ray.data", "ray.train"):
         for handler in logging.getLogger(name).handlers:
             if type(handler).__module__.startswith("ray.") and isinstance(handler, logging.StreamHandler):
-                handler.setStream(sys.stderr)
+                handler.stream = sys.stderr  # not setStream: it flushes the old stream, which may be closed
     yield
