@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import warnings
 
 VERBOSE_ENV = "RAYLIFT_VERBOSE"
@@ -42,6 +43,15 @@ SKIP = (
     r"Token authentication is enabled for this Ray cluster",
     r"Reported metrics: \{",
     r"Running in local mode\. The training function",
+    # Ray Train, whenever raylift reads a finished run back (Result.from_path) or resumes one:
+    # it tells the user to delete the run folder, which is wrong advice for a good run.
+    r"A run snapshot was found in storage folder",
+    r"This snapshot contains a list of checkpoints",
+    r"If you meant to start a brand new training job",
+    r"please configure a new, unique `RunConfig\(name\)`",
+    r"existing folder at '",
+    # The job manager, at the top of every submitted job's log.
+    r"Runtime env is setting up\.",
 )
 SKIP_REGEX = "|".join(f"(?:{s})" for s in SKIP)
 LOG_DIR_HINT = "/tmp/ray/session_latest/logs"
@@ -60,11 +70,19 @@ def verbose() -> bool:
 
 def configure(verbose_console: bool) -> None:
     """Set the console filters (or, verbose, mark them off) for this process and the Ray processes
-    it starts. Call before anything imports `ray`."""
+    it starts. Call before anything imports `ray`.
+
+    Whatever the verbosity, no ANSI colour codes when stdout is not a terminal (a file, a pipe, a
+    job's log): `RAY_COLOR_PREFIX=0` for the worker prefixes Ray forwards. By default the
+    `(RayTrainWorker pid=...)` prefix is off too (`RAY_DISABLE_WORKER_LOG_PREFIX`): raylift's
+    per-epoch lines come from the rank-0 worker and read as raylift's own."""
+    if not sys.stdout.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     if verbose_console:
         os.environ[VERBOSE_ENV] = "1"
         return
     os.environ.pop(VERBOSE_ENV, None)
+    os.environ.setdefault("RAY_DISABLE_WORKER_LOG_PREFIX", "1")
     os.environ["RAY_DEDUP_LOGS"] = "1"  # Ray applies the skip filter only while deduplicating
     os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", SKIP_REGEX)
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
@@ -74,6 +92,39 @@ def configure(verbose_console: bool) -> None:
 def is_ray_noise(line: str) -> bool:
     """Whether the default console drops this forwarded Ray line (what `SKIP_REGEX` does in Ray)."""
     return re.search(os.environ.get("RAY_DEDUP_LOGS_SKIP_REGEX", SKIP_REGEX), line) is not None
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+class LogFilter:
+    """What a followed job's log stream (`raylift submit`, `raylift jobs logs`) shows: chunks in,
+    whole lines out; Ray's `SKIP` lines dropped unless verbose; ANSI codes stripped unless `out`
+    is a terminal. The job driver ran with the default console already; this catches what Ray
+    writes into a job's log outside it (the job manager's lines)."""
+
+    def __init__(self, out) -> None:
+        self.out = out
+        self.color = hasattr(out, "isatty") and out.isatty()
+        self.pending = ""
+
+    def write(self, chunk: str) -> None:
+        lines = (self.pending + chunk).split("\n")
+        self.pending = lines.pop()
+        for line in lines:
+            self._emit(line + "\n")
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.pending:
+            self._emit(self.pending)
+            self.pending = ""
+        self.out.flush()
+
+    def _emit(self, line: str) -> None:
+        if not verbose() and is_ray_noise(line):
+            return
+        self.out.write(line if self.color else ANSI.sub("", line))
 
 
 class _DropRayNoise(logging.Filter):
@@ -96,7 +147,7 @@ def quiet_ray() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     for name in ("ray", "ray._private.worker"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    for name in ("ray", "ray.data"):
+    for name in ("ray", "ray.data", "ray.train"):
         for handler in logging.getLogger(name).handlers:
             if type(handler).__name__ == "SessionFileHandler":  # keep the session's log file complete
                 continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
+from cluster.console import LogFilter
 from cluster.submit import ClusterError, add_address_argument, connect, follow_logs, report_outcome, resolve_address
 
 
@@ -54,6 +55,8 @@ def run(args) -> int:
         return 0
     if args.follow:
         return report_outcome(client, job_id, follow_logs(client, job_id))
-    sys.stdout.write(client.get_job_logs(job_id))
+    shown = LogFilter(sys.stdout)
+    shown.write(client.get_job_logs(job_id))
+    shown.close()
     print(f"(job {job_id} {status})", file=sys.stderr)
     return 0

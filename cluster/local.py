@@ -11,15 +11,22 @@ it). The pids and group ids go to `<dir>/cluster.json`; `down` signals exactly t
 nothing else, never `ray stop` (which kills every Ray process on the machine). All processes get
 the same explicit `RAY_AUTH_MODE` (default `disabled`, or the caller's value), because a head and
 a worker that disagree on token authentication cannot talk to each other.
+
+The cluster is isolated from other Ray instances on the machine: each node has its own temp
+(session) directory under one `raylift-cluster-*` folder in the system temp dir (`down` removes
+it), and every process it starts, job drivers included, gets this cluster's GCS address as
+`RAY_ADDRESS`.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -74,6 +81,7 @@ def run(args) -> int:
     for node in state["nodes"]:
         alive = "alive" if group_alive(node["pgid"]) else "dead"
         print(f"  {node['role']:6s} {node['ip']:12s} pid {node['pid']:>7d}  {alive}  log {node['log']}")
+        print(f"         session logs {node['temp_dir']}/session_latest/logs")
     return 0
 
 
@@ -109,9 +117,13 @@ def group_alive(pgid: int) -> bool:
     return bool(group_members(pgid))
 
 
-def _node_env(auth_mode: str) -> dict[str, str]:
+def _node_env(auth_mode: str, address: str) -> dict[str, str]:
     env = dict(os.environ)
     env["RAY_AUTH_MODE"] = auth_mode
+    # This cluster's GCS, explicitly, for every process the nodes start (job drivers included:
+    # Ray's job supervisor resolves RAY_ADDRESS=auto in the head's own temp dir, never another
+    # instance's), instead of whatever RAY_ADDRESS the caller's shell had.
+    env["RAY_ADDRESS"] = address
     # Job entrypoints run `python ...` from the raylet's PATH: make it this interpreter's.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -173,26 +185,31 @@ def start_cluster(
             )
     ray_bin = str(Path(sys.executable).parent / "ray")
     auth_mode = os.environ.get("RAY_AUTH_MODE", "disabled")
-    env = _node_env(auth_mode)
     gcs_port, dash_port = free_port(), free_port()
     address = f"127.0.0.1:{gcs_port}"
     dashboard = f"http://127.0.0.1:{dash_port}"
+    env = _node_env(auth_mode, address)
+    # Each node its own temp (session) directory: nodes sharing one would share the session's
+    # unpacked job packages (a second node re-extracted one while the driver imported from it) and
+    # its `ray_current_cluster` file, which resolves the job driver's RAY_ADDRESS=auto. Short, under
+    # the system temp dir: Ray's unix sockets live there and their paths are limited to 107 bytes.
+    temp_root = Path(tempfile.mkdtemp(prefix="raylift-cluster-"))
     common = ["--block", "--disable-usage-stats", "--num-cpus", str(cpus_per_node),
               "--num-gpus", str(gpus_per_node)]
     started: list[dict] = []
     state = {"address": address, "dashboard": dashboard, "auth_mode": auth_mode,
-             "state_dir": str(state_dir.resolve()), "nodes": started}
+             "state_dir": str(state_dir.resolve()), "temp_root": str(temp_root), "nodes": started}
     try:
         head_log = (state_dir / "node-0-head.log").resolve()
         head = _spawn(
             [ray_bin, "start", "--head", "--port", str(gcs_port), "--node-ip-address", "127.0.0.1",
              "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
              "--dashboard-port", str(dash_port), "--ray-client-server-port", str(free_port()),
-             *_node_ports(), *common],
+             "--temp-dir", str(temp_root / "n0"), *_node_ports(), *common],
             head_log, env,
         )
         started.append({"role": "head", "ip": "127.0.0.1", "pid": head.pid, "pgid": head.pid,
-                        "log": str(head_log)})
+                        "log": str(head_log), "temp_dir": str(temp_root / "n0")})
         state_path.write_text(json.dumps(state, indent=2))
         watched = [(head, head_log)]
         _wait(lambda: _alive_nodes(dashboard) >= 1, timeout, "the head node", watched)
@@ -201,13 +218,15 @@ def start_cluster(
             log = (state_dir / f"node-{i}-worker.log").resolve()
             p = _spawn([ray_bin, "start", "--address", address, "--node-ip-address", ip,
                         "--min-worker-port", "0", "--max-worker-port", "0",
-                        *_node_ports(), *common], log, env)
+                        "--temp-dir", str(temp_root / f"n{i}"), *_node_ports(), *common], log, env)
             watched.append((p, log))
-            started.append({"role": "worker", "ip": ip, "pid": p.pid, "pgid": p.pid, "log": str(log)})
+            started.append({"role": "worker", "ip": ip, "pid": p.pid, "pgid": p.pid, "log": str(log),
+                            "temp_dir": str(temp_root / f"n{i}")})
             state_path.write_text(json.dumps(state, indent=2))
         _wait(lambda: _alive_nodes(dashboard) >= nodes, timeout, f"all {nodes} nodes", watched)
     except BaseException:
         _stop_nodes(started)
+        shutil.rmtree(temp_root, ignore_errors=True)
         state_path.unlink(missing_ok=True)
         raise
     return state
@@ -268,5 +287,7 @@ def stop_cluster(state_dir: Path) -> int:
     """Stop the process groups recorded in `<state_dir>/cluster.json`; returns how many."""
     state = read_state(state_dir)
     n = _stop_nodes(state["nodes"])
+    if state.get("temp_root"):
+        shutil.rmtree(state["temp_root"], ignore_errors=True)
     (state_dir / STATE_FILE).unlink(missing_ok=True)
     return n

@@ -3,8 +3,10 @@
 The job's runtime environment carries:
 - the working directory (the raylift source tree by default), without data, runs, virtualenvs,
   .git, caches and build metadata (`WORKING_DIR_EXCLUDES`); the entrypoint runs inside Ray's copy
-  of it, so *relative* output paths (e.g. `train.storage_path: runs`) land in that copy: give
-  clusters absolute or s3:// paths;
+  of it, so a *relative* output path (e.g. `train.storage_path: runs`) would land in that copy and
+  be lost with it, and a relative input under an excluded folder would be missing. `submit`
+  refuses both before uploading anything, naming the key (`check_locations`; the commands declare
+  their locations, pipelines/config.py);
 - the project's pip requirements from pyproject.toml (`--pip`), except Ray itself, which the
   cluster already runs. `auto` (the default) skips pip for a loopback address, where the cluster
   is this machine and already has raylift's dependencies (a pip runtime env would also need
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fnmatch
 import ipaddress
 import logging
 import os
@@ -140,18 +143,22 @@ def connect(address: str, timeout: float = 5.0):
 
 
 def follow_logs(client, job_id: str, out=None) -> str:
-    """Stream the job's logs to `out` until it ends; returns its terminal status name."""
-    out = out or sys.stdout
+    """Stream the job's logs to `out` (through the console's `LogFilter`) until it ends; returns
+    its terminal status name."""
+    from cluster.console import LogFilter
+
+    shown = LogFilter(out or sys.stdout)
 
     async def tail() -> None:
         async for chunk in client.tail_job_logs(job_id):
-            out.write(chunk)
-            out.flush()
+            shown.write(chunk)
 
     try:
         asyncio.run(tail())
     except RuntimeError as e:  # the log socket closed early: fall back to polling the status
         print(f"(log stream interrupted: {e}; waiting for the job to finish)", file=sys.stderr)
+    finally:
+        shown.close()
     while True:
         status = str(client.get_job_status(job_id).value)
         if status in TERMINAL:
@@ -208,8 +215,10 @@ def build_runtime_env(
     return runtime_env
 
 
-def parse_command(command: list[str], parser_for: Callable[[str], Optional[argparse.ArgumentParser]]) -> list[str]:
-    """Strip the `--` separator and check the command with the parser `parser_for(name)` gives.
+def parse_command(command: list[str], parser_for: Callable[[str], Optional[argparse.ArgumentParser]]
+                  ) -> tuple[list[str], argparse.Namespace]:
+    """Strip the `--` separator and check the command with the parser `parser_for(name)` gives;
+    returns the command and its parsed arguments.
 
     `parser_for` returns the full parser of `raylift <name>`, or None for an unknown command. The
     CLI passes its own (`pipelines.cli.parser_for`), so `cluster/` never imports the commands.
@@ -223,16 +232,83 @@ def parse_command(command: list[str], parser_for: Callable[[str], Optional[argpa
         raise ClusterError(f"unknown raylift command {command[0]!r} (run `raylift --help` for the list)")
     if command[0] in NOT_SUBMITTABLE:
         raise ClusterError(f"`raylift {command[0]}` runs on your machine, it cannot be a job")
-    parser.parse_args(command)  # exits with usage (status 2) on bad arguments
-    return command
+    namespace = parser.parse_args(command)  # exits with usage (status 2) on bad arguments and empty paths
+    return command, namespace
+
+
+def command_locations(namespace: argparse.Namespace, working_dir: Path) -> list[tuple[str, str, str]]:
+    """(key, value, role) of every location the parsed command reads ("input"; "dataset": or a
+    dataset id; "staged": a source it can do without) or writes ("output"): its path arguments (`location_roles`, declared by the command) and its config's
+    locations (`config_locations`, read from the config the job will read: a relative `--config`
+    is the uploaded one under `working_dir`)."""
+    out = []
+    for dest, (flag, role) in (getattr(namespace, "location_roles", None) or {}).items():
+        value = getattr(namespace, dest, None)
+        if value is not None:
+            out.append((flag, value, role))
+    reader, config = getattr(namespace, "config_locations", None), getattr(namespace, "config", None)
+    if reader is not None and config is not None:
+        path = Path(config).expanduser()
+        path = path if path.is_absolute() else working_dir / path
+        if path.is_file():  # else `--config` itself is refused below, or it is a path on the cluster
+            out += reader(str(path), namespace.overrides, namespace)
+    return out
+
+
+def excluded(relative: str) -> Optional[str]:
+    """The `WORKING_DIR_EXCLUDES` pattern that keeps `relative` (a path under the working dir) out
+    of the job's upload, if any (gitignore semantics for the pattern forms used there)."""
+    parts = Path(relative).parts
+    for pattern in WORKING_DIR_EXCLUDES:
+        name = pattern.strip("/")
+        if pattern.startswith("/"):
+            if parts and fnmatch.fnmatch(parts[0], name):
+                return pattern
+        elif any(fnmatch.fnmatch(part, name) for part in parts):
+            return pattern
+    return None
+
+
+def check_locations(locations: list[tuple[str, str, str]], working_dir: Path) -> None:
+    """Refuse, before anything is uploaded, a relative location that a job would resolve inside
+    Ray's temporary copy of `working_dir`: an output (written there, then deleted with the job's
+    session) or an input that is not uploaded. URIs and absolute paths pass: they mean the same on
+    every node (for absolute ones, only if the nodes share them)."""
+    for key, value, role in locations:
+        if "://" in value or Path(value).expanduser().is_absolute():
+            continue
+        if role == "dataset" and "/" not in value and "\\" not in value:
+            continue  # a dataset id, under a datasets root checked as its own location
+        how = f"--set {key}=" if not key.startswith("-") and "." in key else f"{key} "
+        relative = os.path.normpath(value)
+        if role == "output":
+            raise ClusterError(
+                f"{key}={value}: a relative output path resolves inside the job's temporary copy of the "
+                f"working directory on the cluster and is lost when the job ends; give a storage URI or a "
+                f"path every node shares, e.g. {how}s3://BUCKET/{relative.lstrip('./')}")
+        pattern = excluded(relative)
+        if relative.startswith("..") or pattern or not (working_dir / relative).exists():
+            why = (f"{pattern} is not uploaded with the job" if pattern else
+                   "it lies outside the uploaded working directory" if relative.startswith("..") else
+                   f"it is not in the uploaded working directory {working_dir}")
+            if role == "staged":
+                print(f"note: {key}={value} is not uploaded ({why}): the job uses the dataset staged "
+                      "under data.root from this config (stage it first: raylift preprocess --config C "
+                      "--set data.root=URI)")
+                continue
+            raise ClusterError(
+                f"{key}={value}: a relative input path is read from the job's copy of the working directory, "
+                f"and {why}; stage data into the cluster's storage first (docs/clusters.md, \"Stage data "
+                f"once\") and pass its URI, or give a path every node can read")
 
 
 def run(args) -> int:
-    command = parse_command(args.job_command, args.parser_for)
+    command, namespace = parse_command(args.job_command, args.parser_for)
     address = resolve_address(args.address)
     working_dir = Path(args.working_dir).resolve() if args.working_dir else project_root()
     if not working_dir.is_dir():
         raise ClusterError(f"--working-dir {working_dir}: not a directory")
+    check_locations(command_locations(namespace, working_dir), working_dir)
     pip = args.pip == "always" or (args.pip == "auto" and not is_loopback(address))
     runtime_env = build_runtime_env(working_dir, pip, args.env_names)
 

@@ -13,8 +13,10 @@ is checked exactly like a key in the file.
 """
 from __future__ import annotations
 
+import argparse
+import functools
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, NamedTuple, Optional
 
 from models.registry import model_class, parse_model_config
 from preprocessing.schema import ConfigError, apply_overrides, load_yaml, parse_dataclass, to_dict
@@ -104,6 +106,13 @@ class TrainConfig:
     # on; results say so). val: lowest MPJPE on the validation split (data.source.val_subjects).
     # last: the last epoch (validation on the val split if there is one, else on test).
     select: Literal["test", "val", "last"] = "test"
+    # Copy the job's Ray session logs (driver, its workers', each node's raylet) to
+    # `<storage_path>/<name>/logs/<submission id>/` when the run ends, failed or not
+    # (cluster/logship.py). A KubeRay RayJob deletes its cluster, node disks and session logs
+    # included, 600 s after the job ends (ttlSecondsAfterFinished). auto: only when running as a
+    # submitted Ray job (a laptop keeps its session logs on its own disk); always; never.
+    # `raylift tune` reads it from the base config.
+    ship_logs: Literal["auto", "always", "never"] = "auto"
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -291,13 +300,96 @@ def load_config(path: str, overrides: Optional[list[str]] = None) -> ExperimentC
         raise ConfigError(f"{path}: {e}") from None
 
 
-def add_config_arguments(parser, required: bool = True) -> None:
-    """The `--config FILE` and repeated `--set KEY=VALUE` options every config-driven command takes."""
-    parser.add_argument("--config", required=required, help="experiment YAML (see configs/)")
+# ----------------------------------------------------------------------------- locations
+# Where a command reads and writes: its path and URI arguments and config keys, with their role.
+# A command declares each path argument with `add_location_argument(parser, "--out", role="output")`:
+# the parser then refuses an empty value (one line, exit 2) and records the argument's role in the
+# parsed namespace (`location_roles`). Config-driven commands record how to list the config's
+# locations (`config_locations`, see `add_config_arguments`). `raylift submit` reads both before it
+# submits (cluster/submit.py): a job runs inside Ray's temporary copy of the working directory, so
+# a relative output would be written there and lost, and a relative input that is not uploaded
+# would be missing.
+
+# "staged": a source file that a command reading a prepared dataset may lack (it then uses the
+# dataset staged under data.root from the same config, preprocessing/store/staged.py);
+# "dataset": an input that may also be a dataset id under the datasets root (no path separator).
+Role = Literal["input", "output", "staged", "dataset"]
+
+
+class PathArg(NamedTuple):
+    """One location a command uses: `key` is a flag (`--out`) or a config key (`data.root`)."""
+
+    key: str
+    value: str
+    role: Role
+
+
+def location(text: str) -> str:
+    """argparse type of a path or URI argument: anything but an empty string."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path or URI, got an empty string")
+    return text
+
+
+def add_location_argument(parser: Any, *flags: str, role: Role, **kwargs: Any) -> argparse.Action:
+    """`parser.add_argument(*flags, **kwargs)` for a path or URI that the command reads (`input`) or
+    writes (`output`); `parser` may be an argument group."""
+    action = parser.add_argument(*flags, type=location, **kwargs)
+    roles = dict(parser.get_default("location_roles") or {})
+    roles[action.dest] = (action.option_strings[0] if action.option_strings else action.dest, role)
+    parser.set_defaults(location_roles=roles)
+    return action
+
+
+def data_locations(data: Any, dataset: Optional[str], staged: bool) -> list[PathArg]:
+    """What the `data:` section makes a command read or write. With a prepared dataset named
+    (`dataset`: `--data` or data.dataset), only that dataset, and `data.root` when it is an id;
+    otherwise the source files (`staged`: ones the command can do without when the dataset was
+    staged), the generated synthetic files and the datasets root."""
+    if dataset:
+        if "/" in dataset or "\\" in dataset:
+            return [PathArg("data.dataset", dataset, "input")]
+        return [PathArg("data.root", data.root, "input")]
+    from preprocessing.store.writer import LOCATION_FIELDS
+
+    out = [PathArg("data.root", data.root, "output")]
+    out += [PathArg(f"data.source.{key}", getattr(data.source, key), "staged" if staged else "input")
+            for key in LOCATION_FIELDS if getattr(data.source, key)]
+    if data.source.kind in ("synthetic", "synthetic_images") and not data.source.data_3d:
+        out.append(PathArg("data.source.synthetic.out_dir", data.source.synthetic.out_dir, "output"))
+    if data.images.boxes_2d:
+        out.append(PathArg("data.images.boxes_2d", data.images.boxes_2d, "input"))
+    return out
+
+
+def add_config_arguments(parser, required: bool = True, sections: tuple[str, ...] = ("data", "train"),
+                         staged: bool = True) -> None:
+    """The `--config FILE` and repeated `--set KEY=VALUE` options every config-driven command takes.
+    `sections`: which of the config's locations the command uses, and `staged`: whether it can run
+    on a staged dataset without the source files (`experiment_locations`), for `raylift submit`'s
+    check of relative paths."""
+    add_location_argument(parser, "--config", role="input", required=required, help="experiment YAML (see configs/)")
+    parser.set_defaults(config_locations=functools.partial(experiment_locations, sections=sections, staged=staged))
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config value by dotted key, e.g. --set train.epochs=5 (repeatable)",
     )
+
+
+def experiment_locations(path: str, overrides: list[str], args: Any, sections: tuple[str, ...],
+                         staged: bool) -> list[PathArg]:
+    """The locations the experiment config at `path` (with `--set` overrides) makes a command use,
+    for the config sections it reads (`data`, `train`, `tune`). A `--data` argument names the
+    prepared dataset instead of data.dataset."""
+    cfg = load_config(path, overrides)
+    out = []
+    if "data" in sections:
+        out += data_locations(cfg.data, getattr(args, "data", None) or cfg.data.dataset, staged)
+    if "train" in sections:
+        out.append(PathArg("train.storage_path", cfg.train.storage_path, "output"))
+    if "tune" in sections and cfg.tune is not None:
+        out.append(PathArg("tune.storage_path", cfg.tune.storage_path, "output"))
+    return out
 
 
 def parse_resources(text: str) -> dict[str, float]:

@@ -229,9 +229,15 @@ class DataConfig:
     # (s3://bucket/prefix/<id>, a local directory) or its id under `root`. With it, the source
     # files are never read, so a cluster needs only the Parquet windows.
     dataset: Optional[str] = None
+    # How long a build waits when another run (a preprocess job, a tune trial) holds the lease of
+    # the same dataset id: it then finds that run's published dataset (a cache hit). A bound, so
+    # a stuck holder ends in an error naming it; 0 refuses at once. Not part of the dataset id.
+    lease_wait_s: float = 3600.0
 
     def validate(self) -> None:
         if self.dataset is not None and not self.dataset.strip():
             raise ValueError("data.dataset must be a dataset URI or id, got an empty string")
+        if not self.lease_wait_s >= 0:
+            raise ValueError(f"data.lease_wait_s must be >= 0 seconds, got {self.lease_wait_s}")
         if self.rows_per_shard < 1 or self.rows_per_group < 1:
             raise ValueError("rows_per_shard and rows_per_group must be >= 1")

@@ -9,6 +9,11 @@
   /dev/shm volume in every pod; no per-job pip installs.
 - The Dockerfile: parsed, base image and torch build agree on CUDA; built where docker exists.
 - AWS: every worker node type has an instance profile, and the policies it needs are shipped.
+- GCP: every node type names a service account with the cloud-platform scope (workers: raylift-worker,
+  whose one-time setup docs/clusters.md gives in a working order).
+- KubeRay pod sizes: every GPU pod's requests fit a node type of cluster/node_types.yaml (an
+  8-GPU pod every 8-GPU type), whose allocatable numbers follow the stated reservation rules, and
+  docs/clusters.md's "Pod sizes by node type" table is the one cluster/node_types.py prints.
 - Every raylift command named in entrypoints, YAML comments and docs/clusters.md is parsed by the
   real CLI parser, the configs it references exist, and its `--set` overrides validate.
 """
@@ -24,8 +29,12 @@ import jsonschema
 import pytest
 import yaml
 
+from cluster.node_types import GIB, check_pod, docs_table, fitting_node_types, load_node_types, parse_cpu, \
+    parse_memory, pod_requests
+
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHER = [REPO / "cluster" / "aws.yaml", REPO / "cluster" / "gcp.yaml"]
+NODE_TYPES = REPO / "cluster" / "node_types.yaml"
 KUBERAY = sorted((REPO / "cluster" / "kuberay").glob("*.yaml"))
 DOCS = REPO / "docs" / "clusters.md"
 
@@ -134,6 +143,64 @@ def test_aws_workers_get_an_instance_profile_and_the_documented_policies():
     assert head["Statement"][0]["Resource"].endswith(":role/raylift-worker")
     docs = DOCS.read_text()
     assert "cluster/aws-worker-policy.json" in docs and "cluster/aws-head-passrole-policy.json" in docs
+
+
+# The GCP launcher, like AWS's, gives its service account (Ray's default, created by `ray up`) to the head
+# only (ray-project/ray#27915): workers that read gs:// data, write checkpoints and take leases need
+# their own, the raylift-worker account of docs/clusters.md "GCP permissions".
+GCP_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+
+
+def ray_gcp_head_account() -> str:
+    """The account id Ray's GCP launcher creates and gives the head (`DEFAULT_SERVICE_ACCOUNT_ID`), read
+    from its source: importing that module needs the Google API client, which only the head installs."""
+    import ray
+
+    source = (Path(ray.__file__).parent / "autoscaler" / "_private" / "gcp" / "config.py").read_text()
+    assert 'DEFAULT_SERVICE_ACCOUNT_ID = RAY + "-sa-" + VERSION' in source
+    names = dict(re.findall(r'^(RAY|VERSION) = "([^"]+)"', source, flags=re.M))
+    return f"{names['RAY']}-sa-{names['VERSION']}"
+
+
+def test_gcp_every_node_type_has_a_service_account_and_workers_the_raylift_worker_one():
+    config = yaml.safe_load(LAUNCHER[1].read_text())
+    # provider.project_id stays null until the user sets it (Ray then stops with a clear error); the
+    # emails carry the placeholder PROJECT_ID until then, and the same project afterwards.
+    project = config["provider"]["project_id"] or "PROJECT_ID"
+    for name, t in config["available_node_types"].items():
+        accounts = t["node_config"].get("serviceAccounts")
+        assert accounts and len(accounts) == 1, f"gcp.yaml: available_node_types.{name}.node_config.serviceAccounts"
+        assert GCP_SCOPE in accounts[0]["scopes"], f"gcp.yaml: {name}: {accounts[0]}"
+        account = ray_gcp_head_account() if name == config["head_node_type"] else "raylift-worker"
+        assert accounts[0]["email"] == f"{account}@{project}.iam.gserviceaccount.com", f"gcp.yaml: {name}"
+
+
+def logical_lines(block: str) -> list[str]:
+    """A shell block's commands, backslash continuations joined."""
+    return [line.strip() for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def test_docs_gcp_setup_creates_the_accounts_before_binding_them():
+    text = DOCS.read_text()
+    assert text.index("#### AWS permissions") < text.index("#### GCP permissions") < text.index("### The raylift image")
+    section = re.split(r"^#{2,4} ", text.split("#### GCP permissions", 1)[1], flags=re.M)[0]
+    assert "before `ray up`" in section
+    commands = logical_lines("\n".join(re.findall(r"^```bash\n(.*?)^```", section, flags=re.S | re.M)))
+
+    def first(*words: str) -> int:
+        found = [i for i, c in enumerate(commands) if all(w in c for w in words)]
+        assert found, f"docs/clusters.md GCP permissions: no command with {words}"
+        return found[0]
+
+    worker = "raylift-worker@PROJECT_ID.iam.gserviceaccount.com"
+    head = f"{ray_gcp_head_account()}@PROJECT_ID.iam.gserviceaccount.com"
+    create_worker = first("gcloud iam service-accounts create raylift-worker")
+    create_head = first("gcloud iam service-accounts create", ray_gcp_head_account())
+    bucket = first("gcloud storage buckets add-iam-policy-binding gs://my-raylift-bucket",
+                   f"serviceAccount:{worker}", "roles/storage.objectAdmin")
+    act_as = first(f"gcloud iam service-accounts add-iam-policy-binding {worker}",
+                   f"serviceAccount:{head}", "roles/iam.serviceAccountUser")
+    assert create_worker < bucket and max(create_worker, create_head) < act_as
 
 
 # -------------------------------------------------------------------------------------------
@@ -250,6 +317,116 @@ def test_raycluster_has_an_autoscaling_gpu_worker_group():
             if str(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")) == "8"]
     assert gpus and gpus[0]["maxReplicas"] > gpus[0]["minReplicas"]
     assert doc["spec"]["enableInTreeAutoscaling"] is True
+
+
+# -------------------------------------------------------------------------------------------
+# KubeRay pod sizes: requests that fit the GPU nodes they are meant for (cluster/node_types.py)
+
+
+def gpu_pods() -> list[tuple[str, dict, dict]]:
+    """(manifest and group, rayStartParams, pod spec) of every pod that asks for GPUs."""
+    found = []
+    for path in KUBERAY:
+        doc = load_manifest(path)
+        spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+        for group in spec["workerGroupSpecs"]:
+            pod = group["template"]["spec"]
+            if pod_requests(pod)["gpus"]:
+                found.append((f"{path.name} {group['groupName']}", group.get("rayStartParams", {}), pod))
+    return found
+
+
+def test_manifests_have_gpu_pods():
+    assert {where.split()[0] for where, _, _ in gpu_pods()} == {"raycluster.yaml", "rayjob-train.yaml", "rayjob-tune.yaml"}
+
+
+@pytest.mark.parametrize("where, params, pod", gpu_pods(), ids=[where for where, _, _ in gpu_pods()])
+def test_every_gpu_pod_fits_a_node_type_and_an_8_gpu_pod_every_8_gpu_type(where, params, pod):
+    fits = check_pod(where, pod)  # raises when it fits no node type
+    requests = pod_requests(pod)
+    eights = [n.name for n in load_node_types() if n.gpus == 8]
+    if requests["gpus"] == 8:
+        assert set(eights) <= set(fits), f"{where}: stays Pending on {sorted(set(eights) - set(fits))}"
+    # Ray's CPU count: num-cpus if set, else KubeRay's default, the container's CPU limit (then request).
+    container = pod["containers"][0]["resources"]
+    ray_cpus = params.get("num-cpus", container.get("limits", {}).get("cpu", container["requests"]["cpu"]))
+    assert parse_cpu(ray_cpus) == requests["cpu"], f"{where}: Ray sees {ray_cpus} CPUs, the pod requests {requests['cpu']}"
+    assert parse_memory(container["limits"]["memory"]) == requests["memory"], f"{where}: memory limit != request"
+
+
+def test_oversized_requests_are_rejected():
+    # The old 8-GPU request fits only the types with >= 1 TiB of memory: Pending on an a2-highgpu-8g.
+    old = fitting_node_types({"cpu": "90", "memory": "900Gi"}, gpus=8)
+    assert old == ["eks/p4d.24xlarge", "eks/p5.48xlarge", "gke/a3-highgpu-8g"]
+    assert {"eks/p4d.24xlarge", "gke/a2-highgpu-8g"} <= set(fitting_node_types({"cpu": "94", "memory": "564Gi"}, gpus=8))
+    assert fitting_node_types({"cpu": "95", "memory": "564Gi"}, gpus=8) == ["eks/p5.48xlarge", "gke/a3-highgpu-8g"]
+    assert fitting_node_types({"cpu": "500m", "memory": "512Mi"}, gpus=16) == []  # no 16-GPU node type
+    pod = {"containers": [{"name": "ray-worker", "resources": {
+        "requests": {"cpu": "500", "memory": "900Gi", "nvidia.com/gpu": "8"},
+        "limits": {"cpu": "500", "memory": "900Gi", "nvidia.com/gpu": "8"}}}]}
+    with pytest.raises(ValueError) as error:
+        check_pod("rayjob-train.yaml gpu-a100x8", pod)
+    message = str(error.value)
+    assert "rayjob-train.yaml gpu-a100x8" in message and "cpu 500" in message
+    assert all(n.name in message for n in load_node_types()), message
+
+
+@pytest.mark.parametrize("quantity, cores", [("90", 90), (94, 94), ("500m", 0.5), ("95690m", 95.69), ("1.5", 1.5)])
+def test_parse_cpu(quantity, cores):
+    assert parse_cpu(quantity) == pytest.approx(cores)
+
+
+@pytest.mark.parametrize("quantity, size", [("900Gi", 900 * GIB), ("680G", 680 * 10**9), ("512Mi", 512 * 2**20),
+                                            ("1Ti", 1024 * GIB), ("128974848", 128974848), ("1e3", 1000)])
+def test_parse_memory(quantity, size):
+    assert parse_memory(quantity) == size
+
+
+@pytest.mark.parametrize("bad", ["90 Gi", "lots", "-1Gi", ""])
+def test_parse_rejects_what_kubernetes_rejects(bad):
+    with pytest.raises(ValueError, match="quantity"):
+        parse_memory(bad)
+
+
+# The reservation rules node_types.yaml states, recomputed from each type's size: the providers'
+# kube-reserved formulas, kubelet's 100Mi hard-eviction threshold, Karpenter's 7.5% VM overhead.
+def reserved_millicores(vcpus: int) -> int:
+    """GKE and EKS alike: 6% of the first core, 1% of the second, 0.5% of cores 3-4, 0.25% above."""
+    milli, reserved = vcpus * 1000, 0
+    for low, high, basis_points in [(0, 1000, 600), (1000, 2000, 100), (2000, 4000, 50), (4000, milli, 25)]:
+        reserved += max(0, min(milli, high) - low) * basis_points // 10000
+    return reserved
+
+
+def reserved_memory(node) -> float:
+    """Bytes: EKS 11 MiB per pod of the AMI's max pods + 255 MiB; GKE 25% of the first 4 GiB, 20% of
+    the next 4, 10% of the next 8, 6% of the next 112, 2% above 128 GiB."""
+    if node.cloud == "aws":
+        return (11 * node.max_pods + 255) * 2**20
+    gib = node.memory / GIB
+    tiers = [(0, 4, 0.25), (4, 8, 0.20), (8, 16, 0.10), (16, 128, 0.06), (128, gib, 0.02)]
+    return sum(max(0.0, min(gib, high) - low) * share for low, high, share in tiers) * GIB
+
+
+def test_node_type_table_follows_its_reservation_rules():
+    nodes = load_node_types()
+    required = {"eks/p4d.24xlarge": (8, 96, 1152 * GIB), "eks/p5.48xlarge": (8, 192, 2048 * GIB),
+                "eks/g6.12xlarge": (4, 48, 192 * GIB), "eks/g5.xlarge": (1, 4, 16 * GIB),
+                "eks/g5.12xlarge": (4, 48, 192 * GIB), "gke/a2-highgpu-8g": (8, 96, 680 * 10**9),
+                "gke/a3-highgpu-8g": (8, 208, 1872 * 10**9), "gke/g2-standard-48": (4, 48, 192 * 10**9),
+                "gke/g2-standard-8": (1, 8, 32 * 10**9)}
+    assert {n.name: (n.gpus, n.vcpus, n.memory) for n in nodes if n.name in required} == required
+    for n in nodes:
+        assert n.allocatable_cpu == (n.vcpus * 1000 - reserved_millicores(n.vcpus)) / 1000, n.name
+        expected = (n.memory * (1 - 0.075) - reserved_memory(n) - 100 * 2**20) // 2**20 * 2**20
+        assert n.allocatable_memory == expected, f"{n.name}: {n.allocatable_memory / GIB:.2f} GiB"
+
+
+def test_docs_pod_size_table_is_the_node_type_tables():
+    text = DOCS.read_text()
+    section = text.split("### 5. Kubernetes (KubeRay)", 1)[1]
+    assert "Pod sizes by node type" in section
+    assert docs_table() in section, "regenerate it with `python -m cluster.node_types`"
 
 
 # -------------------------------------------------------------------------------------------
@@ -381,14 +558,22 @@ def test_docs_and_manifests_name_raylift_commands():
 
 @pytest.mark.parametrize("source, argv", named_commands(), ids=lambda v: v if isinstance(v, str) else " ".join(v)[:60])
 def test_named_command_parses_with_the_real_cli(source, argv):
-    from cluster.submit import parse_command
+    from cluster.submit import check_locations, command_locations, parse_command
     from pipelines.cli import build_parser, parser_for
     from pipelines.config import load_config
 
     if "--help" in argv or "-h" in argv:
         return
+    argv = [tok.replace("$PWD", str(REPO)) for tok in argv]
     args = build_parser(argv[0]).parse_args(argv)
-    inner = parse_command(args.job_command, parser_for) if argv[0] == "submit" else argv
+    if argv[0] == "submit":
+        # Issue 23 defect 1: every documented submission passes submit's own location check (the
+        # VM flow's preprocess used to send the configs' relative data/h36m sources, which are
+        # not uploaded, and its outputs to relative paths inside the job's temporary copy).
+        inner, namespace = parse_command(args.job_command, parser_for)
+        check_locations(command_locations(namespace, REPO), REPO)
+    else:
+        inner = argv
     if "--config" in inner:
         config = inner[inner.index("--config") + 1]
         assert (REPO / config).is_file(), f"{source}: {config} does not exist in the repository"

@@ -25,6 +25,12 @@ RAY_LINES = [
     "Execution plan of Dataset train_0356_0: InputDataBuffer[Input] -> TaskPoolMapOperator[ReadParquetShards]",
     "✔️  Dataset train_0356EWbW3bpqiAlSkoBT8J_0 execution finished in 10.95 seconds",
     "Progress bars disabled. To enable, set `ray.data.DataContext.get_current().enable_progress_bars = True`.",
+    # Issue 23 defect 8: printed after every training (raylift's read-back of the finished run).
+    "A run snapshot was found in storage folder at: '/tmp/x/runs/demo'",
+    "If you meant to start a brand new training job without any information about previous checkpoints "
+    "found in this directory, please configure a new, unique `RunConfig(name)` or delete the existing "
+    "folder at '/tmp/x/runs/demo'.",
+    "2026-12-06 13:40:00,000\tINFO job_manager.py:581 -- Runtime env is setting up.",
 ]
 RAYLIFT_LINES = [
     "training mixste (35,971 parameters, T=27) on 2 worker(s), 1 node(s) on cpu: starting",
@@ -36,7 +42,8 @@ RAYLIFT_LINES = [
 @pytest.fixture
 def clean_env(monkeypatch):
     """No console variables set; whatever `configure` sets is undone afterwards."""
-    for key in (console.VERBOSE_ENV, "RAY_DEDUP_LOGS", "RAY_DEDUP_LOGS_SKIP_REGEX", "PYTHONWARNINGS"):
+    for key in (console.VERBOSE_ENV, "RAY_DEDUP_LOGS", "RAY_DEDUP_LOGS_SKIP_REGEX", "PYTHONWARNINGS",
+                "RAY_COLOR_PREFIX", "RAY_DISABLE_WORKER_LOG_PREFIX"):
         monkeypatch.setenv(key, "recorded")  # so that monkeypatch restores the original at teardown
         monkeypatch.delenv(key)
 
@@ -95,6 +102,41 @@ def test_driver_lines_of_ray_are_dropped_after_ray_init(clean_env):
         stop_private_ray()
 
 
+def test_no_colour_codes_off_a_terminal_and_no_worker_prefixes_by_default(clean_env):
+    """Issue 23 defect 8: `(RayTrainWorker pid=...)` prefixes in ANSI cyan reached files and pipes."""
+    console.configure(False)  # pytest's stdout is not a terminal
+    assert os.environ["RAY_COLOR_PREFIX"] == "0" and os.environ["RAY_DISABLE_WORKER_LOG_PREFIX"] == "1"
+
+
+class _Stream:
+    def __init__(self, tty: bool) -> None:
+        self.text, self.tty = "", tty
+
+    def write(self, s: str) -> None:
+        self.text += s
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_a_followed_jobs_log_keeps_raylift_lines_whole_drops_ray_noise_and_colour_off_a_terminal(clean_env):
+    console.configure(False)
+    cyan = "\x1b[36m(RayTrainWorker pid=1)\x1b[0m "
+    log = "\n".join([RAY_LINES[-1], RAYLIFT_LINES[0], cyan + RAYLIFT_LINES[1], RAY_LINES[-3], RAYLIFT_LINES[2]])
+    for tty in (False, True):
+        out = _Stream(tty)
+        shown = console.LogFilter(out)
+        for i in range(0, len(log), 7):  # chunks cut mid-line, as the log socket sends them
+            shown.write(log[i:i + 7])
+        shown.close()
+        lines = out.text.splitlines()
+        assert lines[0] == RAYLIFT_LINES[0] and lines[-1] == RAYLIFT_LINES[2] and len(lines) == 3, lines
+        assert ("\x1b[" in out.text) == tty
+
+
 def test_verbose_turns_the_filters_off(clean_env):
     assert console.wants_verbose(["train", "--config", "c.yaml", "--verbose"])
     assert console.wants_verbose(["--verbose", "train"])
@@ -119,7 +161,9 @@ def test_demo_console_is_raylifts_own(tmp_path):
     env["PYTHONPATH"] = str(REPO)
     out = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "train", "--config", "configs/demo.yaml",
-         "--set", "train.epochs=1", "--set", f"train.storage_path={tmp_path / 'runs'}",
+         "--set", "train.epochs=1", "--set", "data.source.synthetic.frames_per_action=150",  # a quarter: the
+         # console is the demo's, in a quarter of the time
+         "--set", f"train.storage_path={tmp_path / 'runs'}",
          "--set", f"data.root={tmp_path / 'datasets'}", "--set", f"data.source.synthetic.out_dir={tmp_path / 'src'}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
@@ -127,7 +171,8 @@ def test_demo_console_is_raylifts_own(tmp_path):
     assert out.returncode == 0, text[-3000:]
     assert "epoch 1/1" in text and "ETA" in text and "MPJPE" in text
     for noise in ("Reporting training result", "PreemptionWatcher", "DeprecationWarning",
-                  "Starting execution of Dataset", "tqdm is not installed", "Running Dataset"):
+                  "Starting execution of Dataset", "tqdm is not installed", "Running Dataset",
+                  "A run snapshot was found", "delete the existing folder", "\x1b[", "(RayTrainWorker pid="):
         assert noise not in text, noise
     run = tmp_path / "runs" / "demo"
     for name in ("config.yaml", "metrics.csv", "training_curves.png"):

@@ -24,7 +24,7 @@ INNER_FLOORS = {
         "preprocessing.keypoints": 3, "preprocessing.images": 3,
     },
     "pipelines": {
-        "pipelines.config": 0, "pipelines.viz.tables": 0, "pipelines.viz.plots": 0, "pipelines.viz.render": 0,
+        "pipelines.config": 0, "pipelines.tune.space": 0, "pipelines.viz.tables": 0, "pipelines.viz.plots": 0, "pipelines.viz.render": 0,
         "pipelines.data": 1, "pipelines.models": 1,
         "pipelines.evaluate": 2,
         "pipelines.train": 3,

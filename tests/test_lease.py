@@ -122,7 +122,8 @@ RUN_SCRIPT = textwrap.dedent("""
     from preprocessing.skeleton import H36M17
     from tests.helpers import make_sequence
     seqs = [make_sequence(3000, subject=f"S{{i}}", seed=i) for i in range(1, 9)]
-    data = DataConfig(windows=WindowConfig(frames=81), root={root!r}, rows_per_shard=8, rows_per_group=4)
+    data = DataConfig(windows=WindowConfig(frames=81), root={root!r}, rows_per_shard=8, rows_per_group=4,
+                      lease_wait_s=600)
     try:
         info = build_dataset(data, seqs, H36M17, hash_files([{src!r}]), progress=lambda m: print(m, flush=True))
     except DataError as e:
@@ -134,8 +135,10 @@ RUN_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_two_concurrent_preprocess_runs_publish_one_complete_dataset(tmp_path):
-    """Defect 1: the second run starts while the first writes shards; today it deleted the first's
-    staging directory and the first published a manifest listing missing shards."""
+    """Defect 1: the second run starts while the first writes shards; it once deleted the first's
+    staging directory and the first published a manifest listing missing shards. Then it was refused
+    (issue 23: a train or tune started while a preprocess of the same id runs exited 2); now it
+    waits for the lease and finds the published dataset."""
     root = tmp_path / "ds"
     src = tmp_path / "source.bin"
     src.write_bytes(b"source bytes")
@@ -155,9 +158,11 @@ def test_two_concurrent_preprocess_runs_publish_one_complete_dataset(tmp_path):
     out_first += first.stdout.readlines()
     assert first.wait(timeout=300) == 0, "".join(out_first)
     assert any(l.startswith("built ") for l in out_first)
-    # The second run is refused while the first holds the id, naming the lock and the holder.
-    assert second.returncode == 2, second.stdout
-    assert f"is held by raylift preprocess of dataset" in second.stdout and f"pid {first.pid}" in second.stdout
+    # The second run waits for the first (saying whom it waits for), then uses its dataset.
+    assert second.returncode == 0, second.stdout
+    assert "is held by raylift preprocess of dataset" in second.stdout and f"pid {first.pid}" in second.stdout
+    assert "waiting up to 600 s (data.lease_wait_s)" in second.stdout
+    assert second.stdout.strip().splitlines()[-1].startswith("cached "), second.stdout
     (dataset,) = [p for p in root.iterdir() if not p.name.startswith(".")]
     manifest = json.loads((dataset / "manifest.json").read_text())
     assert all((dataset / s["path"]).is_file() for s in manifest["shards"])
@@ -182,8 +187,40 @@ def test_an_image_dataset_build_takes_the_lease_and_keeps_a_live_runs_staging(tm
     other = lease.new_owner(f"raylift preprocess of dataset {id_}", 3600, run="other")
     staging = Path(data.root) / f".staging-{id_}-other000"
     _write_record(staging / OWNER_NAME, other)
+    data.lease_wait_s = 0
     with lease.acquire(root.child(f"{LOCK_PREFIX}{id_}"), f"raylift preprocess of dataset {id_}"):
-        with pytest.raises(lease.LeaseHeld, match=rf"\.lock-{id_} is held by raylift preprocess"):
+        with pytest.raises(lease.LeaseHeld, match=rf"\.lock-{id_} is held by raylift preprocess.*data.lease_wait_s=0"):
             build_image_dataset(data, progress=lambda m: None)
     assert (staging / OWNER_NAME).read_bytes() == other.to_json()
     assert sorted(p.name for p in Path(data.root).iterdir()) == [staging.name]  # nothing else written
+
+
+def test_a_build_waits_for_the_lease_with_a_message_then_builds_or_times_out(tmp_path):
+    """Issue 23 defect 5: a train or tune started while a preprocess of the same dataset id holds
+    its lease waits for it (bounded by data.lease_wait_s, saying so) instead of exiting 2."""
+    import threading
+
+    from preprocessing.images.dataset import build_image_dataset, image_dataset_id
+    from preprocessing.images.sources import load_image_sequences
+    from preprocessing.store.writer import LOCK_PREFIX, hash_files
+    from tests.helpers import synthetic_data
+
+    data = synthetic_data(tmp_path)
+    src = load_image_sequences(data)
+    id_ = image_dataset_id(data, [f["sha256"] for f in hash_files(src.files)])
+    lock = open_location(data.root).child(f"{LOCK_PREFIX}{id_}")
+    data.lease_wait_s = 1.5
+    with lease.acquire(lock, f"raylift preprocess of dataset {id_}"):
+        messages: list[str] = []
+        t0 = time.monotonic()
+        with pytest.raises(lease.LeaseHeld, match=r"still held after waiting 1\.5 s \(data\.lease_wait_s\)"):
+            build_image_dataset(data, progress=messages.append)
+        assert time.monotonic() - t0 >= 1.5
+        assert any("waiting up to 1.5 s (data.lease_wait_s)" in m and f"pid {os.getpid()}" in m for m in messages)
+    data.lease_wait_s = 120
+    held = lease.acquire(lock, f"raylift preprocess of dataset {id_}")
+    messages = []
+    threading.Timer(2.0, held.release).start()
+    info = build_image_dataset(data, progress=messages.append)
+    assert any("waiting up to 120 s" in m for m in messages) and not info.cached
+    assert (Path(data.root) / id_ / "manifest.json").is_file()

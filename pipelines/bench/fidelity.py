@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from preprocessing.schema import ConfigError
+from pipelines.config import add_location_argument
 
 SCRIPTS = {"mixste": "run.py", "poseformer": "run_poseformer.py"}
 _ACTION_RE = re.compile(r"^----(.+)----$")
@@ -204,9 +205,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pipelines.config import add_config_arguments
 
     add_config_arguments(parser)
-    parser.add_argument("--official-dir", required=True, help="a checkout of the authors' repository")
+    add_location_argument(parser, "--official-dir", role="input", required=True, help="a checkout of the authors' repository")
     parser.add_argument("--model", required=True, choices=sorted(SCRIPTS))
-    parser.add_argument("--out", default="runs/fidelity", help="work directory for both runs and the table")
+    add_location_argument(parser, "--out", role="output", default="runs/fidelity", help="work directory for both runs and the table")
     parser.add_argument("--skip-raylift", action="store_true", help="run only the authors' code")
     parser.add_argument("--skip-official", action="store_true", help="run only raylift")
 

@@ -23,6 +23,7 @@ import json
 from typing import Any
 
 import numpy as np
+from pipelines.config import add_location_argument
 
 VARIANTS: dict[str, dict[str, bool]] = {
     "full": {"model.masked_relations": False, "model.baseline": False},
@@ -37,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_config_arguments(parser)
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated train.seed values (default 0,1,2)")
-    parser.add_argument("--out", default=None, help="directory for relations.md/json (default: the runs' storage)")
+    add_location_argument(parser, "--out", role="output", default=None, help="directory for relations.md/json (default: the runs' storage)")
 
 
 def parse_seeds(text: str) -> list[int]:

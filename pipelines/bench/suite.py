@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from pipelines.bench.train import bench_train, format_table
+from pipelines.config import add_location_argument
 
 # (raylift model, T, model overrides at full size, model overrides in tiny mode, tiny T)
 MODELS: dict[str, tuple[int, list[str], list[str], int]] = {
@@ -161,9 +162,9 @@ def summarize(out_dir: str, train_metrics: Optional[str], train_frames: int = 24
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--official-root", required=True,
+    add_location_argument(parser, "--official-root", role="input", required=True,
                         help="folder holding the authors' checkouts as mixste/, poseformer/, crossformer/, fusionformer/")
-    parser.add_argument("--out", required=True, help="folder for bench.jsonl and bench.md")
+    add_location_argument(parser, "--out", role="output", required=True, help="folder for bench.jsonl and bench.md")
     parser.add_argument("--tiny", action="store_true", help="tiny models and batches (a CPU proof run)")
     parser.add_argument("--budget-s", type=float, default=480.0,
                         help="start no new measurement after this many seconds (default 480)")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.config import add_config_arguments
+from pipelines.config import add_config_arguments, add_location_argument
 
 DEFAULT_ROOT = "data/datasets"
 
@@ -27,9 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ):
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name != "ls":
-            p.add_argument("dataset", metavar="ID", help="dataset id (or the dataset's path/URI)")
-        p.add_argument("--root", default=None, help=f"datasets root, local or s3:// (default: --config's data.root, else {DEFAULT_ROOT})")
-        add_config_arguments(p, required=False)
+            add_location_argument(p, "dataset", role="dataset", metavar="ID", help="dataset id (or the dataset's path/URI)")
+        add_location_argument(p, "--root", role="input", default=None, help=f"datasets root, local or s3:// (default: --config's data.root, else {DEFAULT_ROOT})")
+        add_config_arguments(p, required=False, sections=())
 
 
 def resolve_root(args: argparse.Namespace) -> str:

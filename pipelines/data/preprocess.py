@@ -1,5 +1,8 @@
 """`raylift preprocess --config FILE [--set k=v]`: build (or find) the dataset of `data:` with Ray Data.
 
+With a tune config, every data.* variant its `tune.space` searches (e.g. each frame count) is
+prepared, so a cluster holding only the Parquet windows can run the search.
+
 Prints progress while it loads the source and writes shards, then a summary: windows per split,
 bytes, time, dataset id and URI. A dataset that already exists (same id, manifest present) is
 reported without doing any work.
@@ -13,7 +16,7 @@ from pipelines.config import add_config_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser)
+    add_config_arguments(parser, sections=("data",), staged=False)
 
 
 def _framed(info, seconds: float, source: str, windows: str, splits: list[str], total: str) -> list[str]:
@@ -65,22 +68,38 @@ def image_summary_lines(info, seconds: float) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from cluster.session import init_ray, quiet_ray_data
-    from pipelines.config import load_config
+    from pipelines.config import config_from_dict, load_config
+    from pipelines.tune.space import data_variants, parse_space
+    from preprocessing.schema import apply_overrides, apply_values, load_yaml
+
+    cfg = load_config(args.config, args.overrides)
+    quiet_ray_data()
+    # A tune config: one dataset per distinct assignment of the data.* keys its space searches, so
+    # a cluster without the source files can run the search (preprocessing/store/staged.py).
+    variants = data_variants(parse_space(cfg.tune.space)) if cfg.tune is not None else [{}]
+    raw = apply_overrides(load_yaml(args.config), args.overrides) if variants != [{}] else {}
+    for i, values in enumerate(variants):
+        if values:
+            print(("\n" if i else "") + f"data variant {i + 1}/{len(variants)} of tune.space: "
+                  + ", ".join(f"{k}={v}" for k, v in values.items()), flush=True)
+        prepare_one(config_from_dict(apply_values(raw, values)).data if values else cfg.data, init_ray)
+    return 0
+
+
+def prepare_one(data, init_ray) -> None:
+    """Build (or find) one dataset and print its summary."""
     from preprocessing.config import IMAGE_KINDS
     from preprocessing.images.dataset import build_image_dataset
     from preprocessing.keypoints.dataset import prepare_dataset
 
-    cfg = load_config(args.config, args.overrides)
-    quiet_ray_data()
     t0 = time.monotonic()
-    images = cfg.data.source.kind in IMAGE_KINDS
+    images = data.source.kind in IMAGE_KINDS
     if images:
-        info = build_image_dataset(cfg.data, progress=lambda msg: print(msg, flush=True))
+        info = build_image_dataset(data, progress=lambda msg: print(msg, flush=True))
     else:
         # Ray starts only if shards must be written; a private instance is stopped on every exit path.
-        info = prepare_dataset(cfg.data, progress=lambda msg: print(msg, flush=True),
+        info = prepare_dataset(data, progress=lambda msg: print(msg, flush=True),
                                start_ray=lambda: init_ray(include_dashboard=False, log_to_driver=False,
                                                           configure_logging=False))
     for line in (image_summary_lines if images else summary_lines)(info, time.monotonic() - t0):
         print(line)
-    return 0

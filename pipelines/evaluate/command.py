@@ -16,11 +16,12 @@ from pipelines.evaluate.scoring import (
 )
 from preprocessing.errors import DataError
 from preprocessing.store.dataset import Dataset
+from pipelines.config import add_location_argument
 
 
 def resolve_dataset(data: Optional[str], root: Optional[str], meta: dict[str, Any], progress=print) -> Dataset:
     """The dataset to score on: `data` = an experiment YAML (its data section is prepared, a cache
-    hit costs nothing) or a dataset id under `root`; default the checkpoint's dataset_id under its
+    hit costs nothing), a dataset's URI or path, or a dataset id under `root`; default the checkpoint's dataset_id under its
     config's data.root."""
     from models.checkpoint import CheckpointError
     from preprocessing.store import storage
@@ -34,6 +35,8 @@ def resolve_dataset(data: Optional[str], root: Optional[str], meta: dict[str, An
         if root:
             cfg.data.root = root
         return prepare_dataset(cfg.data, progress=progress)
+    if data is not None and ("/" in data or "\\" in data):  # a dataset's URI or path, not an id
+        return Dataset.open(data)
     dataset_id = data or meta.get("dataset_id")
     if not dataset_id:
         raise CheckpointError("checkpoint meta has no dataset_id: pass --data (a dataset id or experiment YAML)")
@@ -100,19 +103,19 @@ def evaluate_checkpoint(
 
 
 def default_out_dir(checkpoint: str) -> str:
-    path = Path(checkpoint)
-    return str(path.parent / f"{path.name}-eval")
+    """`<checkpoint>-eval`, beside the checkpoint in the same storage (a local path or a URI)."""
+    return checkpoint.rstrip("/") + "-eval"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="raylift checkpoint directory")
-    parser.add_argument("--data", default=None,
-                        help="dataset id under --root, or an experiment YAML whose data section is prepared "
+    add_location_argument(parser, "--checkpoint", role="input", required=True, help="raylift checkpoint directory")
+    add_location_argument(parser, "--data", role="dataset", default=None,
+                        help="dataset URI, id under --root, or an experiment YAML whose data section is prepared "
                              "(default: the checkpoint's dataset)")
-    parser.add_argument("--root", default=None, help="datasets root (default: the checkpoint config's data.root)")
+    add_location_argument(parser, "--root", role="input", default=None, help="datasets root (default: the checkpoint config's data.root)")
     parser.add_argument("--no-flip", action="store_true", help="disable test-time flip augmentation")
     parser.add_argument("--no-baseline", action="store_true", help="skip the mean-pose baseline")
-    parser.add_argument("--out", default=None, help="output directory for results.md/json (default: CHECKPOINT-eval)")
+    add_location_argument(parser, "--out", role="output", default=None, help="output directory for results.md/json (default: CHECKPOINT-eval)")
     parser.add_argument("--batch-size", type=int, default=64, help="windows per forward pass")
     from pipelines.evaluate.batch import add_placement_arguments
 
@@ -138,8 +141,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"--compare: only for local image checkpoints (mpstr); {args.checkpoint} is not one")
     if storage.is_s3(args.checkpoint):  # an unreachable endpoint is named, not "no meta.json"
         storage.check_s3_endpoint(args.checkpoint)
-    out = args.out or default_out_dir(args.checkpoint.split("://", 1)[-1] if storage.is_s3(args.checkpoint)
-                                      else args.checkpoint)
+    out = args.out or default_out_dir(args.checkpoint)
     with local_copy(args.checkpoint) as checkpoint:
         result = evaluate_checkpoint(
             checkpoint, data=args.data, root=args.root, flip=not args.no_flip, out=out,
@@ -153,5 +155,6 @@ def run(args: argparse.Namespace) -> int:
     print(result_tables(result))
     for note in result["notes"]:
         print(f"note: {note}")
-    print(f"wrote {Path(out) / 'results.md'} and {Path(out) / 'results.json'}")
+    where = storage.open_location(out).uri
+    print(f"wrote {where}/results.md and {where}/results.json")
     return 0

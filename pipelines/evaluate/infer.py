@@ -35,17 +35,18 @@ import numpy as np
 
 from preprocessing.store import storage
 from preprocessing.errors import DataError
+from pipelines.config import add_location_argument
 
 OUTPUT_FORMAT = "raylift-inference/1"
 FRAMES_PER_FORWARD = 4096  # default batch: about this many input frames per forward pass
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="raylift checkpoint directory")
+    add_location_argument(parser, "--checkpoint", role="input", required=True, help="raylift checkpoint directory")
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--input", help="2D keypoints file (.npz or .json, pixels)")
-    src.add_argument("--dataset", help="experiment YAML or a VideoPose3D-format directory (e.g. cmu-dev)")
-    parser.add_argument("--output", required=True, help="P.npz, P.json, or P (writes P.npz and P.json)")
+    add_location_argument(src, "--input", role="input", help="2D keypoints file (.npz or .json, pixels)")
+    add_location_argument(src, "--dataset", role="input", help="experiment YAML or a VideoPose3D-format directory (e.g. cmu-dev)")
+    add_location_argument(parser, "--output", role="output", required=True, help="P.npz, P.json, or P (writes P.npz and P.json)")
     parser.add_argument("--layout", choices=("coco", "h36m"), default="coco", help="joint layout of --input")
     parser.add_argument("--person", type=int, default=None, help="person index in a (P, F, 17, C) file")
     parser.add_argument("--width", type=float, default=None, help="image width in pixels (else from the file)")

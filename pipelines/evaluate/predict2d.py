@@ -28,6 +28,7 @@ from pipelines.evaluate.batch import add_placement_arguments
 from preprocessing.images.crops import to_full
 from preprocessing.errors import DataError
 from preprocessing.store.dataset import Dataset
+from pipelines.config import add_location_argument
 
 
 def collect_full_image(arrays: dict[str, np.ndarray], size: int, views: int,
@@ -105,12 +106,12 @@ def predict_2d_file(checkpoint: str, dataset: Dataset, output: str, placement: A
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="an image-to-2D (mpstr) checkpoint directory")
-    parser.add_argument("--data", default=None,
+    add_location_argument(parser, "--checkpoint", role="input", required=True, help="an image-to-2D (mpstr) checkpoint directory")
+    add_location_argument(parser, "--data", role="dataset", default=None,
                         help="image dataset id under --root, or an experiment YAML whose image data is built "
                              "(default: the checkpoint's dataset)")
-    parser.add_argument("--root", default=None, help="datasets root (default: the checkpoint config's data.root)")
-    parser.add_argument("--output", required=True, help="VideoPose3D-format 2D file to write (.npz)")
+    add_location_argument(parser, "--root", role="input", default=None, help="datasets root (default: the checkpoint config's data.root)")
+    add_location_argument(parser, "--output", role="output", required=True, help="VideoPose3D-format 2D file to write (.npz)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
     add_placement_arguments(parser)

@@ -2,14 +2,14 @@
 the console lines and tables, and `results.md` / `results.json`."""
 from __future__ import annotations
 
+import json
 import math
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from pipelines.evaluate import metrics
-from preprocessing.store.storage import write_local_atomic
+from preprocessing.store import storage
 
 
 def run_labels(cfg: Mapping[str, Any], checkpoint: str) -> dict[str, str]:
@@ -56,10 +56,12 @@ def results_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(result: dict[str, Any], out_dir: str) -> None:
-    """Write `results.json` and `results.md` into `out_dir` (each atomically)."""
-    metrics.write_json(Path(out_dir) / "results.json", _json_safe(result))
-    write_local_atomic(Path(out_dir) / "results.md", results_markdown(result))
+def write_results(result: dict[str, Any], out: str) -> None:
+    """Write `results.json` and `results.md` into `out`, a local directory or a storage URI (each
+    file atomically)."""
+    where = storage.open_location(out)
+    storage.write_bytes(where.child("results.json"), (json.dumps(_json_safe(result), indent=1) + "\n").encode())
+    storage.write_bytes(where.child("results.md"), results_markdown(result).encode())
 
 
 def _json_safe(obj: Any) -> Any:

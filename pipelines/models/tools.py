@@ -21,6 +21,7 @@ from dataclasses import asdict
 from typing import Any
 
 from preprocessing.schema import ConfigError
+from pipelines.config import add_location_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,14 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                    "into a raylift checkpoint (H36M joint layout)")
     i.add_argument("--from", dest="source", required=True, choices=["mixste", "poseformer", "crossformer", "fusionformer", "mpstr"],
                    help="whose checkpoint format FILE is in")
-    i.add_argument("file", help="official checkpoint (.bin/.pth with a 'model_pos' state dict)")
-    i.add_argument("--out", required=True, help="raylift checkpoint directory to write")
+    add_location_argument(i, "file", role="input", help="official checkpoint (.bin/.pth with a 'model_pos' state dict)")
+    add_location_argument(i, "--out", role="output", required=True, help="raylift checkpoint directory to write")
     i.add_argument("--frames", type=int, default=None,
                    help="expected window length T (checked against the checkpoint's Temporal_pos_embed)")
     i.add_argument("--heads", type=int, default=None,
                    help="attention heads (not visible in the weights; default: the paper's 8)")
-    i.add_argument("--refine", default=None, help="Fusionformer only: the refinement network's checkpoint")
-    i.add_argument("--backbone", default=None,
+    add_location_argument(i, "--refine", role="input", default=None, help="Fusionformer only: the refinement network's checkpoint")
+    add_location_argument(i, "--backbone", role="input", default=None,
                    help="mpstr only: a JSON/YAML file with the authors' cfg.model['backbone'] mapping "
                         "(embed_dim, depths, num_heads, window_size, ...); default: their Swin-T")
 

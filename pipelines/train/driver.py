@@ -29,7 +29,7 @@ import yaml
 
 from models.checkpoint import CheckpointError
 from preprocessing.errors import DataError
-from pipelines.config import ExperimentConfig, add_config_arguments, load_config
+from pipelines.config import ExperimentConfig, add_config_arguments, add_location_argument, load_config
 from preprocessing.schema import ConfigError
 from preprocessing.store.dataset import Dataset
 
@@ -357,8 +357,6 @@ def evaluate_best(cfg: ExperimentConfig, checkpoint_uri: str, dataset: Dataset, 
     and written to `<run>/eval/results.{md,json}`. The forward passes run as Ray Data batch
     inference on the training workers' resources (GPU actors, or CPU tasks), never in this
     driver, which on a cluster runs on a head without a GPU."""
-    import tempfile
-
     from pipelines.evaluate.batch import evaluate_on_ray, placement_for
     from pipelines.evaluate.results import result_tables, run_summary, write_results
     from preprocessing.store import storage
@@ -395,11 +393,7 @@ def evaluate_best(cfg: ExperimentConfig, checkpoint_uri: str, dataset: Dataset, 
     progress(run_summary(result))
     progress(result_tables(result))
     eval_dir = storage.open_location(run_uri).child(EVAL_DIR)
-    with tempfile.TemporaryDirectory(prefix="raylift-eval-") as tmp:
-        write_results(result, tmp)
-        for fname in sorted(os.listdir(tmp)):
-            with open(os.path.join(tmp, fname), "rb") as f:
-                storage.write_bytes(eval_dir.child(fname), f.read())
+    write_results(result, eval_dir.uri)
     progress(f"results: {eval_dir.uri}/results.md")
     return result
 
@@ -407,7 +401,7 @@ def evaluate_best(cfg: ExperimentConfig, checkpoint_uri: str, dataset: Dataset, 
 # ----------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
-    parser.add_argument("--data", metavar="URI_OR_ID",
+    add_location_argument(parser, "--data", role="dataset", metavar="URI_OR_ID",
                         help="train on this prepared dataset (sets data.dataset: a URI, or an id under "
                              "data.root); the source files are not needed")
 
@@ -418,5 +412,17 @@ def run(args: argparse.Namespace) -> int:
         if not args.data.strip():
             raise ConfigError("--data: expected a dataset URI or id, got an empty string")
         cfg.data.dataset = args.data  # taken verbatim: an all-digit id must stay a string
-    run_training(cfg)
+    try:
+        run_training(cfg)
+    finally:  # failures included: a RayJob's cluster, and its session logs, go soon after the job ends
+        ship_run_logs(cfg)
     return 0
+
+
+def ship_run_logs(cfg: ExperimentConfig) -> None:
+    """Copy this job's Ray session logs to `<train.storage_path>/<name>/logs/` as `train.ship_logs`
+    says (cluster/logship.py); prints one line and never raises."""
+    from cluster.logship import ship_run_logs as ship
+    from preprocessing.store import storage
+
+    ship(cfg.train.ship_logs, storage.join(storage_root(cfg.train.storage_path), cfg.name))

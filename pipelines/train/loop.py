@@ -304,7 +304,7 @@ def check_compatible(meta: dict, cfg_dict: dict, joints: int, dataset_id: str, s
 RESUME_MAY_DIFFER = (
     "name", "train.epochs", "train.storage_path", "train.cpus_per_worker", "train.gpus_per_worker",
     "train.resources_per_worker", "train.max_failures", "train.keep_best", "train.prefetch_batches",
-    "train.val_batch_size", "train.evaluate", "eval", "tune", "data.root", "data.source.data_3d",
+    "train.val_batch_size", "train.evaluate", "train.ship_logs", "eval", "tune", "data.root", "data.source.data_3d",
     "data.source.data_2d", "data.source.cameras", "data.source.mpi_train", "data.source.mpi_test",
     "data.source.synthetic.out_dir", "data.images.boxes_2d",
 )

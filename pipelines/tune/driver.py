@@ -24,7 +24,14 @@ from typing import Any, Optional
 
 import yaml
 
-from pipelines.config import ExperimentConfig, add_config_arguments, config_from_dict, load_config, parse_resources
+from pipelines.config import (
+    ExperimentConfig,
+    add_config_arguments,
+    add_location_argument,
+    config_from_dict,
+    load_config,
+    parse_resources,
+)
 from cluster.session import init_ray
 from preprocessing.schema import ConfigError, apply_overrides, apply_values, load_yaml
 from preprocessing.store.dataset import Dataset
@@ -42,8 +49,8 @@ DEPTH_KEY = "model.depth"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, required=False)
-    parser.add_argument("--resume", metavar="DIR", help="finish an interrupted tune (its experiment directory)")
+    add_config_arguments(parser, required=False, sections=("data", "tune"))
+    add_location_argument(parser, "--resume", role="output", metavar="DIR", help="finish an interrupted tune (its experiment directory)")
     parser.add_argument("--name", help="experiment name (default: the config's name)")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     parser.add_argument("--resources", metavar="NAME=N[,NAME=N]",
@@ -73,11 +80,28 @@ def run(args: argparse.Namespace) -> int:
         storage = cfg.tune.storage_path
     if args.resources:
         raw.setdefault("tune", {})["resources"] = parse_resources(args.resources)
-    summary = tune_experiment(raw, name, storage, resume=bool(args.resume), address=args.address)
+    try:
+        summary = tune_experiment(raw, name, storage, resume=bool(args.resume), address=args.address)
+    finally:  # failures included: a RayJob's cluster, and its session logs, go soon after the job ends
+        ship_experiment_logs(raw, name, storage)
     print(summary["markdown"])
     print(f"\nresults: {summary['dir']}")
     print(f"best config: {summary['best_config']}")
     return 0
+
+
+def ship_experiment_logs(raw: dict, name: str, storage: str) -> None:
+    """Copy this job's Ray session logs (every trial's workers included) to
+    `<tune.storage_path>/<name>/logs/` as the base config's `train.ship_logs` says
+    (cluster/logship.py); prints one line and never raises."""
+    from cluster.logship import ship_run_logs
+    from preprocessing.store import storage as st
+
+    try:
+        mode = config_from_dict(raw).train.ship_logs
+    except ConfigError:  # an invalid config failed before Ray started: nothing to copy
+        return
+    ship_run_logs(mode, st.join(_absolute(storage), name))
 
 
 def check_space(raw: dict) -> tuple[ExperimentConfig, list]:

@@ -19,6 +19,7 @@ from typing import Any, Optional
 import numpy as np
 
 from preprocessing.errors import DataError
+from pipelines.config import add_location_argument
 
 DEFAULT_FPS = 25.0
 
@@ -26,18 +27,18 @@ DEFAULT_FPS = 25.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="viz", metavar="WHAT", required=True)
     a = sub.add_parser("anim", help="animate input 2D and predicted (and ground-truth) 3D skeletons")
-    a.add_argument("--input", required=True, help="a raylift infer output (.npz or .json)")
-    a.add_argument("--gt", help="another infer output whose gt_3d (else poses_3d) is drawn as a third panel")
-    a.add_argument("--output", required=True, help="out.gif or out.mp4 (needs ffmpeg)")
+    add_location_argument(a, "--input", role="input", required=True, help="a raylift infer output (.npz or .json)")
+    add_location_argument(a, "--gt", role="input", help="another infer output whose gt_3d (else poses_3d) is drawn as a third panel")
+    add_location_argument(a, "--output", role="output", required=True, help="out.gif or out.mp4 (needs ffmpeg)")
     a.add_argument("--fps", type=float, default=None, help="frames per second (default: the input's fps / stride, else 25)")
     a.add_argument("--max-frames", type=int, default=None, help="render at most this many frames")
     a.add_argument("--stride", type=int, default=1, help="render every n-th frame")
     c = sub.add_parser("curves", help="training curves PNG from a run's metrics.csv")
-    c.add_argument("--run", required=True, help="run directory holding metrics.csv (local or s3://)")
-    c.add_argument("--output", help="PNG path (default <run>/curves.png)")
+    add_location_argument(c, "--run", role="input", required=True, help="run directory holding metrics.csv (local or s3://)")
+    add_location_argument(c, "--output", role="output", help="PNG path (default <run>/curves.png)")
     r = sub.add_parser("results", help="per-activity error bars PNG from an evaluation results.json")
-    r.add_argument("--results", required=True, help="results.json written by raylift evaluate")
-    r.add_argument("--output", help="PNG path (default: beside the JSON, <name>.png)")
+    add_location_argument(r, "--results", role="input", required=True, help="results.json written by raylift evaluate")
+    add_location_argument(r, "--output", role="output", help="PNG path (default: beside the JSON, <name>.png)")
 
 
 def run(args: argparse.Namespace) -> int:

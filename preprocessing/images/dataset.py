@@ -225,9 +225,15 @@ class ImageRows:
 
 
 def build_image_dataset(data: DataConfig, progress: Progress = print) -> Dataset:
-    """Build (or find) the image dataset `data` describes (see module doc)."""
+    """Build (or find) the image dataset `data` describes (see module doc). Without the source
+    files here, the one image dataset under `data.root` built from this data config (staged)."""
+    from preprocessing.store.staged import find_staged, missing_sources
+
     if data.source.kind not in IMAGE_KINDS:
         raise DataError(f"source.kind={data.source.kind!r} is not an image source ({', '.join(IMAGE_KINDS)})")
+    missing = missing_sources(data)
+    if missing:
+        return find_staged(data, image_config_for_id, missing, progress)
     started = time.monotonic()
     progress(f"loading {data.source.kind} source ...")
     src = load_image_sequences(data)
@@ -256,7 +262,7 @@ def build_image_dataset(data: DataConfig, progress: Progress = print) -> Dataset
         shards = run_shard_tasks(plans, sequences, staging, ImageRows(job), progress)
         return _manifest(data, id_, src, files, sequences, job, shards, started)
 
-    manifest = publish_dataset(root, id_, staging, write, progress)
+    manifest = publish_dataset(root, id_, staging, write, progress, wait_s=data.lease_wait_s)
     if manifest is None:
         return Dataset(dataset, read_manifest_at(dataset), cached=True)
     shards = manifest["shards"]

@@ -429,7 +429,7 @@ def build_dataset(
         shards = run_shard_tasks(plans, sources, staging, WindowRows(job, layout), progress)
         return _manifest(data, id_, skeleton, source_files, sources, job, camera_ids, counts, shards, started)
 
-    manifest = publish_dataset(root, id_, staging, write, progress, start_ray)
+    manifest = publish_dataset(root, id_, staging, write, progress, start_ray, wait_s=data.lease_wait_s)
     if manifest is None:
         return Dataset(dataset, read_manifest_at(dataset), cached=True)
     shards = manifest["shards"]
@@ -484,9 +484,14 @@ def _manifest(data, id_, skeleton, source_files, sources, job, camera_ids, count
 
 def prepare_dataset(data: DataConfig, progress: Progress = print,
                     start_ray: Optional[Callable[[], None]] = None) -> Dataset:
-    """Build (or find) the dataset `data` describes; returns its id, URI and manifest."""
+    """Build (or find) the dataset `data` describes; returns its id, URI and manifest. Without the
+    source files here, the one dataset under `data.root` built from this data config (staged)."""
     from preprocessing.sources import load_sequences
+    from preprocessing.store.staged import find_staged, missing_sources
 
+    missing = missing_sources(data)
+    if missing:
+        return find_staged(data, config_for_id, missing, progress)
     t0 = time.monotonic()
     progress(f"loading {data.source.kind} source ...")
     source = load_sequences(data.source)

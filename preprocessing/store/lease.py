@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import pyarrow.fs as pafs
 
@@ -369,17 +369,22 @@ class Lease:
 
 
 def acquire(loc: Location, what: str, ttl_s: float = DEFAULT_TTL_S, run: Optional[str] = None,
-            wait_s: float = 0.0) -> Lease:
+            wait_s: float = 0.0, on_wait: Optional[Callable[[str], None]] = None) -> Lease:
     """Take the lease at `loc` for `what`, taking over one whose owner is provably gone; raise
     LeaseHeld naming `loc` and the holder when a live owner has it (after polling up to `wait_s`
-    seconds for it to be released or to expire)."""
+    seconds for it to be released or to expire). `on_wait(why)` is called once, with LeaseHeld's
+    message, when the first attempt finds the lease held and the call is going to wait."""
     deadline = time.monotonic() + wait_s
+    waited = False
     while True:
         try:
             return _try_acquire(loc, what, ttl_s, run)
-        except LeaseHeld:
+        except LeaseHeld as e:
             if time.monotonic() >= deadline:
                 raise
+            if on_wait is not None and not waited:
+                on_wait(str(e))
+            waited = True
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 

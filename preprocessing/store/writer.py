@@ -61,6 +61,7 @@ def content_config(data: DataConfig) -> dict:
     cfg = to_dict(data)
     cfg.pop("root", None)
     cfg.pop("dataset", None)  # names a prepared dataset, never part of one's content
+    cfg.pop("lease_wait_s", None)  # how a build waits, not what it builds
     for key in LOCATION_FIELDS:
         cfg["source"].pop(key, None)
     cfg["source"].get("synthetic", {}).pop("out_dir", None)
@@ -361,15 +362,28 @@ def publish_dataset(
     write: Callable[[], dict],
     progress: Progress = print,
     start_ray: Optional[Callable[[], None]] = None,
+    wait_s: float = 0.0,
 ) -> Optional[dict]:
     """Step 4 of the module doc: under the id's lease, remove provably dead leftovers, mark
     `staging` with this run's owner record, run `write()` (which writes the shards into `staging`,
     with Ray running, and returns the manifest listing them under "shards"), then move `staging` to
     `<root>/<id>`, check every shard is there and write the manifest last. Returns the manifest, or
-    None when another run published the id meanwhile (a cache hit). On any failure the staging
-    directory is removed and nothing is published."""
+    None when another run published the id meanwhile (a cache hit). While another run holds the
+    lease, waits up to `wait_s` seconds (`data.lease_wait_s`) for it, saying so through `progress`.
+    On any failure the staging directory is removed and nothing is published."""
     dataset = root.child(id_)
-    with lease.acquire(root.child(f"{LOCK_PREFIX}{id_}"), f"raylift preprocess of dataset {id_}") as held:
+
+    def waiting(held_by: str) -> None:
+        progress(f"{held_by}: waiting up to {wait_s:g} s (data.lease_wait_s) for it to finish")
+
+    try:
+        taken = lease.acquire(root.child(f"{LOCK_PREFIX}{id_}"), f"raylift preprocess of dataset {id_}",
+                              wait_s=wait_s, on_wait=waiting)
+    except lease.LeaseHeld as e:
+        raise lease.LeaseHeld(f"{e}: still held after waiting {wait_s:g} s (data.lease_wait_s); "
+                              "raise data.lease_wait_s or stop that run" if wait_s else
+                              f"{e} (data.lease_wait_s=0: not waiting)") from None
+    with taken as held:
         if has_manifest(dataset):  # another run published it while this one was planning
             progress(f"dataset {id_} was published at {dataset.uri} meanwhile (cache hit, nothing to do)")
             return None
