@@ -332,8 +332,8 @@ def location(text: str) -> str:
 
 
 def add_location_argument(parser: Any, *flags: str, role: Role, **kwargs: Any) -> argparse.Action:
-    """`parser.add_argument(*flags, **kwargs)` for a path or URI that the command reads (`input`) or
-    writes (`output`); `parser` may be an argument group."""
+    """`parser.add_argument(*flags, **kwargs)` for a path or URI the command reads or writes, with
+    its `role` (see `Role`); `parser` may be an argument group."""
     action = parser.add_argument(*flags, type=location, **kwargs)
     roles = dict(parser.get_default("location_roles") or {})
     roles[action.dest] = (action.option_strings[0] if action.option_strings else action.dest, role)

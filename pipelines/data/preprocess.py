@@ -67,7 +67,7 @@ def image_summary_lines(info, seconds: float) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cluster.session import init_ray, quiet_ray_data
+    from cluster.session import quiet_ray_data
     from pipelines.config import config_from_dict, load_config
     from pipelines.tune.space import data_variants, parse_space
     from preprocessing.schema import apply_overrides, apply_values, load_yaml
@@ -82,12 +82,13 @@ def run(args: argparse.Namespace) -> int:
         if values:
             print(("\n" if i else "") + f"data variant {i + 1}/{len(variants)} of tune.space: "
                   + ", ".join(f"{k}={v}" for k, v in values.items()), flush=True)
-        prepare_one(config_from_dict(apply_values(raw, values)).data if values else cfg.data, init_ray)
+        prepare_one(config_from_dict(apply_values(raw, values)).data if values else cfg.data)
     return 0
 
 
-def prepare_one(data, init_ray) -> None:
-    """Build (or find) one dataset and print its summary."""
+def prepare_one(data) -> None:
+    """Build (or find) the dataset of one `data:` section and print its summary."""
+    from cluster.session import init_ray
     from preprocessing.config import IMAGE_KINDS
     from preprocessing.images.dataset import build_image_dataset
     from preprocessing.keypoints.dataset import prepare_dataset
