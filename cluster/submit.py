@@ -39,6 +39,7 @@ from typing import Callable, Optional
 from urllib.parse import urlparse
 
 from preprocessing.schema import ConfigError
+from preprocessing.store.dataset import is_dataset_id
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # gitignore-style, relative to the working directory (Ray's `excludes`).
@@ -277,7 +278,7 @@ def check_locations(locations: list[tuple[str, str, str]], working_dir: Path) ->
     for key, value, role in locations:
         if "://" in value or Path(value).expanduser().is_absolute():
             continue
-        if role == "dataset" and "/" not in value and "\\" not in value:
+        if role == "dataset" and is_dataset_id(value):
             continue  # a dataset id, under a datasets root checked as its own location
         how = f"--set {key}=" if not key.startswith("-") and "." in key else f"{key} "
         relative = os.path.normpath(value)

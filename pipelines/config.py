@@ -347,7 +347,9 @@ def data_locations(data: Any, dataset: Optional[str], staged: bool) -> list[Path
     otherwise the source files (`staged`: ones the command can do without when the dataset was
     staged), the generated synthetic files and the datasets root."""
     if dataset:
-        if "/" in dataset or "\\" in dataset:
+        from preprocessing.store.dataset import is_dataset_id
+
+        if not is_dataset_id(dataset):
             return [PathArg("data.dataset", dataset, "input")]
         return [PathArg("data.root", data.root, "input")]
     from preprocessing.store.writer import LOCATION_FIELDS

@@ -15,7 +15,7 @@ from pipelines.evaluate.scoring import (
     TEST_COLUMNS, check_compatible, describe_arrays, describe_dataset, evaluate_arrays, load_train_for_baseline,
 )
 from preprocessing.errors import DataError
-from preprocessing.store.dataset import Dataset
+from preprocessing.store.dataset import Dataset, is_dataset_id
 from pipelines.config import add_location_argument
 
 
@@ -35,7 +35,7 @@ def resolve_dataset(data: Optional[str], root: Optional[str], meta: dict[str, An
         if root:
             cfg.data.root = root
         return prepare_dataset(cfg.data, progress=progress)
-    if data is not None and ("/" in data or "\\" in data):  # a dataset's URI or path, not an id
+    if data is not None and not is_dataset_id(data):  # a dataset's URI or path
         return Dataset.open(data)
     dataset_id = data or meta.get("dataset_id")
     if not dataset_id:

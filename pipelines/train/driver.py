@@ -31,7 +31,7 @@ from models.checkpoint import CheckpointError
 from preprocessing.errors import DataError
 from pipelines.config import ExperimentConfig, add_config_arguments, add_location_argument, load_config
 from preprocessing.schema import ConfigError
-from preprocessing.store.dataset import Dataset
+from preprocessing.store.dataset import Dataset, is_dataset_id
 
 EVAL_DIR = "eval"
 # How the evaluated checkpoint was chosen (train.select), as results state it.
@@ -79,8 +79,8 @@ def prepared_dataset(cfg: ExperimentConfig) -> Optional[Dataset]:
     named = cfg.data.dataset
     if named is None:
         return None
-    is_id = "/" not in named and "\\" not in named
-    dataset = Dataset.open(storage.join(storage_root(cfg.data.root), named) if is_id else storage_root(named))
+    dataset = Dataset.open(storage.join(storage_root(cfg.data.root), named) if is_dataset_id(named)
+                           else storage_root(named))
     check_input_kind(cfg, dataset)
     if dataset.kind == "images":
         have_f, want_f = dataset.windows.get("frames"), cfg.data.images.frames

@@ -15,6 +15,12 @@ from preprocessing.store.manifest import read_manifest_at
 from preprocessing.store.storage import Location
 
 
+def is_dataset_id(ref: str) -> bool:
+    """Whether `ref` (a `--data` value, data.dataset) names a dataset by its id under a datasets
+    root, rather than by its URI or path: an id has no path separator."""
+    return "/" not in ref and "\\" not in ref
+
+
 @dataclass(frozen=True)
 class Dataset:
     """A prepared dataset: `location` (`<root>/<id>`) and its `manifest` (preprocessing/store/
