@@ -23,6 +23,6 @@ WORKDIR /home/ray/raylift
 COPY --chown=ray:users . .
 # Editable, so `python -m pipelines.cli` and the `raylift` script run this tree, configs included;
 # Ray is already in the base image at the version pyproject.toml pins, and pip keeps it.
-RUN pip install --no-cache-dir -e ".[azure,gcs]" && python -m pipelines.cli --help > /dev/null
+RUN pip install --no-cache-dir -e ".[azure,gcs,export]" && python -m pipelines.cli --help > /dev/null
 
 # Ray's own entrypoint and user (ray) stay as the base image sets them.

@@ -1,24 +1,26 @@
 """What a user reads: raylift's own lines on the console, Ray's own logs in files.
 
 By default the console shows what raylift prints (preprocessing progress, per-epoch lines with an
-ETA, the tables). Ray keeps writing its complete logs under each node's session directory
-(`/tmp/ray/session_latest/logs`); only their echo on the driver's console is filtered. `--verbose`
-(`RAYLIFT_VERBOSE=1`) turns every filter off.
+ETA, the tables, and one line when a command fails). Ray keeps writing its complete logs under each
+node's session directory (`/tmp/ray/session_latest/logs`); none of them reach the console.
+`--verbose` (`RAYLIFT_VERBOSE=1`) shows them as well. The switches are Ray's documented ones, set
+at their source:
 
-The filters use Ray's documented switches, which must be in place before `ray` is imported (its log
-deduplicator reads them at import) and before a local Ray instance starts (its workers inherit the
-environment):
+- what Ray's worker processes print (tasks, actors, Ray Train's controller and workers: their
+  log lines, tracebacks, colour codes) is not forwarded to the driver (`ray.init(log_to_driver=
+  False)`, cluster/session.py); it stays in the workers' log files. The few lines a worker prints
+  for the user (Ray Train's rank 0: the start line and the per-epoch lines) travel to the driver
+  through a `Relay`;
+- in the driver, the console handlers of Ray's loggers (`ray`, `ray.data`, `ray.train`) pass
+  CRITICAL records only (`quiet_ray`); Ray's session-file handlers keep every record;
+- Ray Data's progress bars are off (`DataContext.enable_progress_bars`; the datasets a driver
+  creates carry its context to the actors that execute them);
+- no ANSI colour codes when stdout is not a terminal (`RAY_COLOR_PREFIX=0`, for the worker lines
+  Ray forwards with `--verbose`).
 
-- `RAY_DEDUP_LOGS_SKIP_REGEX` ("Log deduplication", Ray's logging guide): lines forwarded from
-  workers that match are not printed (Ray applies it only with `RAY_DEDUP_LOGS=1`, its default,
-  which the default console therefore sets). `SKIP` lists the lines Ray prints on every run: Ray Train's
-  "Reporting training result" dictionaries, Ray Data's per-epoch execution notices, the
-  `PreemptionWatcher` core_worker error (Ray issue 53727; harmless, printed at every Train start)
-  and deprecation warnings;
-- `PYTHONWARNINGS=ignore::DeprecationWarning` for this process and the local Ray workers;
-- Ray Data's progress bars off (`DataContext.enable_progress_bars`; the datasets a driver creates
-  carry its context to the actors that execute them), INFO logging of the driver's `ray` loggers
-  off (`quiet_ray`).
+`SKIP` lists the lines Ray writes into a submitted job's log on its own (the job manager's), and
+the lines an older or verbose job's log holds; `LogFilter` drops them from `raylift submit` and
+`raylift jobs logs`.
 """
 from __future__ import annotations
 
@@ -26,7 +28,9 @@ import logging
 import os
 import re
 import sys
+import threading
 import warnings
+from typing import Any, Callable
 
 VERBOSE_ENV = "RAYLIFT_VERBOSE"
 
@@ -69,29 +73,21 @@ def verbose() -> bool:
 
 
 def configure(verbose_console: bool) -> None:
-    """Set the console filters (or, verbose, mark them off) for this process and the Ray processes
-    it starts. Call before anything imports `ray`.
-
-    Whatever the verbosity, no ANSI colour codes when stdout is not a terminal (a file, a pipe, a
-    job's log): `RAY_COLOR_PREFIX=0` for the worker prefixes Ray forwards. By default the
-    `(RayTrainWorker pid=...)` prefix is off too (`RAY_DISABLE_WORKER_LOG_PREFIX`): raylift's
-    per-epoch lines come from the rank-0 worker and read as raylift's own."""
+    """Mark this process (and the Ray processes it starts) verbose or not, and take colour codes
+    off a stdout that is not a terminal (a file, a pipe, a job's log). Call before anything
+    imports `ray`."""
     if not sys.stdout.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     if verbose_console:
         os.environ[VERBOSE_ENV] = "1"
         return
     os.environ.pop(VERBOSE_ENV, None)
-    os.environ.setdefault("RAY_DISABLE_WORKER_LOG_PREFIX", "1")
-    os.environ["RAY_DEDUP_LOGS"] = "1"  # Ray applies the skip filter only while deduplicating
-    os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", SKIP_REGEX)
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def is_ray_noise(line: str) -> bool:
-    """Whether the default console drops this forwarded Ray line (what `SKIP_REGEX` does in Ray)."""
-    return re.search(os.environ.get("RAY_DEDUP_LOGS_SKIP_REGEX", SKIP_REGEX), line) is not None
+    """Whether a followed job's log shown on the default console drops this line of Ray's."""
+    return re.search(SKIP_REGEX, line) is not None
 
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
@@ -127,19 +123,11 @@ class LogFilter:
         self.out.write(line if self.color else ANSI.sub("", line))
 
 
-class _DropRayNoise(logging.Filter):
-    """Drops, on the driver's console handlers, the `SKIP` lines Ray logs in this process (its
-    workers' lines are filtered by Ray's deduplicator). Ray Train in local mode runs the training
-    loop here, so its per-report lines would otherwise reach the console."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not is_ray_noise(record.getMessage())
-
-
 def quiet_ray() -> None:
-    """After `import ray`: Ray Data's progress bars and the driver's Ray INFO lines off, unless
-    verbose. Ray's session log files keep every level. Call again after `ray.init`, which
-    re-installs the `ray` logger at INFO."""
+    """After `import ray`: Ray Data's progress bars off, and the console handlers of Ray's loggers
+    in this process at CRITICAL, unless verbose. Ray's session log files keep every record (their
+    `SessionFileHandler`s are left as they are). Call again after `ray.init`, which re-installs the
+    `ray` logger at INFO."""
     if verbose():
         return
     import ray.data
@@ -149,9 +137,53 @@ def quiet_ray() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     for name in ("ray", "ray.data", "ray.train"):
         for handler in logging.getLogger(name).handlers:
-            if type(handler).__name__ == "SessionFileHandler":  # keep the session's log file complete
+            if type(handler).__name__ != "SessionFileHandler":
+                handler.setLevel(logging.CRITICAL)
+
+
+class Relay:
+    """raylift's own lines from Ray workers to this driver's console, in order.
+
+    Unless verbose, Ray forwards nothing its workers print (see the module docstring), so a worker
+    sends a line meant for the user (`say`) through a Ray queue (`ray.util.queue.Queue`, an actor
+    that holds no CPU) and a thread of the driver hands it to `show`. The queue pickles with the
+    loop config; a worker calls `Relay.say(queue, line)`."""
+
+    POLL_S = 0.5
+
+    def __init__(self, show: Callable[[str], None]) -> None:
+        from ray.util.queue import Queue
+
+        self.queue = Queue(actor_options={"num_cpus": 0})
+        self._show = show
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._pump, name="raylift-relay", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def say(queue: Any, line: str) -> None:
+        """In a worker: send `line` to the driver's console."""
+        queue.put(line)
+
+    def _pump(self) -> None:
+        from ray.exceptions import RayError
+        from ray.util.queue import Empty
+
+        while True:
+            closing = self._closing.is_set()
+            try:
+                line = self.queue.get_nowait() if closing else self.queue.get(timeout=self.POLL_S)
+            except Empty:
+                if closing:
+                    return
                 continue
-            if name == "ray.data":
-                handler.setLevel(logging.WARNING)
-            if not any(isinstance(f, _DropRayNoise) for f in handler.filters):
-                handler.addFilter(_DropRayNoise())
+            except RayError:  # the queue's actor is gone (Ray stopped): nothing more can come
+                return
+            self._show(line)
+
+    def close(self) -> None:
+        """Show the lines queued by now (not those of workers still running after a Ctrl-C), then
+        end the thread and the queue's actor."""
+        self._closing.set()
+        self._thread.join()
+        self.queue.shutdown()

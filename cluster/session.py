@@ -38,8 +38,9 @@ def _free_port() -> int:
 
 def init_ray(address: Optional[str] = None, **kwargs: Any) -> None:
     """Connect to `address` (or `RAY_ADDRESS`), else start a private local Ray instance. Unless
-    verbose, the driver's Ray logger starts at WARNING (`ray.init`'s `logging_level`), so its
-    start-up INFO lines stay in the session's log files."""
+    verbose, nothing Ray's workers print is forwarded to this console (`log_to_driver=False`: it
+    stays in their log files; cluster/console.py), and the driver's own Ray log records reach the
+    console only at CRITICAL, from before `ray.init` on (`quiet_ray_data`)."""
     import logging
 
     import ray
@@ -49,6 +50,8 @@ def init_ray(address: Optional[str] = None, **kwargs: Any) -> None:
 
     if not verbose():
         kwargs.setdefault("logging_level", logging.WARNING)
+        kwargs.setdefault("log_to_driver", False)
+    quiet_ray_data()  # before ray.init, which warns on the console (token authentication, ...)
 
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
@@ -137,38 +140,8 @@ def _own_private_instance() -> None:
 
 def quiet_ray_data() -> None:
     """Keep Ray's own lines off the default console (raylift prints its own progress); see
-    `cluster.console`. Call before `init_ray`, so Ray's start-up INFO lines are quiet too."""
+    `cluster.console`. `init_ray` calls it before and after `ray.init`; call it also where this
+    process uses a Ray it did not start, or runs Ray Data before starting one."""
     from cluster.console import quiet_ray
 
     quiet_ray()
-    _filter_user_errors()
-
-
-def _filter_user_errors() -> None:
-    """Ray Data console handlers drop records of tasks that failed with a raylift user error."""
-    import logging
-
-    import ray.data  # noqa: F401  (importing it installs Ray Data's logging config)
-
-    for handler in logging.getLogger("ray.data").handlers:
-        if type(handler).__name__ != "SessionFileHandler":  # keep the session's log file complete
-            if not any(isinstance(f, _UserErrorFilter) for f in handler.filters):
-                handler.addFilter(_UserErrorFilter())
-
-
-class _UserErrorFilter:
-    """Drops console records of a task that failed with a raylift user error (a damaged shard,
-    a bad checkpoint): raylift reports those in one line; Ray's log files keep the traceback."""
-
-    NAMES = ("DataError", "CheckpointError", "ConfigError")
-
-    def filter(self, record) -> bool:
-        from models.checkpoint import CheckpointError
-        from preprocessing.errors import DataError
-        from preprocessing.schema import ConfigError
-
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, (DataError, CheckpointError, ConfigError)):
-            return False
-        text = record.getMessage()
-        return not any(f"{name}: " in text for name in self.NAMES)

@@ -245,8 +245,8 @@ def command_locations(namespace: argparse.Namespace, working_dir: Path) -> list[
     out = []
     for dest, (flag, role) in (getattr(namespace, "location_roles", None) or {}).items():
         value = getattr(namespace, dest, None)
-        if value is not None:
-            out.append((flag, value, role))
+        for one in value if isinstance(value, list) else [] if value is None else [value]:  # nargs="+" gives a list
+            out.append((flag, one, role))
     reader, config = getattr(namespace, "config_locations", None), getattr(namespace, "config", None)
     if reader is not None and config is not None:
         path = Path(config).expanduser()

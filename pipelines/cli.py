@@ -2,14 +2,24 @@
 
 Each command lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`.
 Modules are imported only when their command runs (Ray and torch are slow to import), so
-`raylift --help` stays instant. User errors (bad config, bad input files, bad checkpoints) print
-one clear line to stderr and exit with status 2; anything else is a bug and keeps its traceback.
+`raylift --help` stays instant.
+
+Every failure ends in one line on stderr: a user error (a bad argument, config, input file or
+checkpoint; also one raised inside a Ray worker, Ray Train worker or Ray Data task) exits with
+status 2; Ctrl-C with 130; anything else is a bug and exits with 1, its traceback written to a file
+under `<temp dir>/raylift-logs/` that the line names (and printed too with `--verbose`).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import NoReturn
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -23,7 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("pipelines.evaluate.infer", "lift 2D keypoint sequences to 3D with a checkpoint"),
     "viz": ("pipelines.viz.commands", "render skeleton animations, training curves and result plots"),
     "models": ("pipelines.models.tools", "model summaries and official checkpoint import"),
-    "bench": ("pipelines.bench.benchmarks", "benchmarks: data, model, train, suite, order, images, fidelity"),
+    "export": ("pipelines.models.export", "a lifter checkpoint as ONNX or TorchScript, checked against PyTorch"),
+    "bench": ("pipelines.bench.benchmarks", "benchmarks: data, model, train, suite, order, images, relations, infer, fidelity"),
     "submit": ("cluster.submit", "submit a raylift command as a Ray job"),
     "jobs": ("cluster.jobs", "list, follow and stop Ray jobs"),
     "cluster": ("cluster.local", "start/stop a multi-node Ray cluster on 127.0.0.1"),
@@ -31,10 +42,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 VERBOSE_HELP = "also show Ray's own log lines (by default they only go to Ray's log files)"
+TRACEBACK_DIR = "raylift-logs"  # under the temp directory: the tracebacks of internal errors
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a usage error in one line (what is wrong, and where the usage is), status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="raylift",
         description="3D human pose lifting on Ray: data, models, training, tuning, clusters.",
     )
@@ -72,7 +91,7 @@ def _command_of(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # Before anything imports Ray: its log filter is read at import (cluster/console.py).
+    # Before anything imports Ray: the Ray processes this one starts inherit the console settings.
     from cluster.console import configure, wants_verbose
 
     configure(wants_verbose(argv))
@@ -80,17 +99,46 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(command)
     args = parser.parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
-    from pipelines.config import user_error_types
-
-    errors = user_error_types()
     try:
         return int(module.run(args) or 0)
-    except errors as e:
-        print(f"raylift {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"raylift {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        return report_failure(args.command, e)
+
+
+def report_failure(command: str, error: Exception) -> int:
+    """Print the one line a failed command ends with and return its exit status: 2 for a user error
+    found in `error` or what it wraps, else 1 (a bug) with the traceback saved to a file the line
+    names; `--verbose` prints the traceback as well."""
+    from cluster.console import verbose
+    from pipelines.config import user_error_in
+
+    user = user_error_in(error)
+    if user is not None:
+        print(f"raylift {command}: error: {user}", file=sys.stderr)
+        return 2
+    text = "".join(traceback.format_exception(error))
+    if verbose():
+        print(text, end="", file=sys.stderr)
+    saved = save_traceback(command, text)
+    what = (str(error).strip().splitlines() or [""])[0]
+    print(f"raylift {command}: internal error: {type(error).__name__}: {what} ({saved})", file=sys.stderr)
+    return 1
+
+
+def save_traceback(command: str, text: str) -> str:
+    """Write an internal error's traceback to `<temp dir>/raylift-logs/<command>-<time>-<pid>.txt`;
+    returns what the error line says about it (the path, or why it could not be written)."""
+    name = f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    path = Path(tempfile.gettempdir()) / TRACEBACK_DIR / name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as e:
+        return f"traceback not saved: {e}"
+    return f"traceback: {path}"
 
 
 if __name__ == "__main__":

@@ -417,3 +417,43 @@ def user_error_types() -> tuple[type, ...]:
     from preprocessing.errors import DataError
 
     return (ConfigError, DataError, CheckpointError)
+
+
+def user_error_in(error: BaseException) -> Optional[Exception]:
+    """The first raylift user error (`user_error_types`) in `error` or in what it wraps (a Ray
+    Train failure's worker failures, a Ray task error's cause, exception causes and contexts), as
+    an exception that prints as its own one line; None when there is none (a bug).
+
+    A failure inside a Ray worker, Ray Train worker or Ray Data task reaches the driver wrapped:
+    `RayTaskError(DataError)` is a DataError whose text is the task's traceback, and Ray Data
+    appends its retry notes to the exception's message on further lines."""
+    kinds = user_error_types()
+    seen: set[int] = set()
+    todo: list[Optional[BaseException]] = [error]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, kinds):
+            return _one_line_user_error(e, kinds)
+        todo += list((getattr(e, "worker_failures", None) or {}).values())
+        todo += [getattr(e, "controller_failure", None), getattr(e, "cause", None), e.__cause__, e.__context__]
+    return None
+
+
+def _one_line_user_error(error: Exception, kinds: tuple[type, ...]) -> Exception:
+    """`error` itself when it prints as one line, else an exception of its raylift type with the
+    line the error itself said: the first line of its message, or, for a Ray task error whose
+    original exception was not kept, the `Kind: message` line its traceback text ends with."""
+    cause = getattr(error, "cause", None)  # a RayTaskError(DataError) carries the original
+    wrapped = hasattr(error, "cause") and not isinstance(cause, kinds)
+    if isinstance(cause, kinds):
+        error = cause
+    kind = next(k for k in kinds if isinstance(error, k))
+    lines = str(error).strip().splitlines() or [""]
+    if wrapped:
+        said = [ln.split(": ", 1)[1] for ln in lines
+                if ": " in ln and ln.split(": ", 1)[0].rsplit(".", 1)[-1] == kind.__name__]
+        return kind(said[-1] if said else lines[0])
+    return error if len(lines) == 1 else kind(lines[0])

@@ -11,6 +11,7 @@ their own config dataclasses without importing the CLI.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Literal, Mapping, Union
@@ -172,7 +173,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"--set {text!r}: value is not valid YAML ({e})") from None
+        raise ConfigError(yaml_error_line(f"--set {text!r}", e, with_line=False)) from None
     # YAML 1.1 reads "1e-4" as a string; users mean a number.
     if isinstance(value, str):
         try:
@@ -218,8 +219,30 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         raise ConfigError(f"--set: {e}") from None
 
 
+# PyYAML spells the standard tags `tag:yaml.org,2002:x`; a config writes them `!!x`.
+_YAML_STANDARD_TAG = "tag:yaml.org,2002:"
+_TAG_IN_PROBLEM = re.compile(r"constructor for the tag '([^']*)'")
+
+
+def yaml_error_line(where: str, e: yaml.YAMLError, with_line: bool = True) -> str:
+    """PyYAML's error as one line: `where`, the line number, and what is wrong. PyYAML's own
+    message spans several lines (an excerpt of the file with a caret). A tag that needs a Python
+    constructor (`!!python/object:...`, which `safe_load` refuses) is named, with the rule."""
+    mark = getattr(e, "problem_mark", None)
+    at = f"{where}, line {mark.line + 1}" if with_line and mark is not None else where
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    tag = _TAG_IN_PROBLEM.search(problem)
+    if tag:
+        name = tag.group(1).replace(_YAML_STANDARD_TAG, "!!", 1)
+        return (f"{at}: the tag {name} is not allowed: raylift configs are plain YAML (mappings, lists, "
+                "strings, numbers, true/false, null)")
+    context = getattr(e, "context", None)
+    return f"{at}: not valid YAML: {f'{context}: ' if context else ''}{problem}"
+
+
 def load_yaml(path: str) -> dict:
-    """Read a YAML mapping; errors name the file."""
+    """Read a YAML mapping; errors name the file. An empty file (or one of comments only) is
+    refused: it is not a config, and running every default on it would write a whole pipeline."""
     from pathlib import Path
 
     p = Path(path)
@@ -228,9 +251,12 @@ def load_yaml(path: str) -> dict:
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        raise ConfigError(yaml_error_line(path, e)) from None
     if data is None:
-        data = {}
+        raise ConfigError(f"{path}: no settings (the file is empty or all comments); expected a YAML mapping "
+                          "of settings (key: value lines)")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+        kind = {list: "a list", str: "a string", bool: "true/false", int: "a number", float: "a number"}
+        raise ConfigError(f"{path}: expected a YAML mapping of settings (key: value lines) at the top level, "
+                          f"got {kind.get(type(data), type(data).__name__)}")
     return data

@@ -42,20 +42,20 @@ def _check_lease_rules(lock) -> None:
     first.check()
     first.release()
     second = lease.acquire(lock, "second", ttl_s=30)  # released: free again
-    # Another host's expired lease is taken over; its unexpired one is not (it cannot be proven dead).
-    foreign = replace(second.owner, host="elsewhere", pid=1, run="foreign", expires=time.time() + 60)
-    assert lease._swap(lock, lease.read_record(lock)[1], foreign.to_json())
+    # Another host's fresh record is refused at once (it cannot be proven dead)...
+    foreign = replace(second.owner, host="elsewhere", pid=1, run="foreign", ttl=1.0)
+    assert lease._swap(lock, lease.read_record(lock).token, foreign.to_json())
     with pytest.raises(lease.LeaseHeld, match="host elsewhere"):
         lease.acquire(lock, "third", ttl_s=30)
     with pytest.raises(lease.LeaseHeld, match="lost the lease"):
         second.check()  # verify-after-write: the former holder notices before publishing
     second.release()  # never deletes another owner's record
-    assert lease.read_record(lock)[0].run == "foreign"
-    assert lease._swap(lock, lease.read_record(lock)[1], replace(foreign, expires=time.time() - 1).to_json())
-    third = lease.acquire(lock, "third", ttl_s=30)
-    assert lease.read_record(lock)[0].run == third.owner.run
+    assert lease.read_record(lock).owner.run == "foreign"
+    # ...and taken over once this process has watched it go unrenewed for its TTL (1 s here).
+    third = lease.acquire(lock, "third", ttl_s=30, wait_s=10)
+    assert lease.read_record(lock).owner.run == third.owner.run
     third.release()
-    assert not lease.read_record(lock)[2]
+    assert not lease.read_record(lock).exists
 
 
 def test_local_lease_rules(tmp_path):
@@ -68,9 +68,10 @@ def test_local_lease_of_a_dead_pid_is_taken_over(tmp_path):
     _write_record(Path(lock.path), dead)
     assert lease.owner_gone(dead)
     with lease.acquire(lock, "next run") as held:
-        assert lease.read_record(lock)[0].run == held.owner.run
-    # A live pid on this host whose lease has not expired is not gone, whatever its age.
-    assert not lease.owner_gone(replace(dead, pid=os.getpid(), started=lease.process_start_time(os.getpid())))
+        assert lease.read_record(lock).owner.run == held.owner.run
+    # A live pid on this host is not gone, whatever its record's times say.
+    assert not lease.owner_gone(replace(dead, pid=os.getpid(), started=lease.process_start_time(os.getpid()),
+                                        expires=time.time() - 3600))
 
 
 def test_s3_lease_rules_use_conditional_writes(s3_server, monkeypatch):
@@ -94,22 +95,75 @@ def test_a_lease_on_a_store_without_conditional_writes_is_refused():
         lease.acquire(lock, "a run")
 
 
-def test_staging_leftovers_are_removed_only_when_their_owner_is_gone(tmp_path):
+def test_staging_leftovers_are_removed_unless_their_owner_runs_on_this_host(tmp_path):
+    """Cleanup runs under the id's lease, so other staging directories belong to runs that lost or
+    released it; only one whose process still runs here is kept. A foreign owner's record times are
+    never compared with this host's clock."""
     root = open_location(str(tmp_path))
     live = lease.new_owner("live run", 3600)
     records = {
         "live": live,
         "dead-pid": replace(live, pid=_dead_pid(), run="b"),
-        "expired": replace(live, run="c", host="elsewhere", expires=time.time() - 5),
-        "foreign-live": replace(live, run="d", host="elsewhere"),
+        "foreign-past": replace(live, run="c", host="elsewhere", expires=time.time() - 5),
+        "foreign-future": replace(live, run="d", host="elsewhere", expires=time.time() + 3600),
     }
     for name, owner in records.items():
         _write_record(tmp_path / f".staging-abc-{name}" / OWNER_NAME, owner)
     (tmp_path / ".staging-abc-norecord").mkdir()
     messages: list[str] = []
     clean_leftovers(root, root.child("abc"), "abc", messages.append)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".staging-abc-foreign-live", ".staging-abc-live"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".staging-abc-live"]
     assert any("keeping" in m and "pid" in m for m in messages)
+
+
+SKEWED_HOLDER = textwrap.dedent("""
+    import socket, sys, time
+    sys.path.insert(0, {repo!r})
+    real_time = time.time
+    time.time = lambda: real_time() + {skew!r}  # this host's clock is {skew!r} s off
+    socket.gethostname = lambda: "skewed-host"
+    from preprocessing.store import lease
+    from preprocessing.store.storage import open_location
+    held = lease.acquire(open_location({uri!r}), "skewed holder", ttl_s={ttl!r})
+    print("held", flush=True)
+    time.sleep(3600)
+""")
+
+SKEW_TTL_S = 2.0  # the holder renews every 0.67 s: a pause of 2 s on a loaded machine would be needed to lose it
+
+
+@pytest.mark.parametrize("skew", [-300.0, 300.0], ids=["holder-behind-5min", "holder-ahead-5min"])
+@pytest.mark.parametrize("backend", ["local", "s3", "gcs"])
+def test_a_skewed_holder_keeps_its_lease_while_alive_and_loses_it_once_killed(backend, skew, tmp_path, request,
+                                                                                monkeypatch):
+    """Issue 24 defect 1: a holder on another host whose clock ran 65 s behind had its live lease
+    taken over (expiry was judged by the holder's wall clock against the contender's). Now a live
+    holder keeps it whatever its clock (the contender waits out several TTLs and is refused), and a
+    killed one is taken over by watching its record go unrenewed, on every backend."""
+    if backend == "local":
+        uri = str(tmp_path / "root")
+    else:
+        server = request.getfixturevalue(f"{backend}_server")
+        for key, value in server.env().items():
+            monkeypatch.setenv(key, value)
+        scheme = "s3" if backend == "s3" else "gs"
+        uri = f"{scheme}://{server.bucket}/skew/{os.getpid()}-{int(skew)}"
+    lock = open_location(uri).child(".lock-x")
+    script = tmp_path / "holder.py"
+    script.write_text(SKEWED_HOLDER.format(repo=str(REPO), skew=skew, uri=lock.uri, ttl=SKEW_TTL_S))
+    holder = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(lease.LeaseHeld, match="held by skewed holder \\(host skewed-host"):
+            lease.acquire(lock, "contender", ttl_s=SKEW_TTL_S, wait_s=2.5 * SKEW_TTL_S)
+        assert lease.read_record(lock).owner.host == "skewed-host"
+    finally:
+        holder.kill()
+        holder.wait()
+    messages: list[str] = []
+    with lease.acquire(lock, "contender", ttl_s=SKEW_TTL_S, wait_s=30, on_wait=messages.append) as taken:
+        assert lease.read_record(lock).owner.run == taken.owner.run
+    assert messages and "skewed-host" in messages[0]
 
 
 RUN_SCRIPT = textwrap.dedent("""
@@ -224,3 +278,15 @@ def test_a_build_waits_for_the_lease_with_a_message_then_builds_or_times_out(tmp
     info = build_image_dataset(data, progress=messages.append)
     assert any("waiting up to 120 s" in m for m in messages) and not info.cached
     assert (Path(data.root) / id_ / "manifest.json").is_file()
+
+
+def test_a_lease_in_a_directory_that_cannot_be_written_is_one_data_error(tmp_path):
+    """Issue 24 defect 4: a read-only `train.storage_path` ended in a 24-line OSError traceback
+    raised while taking the run lock. Root may write anywhere, so the unwritable directory here is
+    one under a regular file (the same OSError path as a read-only one)."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file")
+    lock = open_location(str(blocker / "run")).child(".lock")
+    with pytest.raises(DataError, match=rf"cannot take the lease {blocker}/run/\.lock: .*must be a writable directory"):
+        lease.acquire(lock, "raylift train of run x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [blocker.name]

@@ -79,6 +79,28 @@ def test_shipped_tune_configs_load():
         parse_space(cfg.tune.space)
 
 
+def test_a_second_tune_of_a_live_experiment_is_refused_before_ray_starts(tmp_path):
+    """Issue 24: two `raylift tune` runs into one experiment directory interleaved their trials,
+    tables and Tune state. The experiment's lease is taken first: the second is refused at once,
+    naming the live one, with Ray never started and nothing written."""
+    import ray
+
+    from preprocessing.store import lease
+    from preprocessing.store.storage import open_location
+
+    raw = _tiny_raw(tmp_path, space={"model.depth": {"grid": [1]}})
+    experiment = tmp_path / "tune" / raw["name"]
+    if ray.is_initialized():  # left by an earlier test
+        ray.shutdown()
+    with lease.acquire(open_location(str(experiment)).child(".lock"), f"raylift tune of experiment {raw['name']}"):
+        with pytest.raises(lease.LeaseHeld, match=rf"{experiment}/\.lock is held by raylift tune of experiment "
+                                                  rf"{raw['name']} \(host .*, pid {os.getpid()}"):
+            tune_experiment(raw, raw["name"], str(tmp_path / "tune"), progress=lambda s: None)
+        assert not ray.is_initialized()
+        assert sorted(p.name for p in experiment.iterdir()) == [".lock"]
+        assert not (tmp_path / "datasets").exists()
+
+
 @pytest.fixture
 def ray_tune_cluster():
     """A private 2-CPU Ray with its dashboard (Train frees stopped trials' resources through it)."""
@@ -139,12 +161,14 @@ def test_interrupted_tune_resumes_without_rerunning_finished_trials(tmp_path):
         proc.wait()
     rows_before = len(pd.read_csv(first))
     mtime_before = first.stat().st_mtime
+    assert (experiment / ".lock").is_file()  # the killed driver's lease: its dead pid frees it at once
     done = subprocess.run(raylift + ["tune", "--resume", str(experiment)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     table = pd.read_csv(experiment / "trials.csv")
     assert len(table) == 2 and table["best_val_mpjpe"].notna().all()
     assert len(pd.read_csv(first)) == rows_before and first.stat().st_mtime == mtime_before
+    assert not (experiment / ".lock").exists()
 
 
 def test_write_results_table_plot_and_best_config(tmp_path):

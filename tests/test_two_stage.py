@@ -190,7 +190,7 @@ def test_models_import_from_mpstr_reproduces_the_authors_outputs(parity_dir, tmp
     assert np.abs(out.numpy() - y).max() < 1e-5
     (tmp_path / "bad.json").write_text("[1, 2]")
     assert main([*argv[:-4], "--backbone", str(tmp_path / "bad.json"), "--out", str(tmp_path / "c2")]) == 2
-    assert "bad.json: expected a mapping" in capsys.readouterr().err
+    assert "bad.json: expected a YAML mapping" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- end to end

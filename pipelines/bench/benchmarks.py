@@ -1,4 +1,4 @@
-"""`raylift bench {data,model,train,suite,order,images,relations,fidelity}`: benchmarks that report figures, never pass/fail on time.
+"""`raylift bench {data,model,train,suite,order,images,relations,infer,fidelity}`: benchmarks that report figures, never pass/fail on time.
 
 Each benchmark lives in its own module (`pipelines.bench.<name>`) with `add_arguments`/`run`.
 """
@@ -17,6 +17,8 @@ BENCHMARKS = {
     "images": ("pipelines.bench.images", "person crops: images decoded and cropped per second per core, bytes per image"),
     "relations": ("pipelines.bench.relations", "MPSTR's relations module against the same parameters masked and the "
                                                "no-relations baseline, over seeds (mean ± sd)"),
+    "infer": ("pipelines.bench.infer", "CPU inference of one checkpoint in PyTorch, TorchScript and ONNX Runtime: "
+                                       "offline frames/s and streaming latency"),
     "fidelity": ("pipelines.bench.fidelity", "train raylift and the authors' script on one recipe; MPJPE side by side"),
 }
 

@@ -162,8 +162,8 @@ def run_official(cfg: Any, model: str, official_dir: str, out_dir: str, progress
     with open(log_path) as f:
         text = f.read()
     if rc != 0:
-        raise ConfigError(f"the authors' script exited with status {rc}; last lines of {log_path}:\n"
-                          + "\n".join(text.splitlines()[-15:]))
+        last = (text.strip().splitlines() or ["(no output)"])[-1]
+        raise ConfigError(f"the authors' script exited with status {rc}; its last line: {last} (all of it: {log_path})")
     parsed = parse_official_log(text)
     protocol = ("MixSTE run.py: windows from frame 0, last window flush with the end (overlap counted twice)"
                 if model == "mixste" else "VideoPose3D seq2frame: every frame, receptive field T")

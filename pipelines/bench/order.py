@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     quiet_ray_data()
-    init_ray(log_to_driver=False)
+    init_ray()
     own = Variant(f"config ({cfg.data.windows.row_order} rows, buffer "
                   f"{cfg.train.shuffle_buffer if cfg.train.shuffle_buffer is not None else 'default'})",
                   cfg.data.windows.row_order, cfg.train.shuffle_buffer)

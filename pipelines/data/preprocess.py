@@ -100,7 +100,6 @@ def prepare_one(data) -> None:
     else:
         # Ray starts only if shards must be written; a private instance is stopped on every exit path.
         info = prepare_dataset(data, progress=lambda msg: print(msg, flush=True),
-                               start_ray=lambda: init_ray(include_dashboard=False, log_to_driver=False,
-                                                          configure_logging=False))
+                               start_ray=lambda: init_ray(include_dashboard=False, configure_logging=False))
     for line in (image_summary_lines if images else summary_lines)(info, time.monotonic() - t0):
         print(line)

@@ -127,7 +127,7 @@ def ensure_ray() -> None:
         return
     from cluster.session import init_ray
 
-    init_ray(log_to_driver=False)  # quiets the driver's Ray logging once it is up
+    init_ray()  # quiets the driver's Ray logging once it is up
 
 
 CheckpointSource = Union[str, Location, ShippedCheckpoint]

@@ -35,9 +35,12 @@ import numpy as np
 
 from preprocessing.store import storage
 from preprocessing.errors import DataError
+from preprocessing.sources.detectors import FORMATS as DETECTOR_FORMATS
 from pipelines.config import add_location_argument
 
 OUTPUT_FORMAT = "raylift-inference/1"
+RAYLIFT_FORMAT = "raylift"  # --input as COCO-17/H36M-17 arrays (preprocessing/sources/keypoint_formats.py)
+
 FRAMES_PER_FORWARD = 4096  # default batch: about this many input frames per forward pass
 
 
@@ -46,9 +49,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     add_location_argument(src, "--input", role="input", help="2D keypoints file (.npz or .json, pixels)")
     add_location_argument(src, "--dataset", role="input", help="experiment YAML or a VideoPose3D-format directory (e.g. cmu-dev)")
+    add_location_argument(src, "--video", role="input", nargs="+",
+                          help="video file(s): 2D by --pose-model (an RTMPose ONNX file), then 3D; several run "
+                               "as Ray Data batch inference and --output is then a directory")
     add_location_argument(parser, "--output", role="output", required=True, help="P.npz, P.json, or P (writes P.npz and P.json)")
-    parser.add_argument("--layout", choices=("coco", "h36m"), default="coco", help="joint layout of --input")
-    parser.add_argument("--person", type=int, default=None, help="person index in a (P, F, 17, C) file")
+    parser.add_argument("--format", default="auto", choices=("auto", RAYLIFT_FORMAT, *DETECTOR_FORMATS),
+                        help="who wrote --input: a detector (preprocessing/sources/detectors.py), raylift's "
+                             "own npz/json arrays, or auto (default: from the file's content)")
+    parser.add_argument("--layout", choices=("coco", "h36m"), default="coco", help="joint layout of a raylift-format --input")
+    parser.add_argument("--person", type=int, default=None, help="person index in a raylift-format (P, F, 17, C) file")
+    parser.add_argument("--track", type=int, default=None,
+                        help="detector files: the track id to lift (default: the largest person)")
+    parser.add_argument("--video-name", default=None, help="videopose3d files: the video to lift when it holds several")
+    add_location_argument(parser, "--pose-model", role="input", help="--video: an RTMPose-style ONNX 2D pose model")
+    add_location_argument(parser, "--det-model", role="input",
+                          help="--video: an end-to-end ONNX person detector (RTMDet/YOLOX via MMDeploy); "
+                               "default: the whole frame is the person's box")
     parser.add_argument("--width", type=float, default=None, help="image width in pixels (else from the file)")
     parser.add_argument("--height", type=float, default=None, help="image height in pixels (else from the file)")
     parser.add_argument("--subject", help="dataset mode: subject, e.g. S9 or C01")
@@ -300,62 +316,142 @@ def _lift_on_ray(args: argparse.Namespace, model: Any, meta: dict, keypoints: np
     return poses, f"Ray Data {where_text(placement)}"
 
 
+def read_video(args: argparse.Namespace, video: str) -> tuple[Any, dict[str, Any]]:
+    """One --video through the ONNX detector and pose model (preprocessing/sources/video_pose.py)."""
+    from preprocessing.sources.detectors import one_person
+    from preprocessing.sources.video_pose import PersonDetector, PoseModel, video_fps, video_to_detections
+
+    if args.pose_model is None:
+        raise DataError("--video needs --pose-model (an RTMPose-style ONNX file; nothing is downloaded)")
+    start = time.perf_counter()
+    det = video_to_detections(video, PoseModel(args.pose_model),
+                              PersonDetector(args.det_model) if args.det_model else None)
+    read = one_person(det, video, "video", args.track, args.width, args.height)
+    print(f"2D: {read.frames} frames of {video} through {Path(args.pose_model).name} ({read.layout}) in "
+          f"{time.perf_counter() - start:.1f} s; the person was missing in {read.interpolated} frame(s), interpolated")
+    return read.track, {"format": "video", "source_layout": read.layout, "pose_model": str(Path(args.pose_model).resolve()),
+                        "det_model": str(Path(args.det_model).resolve()) if args.det_model else None,
+                        "interpolated_frames": read.interpolated, "fps": video_fps(video)}
+
+
+def read_input(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The --input track (H36M-17, pixels) and what reading it did, printed and kept in the metadata."""
+    from preprocessing.sources.detectors import detect_format, load_detections
+    from preprocessing.sources.keypoint_formats import load_keypoints
+
+    fmt = args.format
+    if fmt == "auto":
+        fmt = detect_format(Path(args.input)) or RAYLIFT_FORMAT
+    if fmt == RAYLIFT_FORMAT:
+        return load_keypoints(args.input, args.layout, args.person, args.width, args.height), {"format": fmt}
+    read = load_detections(args.input, fmt, args.track, args.width, args.height, video=args.video_name)
+    print(f"read {read.frames} frames of {fmt} keypoints ({read.layout} -> H36M-17, at most {read.people_max} "
+          f"people in a frame" + (f", track {read.chosen_track}" if read.chosen_track is not None else "")
+          + f"); the person was missing in {read.interpolated} frame(s), interpolated")
+    return read.track, {"format": fmt, "source_layout": read.layout, "track": read.chosen_track,
+                        "interpolated_frames": read.interpolated}
+
+
 def run(args: argparse.Namespace) -> int:
-    from preprocessing.sources.keypoint_formats import load_keypoints, normalize_screen, screen_to_pixels
-    from preprocessing.skeleton import H36M17, get_skeleton
+    from preprocessing.sources.keypoint_formats import screen_to_pixels
+    from preprocessing.skeleton import get_skeleton
 
     if args.batch_size is not None and args.batch_size < 1:
         raise DataError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.video is not None and len(args.video) > 1:
+        return run_videos(args)
     # A single file lifts in this process; a dataset sequence runs where Ray's resources are.
-    device = resolve_device(args.device) if args.input is not None else "cpu"
-    arrays: dict[str, np.ndarray] = {}
-    metadata: dict[str, Any] = {}
-    if args.input is not None:
-        track = load_keypoints(args.input, args.layout, args.person, args.width, args.height)
+    single = args.input is not None or args.video is not None
+    device = resolve_device(args.device) if single else "cpu"
+    if single:
+        track, read = read_video(args, args.video[0]) if args.video else read_input(args)
         model, meta = load_lifter(args.checkpoint, device)
         _check_layout(meta, "h36m", args.checkpoint)
-        skeleton = H36M17
-        keypoints_px = track.keypoints
-        normalised = normalize_screen(track.keypoints, track.width, track.height)
-        if track.scores is not None:
-            arrays["scores"] = track.scores
-        metadata["input"] = {
-            "path": str(Path(track.path).resolve()), "layout": track.source_layout,
-            "person": track.person, "width": track.width, "height": track.height,
-        }
-        fps = None
-    else:
-        if not (args.subject and args.action):
-            raise DataError("--dataset needs --subject and --action")
-        from preprocessing.sources import load_sequences
+        return lift_and_write(args, model, meta, *track_arrays(track, read), device, args.output)
+    if not (args.subject and args.action):
+        raise DataError("--dataset needs --subject and --action")
+    from preprocessing.sources import load_sequences
 
-        data = load_sequences(dataset_source(args.dataset, args.subject, args.keypoints_2d))
-        seq = find_sequence(data.sequences, args.subject, args.action, str(args.camera))
-        model, meta = load_lifter(args.checkpoint, device)
-        _check_layout(meta, seq.layout, args.checkpoint)
-        skeleton = get_skeleton(seq.layout)
-        w, h = seq.image_size
-        normalised = seq.keypoints_2d.astype(np.float32)
-        keypoints_px = screen_to_pixels(normalised, w, h)
-        arrays["gt_3d"] = seq.positions_3d.astype(np.float32)
-        arrays["valid"] = seq.valid.astype(bool)
-        metadata["input"] = {"layout": seq.layout, "width": float(w), "height": float(h)}
-        metadata["dataset"] = {
-            "path": str(Path(args.dataset).resolve()), "subject": seq.subject, "action": seq.action,
-            "activity": seq.activity, "camera": seq.camera, "camera_index": seq.camera_index,
-        }
-        fps = float(seq.fps)
+    data = load_sequences(dataset_source(args.dataset, args.subject, args.keypoints_2d))
+    seq = find_sequence(data.sequences, args.subject, args.action, str(args.camera))
+    model, meta = load_lifter(args.checkpoint, device)
+    _check_layout(meta, seq.layout, args.checkpoint)
+    w, h = seq.image_size
+    normalised = seq.keypoints_2d.astype(np.float32)
+    arrays = {"keypoints_2d": screen_to_pixels(normalised, w, h), "gt_3d": seq.positions_3d.astype(np.float32),
+              "valid": seq.valid.astype(bool)}
+    metadata: dict[str, Any] = {
+        "input": {"layout": seq.layout, "width": float(w), "height": float(h)},
+        "dataset": {"path": str(Path(args.dataset).resolve()), "subject": seq.subject, "action": seq.action,
+                    "activity": seq.activity, "camera": seq.camera, "camera_index": seq.camera_index},
+        "fps": float(seq.fps),
+    }
+    return lift_and_write(args, model, meta, get_skeleton(seq.layout), normalised, arrays, metadata, device,
+                          args.output, on_ray=True)
 
+
+def track_arrays(track: Any, read: dict[str, Any]) -> tuple[Any, np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
+    """(skeleton, normalised keypoints, output arrays, metadata) of one H36M-17 pixel track."""
+    from preprocessing.skeleton import H36M17
+    from preprocessing.sources.keypoint_formats import normalize_screen
+
+    arrays = {"keypoints_2d": track.keypoints}
+    if track.scores is not None:
+        arrays["scores"] = track.scores
+    metadata = {
+        "input": {"path": str(Path(track.path).resolve()), "layout": track.source_layout, "person": track.person,
+                  "width": track.width, "height": track.height, **read},
+        "fps": read.get("fps"),
+    }
+    return H36M17, normalize_screen(track.keypoints, track.width, track.height), arrays, metadata
+
+
+def run_videos(args: argparse.Namespace) -> int:
+    """Several --video files: their 2D as Ray Data batch inference (pipelines/evaluate/videos.py),
+    then each lifted here into `--output DIR/<video name>.npz/.json`."""
+    from pipelines.evaluate.batch import parse_placement_resources, placement_for_cli, where_text
+    from pipelines.evaluate.videos import videos_to_detections_on_ray
+    from preprocessing.sources.detectors import one_person
+
+    if args.pose_model is None:
+        raise DataError("--video needs --pose-model (an RTMPose-style ONNX file; nothing is downloaded)")
+    names = [Path(v).stem for v in args.video]
+    if len(set(names)) != len(names):
+        raise DataError(f"--video: two videos share a name ({', '.join(sorted(n for n in names if names.count(n) > 1))}); "
+                        "their outputs would collide in --output")
+    device = resolve_device(args.device)
+    model, meta = load_lifter(args.checkpoint, device)
+    _check_layout(meta, "h36m", args.checkpoint)
+    placement = placement_for_cli("cpu" if args.device == "auto" else args.device,
+                                  parse_placement_resources(args.resources), args.actors)
+    start = time.perf_counter()
+    found = videos_to_detections_on_ray(args.video, args.pose_model, args.det_model, placement)
+    print(f"2D: {len(args.video)} videos through {Path(args.pose_model).name} in {time.perf_counter() - start:.1f} s "
+          f"(Ray Data {where_text(placement)})")
+    for video, (det, fps) in zip(args.video, found):
+        read = one_person(det, video, "video", args.track, args.width, args.height)
+        print(f"{video}: {read.frames} frames ({read.layout}); the person was missing in {read.interpolated} "
+              "frame(s), interpolated")
+        info = {"format": "video", "source_layout": read.layout, "pose_model": args.pose_model,
+                "det_model": args.det_model, "interpolated_frames": read.interpolated, "fps": fps}
+        lift_and_write(args, model, meta, *track_arrays(read.track, info), device,
+                       str(Path(args.output) / Path(video).stem))
+    return 0
+
+
+def lift_and_write(args: argparse.Namespace, model: Any, meta: dict, skeleton: Any, normalised: np.ndarray,
+                   arrays: dict[str, np.ndarray], metadata: dict[str, Any], device: str, output: str,
+                   on_ray: bool = False) -> int:
+    """Lift one sequence (here, or as Ray Data batch inference), write `output` and say so."""
     frames = int(meta["frames"])
     start = time.perf_counter()
-    if args.input is not None:
-        poses = lift_sequence(model, normalised, frames, skeleton, args.flip, args.batch_size, device)
-    else:
+    if on_ray:
         poses, device = _lift_on_ray(args, model, meta, normalised, skeleton)
+    else:
+        poses = lift_sequence(model, normalised, frames, skeleton, args.flip, args.batch_size, device)
     elapsed = time.perf_counter() - start
     n = poses.shape[0]
     arrays["poses_3d"] = poses
-    arrays["keypoints_2d"] = keypoints_px
     metadata.update({
         "format": OUTPUT_FORMAT,
         "checkpoint": str(Path(args.checkpoint).resolve()),
@@ -369,13 +465,12 @@ def run(args: argparse.Namespace) -> int:
         "units": "metres",
         "coordinates": "camera space (x right, y down, z forward), root-relative, root joint at 0",
         "num_frames": n,
-        "fps": fps,
         "device": device,
         "seconds": round(elapsed, 4),
     })
     if "gt_3d" in arrays:
         metadata["metrics"] = sequence_metrics(poses, arrays["gt_3d"], arrays["valid"])
-    paths = write_outputs(args.output, arrays, metadata)
+    paths = write_outputs(output, arrays, metadata)
     print(f"lifted {n} frames with {meta['model'].get('name')} (T={frames}, flip={'on' if args.flip else 'off'}) "
           f"on {device} in {elapsed:.2f} s ({n / max(elapsed, 1e-9):.0f} frames/s)")
     if "metrics" in metadata:

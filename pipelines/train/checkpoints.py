@@ -159,20 +159,32 @@ def state_bytes(obj: object) -> int:
     return 0
 
 
-def disk_full(target: Location, needed: int, epoch: int):
-    """The one-line CheckpointError for a checkpoint that did not fit: path, bytes needed, free."""
+SPARE_BYTES = 1_000_000  # what a checkpoint's copy into the run directory must leave free
+
+
+def disk_full(target: Location, needed: int, epoch: int, free: Optional[int] = None):
+    """The one-line CheckpointError for a checkpoint that does not fit: its path, what it needs,
+    what is free. `free`: the bytes free that a check before the copy found short of `needed` +
+    `SPARE_BYTES` (so the two numbers the line gives show why); None when the device filled up
+    during the write, when the line says what is free once the partial copy is gone."""
     import shutil
 
     from models.checkpoint import CheckpointError
 
-    free = ""
+    keep = f"nothing of epoch {epoch} was kept: free space (or set train.storage_path elsewhere) and re-run to resume"
+    if free is not None:
+        return CheckpointError(
+            f"no space left on device writing checkpoint {target.uri}: it needs {(needed + SPARE_BYTES) / 1e6:.1f} MB "
+            f"({needed / 1e6:.1f} MB of files and {SPARE_BYTES / 1e6:.1f} MB to spare) and {free / 1e6:.1f} MB are "
+            f"free; {keep}")
+    now = ""
     if isinstance(target.fs, pafs.LocalFileSystem):
         with contextlib.suppress(OSError):
-            free = f", {shutil.disk_usage(os.path.dirname(target.path)).free / 1e6:.1f} MB free"
+            free_now = shutil.disk_usage(os.path.dirname(target.path)).free
+            now = f" ({free_now / 1e6:.1f} MB free once the partial copy was removed)"
     return CheckpointError(
-        f"no space left on device writing checkpoint {target.uri}: it needs about {needed / 1e6:.1f} MB{free}; "
-        f"nothing of epoch {epoch} was kept: free space (or set train.storage_path elsewhere) and re-run to resume"
-    )
+        f"no space left on device writing checkpoint {target.uri}: it needs about {needed / 1e6:.1f} MB and the "
+        f"device filled up during the write{now}; {keep}")
 
 
 def is_disk_full(e: BaseException) -> bool:

@@ -22,14 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import yaml
 
+from cluster.console import Relay
 from models.checkpoint import CheckpointError
 from preprocessing.errors import DataError
-from pipelines.config import ExperimentConfig, add_config_arguments, add_location_argument, load_config
+from pipelines.config import (
+    ExperimentConfig, add_config_arguments, add_location_argument, load_config, user_error_in,
+)
 from preprocessing.schema import ConfigError
 from preprocessing.store.dataset import Dataset, is_dataset_id
 
@@ -50,6 +54,7 @@ def validation_split(cfg: ExperimentConfig, dataset: Dataset) -> str:
                         "(data.source.val_subjects)")
     return "val" if has_val and cfg.train.select != "test" else "test"
 PLOT_NAME = "training_curves.png"
+FIT_POLL_S = 0.2  # how often the main thread, waiting for Ray Train's fit(), looks for a Ctrl-C
 CONFIG_NAME = "config.yaml"
 RUN_LOCK = ".lock"  # the lease of the one live run of a run directory (preprocessing.store.lease)
 
@@ -152,35 +157,6 @@ def check_resume(run_uri: str, cfg_dict: dict, joints: int, dataset_id: str) -> 
     return found.uri
 
 
-def user_error_in(error: BaseException) -> Optional[Exception]:
-    """The first raylift user error (DataError, CheckpointError, ConfigError) inside a Ray Train
-    failure (worker failures, Ray task errors, exception causes), as a plain exception of its own
-    type with its own one-line message; None when there is none (a bug keeps its traceback)."""
-    from pipelines.config import user_error_types
-
-    kinds = user_error_types()
-    seen: set[int] = set()
-    todo: list[BaseException] = [error]
-    while todo:
-        e = todo.pop(0)
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, kinds):
-            kind = next(k for k in kinds if isinstance(e, k))
-            cause = getattr(e, "cause", None)  # a RayTaskError(DataError) carries the original
-            if isinstance(cause, kinds):
-                return kind(str(cause))
-            # Ray's wrappers render a traceback: keep the line the error itself printed.
-            lines = str(e).strip().splitlines()
-            marks = [ln.split(": ", 1)[1] for ln in lines if ln.split(": ", 1)[0].rsplit(".", 1)[-1] == kind.__name__
-                     and ": " in ln]
-            return kind(marks[-1] if marks else lines[0])
-        todo += list((getattr(e, "worker_failures", None) or {}).values())
-        todo += [getattr(e, "controller_failure", None), getattr(e, "cause", None), e.__cause__, e.__context__]
-    return None
-
-
 def _ensure_ray(progress: Callable[[str], None]) -> None:
     import ray
 
@@ -254,10 +230,28 @@ def run_training(
     lease (`<run>/.lock`) is held throughout; `lock_wait_s` waits that long for a holder to finish
     or be proven gone (a retried Tune trial whose previous attempt died on another node).
     """
-    from pipelines.train.tasks import task_for
     from preprocessing.store import lease, storage
 
-    _ensure_ray(progress)
+    name = run_name or cfg.name
+    root = storage_root(storage_path or cfg.train.storage_path)
+    run_uri = storage.join(root, name)
+    # One live run per run directory: a second is refused naming the directory and the holder,
+    # before it starts Ray or builds a dataset.
+    held = lease.acquire(storage.open_location(run_uri).child(RUN_LOCK), f"raylift train of run {name}",
+                         wait_s=lock_wait_s)
+    try:
+        _ensure_ray(progress)
+        task = _task(cfg, dataset, progress)
+        return _train_locked(cfg, cfg.to_dict(), task, name, root, run_uri, callbacks, evaluate_after, progress, held)
+    finally:
+        held.release()
+
+
+def _task(cfg: ExperimentConfig, dataset: Optional[Dataset], progress: Callable[[str], None]) -> Any:
+    """The training task (`pipelines/train/tasks.py`) on `dataset`, else on the dataset the config
+    names (`data.dataset`), else on the one its `data:` section builds (or finds by id)."""
+    from pipelines.train.tasks import task_for
+
     if dataset is None:
         dataset = prepared_dataset(cfg)
     if dataset is None:
@@ -266,18 +260,7 @@ def run_training(
 
         dataset = (build_image_dataset if is_image_config(cfg) else prepare_dataset)(cfg.data, progress=progress)
     check_input_kind(cfg, dataset)
-    task = task_for(cfg, dataset, validation_split(cfg, dataset), progress)
-    name = run_name or cfg.name
-    root = storage_root(storage_path or cfg.train.storage_path)
-    run_uri = storage.join(root, name)
-    cfg_dict = cfg.to_dict()
-    # One live run per run directory: a second is refused naming the directory and the holder.
-    held = lease.acquire(storage.open_location(run_uri).child(RUN_LOCK), f"raylift train of run {name}",
-                         wait_s=lock_wait_s)
-    try:
-        return _train_locked(cfg, cfg_dict, task, name, root, run_uri, callbacks, evaluate_after, progress, held)
-    finally:
-        held.release()
+    return task_for(cfg, dataset, validation_split(cfg, dataset), progress)
 
 
 def _train_locked(cfg: ExperimentConfig, cfg_dict: dict, task: Any, name: str, root: str, run_uri: str,
@@ -295,23 +278,29 @@ def _train_locked(cfg: ExperimentConfig, cfg_dict: dict, task: Any, name: str, r
                         yaml.safe_dump(cfg_dict, sort_keys=False).encode())
     progress(f"run directory: {run_uri}" + (f" (resuming from {resume_from})" if resume_from else ""))
 
-    # Locations, not URIs: their pickled filesystems carry S3 settings to workers started earlier.
-    loop_config = {
-        "cfg": cfg_dict, "task": task, "run_loc": storage.open_location(run_uri),
-        "resume_loc": storage.open_location(resume_from) if resume_from else None,
-        "local_mode": tc.num_workers == 0,
-        # Ray Train runs no callbacks in local mode; the loop (in this process) calls them itself.
-        "local_callbacks": list(callbacks) if tc.num_workers == 0 else [],
-    }
-    trainer = build_trainer(cfg, task, loop_config, name, root, callbacks)
-    held.check()
+    local_mode = tc.num_workers == 0
+    relay = None if local_mode else Relay(progress)  # the workers' lines for the user (cluster/console.py)
     try:
-        trainer.fit()
+        # Locations, not URIs: their pickled filesystems carry S3 settings to workers started earlier.
+        loop_config = {
+            "cfg": cfg_dict, "task": task, "run_loc": storage.open_location(run_uri),
+            "resume_loc": storage.open_location(resume_from) if resume_from else None,
+            "local_mode": local_mode,
+            # Ray Train runs no callbacks in local mode; the loop (in this process) calls them itself.
+            "local_callbacks": list(callbacks) if local_mode else [],
+            "console": relay.queue if relay is not None else None,
+        }
+        trainer = build_trainer(cfg, task, loop_config, name, root, callbacks)
+        held.check()
+        _fit(trainer, local_mode)
     except Exception as e:  # Ray Train wraps a worker's error: surface raylift's one-line ones
         user = user_error_in(e)
         if user is None:
             raise
         raise user from None
+    finally:
+        if relay is not None:
+            relay.close()
 
     checkpoints = list_checkpoints(run_uri)
     best_ckpt, last_ckpt = best(checkpoints), latest(checkpoints)
@@ -337,6 +326,33 @@ def _train_locked(cfg: ExperimentConfig, cfg_dict: dict, task: Any, name: str, r
         score = f"{task.metric} {best_ckpt.score:.2f} {task.unit}"
         progress(f"best checkpoint: {best_ckpt.uri} (epoch {best_ckpt.epoch}, {score})")
     return outcome
+
+
+def _fit(trainer: Any, local_mode: bool) -> None:
+    """`trainer.fit()`, leaving Ctrl-C to raylift. Called in the main thread, Ray Train (V2) installs
+    its own SIGINT handler for the run, which aborts it and then ends this process with status 1
+    (a SystemExit raised inside `ray.get`), so the CLI could not say "interrupted" or exit with 130.
+    There fit() runs in a helper thread while the main thread waits: SIGINT raises KeyboardInterrupt
+    in the main thread, and the run's controller and workers, actors of this driver's job, end with
+    it. Local mode (the loop in this process, where Ray Train installs no handler) and other threads
+    (Tune's trials) call fit() directly."""
+    if local_mode or threading.current_thread() is not threading.main_thread():
+        trainer.fit()
+        return
+    failure: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as e:  # handed to the main thread, which raises it
+            failure.append(e)
+
+    helper = threading.Thread(target=fit, name="raylift-train-fit", daemon=True)
+    helper.start()
+    while helper.is_alive():  # timed waits: a SIGINT that lands on another thread is acted on here
+        helper.join(FIT_POLL_S)
+    if failure:
+        raise failure[0]
 
 
 def _history(last) -> list[dict]:

@@ -21,11 +21,12 @@ from typing import Any, Optional
 import pyarrow.fs as pafs
 import torch
 
+from cluster.console import Relay
 from models.checkpoint import save_checkpoint
 from preprocessing.store import storage
 from preprocessing.store.storage import Location, local_copy
 from pipelines.train.checkpoints import (
-    checkpoint_name, disk_full, is_disk_full, prune, state_bytes, write_checkpoint,
+    SPARE_BYTES, checkpoint_name, disk_full, is_disk_full, prune, state_bytes, write_checkpoint,
 )
 from pipelines.train.schedules import after_epoch, before_step
 from pipelines.train.tasks import TRAIN, steps_per_epoch
@@ -64,9 +65,13 @@ def _device(use_gpu: bool, local_mode: bool) -> torch.device:
     return torch.device("cuda", 0) if local_mode else ray.train.torch.get_device()
 
 
-def _say(text: str) -> None:
-    """One line on the worker's stdout (shown by the driver). Not `print`: Ray Train patches it
-    into its logger, which echoes every line twice on the driver."""
+def _say(text: str, console: Any) -> None:
+    """One line for the user: through the driver's relay (`console`, cluster/console.py), or on
+    stdout in local mode, where this loop runs in the driver. Not `print`: Ray Train patches it
+    into its logger."""
+    if console is not None:
+        Relay.say(console, text)
+        return
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
@@ -81,7 +86,8 @@ def train_loop_per_worker(config: dict) -> None:
     """`config`: {"cfg": experiment dict, "task" (`pipelines/train/tasks.py`: the dataset handle,
     batches, validation and metric), "run_loc" (storage Location of the run directory),
     "resume_loc" (Location of the checkpoint to resume from, or None), "local_mode" (bool),
-    "local_callbacks"}. The loop reports the task's metric (`val_mpjpe` in mm, `val_px` in
+    "local_callbacks", "console" (the driver's relay queue for the user's lines, None in local
+    mode)}. The loop reports the task's metric (`val_mpjpe` in mm, `val_px` in
     pixels), lower is better, which is also the checkpoint score."""
     import ray.train
     import ray.train.torch
@@ -139,7 +145,7 @@ def train_loop_per_worker(config: dict) -> None:
         where = "in the driver process" if local_mode else f"on {world} worker(s), {nodes} node(s)"
         what = f"resuming after epoch {start}" if state else "starting"
         _say(f"training {cfg.model.name} ({count_parameters(net):,} parameters, T={frames}) {where} "
-             f"on {device.type}: {what}")
+             f"on {device.type}: {what}", config["console"])
 
     # This worker's part of Ray Train's split of the training split, where the task hands Ray one.
     shard = ray.train.get_dataset_shard(TRAIN) if task.uses_ray_split else None
@@ -192,7 +198,7 @@ def train_loop_per_worker(config: dict) -> None:
                     config.get("local_callbacks") or [])
             if rank == 0:  # logged only once the epoch's checkpoint is committed
                 eta = (tc.epochs - epoch) * sum(durations) / len(durations)
-                _say(epoch_line(row, tc.epochs, eta))
+                _say(epoch_line(row, tc.epochs, eta), config["console"])
                 log.write(history)
     finally:
         if log is not None:
@@ -231,8 +237,9 @@ def _report(row: dict, net: torch.nn.Module, meta: dict, train_state: dict, rank
         needed = sum(f.stat().st_size for f in directory.iterdir())
         if isinstance(target.fs, pafs.LocalFileSystem):
             os.makedirs(os.path.dirname(target.path), exist_ok=True)
-            if shutil.disk_usage(os.path.dirname(target.path)).free < needed + (1 << 20):
-                raise disk_full(target, needed, epoch)
+            free = shutil.disk_usage(os.path.dirname(target.path)).free
+            if free < needed + SPARE_BYTES:
+                raise disk_full(target, needed, epoch, free)
         try:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
                              checkpoint_dir_name=checkpoint_name(epoch))

@@ -249,17 +249,34 @@ def make_scheduler(cfg: ExperimentConfig):
 
 def tune_experiment(raw: dict, name: str, storage_path: str, resume: bool = False,
                     address: Optional[str] = None, progress=print) -> dict[str, Any]:
-    """Run (or resume) a search; returns the summary (rows, markdown, paths)."""
+    """Run (or resume) a search; returns the summary (rows, markdown, paths). The experiment
+    directory's lease (`<experiment>/.lock`, as a run directory's) is held throughout, taken
+    before Ray starts: a second tune (or resume) of the same experiment is refused at once, naming
+    the live one, instead of interleaving its trials, tables and Tune state with it."""
+    from pipelines.train.driver import RUN_LOCK
+    from preprocessing.store import lease
+    from preprocessing.store import storage as st
+
+    cfg, dims = check_space(raw)
+    experiment_path = st.join(_absolute(storage_path), name)
+    held = lease.acquire(st.open_location(experiment_path).child(RUN_LOCK), f"raylift tune of experiment {name}")
+    try:
+        return _tune_locked(raw, cfg, dims, name, storage_path, experiment_path, resume, address, progress)
+    finally:
+        held.release()
+
+
+def _tune_locked(raw: dict, cfg: ExperimentConfig, dims: list, name: str, storage_path: str, experiment_path: str,
+                 resume: bool, address: Optional[str], progress) -> dict[str, Any]:
+    """The part of `tune_experiment` that runs while this process holds the experiment's lease."""
     import ray
     from ray import tune
 
     from preprocessing.store import storage as st
 
-    cfg, dims = check_space(raw)
-    experiment_path = st.join(_absolute(storage_path), name)
     if not ray.is_initialized():
         # The dashboard stays on: Train frees stopped trials' resources through its state API.
-        init_ray(address, log_to_driver=False)
+        init_ray(address)  # quiet unless --verbose (cluster/session.py)
     datasets = prepare_datasets(raw, dims, progress)
     resources, source = intended_resources(cfg, progress)
     concurrency = trial_concurrency(cfg, resources, source)

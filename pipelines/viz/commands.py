@@ -29,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = sub.add_parser("anim", help="animate input 2D and predicted (and ground-truth) 3D skeletons")
     add_location_argument(a, "--input", role="input", required=True, help="a raylift infer output (.npz or .json)")
     add_location_argument(a, "--gt", role="input", help="another infer output whose gt_3d (else poses_3d) is drawn as a third panel")
-    add_location_argument(a, "--output", role="output", required=True, help="out.gif or out.mp4 (needs ffmpeg)")
+    add_location_argument(a, "--output", role="output", required=True, help="out.gif or out.mp4")
+    add_location_argument(a, "--video", role="input",
+                          help="the video the 2D came from: the 2D skeleton is drawn over its frames")
     a.add_argument("--fps", type=float, default=None, help="frames per second (default: the input's fps / stride, else 25)")
     a.add_argument("--max-frames", type=int, default=None, help="render at most this many frames")
     a.add_argument("--stride", type=int, default=1, help="render every n-th frame")
@@ -48,12 +50,16 @@ def run(args: argparse.Namespace) -> int:
 # --- anim -------------------------------------------------------------------------------------
 
 
-def animation_panels(arrays: dict[str, np.ndarray], gt: Optional[np.ndarray], gt_title: str) -> list:
-    from pipelines.viz.render import Panel
+def animation_panels(arrays: dict[str, np.ndarray], gt: Optional[np.ndarray], gt_title: str,
+                     video: Optional[str] = None) -> list:
+    from pipelines.viz.render import Panel, VideoFrames
 
     panels = []
+    if video is not None and "keypoints_2d" not in arrays:
+        raise DataError(f"--video {video}: the input has no keypoints_2d to draw over it")
     if "keypoints_2d" in arrays:
-        panels.append(Panel("input 2D", np.asarray(arrays["keypoints_2d"], np.float32), "2d"))
+        panels.append(Panel("input 2D", np.asarray(arrays["keypoints_2d"], np.float32), "2d",
+                            VideoFrames(video) if video is not None else None))
     panels.append(Panel("predicted 3D", np.asarray(arrays["poses_3d"], np.float32), "3d"))
     if gt is not None:
         panels.append(Panel(gt_title, np.asarray(gt, np.float32), "3d"))
@@ -83,7 +89,7 @@ def run_anim(args: argparse.Namespace) -> int:
             raise DataError(f"{args.gt}: poses {gt.shape} do not match {args.input} {arrays['poses_3d'].shape}")
     frames = frame_indices(arrays["poses_3d"].shape[0], args.stride, args.max_frames)
     fps = args.fps or (meta["fps"] / args.stride if meta.get("fps") else DEFAULT_FPS)
-    animator = SkeletonAnimator(animation_panels(arrays, gt, gt_title), skeleton)
+    animator = SkeletonAnimator(animation_panels(arrays, gt, gt_title, args.video), skeleton)
     start = time.perf_counter()
     count = write_animation(iter_frames(animator, frames), args.output, fps)
     elapsed = time.perf_counter() - start

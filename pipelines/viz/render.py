@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -30,11 +28,35 @@ DPI = 80
 
 @dataclass
 class Panel:
-    """One subplot of an animation: 2D keypoints (pixels) or 3D joints (metres), (F, J, 2|3)."""
+    """One subplot of an animation: 2D keypoints (pixels) or 3D joints (metres), (F, J, 2|3).
+    A 2D panel with `background` (frame index -> (H, W, 3) image) draws the skeleton over the
+    whole video frame instead of following the person."""
 
     title: str
     poses: np.ndarray
     kind: str  # "2d" | "3d"
+    background: Optional[Callable[[int], np.ndarray]] = None
+
+
+class VideoFrames:
+    """Frame `i` of a video, decoded in one forward pass (an animation asks in increasing order)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        from preprocessing.sources.video_pose import decode_frames
+
+        self.path = path
+        self._frames = decode_frames(path)
+        self._index, self._current = -1, None
+
+    def __call__(self, i: int) -> np.ndarray:
+        if i < self._index:
+            raise ValueError(f"frame {i} requested after frame {self._index}: frames must come in order")
+        while self._index < i:
+            nxt = next(self._frames, None)
+            if nxt is None:
+                raise DataError(f"{self.path}: the video ends at frame {self._index + 1}, the poses need frame {i + 1}")
+            self._index, self._current = self._index + 1, nxt
+        return self._current
 
 
 def bone_colours(skeleton: Skeleton) -> list[str]:
@@ -87,13 +109,20 @@ class SkeletonAnimator:
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(panel.title, fontsize=9)
+        image = None
+        if panel.background is not None:
+            first = panel.background(0)
+            image = ax.imshow(first, extent=(0, first.shape[1], first.shape[0], 0), interpolation="bilinear")
         lines = [ax.plot([], [], color=c, lw=2)[0] for c in colours]
 
         def update(f: int) -> None:
             p = pts[f]
-            cx, cy = centres[f]
-            ax.set_xlim(cx - half, cx + half)
-            ax.set_ylim(cy + half, cy - half)  # image y points down
+            if image is not None:  # the whole frame, the skeleton where the detector put it
+                image.set_data(panel.background(f))
+            else:
+                cx, cy = centres[f]
+                ax.set_xlim(cx - half, cx + half)
+                ax.set_ylim(cy + half, cy - half)  # image y points down
             for line, (a, b) in zip(lines, self.bones):
                 line.set_data([p[a, 0], p[b, 0]], [p[a, 1], p[b, 1]])
 
@@ -139,18 +168,15 @@ def iter_frames(animator: SkeletonAnimator, frames: Sequence[int]) -> Iterator[n
 
 
 def write_animation(images: Iterator[np.ndarray], path: str | os.PathLike, fps: float) -> int:
-    """Write frames to `path` (.gif via Pillow, .mp4 via ffmpeg) atomically; returns frames written."""
+    """Write frames to `path` (.gif via Pillow, .mp4 via PyAV) atomically; returns frames written."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".gif", ".mp4"):
         raise DataError(f"{path}: unsupported animation type {suffix!r} (expected .gif or .mp4)")
-    ffmpeg = shutil.which("ffmpeg")
-    if suffix == ".mp4" and ffmpeg is None:
-        raise DataError(f"{path}: writing MP4 needs ffmpeg on PATH (not found); write a .gif instead")
     if fps <= 0:
         raise DataError(f"--fps must be > 0, got {fps}")
     with atomic_local_file(path) as tmp:
-        return _write_gif(images, str(tmp), fps) if suffix == ".gif" else _write_mp4(images, str(tmp), fps, ffmpeg)
+        return _write_gif(images, str(tmp), fps) if suffix == ".gif" else _write_mp4(images, str(tmp), fps)
 
 
 def _write_gif(images: Iterator[np.ndarray], path: str, fps: float) -> int:
@@ -164,27 +190,19 @@ def _write_gif(images: Iterator[np.ndarray], path: str, fps: float) -> int:
     return len(frames)
 
 
-def _write_mp4(images: Iterator[np.ndarray], path: str, fps: float, ffmpeg: str) -> int:
-    proc: Optional[subprocess.Popen] = None
+def _write_mp4(images: Iterator[np.ndarray], path: str, fps: float) -> int:
+    """H.264 through PyAV (`preprocessing.images.render.write_video`), odd sizes padded by one pixel."""
+    from preprocessing.images.render import write_video
+
     count = 0
-    try:
-        for img in images:
-            if proc is None:
-                h, w = img.shape[:2]
-                proc = subprocess.Popen(
-                    [ffmpeg, "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
-                     "-s", f"{w}x{h}", "-r", f"{fps}", "-i", "-", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
-                     "-pix_fmt", "yuv420p", "-f", "mp4", path],
-                    stdin=subprocess.PIPE,
-                )
-            proc.stdin.write(np.ascontiguousarray(img).tobytes())
+
+    def even(frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        nonlocal count
+        for img in frames:
             count += 1
-    finally:
-        if proc is not None:
-            proc.stdin.close()
-            rc = proc.wait()
-            if rc != 0 and count:
-                raise DataError(f"{path}: ffmpeg failed with exit status {rc}")
+            yield np.pad(img, ((0, img.shape[0] % 2), (0, img.shape[1] % 2), (0, 0)), mode="edge")
+
+    write_video(path, even(images), fps)
     if count == 0:
         raise DataError("no frames to write")
     return count

@@ -1,24 +1,38 @@
 """Exclusive leases on local disk, S3 and GCS: at most one writer per dataset id or run directory.
 
 A lease is one small JSON object, the *owner record* (`Owner`: host, pid, the process's start
-time, a run id, when it was taken and until when it holds), stored at a lock location such as
-`<root>/.lock-<id>` or `<run>/.lock`.
+time, a run id, its TTL and a renewal count), stored at a lock location such as `<root>/.lock-<id>`
+or `<run>/.lock`.
 
 - Taking it is an exclusive create: `O_CREAT | O_EXCL` on local disk; on S3 a PUT with
   `If-None-Match: *` (a conditional write: the server answers 412 if the object exists; AWS S3 has
   honoured it since 2024, and so do SeaweedFS, MinIO and the local test server, see
   tests/test_lease.py); on GCS an upload with `ifGenerationMatch=0` (google-cloud-storage, which
-  reads the same `STORAGE_EMULATOR_HOST` as `storage`; tests/test_gcs.py runs it on an emulator).
+  reads the same `STORAGE_EMULATOR_HOST` as `storage`; tests/test_lease.py runs it on an emulator).
 - A daemon thread renews it every `ttl / 3` seconds (local: atomic replace after re-reading that it
   is still ours; S3: a PUT with `If-Match: <etag>`, GCS: `ifGenerationMatch=<generation>`, so a
-  renewal never overwrites a new owner).
-- A held lease whose owner is *provably gone* is taken over: its expiry has passed, or its host is
-  this host and its pid is dead (or reused by a younger process). Take-over is compare-and-swap:
-  S3 `If-Match` on the stale record's etag (GCS: its generation); locally a replace under an `flock`ed guard file after
-  re-reading the record. An owner on another host that is still within its lease is never
-  presumed dead.
-- `check()` re-reads the record before anything irreversible (publishing a dataset): a process
-  that was paused past its lease and lost it stops instead of publishing (verify-after-write).
+  renewal never overwrites a new owner). Each renewal changes the record (its `renewals` count), so
+  its version token (local: the bytes' hash; S3: the etag; GCS: the generation) changes too.
+
+**No clock is compared with another host's.** A held lease is taken over only when its owner is
+*provably gone*:
+
+- its host is this host and its pid is dead (or reused by a younger process): immediately;
+- otherwise, when the contender has seen the *same version* of the record, unchanged, for a full
+  TTL of the record on its own monotonic clock: a live owner renews three times in that span.
+
+The wall-clock fields of the record (`acquired`, `expires`) are the holder's and are only shown
+to people. Whether a contender *waits* to watch a lease (rather than refusing at once) follows the
+record's age by the store's timestamps: local mtime against this host's clock, S3 `Last-Modified`
+against the same response's `Date` (both the server's), GCS `updated` against this host's clock. A
+record older than its TTL is watched for a TTL whatever `wait_s` is; a skewed clock there can only
+make a contender watch a live lease (and then refuse) or refuse a dead one (which the next attempt
+takes over), never take a live one.
+
+Take-over is compare-and-swap: S3 `If-Match` on the watched version's etag (GCS: its generation);
+locally a replace under an `flock`ed guard file after re-reading the record. `check()` re-reads the
+record before anything irreversible (publishing a dataset): a process that has not renewed its lease
+within a TTL (paused, or its store unreachable) or that lost it stops instead of publishing.
 
 Limits: on S3 the guarantee rests on the server honouring conditional writes (an S3-compatible
 server that ignores `If-None-Match` would let two writers in; `acquire` detects the simplest form
@@ -36,8 +50,8 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
-from typing import Callable, Iterator, Optional
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import pyarrow.fs as pafs
 
@@ -54,7 +68,8 @@ class LeaseHeld(DataError):
 
 @dataclass(frozen=True)
 class Owner:
-    """Who holds a lease (or owns a staging directory), and until when."""
+    """Who holds a lease (or owns a staging directory). The times are the holder's wall clock,
+    for people to read: no other host compares them with its own (module doc)."""
 
     host: str
     pid: int
@@ -63,25 +78,38 @@ class Owner:
     what: str  # e.g. "raylift preprocess"
     acquired: float
     expires: float
+    ttl: float  # seconds without a renewal after which a watching contender may take over
+    renewals: int = 0  # bumped by every renewal, so every renewal is a new version of the record
 
-    def describe(self) -> str:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.acquired))
-        left = self.expires - time.time()
-        return (f"{self.what} (host {self.host}, pid {self.pid}, since {when}, lease "
-                + (f"valid {left:.0f} s more)" if left > 0 else f"expired {-left:.0f} s ago)"))
+    def describe(self, age_s: Optional[float] = None) -> str:
+        """E.g. `raylift train of run x (host h, pid 7, renewed 12 s ago)`; the age is the
+        store's (`Record.age_s`), left out when unknown."""
+        when = f", renewed {age_s:.0f} s ago" if age_s is not None else ""
+        return f"{self.what} (host {self.host}, pid {self.pid}{when})"
 
     def to_json(self) -> bytes:
         return (json.dumps(asdict(self), sort_keys=True) + "\n").encode()
 
     @staticmethod
     def parse(raw: bytes) -> Optional["Owner"]:
-        """The record in `raw`, or None when it is not one (empty, truncated, foreign)."""
+        """The record in `raw`, or None when it is not one (empty, truncated, foreign). A record
+        written before `ttl` was stored reads its TTL from its own times."""
         try:
             d = json.loads(raw.decode())
+            acquired, expires = float(d["acquired"]), float(d["expires"])
             return Owner(str(d["host"]), int(d["pid"]), float(d["started"]), str(d["run"]), str(d["what"]),
-                         float(d["acquired"]), float(d["expires"]))
+                         acquired, expires, float(d.get("ttl", expires - acquired)), int(d.get("renewals", 0)))
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             return None
+
+
+class Record(NamedTuple):
+    """What a read of a lock location found."""
+
+    owner: Optional[Owner]  # None: no lock, or a file that is not an owner record
+    token: Optional[str]  # the version (local: sha256 of the bytes; S3: etag; GCS: generation)
+    exists: bool
+    age_s: Optional[float] = None  # since the last write, by the store's timestamps (module doc)
 
 
 def process_start_time(pid: int) -> Optional[float]:
@@ -99,24 +127,29 @@ def process_start_time(pid: int) -> Optional[float]:
 def new_owner(what: str, ttl_s: float, run: Optional[str] = None) -> Owner:
     now = time.time()
     return Owner(socket.gethostname(), os.getpid(), process_start_time(os.getpid()) or now,
-                 run or uuid.uuid4().hex[:12], what, now, now + ttl_s)
+                 run or uuid.uuid4().hex[:12], what, now, now + ttl_s, ttl_s)
 
 
-def owner_gone(owner: Optional[Owner], now: Optional[float] = None) -> bool:
-    """True when `owner` provably no longer runs: no readable record, its lease expired, or it
-    ran on this host and its pid is dead or belongs to a process started later."""
+def owner_gone(owner: Optional[Owner]) -> bool:
+    """True when this host can prove `owner` no longer runs: there is no readable record, or it
+    ran on this host and its pid is dead or belongs to a process started later. An owner on
+    another host is never presumed dead here, whatever its record's times say (their clock is not
+    ours); `acquire` takes over from it only after watching its lease go unrenewed."""
     if owner is None:
         return True
-    if owner.expires < (time.time() if now is None else now):
-        return True
     if owner.host != socket.gethostname():
-        return False  # another machine's live lease: never presumed dead
+        return False
     started = process_start_time(owner.pid)
     if started is None:
         return True
     if math.isnan(started):
         return False  # a process we may not inspect holds that pid
     return started > owner.started + 1.0  # the pid was reused by a younger process
+
+
+def alive_here(owner: Optional[Owner]) -> bool:
+    """True when `owner` ran on this host and its process still runs (the same pid, not reused)."""
+    return owner is not None and owner.host == socket.gethostname() and not owner_gone(owner)
 
 
 # ----------------------------------------------------------------------------- backends
@@ -191,21 +224,23 @@ def _is_local(loc: Location) -> bool:
     return isinstance(loc.fs, pafs.LocalFileSystem)
 
 
-def read_record(loc: Location) -> tuple[Optional[Owner], Optional[str], bool]:
-    """(owner, version token, exists) of the lock at `loc`. The token is the S3 etag, or the raw
-    bytes' hash locally; a file that exists but is not a record gives (None, token, True)."""
+def read_record(loc: Location) -> Record:
+    """The lock at `loc`: its owner, version token, whether it exists and its age by the store's
+    timestamps. A file that exists but is not a record gives `Record(None, token, True, age)`."""
     if _is_local(loc):
         try:
             with open(loc.path, "rb") as f:
                 raw = f.read()
+                age = time.time() - os.fstat(f.fileno()).st_mtime
         except FileNotFoundError:
-            return None, None, False
+            return Record(None, None, False)
         except OSError as e:
             raise DataError(f"cannot read lock {loc.uri}: {e}") from None
-        return Owner.parse(raw), hashlib.sha256(raw).hexdigest(), True
+        return Record(Owner.parse(raw), hashlib.sha256(raw).hexdigest(), True, age)
     if _backend(loc) == "gcs":
         return _gcs_read(loc)
     from botocore.exceptions import BotoCoreError, ClientError
+    from email.utils import parsedate_to_datetime
 
     bucket, key = _bucket_key(loc)
     try:
@@ -213,24 +248,30 @@ def read_record(loc: Location) -> tuple[Optional[Owner], Optional[str], bool]:
         raw = resp["Body"].read()
     except ClientError as e:
         if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            return None, None, False
+            return Record(None, None, False)
         raise DataError(f"cannot read lock {loc.uri}: {e}") from None
     except BotoCoreError as e:
         raise DataError(f"cannot read lock {loc.uri}: {e}") from None
-    return Owner.parse(raw), resp["ETag"], True
+    server_now = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    age = ((parsedate_to_datetime(server_now) - resp["LastModified"]).total_seconds()
+           if server_now and resp.get("LastModified") else None)
+    return Record(Owner.parse(raw), resp["ETag"], True, age)
 
 
-def _gcs_read(loc: Location) -> tuple[Optional[Owner], Optional[str], bool]:
+def _gcs_read(loc: Location) -> Record:
+    """The blob's metadata (generation, `updated`), then its bytes at exactly that generation."""
     from google.api_core import exceptions as gexc
 
     blob = _gcs_blob(loc)
     try:
-        raw = blob.download_as_bytes()
-    except gexc.NotFound:
-        return None, None, False
+        blob.reload()
+        raw = blob.download_as_bytes(if_generation_match=blob.generation)
+    except (gexc.NotFound, gexc.PreconditionFailed):  # gone, or replaced between the two calls
+        return Record(None, None, False) if not blob.exists() else _gcs_read(loc)
     except (gexc.GoogleAPIError, OSError) as e:
         raise DataError(f"cannot read lock {loc.uri}: {e}") from None
-    return Owner.parse(raw), str(blob.generation), True
+    age = time.time() - blob.updated.timestamp() if blob.updated else None
+    return Record(Owner.parse(raw), str(blob.generation), True, age)
 
 
 def _gcs_put(loc: Location, data: bytes, generation: int) -> bool:
@@ -242,12 +283,18 @@ def _gcs_put(loc: Location, data: bytes, generation: int) -> bool:
 def _create(loc: Location, data: bytes) -> bool:
     """Exclusive create: True if this call created the lock, False if it already existed."""
     if _is_local(loc):
-        os.makedirs(os.path.dirname(loc.path), exist_ok=True)
         tmp = f"{loc.path}.{uuid.uuid4().hex[:8]}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            os.makedirs(os.path.dirname(loc.path), exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # e.g. a read-only or full storage path: the user's to fix
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise DataError(f"cannot take the lease {loc.uri}: {e.strerror or e} "
+                            f"({os.path.dirname(loc.path)} must be a writable directory)") from None
         try:
             os.link(tmp, loc.path)  # atomic and exclusive, and the record is complete when it appears
             return True
@@ -292,8 +339,8 @@ def _swap(loc: Location, token: Optional[str], data: bytes) -> bool:
     """Replace the lock's record if it is still the version `token`; True on success."""
     if _is_local(loc):
         with _local_guard(loc):
-            _, now_token, exists = read_record(loc)
-            if not exists or now_token != token:
+            now = read_record(loc)
+            if not now.exists or now.token != token:
                 return False
             storage.write_local_atomic(loc.path, data)
             return True
@@ -319,6 +366,7 @@ class Lease:
 
     def __init__(self, loc: Location, owner: Owner, ttl_s: float) -> None:
         self.loc, self.owner, self.ttl_s = loc, owner, ttl_s
+        self._renewed_at = time.monotonic()  # this process's clock: when the store last took our record
         self._stop = threading.Event()
         self._lost: Optional[str] = None
         self._thread = threading.Thread(target=self._renew_loop, name=f"lease {loc.uri}", daemon=True)
@@ -332,33 +380,39 @@ class Lease:
                 self._lost = str(e)
                 return
 
-    def renew(self) -> None:
-        current, token, _ = read_record(self.loc)
-        if current is None or current.run != self.owner.run:
+    def _still_ours(self) -> Record:
+        current = read_record(self.loc)
+        if current.owner is None or current.owner.run != self.owner.run:
             raise LeaseHeld(f"lost the lease {self.loc.uri}"
-                            + (f" to {current.describe()}" if current else " (record removed)"))
-        renewed = Owner(**{**asdict(self.owner), "expires": time.time() + self.ttl_s})
-        if not _swap(self.loc, token, renewed.to_json()):
+                            + (f" to {current.owner.describe(current.age_s)}" if current.owner else " (record removed)"))
+        return current
+
+    def renew(self) -> None:
+        current = self._still_ours()
+        now = time.time()
+        renewed = replace(self.owner, expires=now + self.ttl_s, renewals=self.owner.renewals + 1)
+        if not _swap(self.loc, current.token, renewed.to_json()):
             raise LeaseHeld(f"lost the lease {self.loc.uri} while renewing it")
-        self.owner = renewed
+        self.owner, self._renewed_at = renewed, time.monotonic()
 
     def check(self) -> None:
-        """Raise LeaseHeld unless the stored record is still this lease's (verify-after-write)."""
+        """Raise LeaseHeld unless the stored record is still this lease's and was renewed within
+        a TTL by this process's monotonic clock (verify-after-write): after a longer gap a
+        contender may have watched it go unrenewed and be about to take it over."""
         if self._lost:
             raise LeaseHeld(self._lost)
-        current, _, _ = read_record(self.loc)
-        if current is None or current.run != self.owner.run:
-            raise LeaseHeld(f"lost the lease {self.loc.uri}"
-                            + (f" to {current.describe()}" if current else " (record removed)"))
-        if current.expires < time.time():
-            raise LeaseHeld(f"the lease {self.loc.uri} expired at {time.ctime(current.expires)}")
+        self._still_ours()
+        gap = time.monotonic() - self._renewed_at
+        if gap > self.ttl_s:
+            raise LeaseHeld(f"the lease {self.loc.uri} was not renewed for {gap:.0f} s "
+                            f"(its TTL is {self.ttl_s:g} s): another run may take it over")
 
     def release(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
         with contextlib.suppress(DataError):
-            current, _, _ = read_record(self.loc)
-            if current is not None and current.run == self.owner.run:
+            current = read_record(self.loc)
+            if current.owner is not None and current.owner.run == self.owner.run:
                 _delete(self.loc)
 
     def __enter__(self) -> "Lease":
@@ -368,39 +422,64 @@ class Lease:
         self.release()
 
 
+class _Watch:
+    """How long this process has seen one version of a lock unchanged, by its monotonic clock."""
+
+    def __init__(self) -> None:
+        self.token: Optional[str] = None
+        self.since = 0.0
+
+    def unchanged_for(self, token: Optional[str]) -> float:
+        now = time.monotonic()
+        if token != self.token:
+            self.token, self.since = token, now
+        return now - self.since
+
+
 def acquire(loc: Location, what: str, ttl_s: float = DEFAULT_TTL_S, run: Optional[str] = None,
             wait_s: float = 0.0, on_wait: Optional[Callable[[str], None]] = None) -> Lease:
-    """Take the lease at `loc` for `what`, taking over one whose owner is provably gone; raise
-    LeaseHeld naming `loc` and the holder when a live owner has it (after polling up to `wait_s`
-    seconds for it to be released or to expire). `on_wait(why)` is called once, with LeaseHeld's
-    message, when the first attempt finds the lease held and the call is going to wait."""
+    """Take the lease at `loc` for `what`. A held lease is taken over when its owner is provably
+    gone (module doc): at once for a dead pid on this host; after watching the record stay
+    unchanged for its TTL otherwise. A record older than its TTL by the store's clock is watched
+    that long whatever `wait_s` is; a fresh one raises LeaseHeld, naming `loc` and the holder,
+    after polling up to `wait_s` seconds for it to be released or to go stale. `on_wait(why)` is
+    called once, with the reason, when the call is going to wait."""
     deadline = time.monotonic() + wait_s
-    waited = False
+    watch = _Watch()
+    said = False
     while True:
-        try:
-            return _try_acquire(loc, what, ttl_s, run)
-        except LeaseHeld as e:
-            if time.monotonic() >= deadline:
-                raise
-            if on_wait is not None and not waited:
-                on_wait(str(e))
-            waited = True
-            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        taken, held_by, watching = _try_acquire(loc, what, ttl_s, run, watch)
+        if taken is not None:
+            return taken
+        if not watching and time.monotonic() >= deadline:
+            raise LeaseHeld(held_by)
+        if on_wait is not None and not said:
+            on_wait(held_by + (": it looks abandoned; taking it over if it stays unrenewed for its TTL"
+                               if watching else ""))
+            said = True
+        pause = min(1.0, ttl_s / 10) if watching else min(1.0, max(0.0, deadline - time.monotonic()))
+        time.sleep(pause)
 
 
-def _try_acquire(loc: Location, what: str, ttl_s: float, run: Optional[str]) -> Lease:
+def _try_acquire(loc: Location, what: str, ttl_s: float, run: Optional[str],
+                 watch: _Watch) -> tuple[Optional[Lease], str, bool]:
+    """One attempt: (the lease, "", False) when taken; else (None, why it is held, whether the
+    record is stale enough to keep watching it)."""
     for _ in range(5):
         owner = new_owner(what, ttl_s, run)
         if _create(loc, owner.to_json()):
-            stored, _, _ = read_record(loc)
-            if stored is None or stored.run != owner.run:  # the server ignored If-None-Match
+            stored = read_record(loc)
+            if stored.owner is None or stored.owner.run != owner.run:  # the server ignored If-None-Match
                 raise LeaseHeld(f"{loc.uri}: lost a simultaneous claim (the store did not honour a conditional write)")
-            return Lease(loc, owner, ttl_s)
-        holder, token, exists = read_record(loc)
-        if not exists:
+            return Lease(loc, owner, ttl_s), "", False
+        found = read_record(loc)
+        if not found.exists:
             continue  # released between our create and read: try again
-        if not owner_gone(holder):
-            raise LeaseHeld(f"{loc.uri} is held by {holder.describe()}")
-        if _swap(loc, token, owner.to_json()):
-            return Lease(loc, owner, ttl_s)
+        holder = found.owner
+        if owner_gone(holder) or watch.unchanged_for(found.token) >= holder.ttl:
+            if _swap(loc, found.token, owner.to_json()):
+                return Lease(loc, owner, ttl_s), "", False
+            continue  # renewed or taken meanwhile: look again
+        stale = found.age_s is not None and found.age_s > holder.ttl
+        return None, f"{loc.uri} is held by {holder.describe(found.age_s)}", stale
     raise LeaseHeld(f"{loc.uri}: could not take the lease (it changed hands repeatedly)")

@@ -305,19 +305,21 @@ def staging_owner(staging: Location) -> Optional[lease.Owner]:
 
 
 def clean_leftovers(root: Location, dataset: Location, id_: str, progress: Progress) -> None:
-    """Remove staging directories of earlier runs for this id whose owner is provably gone (dead
-    pid on this host, or lease expired: `lease.owner_gone`), and an unpublished dataset dir.
-    Runs only while this run holds the id's lease, so no live writer can own the dataset dir."""
+    """Remove staging directories of earlier runs for this id, and an unpublished dataset dir.
+    Runs only while this run holds the id's lease, so every other staging directory belongs to a
+    run that released or lost it (a lease is taken over only once provably abandoned, see
+    `lease.acquire`): that run can no longer publish. Only a staging directory whose owner is
+    still running on this host is kept, out of caution (it may still be writing)."""
     for info in storage.list_dir(root):
         if not info.base_name.startswith(f"{STAGING_PREFIX}{id_}-"):
             continue
         leftover = root.child(info.base_name)
         owner = staging_owner(leftover)
-        if not lease.owner_gone(owner):
+        if lease.alive_here(owner):
             progress(f"keeping staging directory {leftover.uri}: its owner {owner.describe()} is alive")
             continue
         progress(f"removing leftover staging directory {leftover.uri}"
-                 + (f" (owner {owner.describe()} is gone)" if owner else " (no owner record)"))
+                 + (f" (owner {owner.describe()} no longer holds the lease)" if owner else " (no owner record)"))
         storage.delete_tree(leftover)
     if storage.exists(dataset):
         progress(f"removing incomplete dataset directory {dataset.uri} (no manifest)")
