@@ -189,3 +189,38 @@ def assert_gradients_reach_every_parameter(model: torch.nn.Module, what: str) ->
         assert p.grad is not None, f"{what}: no gradient reaches {key}"
         assert torch.isfinite(p.grad).all(), f"{what}: non-finite gradient at {key}"
         assert p.grad.abs().sum() > 0, f"{what}: zero gradient at {key}"
+
+
+TINY_MIXSTE = {"name": "mixste", "dim": 32, "depth": 2, "heads": 4, "drop_path_rate": 0.0}
+
+
+def tiny_checkpoint(path, frames=27, train_steps=0, sequences=None):
+    """A tiny MixSTE checkpoint; optionally trained for a few steps on (keypoints, 3D) sequences."""
+    from models.checkpoint import save_checkpoint
+    from models.registry import build_model, parse_model_config
+    from pipelines.evaluate.windows import plan_windows
+
+    torch.manual_seed(0)
+    cfg = parse_model_config(dict(TINY_MIXSTE), "model")
+    model = build_model(cfg, frames=frames, joints=17)
+    if train_steps:
+        xs, ys = [], []
+        for kp2d, pos3d in sequences:
+            plan = plan_windows(len(kp2d), frames, "seq2seq")
+            idx = plan.indices(slice(None))
+            xs.append(kp2d[idx])
+            ys.append(pos3d[idx])
+        x, y = torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+        opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+        gen = torch.Generator().manual_seed(0)
+        model.train()
+        for _ in range(train_steps):
+            b = torch.randint(0, len(x), (8,), generator=gen)
+            loss = (model(x[b]) - y[b]).norm(dim=-1).mean()  # MPJPE
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    meta = {"model": {**TINY_MIXSTE}, "frames": frames, "joints": 17, "layout": "h36m", "epoch": 0,
+            "dataset_id": None, "metrics": {}, "config": None}
+    save_checkpoint(path, model.state_dict(), meta)
+    return path

@@ -24,6 +24,7 @@ from preprocessing.sources.detectors import (
 )
 from preprocessing.sources.keypoint_formats import COCO17_NAMES, coco_to_h36m
 from preprocessing.sources.safe_npz import write_npz
+from tests.helpers import tiny_checkpoint
 
 F, W, H = 12, 640.0, 480.0
 MISSING = (4, 5)  # frames where the tracked person is not detected
@@ -200,8 +201,6 @@ def test_bad_detector_files_are_one_line_naming_the_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from tests.test_infer import tiny_checkpoint
-
     return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 

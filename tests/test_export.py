@@ -10,12 +10,11 @@ import torch
 from models.checkpoint import load_model
 from pipelines.cli import main
 from pipelines.models.export import MAX_ABS_DIFF, example_windows
+from tests.helpers import tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from tests.test_infer import tiny_checkpoint
-
     return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 

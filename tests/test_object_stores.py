@@ -146,3 +146,19 @@ def test_cmu_dev_preprocess_cli_to_s3(tmp_path, s3_server, monkeypatch, cmu_dev)
         idx = np.clip(np.arange(a["start"][i], a["start"][i] + 243), 0, seq.num_frames - 1)
         np.testing.assert_array_equal(a["keypoints_2d"][i], seq.keypoints_2d[idx])
         np.testing.assert_array_equal(a["positions_3d"][i], seq.positions_3d[idx])
+
+
+def test_local_copy_of_one_object_store_file_and_of_a_prefix(store):
+    """`storage.local_copy`: one file (a video a Ray worker decodes) arrives under its own name;
+    a prefix (a checkpoint) as a directory of its files; both are removed afterwards."""
+    import os
+
+    scheme, server = store
+    root = storage.open_location(f"{scheme}://{server.bucket}/copies")
+    storage.write_bytes(root.child("clip.mp4"), b"video bytes")
+    storage.write_bytes(root.child("ckpt/model.pt"), b"weights")
+    with storage.local_copy(root.child("clip.mp4")) as path:
+        assert os.path.basename(path) == "clip.mp4" and open(path, "rb").read() == b"video bytes"
+    with storage.local_copy(root.child("ckpt")) as folder:
+        assert open(os.path.join(folder, "model.pt"), "rb").read() == b"weights"
+    assert not os.path.exists(path) and not os.path.exists(folder)

@@ -15,6 +15,7 @@ import torch
 from preprocessing.errors import DataError
 from preprocessing.images.render import write_video
 from preprocessing.sources.video_pose import PersonDetector, PoseModel, video_to_detections
+from tests.helpers import tiny_checkpoint
 
 W, H, SIDE, F = 128, 96, 16, 20
 BLANK = (8, 9, 10)  # frames with no square: the detector finds nobody there
@@ -88,6 +89,11 @@ def models(tmp_path_factory):
     return pose, det
 
 
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
 def _centres(det) -> np.ndarray:
     return np.array([f[0].keypoints[0, :2] if f else [np.nan, np.nan] for f in det.frames])
 
@@ -112,16 +118,13 @@ def test_detector_boxes_give_tight_crops_and_empty_frames_are_missing(tmp_path, 
     np.testing.assert_allclose(_centres(det)[seen], expected, atol=1.5)
 
 
-def test_infer_lifts_a_video_and_refuses_bad_ones_in_one_line(tmp_path, models, capsys):
+def test_infer_lifts_a_video_and_refuses_bad_ones_in_one_line(tmp_path, models, capsys, checkpoint):
     from pipelines.cli import main
     from pipelines.evaluate.infer import load_inference_output
-    from tests.test_infer import tiny_checkpoint
-
-    ckpt = tiny_checkpoint(tmp_path / "ckpt")
     video = tmp_path / "clip.mp4"
     make_video(video, blank=BLANK)
     out = tmp_path / "lifted.npz"
-    assert main(["infer", "--checkpoint", str(ckpt), "--video", str(video), "--pose-model", models[0],
+    assert main(["infer", "--checkpoint", str(checkpoint), "--video", str(video), "--pose-model", models[0],
                  "--det-model", models[1], "--output", str(out), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert f"2D: {F} frames of {video} through rtmpose-tiny.onnx (coco17)" in printed
@@ -135,7 +138,7 @@ def test_infer_lifts_a_video_and_refuses_bad_ones_in_one_line(tmp_path, models, 
     for extra, message in [(["--video", str(junk), "--pose-model", models[0]], f"{junk}: PyAV cannot decode this video"),
                            (["--video", str(video)], "--video needs --pose-model"),
                            (["--video", str(video), "--pose-model", str(video)], f"{video}: not an ONNX model")]:
-        rc = main(["infer", "--checkpoint", str(ckpt), *extra, "--output", str(tmp_path / "bad.npz")])
+        rc = main(["infer", "--checkpoint", str(checkpoint), *extra, "--output", str(tmp_path / "bad.npz")])
         err = capsys.readouterr().err
         assert rc == 2 and err.count("\n") == 1 and message in err, err
         assert not (tmp_path / "bad.npz").exists()
@@ -149,19 +152,16 @@ def test_a_video_with_nobody_is_one_error(tmp_path, models):
 
 
 @pytest.mark.parametrize("suffix", [".gif", ".mp4"])
-def test_viz_draws_the_2d_skeleton_over_the_video_beside_the_3d(suffix, tmp_path, models):
+def test_viz_draws_the_2d_skeleton_over_the_video_beside_the_3d(suffix, tmp_path, models, checkpoint):
     """The overlay: the video's own frames (the white square) under the skeleton, beside the 3D."""
     import av
     from PIL import Image
 
     from pipelines.cli import main
-    from tests.test_infer import tiny_checkpoint
-
-    ckpt = tiny_checkpoint(tmp_path / "ckpt")
     video = tmp_path / "clip.mp4"
     make_video(video)
     lifted = tmp_path / "lifted.npz"
-    assert main(["infer", "--checkpoint", str(ckpt), "--video", str(video), "--pose-model", models[0],
+    assert main(["infer", "--checkpoint", str(checkpoint), "--video", str(video), "--pose-model", models[0],
                  "--output", str(lifted), "--device", "cpu"]) == 0
     out = tmp_path / f"overlay{suffix}"
     assert main(["viz", "anim", "--input", str(lifted), "--video", str(video), "--output", str(out)]) == 0
@@ -185,19 +185,16 @@ def test_viz_draws_the_2d_skeleton_over_the_video_beside_the_3d(suffix, tmp_path
 
 
 @pytest.mark.slow
-def test_several_videos_run_as_ray_data_batch_inference(tmp_path, models, capsys):
+def test_several_videos_run_as_ray_data_batch_inference(tmp_path, models, capsys, checkpoint):
     import ray
 
     from pipelines.cli import main
     from pipelines.evaluate.infer import load_inference_output
-    from tests.test_infer import tiny_checkpoint
-
-    ckpt = tiny_checkpoint(tmp_path / "ckpt")
     make_video(tmp_path / "a.mp4")
     make_video(tmp_path / "b.mp4", blank=BLANK)
     out = tmp_path / "lifted"
     try:
-        assert main(["infer", "--checkpoint", str(ckpt), "--video", str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4"),
+        assert main(["infer", "--checkpoint", str(checkpoint), "--video", str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4"),
                      "--pose-model", models[0], "--det-model", models[1], "--output", str(out), "--device", "cpu"]) == 0
     finally:
         ray.shutdown()

@@ -316,22 +316,37 @@ def _lift_on_ray(args: argparse.Namespace, model: Any, meta: dict, keypoints: np
     return poses, f"Ray Data {where_text(placement)}"
 
 
-def read_video(args: argparse.Namespace, video: str) -> tuple[Any, dict[str, Any]]:
-    """One --video through the ONNX detector and pose model (preprocessing/sources/video_pose.py)."""
-    from preprocessing.sources.detectors import one_person
-    from preprocessing.sources.video_pose import PersonDetector, PoseModel, video_fps, video_to_detections
-
+def need_pose_model(args: argparse.Namespace) -> str:
+    """--pose-model, which --video cannot do without."""
     if args.pose_model is None:
         raise DataError("--video needs --pose-model (an RTMPose-style ONNX file; nothing is downloaded)")
-    start = time.perf_counter()
-    det = video_to_detections(video, PoseModel(args.pose_model),
-                              PersonDetector(args.det_model) if args.det_model else None)
+    return args.pose_model
+
+
+def video_track(args: argparse.Namespace, video: str, det: Any, fps: Optional[float]) -> tuple[Any, Any, dict[str, Any]]:
+    """One video's detections as the person to lift: (the track, what reading it did, the
+    metadata's input fields)."""
+    from preprocessing.sources.detectors import one_person
+
+    def where(path: Optional[str]) -> Optional[str]:
+        return str(Path(path).resolve()) if path and storage.is_local(path) else path
+
     read = one_person(det, video, "video", args.track, args.width, args.height)
-    print(f"2D: {read.frames} frames of {video} through {Path(args.pose_model).name} ({read.layout}) in "
+    return read.track, read, {"format": "video", "source_layout": read.layout, "pose_model": where(args.pose_model),
+                              "det_model": where(args.det_model), "interpolated_frames": read.interpolated, "fps": fps}
+
+
+def read_video(args: argparse.Namespace, video: str) -> tuple[Any, dict[str, Any]]:
+    """One --video through the ONNX detector and pose model (preprocessing/sources/video_pose.py)."""
+    from preprocessing.sources.video_pose import PersonDetector, PoseModel, video_fps, video_to_detections
+
+    pose_model = need_pose_model(args)
+    start = time.perf_counter()
+    det = video_to_detections(video, PoseModel(pose_model), PersonDetector(args.det_model) if args.det_model else None)
+    track, read, info = video_track(args, video, det, video_fps(video))
+    print(f"2D: {read.frames} frames of {video} through {Path(pose_model).name} ({read.layout}) in "
           f"{time.perf_counter() - start:.1f} s; the person was missing in {read.interpolated} frame(s), interpolated")
-    return read.track, {"format": "video", "source_layout": read.layout, "pose_model": str(Path(args.pose_model).resolve()),
-                        "det_model": str(Path(args.det_model).resolve()) if args.det_model else None,
-                        "interpolated_frames": read.interpolated, "fps": video_fps(video)}
+    return track, info
 
 
 def read_input(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
@@ -411,10 +426,8 @@ def run_videos(args: argparse.Namespace) -> int:
     then each lifted here into `--output DIR/<video name>.npz/.json`."""
     from pipelines.evaluate.batch import parse_placement_resources, placement_for_cli, where_text
     from pipelines.evaluate.videos import videos_to_detections_on_ray
-    from preprocessing.sources.detectors import one_person
 
-    if args.pose_model is None:
-        raise DataError("--video needs --pose-model (an RTMPose-style ONNX file; nothing is downloaded)")
+    pose_model = need_pose_model(args)
     names = [Path(v).stem for v in args.video]
     if len(set(names)) != len(names):
         raise DataError(f"--video: two videos share a name ({', '.join(sorted(n for n in names if names.count(n) > 1))}); "
@@ -425,16 +438,14 @@ def run_videos(args: argparse.Namespace) -> int:
     placement = placement_for_cli("cpu" if args.device == "auto" else args.device,
                                   parse_placement_resources(args.resources), args.actors)
     start = time.perf_counter()
-    found = videos_to_detections_on_ray(args.video, args.pose_model, args.det_model, placement)
-    print(f"2D: {len(args.video)} videos through {Path(args.pose_model).name} in {time.perf_counter() - start:.1f} s "
+    found = videos_to_detections_on_ray(args.video, pose_model, args.det_model, placement)
+    print(f"2D: {len(args.video)} videos through {Path(pose_model).name} in {time.perf_counter() - start:.1f} s "
           f"(Ray Data {where_text(placement)})")
     for video, (det, fps) in zip(args.video, found):
-        read = one_person(det, video, "video", args.track, args.width, args.height)
+        track, read, info = video_track(args, video, det, fps)
         print(f"{video}: {read.frames} frames ({read.layout}); the person was missing in {read.interpolated} "
               "frame(s), interpolated")
-        info = {"format": "video", "source_layout": read.layout, "pose_model": args.pose_model,
-                "det_model": args.det_model, "interpolated_frames": read.interpolated, "fps": fps}
-        lift_and_write(args, model, meta, *track_arrays(read.track, info), device,
+        lift_and_write(args, model, meta, *track_arrays(track, info), device,
                        str(Path(args.output) / Path(video).stem))
     return 0
 

@@ -10,8 +10,6 @@ the `Detections` and lifts them.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Any, Optional
 
 import numpy as np
@@ -19,17 +17,6 @@ import numpy as np
 from pipelines.evaluate.batch import Placement, ensure_ray
 from preprocessing.sources.detectors import Detections, Person
 from preprocessing.store import storage
-
-
-def _local_video(uri: str) -> tuple[str, bool]:
-    """(a local path of `uri`, whether it is a temporary copy to delete)."""
-    loc = storage.open_location(uri)
-    if isinstance(loc.fs, storage.pafs.LocalFileSystem):
-        return loc.path, False
-    fd, path = tempfile.mkstemp(suffix=os.path.splitext(uri)[1] or ".mp4")
-    with os.fdopen(fd, "wb") as f:
-        f.write(storage.read_bytes(loc))
-    return path, True
 
 
 class VideoTo2D:
@@ -46,13 +33,9 @@ class VideoTo2D:
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         from preprocessing.sources.video_pose import video_fps, video_to_detections
 
-        path, temporary = _local_video(row["video"])
-        try:
+        with storage.local_copy(row["video"]) as path:
             det = video_to_detections(path, self.pose, self.detector, name=row["video"])
             fps = video_fps(path)
-        finally:
-            if temporary:
-                os.unlink(path)
         people = [(i, p) for i, frame in enumerate(det.frames) for p in frame]
         return {
             "video": row["video"], "order": row["order"], "num_frames": len(det.frames), "layout": det.layout,

@@ -408,12 +408,20 @@ def as_location(where: Union[str, Location]) -> Location:
 
 @contextlib.contextmanager
 def local_copy(where: Union[str, Location]) -> Iterator[str]:
-    """A local directory holding the files under `where` (a checkpoint directory): the directory
-    itself when local; a temporary download from an object store, removed afterwards. DataError
-    when an object-store prefix holds no file."""
+    """A local path of `where`, a directory (a checkpoint) or one file (a video): the path itself
+    when local; a temporary download from an object store (a directory holding the files under the
+    prefix, or the one file under its own name), removed afterwards. DataError when an
+    object-store prefix holds no file."""
     loc = as_location(where)
     if isinstance(loc.fs, pafs.LocalFileSystem):
         yield loc.path
+        return
+    if is_file(loc):
+        with tempfile.TemporaryDirectory(prefix="raylift-copy-") as tmp:
+            dest = os.path.join(tmp, loc.name)
+            with open(dest, "wb") as f:
+                f.write(read_bytes(loc))
+            yield dest
         return
     files = list_files(loc)
     if not files:
