@@ -187,11 +187,13 @@ FAKE_RUN = """
     print('Protocol #1 Error (MPJPE):', float(ds['S1']['Walk 1']['positions'].shape[0]) + float(w.sum()), 'mm')
     print('Protocol #2 Error (P-MPJPE):', float(cam['intrinsic'][0]), 'mm')
     print('removed', ds.skeleton.removed if hasattr(ds, 'skeleton') else ds._skeleton.removed)
+    import random, numpy
+    print('draws', random.random(), numpy.random.rand(), torch.rand(1).item())
 """
 
 
-@pytest.mark.slow  # starts a Python subprocess that imports torch
-def test_run_official_runs_the_script_with_the_adapter(tmp_path, monkeypatch):
+def _fake_official_run(tmp_path: Path):
+    """The fake authors' repository under tmp_path/repo, its data files, and a config reading them."""
     repo = tmp_path / "repo"
     for name, text in FAKE_COMMON.items():
         _write(repo / "common" / name, text)
@@ -205,13 +207,27 @@ def test_run_official_runs_the_script_with_the_adapter(tmp_path, monkeypatch):
     cfg = _cfg(epochs=2)
     src = cfg.data.source
     src.data_3d, src.data_2d, src.cameras = (str(tmp_path / n) for n in ("d3.npz", "d2.npz", "c.json"))
+    return cfg
+
+
+@pytest.mark.slow  # starts a Python subprocess that imports torch
+def test_run_official_runs_the_script_with_the_adapter(tmp_path, monkeypatch):
+    cfg = _fake_official_run(tmp_path)
     # A relative --official-dir (as users type it): the script runs in its own work directory.
     monkeypatch.chdir(tmp_path)
-    result = fidelity.run_official(cfg, "mixste", "repo", "out", progress=lambda s: None)
+    result = fidelity.run_official(cfg, "mixste", "repo", "out", 3, progress=lambda s: None)
     # 7 frames + the .cuda()'d weights (3); focal length normalised as VideoPose3D does: 1000/1000*2
     assert (result.mpjpe, result.p_mpjpe, result.epochs) == (10.0, 2.0, 2)
     log = (tmp_path / "out" / "official.log").read_text()
     assert "removed [4, 5, 9, 10, 11, 16, 20, 21, 22, 23, 24, 28, 29, 30, 31]" in log
+    # The script seeds nothing: the shim seeds Python's, NumPy's and torch's generators per run.
+    draws = {seed: [] for seed in (3, 4)}
+    for seed, out in ((3, "again"), (4, "other")):
+        fidelity.run_official(cfg, "mixste", "repo", out, seed, progress=lambda s: None)
+        draws[seed] = [line for line in (tmp_path / out / "official.log").read_text().splitlines()
+                       if line.startswith("draws")]
+    first = [line for line in log.splitlines() if line.startswith("draws")]
+    assert first and draws[3] == first and draws[4] != first
 
 
 @pytest.mark.slow  # starts a Python subprocess
@@ -224,6 +240,51 @@ def test_run_official_reports_a_failing_script(tmp_path):
     cfg = _cfg()
     cfg.data.source.cameras = str(tmp_path / "c.json")
     with pytest.raises(ConfigError, match="exited with status 1(.|\n)*boom: bad flag"):
-        fidelity.run_official(cfg, "mixste", str(repo), str(tmp_path / "out"), progress=lambda s: None)
+        fidelity.run_official(cfg, "mixste", str(repo), str(tmp_path / "out"), 0, progress=lambda s: None)
     with pytest.raises(ConfigError, match="run_poseformer.py not found"):
-        fidelity.run_official(SimpleNamespace(), "poseformer", str(repo), str(tmp_path / "out"))
+        fidelity.run_official(SimpleNamespace(), "poseformer", str(repo), str(tmp_path / "out"), 0)
+
+
+def _record(seed: int, authors: float, ours: float, recipe: str = "r") -> dict:
+    side = lambda name, mpjpe: {"name": name, "mpjpe": mpjpe, "p_mpjpe": mpjpe / 2, "wall_s": 10.0 * seed + 5,
+                                "epochs": 3, "protocol": f"{name} protocol"}
+    return {"seed": seed, "recipe": recipe, "sides": [side("authors' code", authors), side("raylift", ours)],
+            "commit": f"c{seed}", "finished": "2026-12-06 20:00 UTC", "machine": "2 CPU cores"}
+
+
+def test_receipt_gathers_the_recipe_s_seeds_with_mean_and_sample_spread(tmp_path):
+    out = tmp_path / "out"
+    for seed, authors, ours, recipe in ((0, 100.0, 90.0, "r"), (1, 110.0, 99.0, "r"), (2, 1.0, 1.0, "edited")):
+        (out / f"seed{seed}").mkdir(parents=True)
+        (out / f"seed{seed}" / "fidelity.json").write_text(json.dumps(_record(seed, authors, ours, recipe)))
+    (out / "raylift").mkdir()  # other folders under --out are not seeds
+    records = fidelity.seed_records(str(out), "r")
+    assert [r["seed"] for r in records] == [0, 1]  # the edited recipe's run is left out
+    text = fidelity.receipt_markdown("configs/x.yaml", records)
+    # authors 100, 110: mean 105, sample sd 7.07; raylift 90, 99: mean 94.5, sd 6.36; -10% both seeds
+    assert "| mean ± sd (n=2) | 105.00 ± 7.07 / 52.50 ± 3.54 | 94.50 ± 6.36 / 47.25 ± 3.18 |" in text
+    assert "| 1 | 110.00 / 55.00 | 99.00 / 49.50 | 15 | 15 |" in text
+    assert "MPJPE: -10.00 ± 0.00 %" in text and "(per seed: -10.0%, -10.0%)" in text
+    assert "- seed 1: commit c1," in text and "- raylift: raylift protocol" in text
+    one = fidelity.receipt_markdown("configs/x.yaml", records[:1])
+    assert "100.00 (one seed)" in one
+    with pytest.raises(ConfigError, match="no seed has finished"):
+        fidelity.receipt_markdown("configs/x.yaml", [])
+
+
+@pytest.mark.slow  # starts the fake script's subprocess twice
+def test_bench_fidelity_runs_each_seed_and_writes_the_receipt(tmp_path, monkeypatch):
+    import yaml
+
+    from pipelines.cli import main
+
+    cfg = _fake_official_run(tmp_path)
+    (tmp_path / "fid.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "fidelity", "--official-dir", "repo", "--model", "mixste", "--config", "fid.yaml",
+                 "--skip-raylift", "--out", "out", "--seeds", "0", "1", "--receipt", "fid.receipt.md"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out" / "fid").iterdir()) == ["seed0", "seed1"]
+    receipt = (tmp_path / "fid.receipt.md").read_text()
+    # the fake script's MPJPE is 10 and its P-MPJPE 2 on every seed: a spread of exactly 0
+    assert "| mean ± sd (n=2) | 10.00 ± 0.00 / 2.00 ± 0.00 |" in receipt
+    assert "# Reproduction receipt: `fid.yaml`" in receipt and "- seed 1: commit " in receipt

@@ -16,6 +16,8 @@ VideoPose3D-format files. Run-time shims (no official file is edited):
   `weights_only=False` (their checkpoints hold a numpy RandomState, refused by torch >= 2.6's
   weights-only default when the script reloads `best_epoch.bin` for the final evaluation).
 - the import stubs of `pipelines/bench/official.py` (`local_attention` for MixSTE).
+- Python's, NumPy's and torch's generators are seeded with the run's seed before the script
+  starts (`--seeds`): the scripts seed nothing themselves, so unseeded runs of them differ.
 
 Recipe mapping (config → authors' flags): subjects `-str/-ste`, T `-f` (and `-s` = T for MixSTE, so
 one step is `train.batch_size` windows), `-b` = batch_size·T (MixSTE) or batch_size frames
@@ -24,6 +26,12 @@ depth. Fixed by the scripts and matched by the config: AdamW with weight decay 0
 drop-path 0.1, flipped copies of every training window, test-time flip, the best epoch chosen on
 the test subjects. PoseFormer's script hard-codes spatial dim 32 and depth 4.
 
+`--seeds 0 1 2` runs both sides once per seed (raylift with `train.seed` set to it), each into
+`<out>/<name>/seed<s>/`. `--receipt FILE` then writes the reproduction receipt, a small Markdown
+file kept beside the config: the recipe, both protocols, one row per seed run so far (this call's
+and earlier ones' of the same recipe under `<out>`), mean ± sample standard deviation, the commit
+and the machine.
+
 Both sides are scored by their own code: raylift's protocol (each real frame once, action-wise
 mean) and the authors' (MixSTE: windows from frame 0 with the last one flush with the end;
 PoseFormer: VideoPose3D's seq2frame; frame-weighted within an action, then action-wise mean).
@@ -31,6 +39,7 @@ PoseFormer: VideoPose3D's seq2frame; frame-weighted within an action, then actio
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import re
@@ -135,8 +144,9 @@ def _link(target: str, link: str) -> None:
     os.symlink(os.path.abspath(target), link)
 
 
-def run_official(cfg: Any, model: str, official_dir: str, out_dir: str, progress=print) -> SideResult:
-    """Run the authors' script on the config's data and recipe; its log goes to `<out>/official.log`."""
+def run_official(cfg: Any, model: str, official_dir: str, out_dir: str, seed: int, progress=print) -> SideResult:
+    """Run the authors' script on the config's data and recipe, its generators seeded with `seed`;
+    its log goes to `<out>/official.log`."""
     script = os.path.join(os.path.abspath(official_dir), SCRIPTS[model])
     if not os.path.isfile(script):
         raise ConfigError(f"--official-dir {official_dir}: {SCRIPTS[model]} not found (expected the authors' "
@@ -152,8 +162,8 @@ def run_official(cfg: Any, model: str, official_dir: str, out_dir: str, progress
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     # The script runs in `work`, so every path it is handed is absolute.
     cmd = [sys.executable, "-m", "pipelines.bench.fidelity", os.path.abspath(official_dir), script,
-           os.path.abspath(src.cameras), "--", *args]
-    progress("authors' code: " + " ".join(cmd[5:]))
+           os.path.abspath(src.cameras), str(seed), "--", *args]
+    progress(f"authors' code (seed {seed}): " + " ".join(cmd[cmd.index("--") + 1:]))
     log_path = os.path.join(os.path.abspath(out_dir), "official.log")
     start = time.perf_counter()
     with open(log_path, "w") as log:
@@ -210,32 +220,116 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_location_argument(parser, "--out", role="output", default="runs/fidelity", help="work directory for both runs and the table")
     parser.add_argument("--skip-raylift", action="store_true", help="run only the authors' code")
     parser.add_argument("--skip-official", action="store_true", help="run only raylift")
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                        help="run both sides once per seed (default: the config's train.seed)")
+    add_location_argument(parser, "--receipt", role="output", metavar="FILE",
+                          help="write the reproduction receipt (every seed run under --out for this recipe), "
+                               "e.g. configs/<name>.receipt.md")
+
+
+def recipe_line(cfg: Any) -> str:
+    """The shared recipe in one line: what both sides were asked to train."""
+    src = cfg.data.source
+    return (f"{cfg.model.name} {json.dumps(cfg.model.__dict__)}, T={cfg.data.windows.frames}, "
+            f"train {','.join(src.train_subjects)} / test {','.join(src.test_subjects)}, "
+            f"{cfg.train.epochs} epochs, {cfg.train.batch_size} windows/step, AdamW lr {cfg.train.lr} "
+            f"wd {cfg.train.weight_decay} ×{cfg.train.lr_decay}/epoch, 2D {src.data_2d}")
+
+
+def run_seed(cfg: Any, args: argparse.Namespace, seed: int, out: str) -> dict[str, Any]:
+    """Both sides (unless skipped) with one seed, into `<out>/seed<seed>/`; returns the record
+    written there as fidelity.json."""
+    from preprocessing.version import source_commit
+
+    where = os.path.join(out, f"seed{seed}")
+    os.makedirs(where, exist_ok=True)
+    cfg = copy.deepcopy(cfg)
+    cfg.train.seed = seed
+    sides = []
+    if not args.skip_official:
+        sides.append(run_official(cfg, args.model, args.official_dir, where, seed))
+    if not args.skip_raylift:
+        sides.append(run_raylift(cfg, where))
+    record = {"seed": seed, "recipe": recipe_line(cfg), "sides": [s.__dict__ for s in sides],
+              "commit": source_commit(), "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "machine": f"{os.cpu_count()} CPU cores, torch {__import__('torch').__version__}"}
+    table = comparison_table(sides)
+    print(f"seed {seed}:\n{table}")
+    with open(os.path.join(where, "fidelity.md"), "w") as f:
+        f.write(table + "\n\nrecipe: " + record["recipe"] + "\n")
+    with open(os.path.join(where, "fidelity.json"), "w") as f:
+        json.dump(record, f, indent=1)
+    return record
+
+
+def seed_records(out: str, recipe: str) -> list[dict[str, Any]]:
+    """Every seed's record under `out` whose recipe is `recipe` (runs of an edited config are not
+    mixed in), by seed."""
+    records = []
+    for entry in sorted(os.listdir(out)) if os.path.isdir(out) else []:
+        path = os.path.join(out, entry, "fidelity.json")
+        if re.fullmatch(r"seed\d+", entry) and os.path.isfile(path):
+            with open(path) as f:
+                record = json.load(f)
+            if record.get("recipe") == recipe:
+                records.append(record)
+    return sorted(records, key=lambda r: r["seed"])
+
+
+def _mean_spread(values: list[float]) -> str:
+    """`mean ± sample sd`, or the one value with n = 1 said."""
+    import numpy as np
+
+    if len(values) == 1:
+        return f"{values[0]:.2f} (one seed)"
+    return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+
+
+def receipt_markdown(config_path: str, records: list[dict[str, Any]]) -> str:
+    """The reproduction receipt: recipe, protocols, one row per seed, mean ± sd, provenance."""
+    from pipelines.viz.tables import render_table
+
+    if not records:
+        raise ConfigError("no seed has finished for this recipe yet: nothing to write in the receipt")
+    names = [s["name"] for s in records[0]["sides"]]
+    by_side = {n: [next(s for s in r["sides"] if s["name"] == n) for r in records] for n in names}
+    header = ["seed"] + [f"{n}: MPJPE / P-MPJPE (mm)" for n in names] + [f"{n}: wall-clock (s)" for n in names]
+    rows = [[str(r["seed"])] + [f"{by_side[n][i]['mpjpe']:.2f} / {by_side[n][i]['p_mpjpe']:.2f}" for n in names]
+            + [f"{by_side[n][i]['wall_s']:.0f}" for n in names] for i, r in enumerate(records)]
+    rows.append([f"mean ± sd (n={len(records)})"]
+                + [f"{_mean_spread([s['mpjpe'] for s in by_side[n]])} / {_mean_spread([s['p_mpjpe'] for s in by_side[n]])}"
+                   for n in names] + ["" for _ in names])
+    lines = [f"# Reproduction receipt: `{os.path.basename(config_path)}`", "",
+             f"Written by `raylift bench fidelity --config {config_path} --seeds ... --receipt ...`. "
+             "Each seed trains both implementations from scratch on the same data and recipe; each is "
+             "scored by its own code's protocol.", "",
+             render_table(header, rows, markdown=True), ""]
+    if "authors' code" in by_side and "raylift" in by_side:
+        diffs = [(r["mpjpe"] / a["mpjpe"] - 1) * 100 for a, r in zip(by_side["authors' code"], by_side["raylift"])]
+        lines += [f"raylift vs the authors' code, MPJPE: {_mean_spread(diffs)} % "
+                  "(per seed: " + ", ".join(f"{d:+.1f}%" for d in diffs) + ").", ""]
+    lines += ["## Recipe", "", records[0]["recipe"], "", "## Protocols", ""]
+    lines += [f"- {n}: {by_side[n][0]['protocol']}" for n in names]
+    lines += ["", "## Provenance", ""]
+    lines += [f"- seed {r['seed']}: commit {r['commit']}, finished {r['finished']}, {r['machine']}" for r in records]
+    return "\n".join(lines) + "\n"
 
 
 def run(args: argparse.Namespace) -> int:
     from pipelines.config import load_config
+    from preprocessing.store import storage
 
     cfg = load_config(args.config, args.overrides)
     out = os.path.join(args.out, f"{cfg.name}")
     os.makedirs(out, exist_ok=True)
     official_arguments(cfg, args.model, "checkpoint", "raylift")  # refuse a recipe the script cannot run, first
-    sides = []
-    if not args.skip_official:
-        sides.append(run_official(cfg, args.model, args.official_dir, out))
-    if not args.skip_raylift:
-        sides.append(run_raylift(cfg, out))
-    table = comparison_table(sides)
-    src = cfg.data.source
-    recipe = (f"recipe: {cfg.model.name} {json.dumps(cfg.model.__dict__)}, T={cfg.data.windows.frames}, "
-              f"train {','.join(src.train_subjects)} / test {','.join(src.test_subjects)}, "
-              f"{cfg.train.epochs} epochs, {cfg.train.batch_size} windows/step, AdamW lr {cfg.train.lr} "
-              f"wd {cfg.train.weight_decay} ×{cfg.train.lr_decay}/epoch, 2D {src.data_2d}")
-    print(table)
-    print(recipe)
-    with open(os.path.join(out, "fidelity.md"), "w") as f:
-        f.write(table + "\n\n" + recipe + "\n")
-    with open(os.path.join(out, "fidelity.json"), "w") as f:
-        json.dump({"sides": [s.__dict__ for s in sides], "recipe": recipe}, f, indent=1)
+    for seed in args.seeds if args.seeds is not None else [cfg.train.seed]:
+        run_seed(cfg, args, seed, out)
+    if args.receipt:
+        text = receipt_markdown(args.config, seed_records(out, recipe_line(cfg)))
+        storage.write_bytes(storage.open_location(args.receipt), text.encode())
+        print(text)
+        print(f"receipt: {args.receipt}")
     return 0
 
 
@@ -284,11 +378,13 @@ def _videopose3d_dataset(cameras_json: str) -> type:
     return VideoPose3DDataset
 
 
-def _run_script(official_dir: str, script: str, cameras_json: str, argv: list[str]) -> None:
+def _run_script(official_dir: str, script: str, cameras_json: str, seed: str, argv: list[str]) -> None:
     """In the subprocess: install the shims listed in the module docstring and run the script."""
+    import random
     import runpy
     import types
 
+    import numpy as np
     import torch
 
     from models.timm_loader import import_timm
@@ -319,11 +415,14 @@ def _run_script(official_dir: str, script: str, cameras_json: str, argv: list[st
     import common.h36m_dataset as h36m
 
     h36m.Human36mDataset = _videopose3d_dataset(cameras_json)
+    random.seed(int(seed))
+    np.random.seed(int(seed))
+    torch.manual_seed(int(seed))
     sys.argv = [script, *argv]
     runpy.run_path(script, run_name="__main__")
 
 
 if __name__ == "__main__":
-    # python -m pipelines.bench.fidelity OFFICIAL_DIR SCRIPT CAMERAS_JSON -- SCRIPT_ARGS...
+    # python -m pipelines.bench.fidelity OFFICIAL_DIR SCRIPT CAMERAS_JSON SEED -- SCRIPT_ARGS...
     sep = sys.argv.index("--")
-    _run_script(*sys.argv[1:4], sys.argv[sep + 1:])
+    _run_script(*sys.argv[1:5], sys.argv[sep + 1:])
