@@ -145,3 +145,24 @@ def test_bone_colours_follow_skeleton_sides():
     assert colours[(0, 4)] == colours[(11, 12)] == SIDE_COLOURS["left"]
     assert colours[(0, 1)] == colours[(14, 15)] == SIDE_COLOURS["right"]
     assert colours[(0, 7)] == colours[(9, 10)] == SIDE_COLOURS["centre"]
+
+
+def test_video_overlay_puts_full_resolution_keypoints_on_a_smaller_video(tmp_path):
+    """The 2D was measured in a 400 x 300 image; the video is a 200 x 150 copy of it. The skeleton
+    (every joint on the bright square's centre but one, a short bone) must be drawn on the square."""
+    from pipelines.viz.render import Panel, SkeletonAnimator
+
+    square_at = np.array([300.0, 60.0])  # full-resolution pixels, top right
+    frame = np.zeros((150, 200, 3), np.uint8)
+    cx, cy = (square_at / 2).astype(int)
+    frame[cy - 10:cy + 10, cx - 10:cx + 10] = 255
+    poses = np.tile(square_at, (1, 17, 1)).astype(np.float32)
+    poses[0, 1] += [12.0, 0.0]  # one visible bone (pelvis -> right hip, red) across the square
+    panel = Panel("input 2D", poses, "2d", background=lambda i: frame, frame_size=(400.0, 300.0))
+    image = SkeletonAnimator([panel], H36M17).render(0).astype(int)
+    white = np.argwhere((image > 230).all(-1))
+    red = np.argwhere((image[..., 0] > 150) & (image[..., 1] < 90) & (image[..., 2] < 90))
+    assert len(white) and len(red)
+    # the bone's pixels lie inside the square's box in the rendered panel
+    lo, hi = white.min(0), white.max(0)
+    assert ((red >= lo - 2) & (red <= hi + 2)).all(1).mean() > 0.9

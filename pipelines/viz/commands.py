@@ -51,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def animation_panels(arrays: dict[str, np.ndarray], gt: Optional[np.ndarray], gt_title: str,
-                     video: Optional[str] = None) -> list:
+                     video: Optional[str] = None, frame_size: Optional[tuple[float, float]] = None) -> list:
+    """The input 2D (over `video`'s frames, stretched to `frame_size`, the size of the image the
+    2D is measured in), the predicted 3D and the ground truth 3D when there is one."""
     from pipelines.viz.render import Panel, VideoFrames
 
     panels = []
@@ -59,7 +61,7 @@ def animation_panels(arrays: dict[str, np.ndarray], gt: Optional[np.ndarray], gt
         raise DataError(f"--video {video}: the input has no keypoints_2d to draw over it")
     if "keypoints_2d" in arrays:
         panels.append(Panel("input 2D", np.asarray(arrays["keypoints_2d"], np.float32), "2d",
-                            VideoFrames(video) if video is not None else None))
+                            VideoFrames(video) if video is not None else None, frame_size))
     panels.append(Panel("predicted 3D", np.asarray(arrays["poses_3d"], np.float32), "3d"))
     if gt is not None:
         panels.append(Panel(gt_title, np.asarray(gt, np.float32), "3d"))
@@ -89,7 +91,9 @@ def run_anim(args: argparse.Namespace) -> int:
             raise DataError(f"{args.gt}: poses {gt.shape} do not match {args.input} {arrays['poses_3d'].shape}")
     frames = frame_indices(arrays["poses_3d"].shape[0], args.stride, args.max_frames)
     fps = args.fps or (meta["fps"] / args.stride if meta.get("fps") else DEFAULT_FPS)
-    animator = SkeletonAnimator(animation_panels(arrays, gt, gt_title, args.video), skeleton)
+    source = meta.get("input") or {}
+    frame_size = (float(source["width"]), float(source["height"])) if source.get("width") and source.get("height") else None
+    animator = SkeletonAnimator(animation_panels(arrays, gt, gt_title, args.video, frame_size), skeleton)
     start = time.perf_counter()
     count = write_animation(iter_frames(animator, frames), args.output, fps)
     elapsed = time.perf_counter() - start

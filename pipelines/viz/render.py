@@ -30,12 +30,16 @@ DPI = 80
 class Panel:
     """One subplot of an animation: 2D keypoints (pixels) or 3D joints (metres), (F, J, 2|3).
     A 2D panel with `background` (frame index -> (H, W, 3) image) draws the skeleton over the
-    whole video frame instead of following the person."""
+    whole video frame instead of following the person. `frame_size` is the (width, height) of the
+    image the keypoints are measured in: the video frame is stretched onto it, so keypoints from a
+    full-resolution detection land on the person in a smaller (or larger) copy of the video.
+    None: the video's own size."""
 
     title: str
     poses: np.ndarray
     kind: str  # "2d" | "3d"
     background: Optional[Callable[[int], np.ndarray]] = None
+    frame_size: Optional[tuple[float, float]] = None
 
 
 class VideoFrames:
@@ -112,7 +116,8 @@ class SkeletonAnimator:
         image = None
         if panel.background is not None:
             first = panel.background(0)
-            image = ax.imshow(first, extent=(0, first.shape[1], first.shape[0], 0), interpolation="bilinear")
+            width, height = panel.frame_size or (first.shape[1], first.shape[0])
+            image = ax.imshow(first, extent=(0, width, height, 0), interpolation="bilinear")
         lines = [ax.plot([], [], color=c, lw=2)[0] for c in colours]
 
         def update(f: int) -> None:
