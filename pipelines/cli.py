@@ -34,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "viz": ("pipelines.viz.commands", "render skeleton animations, training curves and result plots"),
     "models": ("pipelines.models.tools", "model summaries and official checkpoint import"),
     "export": ("pipelines.models.export", "a lifter checkpoint as ONNX or TorchScript, checked against PyTorch"),
-    "bench": ("pipelines.bench.benchmarks", "benchmarks: data, model, train, suite, order, images, relations, infer, fidelity"),
+    "bench": ("pipelines.bench.benchmarks", "benchmarks: data, model, train, suite, order, images, relations, infer, fidelity, search"),
     "submit": ("cluster.submit", "submit a raylift command as a Ray job"),
     "jobs": ("cluster.jobs", "list, follow and stop Ray jobs"),
     "cluster": ("cluster.local", "start/stop a multi-node Ray cluster on 127.0.0.1"),

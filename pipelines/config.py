@@ -208,12 +208,26 @@ class EvalConfig:
 class TuneConfig:
     """`raylift tune`: a search space over any config key (see pipelines/tune/driver.py)."""
 
-    space: dict[str, Any] = field(default_factory=dict)  # dotted key -> {grid|choice|uniform|loguniform: ...}
+    space: dict[str, Any] = field(default_factory=dict)  # dotted key -> {grid|choice|uniform|loguniform|branches: ...}
+    # random: Tune's grid/random variants (num_samples repeats the grids); optuna, hyperopt, bohb:
+    # model-based searches through Ray Tune's integrations, num_samples trials in all
+    # (pipelines/tune/search.py).
+    search: Literal["random", "optuna", "hyperopt", "bohb"] = "random"
+    sampler: Literal["tpe", "nsga2"] = "tpe"  # optuna's sampler (nsga2: NSGA-II, for several objectives)
+    seed: int = 0  # seeds every search's random state
     num_samples: int = 1
     metric: Optional[str] = None  # the trials' validation metric; default: val_mpjpe, or val_px for image models
-    scheduler: Literal["asha", "fifo"] = "asha"
+    # Several objectives in order, metric -> min|max, e.g. {val_mpjpe: min, macs_per_frame: min}
+    # (search optuna, or random with scheduler fifo); the first is `metric`. Empty: {metric: min}.
+    metrics: dict[str, str] = field(default_factory=dict)
+    # hyperband: HyperBandForBOHB, the scheduler of search bohb; pbt: population-based training
+    # (pipelines/tune/pbt.py), which perturbs the space's lr / weight decay / drop path as trials run.
+    scheduler: Literal["asha", "fifo", "hyperband", "pbt"] = "asha"
     grace_period: int = 1
     reduction_factor: int = 2
+    perturbation_interval: int = 1  # pbt: epochs between a trial's exploit/explore decisions
+    quantile_fraction: float = 0.25  # pbt: the bottom fraction copies the top fraction (Tune's default)
+    resample_probability: float = 0.25  # pbt: explore by resampling from the space, else x0.8 / x1.2
     max_concurrent: int = 0  # 0: as many as `resources` (else the cluster's resources now) allow
     # The resources the search is meant to use, e.g. {GPU: 8}: concurrency = how many trials'
     # Train workers fit in them (Ray's Tune guide sizes max_concurrent_trials this way). Empty: the
@@ -231,6 +245,52 @@ class TuneConfig:
             for name, amount in getattr(self, key).items():
                 if not amount >= 0:
                     raise ValueError(f"tune.{key}.{name} must be >= 0, got {amount}")
+        if not 0 < self.quantile_fraction <= 0.5:
+            raise ValueError(f"tune.quantile_fraction must be in (0, 0.5], got {self.quantile_fraction}")
+        if not 0 <= self.resample_probability <= 1:
+            raise ValueError(f"tune.resample_probability must be in [0, 1], got {self.resample_probability}")
+        for name, mode in self.metrics.items():
+            if mode not in ("min", "max"):
+                raise ValueError(f"tune.metrics.{name}: expected min or max, got {mode!r}")
+        if self.metrics:
+            first = next(iter(self.metrics))
+            if self.metric not in (None, first):
+                raise ValueError(f"tune.metric {self.metric!r} is not the first of tune.metrics ({first!r}): give one of them")
+            self.metric = first
+
+
+# MLflow tracking URI schemes `tracking.mlflow_uri` may name (anything else with a scheme is refused).
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "file")
+
+
+@dataclass
+class TrackingConfig:
+    """Optional MLflow tracking of `raylift train` and `raylift tune` (pipelines/train/tracking.py).
+    Changes neither dataset ids nor what a resumed run must match (it may differ on resume)."""
+
+    # Where runs go. A local directory: raylift keeps an SQLite store there (<dir>/mlflow.db, artifacts
+    # under <dir>/artifacts). Or an MLflow tracking URI: http(s)://host:port, sqlite:///..., ...
+    # (file: stores need MLFLOW_ALLOW_FILE_STORE=true in MLflow 3). Empty: off, unless the environment
+    # sets MLFLOW_TRACKING_URI (then that).
+    mlflow_uri: str = ""
+    experiment: Optional[str] = None  # the MLflow experiment; null: the config's name (tune: the search's)
+    artifacts: bool = True  # upload the run's result files (config, metrics.csv, plots, tables)
+
+    def validate(self) -> None:
+        from urllib.parse import urlsplit
+
+        scheme = urlsplit(self.mlflow_uri).scheme
+        if scheme and scheme not in TRACKING_SCHEMES:
+            raise ValueError(
+                f"tracking.mlflow_uri {self.mlflow_uri!r}: unknown scheme {scheme!r} (expected a local "
+                f"directory or a URI starting {', '.join(s + ':' for s in TRACKING_SCHEMES)})")
+        if self.experiment is not None and not self.experiment.strip():
+            raise ValueError("tracking.experiment must be a non-empty name or null")
+
+    @staticmethod
+    def parse(value: Any, where: str) -> Optional["TrackingConfig"]:
+        """The `tracking:` section (null: none), with the section's own one-line errors."""
+        return None if value is None else parse_dataclass(TrackingConfig, value, where)
 
 
 @dataclass
@@ -241,6 +301,8 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tune: Optional[TuneConfig] = None
+    # MLflow tracking (off unless a URI is set); parsed by its own dataclass for precise errors
+    tracking: Optional[TrackingConfig] = field(default=None, metadata={"parse": TrackingConfig.parse})
 
     def validate(self) -> None:
         if self.model is None:

@@ -62,6 +62,8 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
                 return coerce(arg, value, where)
             except ConfigError as e:
                 errors.append(str(e))
+        if len(errors) == 1:  # Optional[X]: X's own error names the key inside (e.g. tune.search)
+            raise ConfigError(errors[0])
         raise ConfigError(f"{where}: got {value!r}, expected {_type_name(tp)}")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):

@@ -52,6 +52,21 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def ray_tune_cluster():
+    """A private 2-CPU Ray with its dashboard, for one module's Tune runs: Ray Train frees stopped
+    trials' resources, and Tune and Train clean up, through the dashboard's state API."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    from cluster.session import init_ray
+
+    init_ray(num_cpus=2, include_dashboard=True, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3 server (SeaweedFS `weed mini`) on free 127.0.0.1 ports for the whole session.

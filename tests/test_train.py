@@ -13,7 +13,7 @@ import torch
 
 from models.checkpoint import CheckpointError, save_checkpoint
 from models.losses import build_loss, forward_for_loss
-from models.registry import build_model
+from models.registry import build_model, count_parameters
 from pipelines.config import TrainConfig, config_from_dict
 from pipelines.train.checkpoints import (
     best, checkpoint_name, latest, list_checkpoints, prune, to_keep, write_checkpoint,
@@ -279,7 +279,13 @@ def test_driver_process_run_resumes_and_refuses_mismatches(tmp_path, ray_local):
     assert [h["epoch"] for h in out.history] == [1, 2] and all(h["val_mpjpe"] > 0 for h in out.history)
     n_train = len(load_split_arrays(out.dataset, "train", columns=["mask"])["mask"])
     assert all(h["windows"] == n_train for h in out.history)  # one worker: every window, every epoch
+    # Cost columns: the model's MACs and parameters, and frames (T per seq2seq window) per second.
+    params = count_parameters(build_model(synthetic_cfg(tmp_path).model, frames=9, joints=17))
+    for h in out.history:
+        assert h["params"] == params and h["macs_per_frame"] > 0 and h["peak_memory_mb"] > 0
+        assert h["train_frames_per_s"] == pytest.approx(9 * h["windows_per_s"])
     assert [r["epoch"] for r in read_csv(str(run))] == [1, 2]
+    assert read_csv(str(run))[0]["macs_per_frame"] == out.history[0]["macs_per_frame"]
     assert (run / "training_curves.png").stat().st_size > 5000 and (run / "config.yaml").is_file()
     assert (run / "eval" / "results.md").is_file() and {"model", "baseline"} <= set(out.evaluation["results"])
     assert any("best checkpoint:" in line for line in lines)

@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 from pipelines.config import config_from_dict, load_config
-from cluster.session import init_ray
 from preprocessing.schema import ConfigError
 from pipelines.tune.space import candidate_overrides, data_key, data_variants, parse_space
 from pipelines.tune.driver import check_space, tune_experiment
@@ -101,17 +100,6 @@ def test_a_second_tune_of_a_live_experiment_is_refused_before_ray_starts(tmp_pat
         assert not (tmp_path / "datasets").exists()
 
 
-@pytest.fixture
-def ray_tune_cluster():
-    """A private 2-CPU Ray with its dashboard (Train frees stopped trials' resources through it)."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    init_ray(num_cpus=2, include_dashboard=True, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
 
 # The 2 frame counts x 2 depths grid (table, plot, best config, one dataset per frame count) runs
 # as a submitted job on a 2-node cluster over S3: tests/test_submit.py, the staged-data flow.
@@ -132,6 +120,10 @@ def test_asha_stops_a_hopeless_trial_early(tmp_path, ray_tune_cluster):
     good = table[table["train.lr"] > 1e-9].iloc[0]
     assert good["epochs"] == 4 and good["status"] == "DONE"
     assert hopeless["epochs"] < 4 and hopeless["status"] == "STOPPED"
+    # Every epoch reported the trial's cost: the table's MACs, speed and memory come from Tune's results.
+    assert (table["macs_per_frame"] > 0).all() and (table["train_frames_per_s"] > 0).all()
+    assert (table["peak_memory_mb"] > 0).all()
+    assert "learning_curves.png" in (Path(summary["dir"]) / "report.md").read_text()
 
 
 @pytest.mark.slow

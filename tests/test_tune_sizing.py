@@ -11,9 +11,9 @@ import yaml
 
 from pipelines.config import config_from_dict, load_config
 from pipelines.tune.driver import (
-    DRIVER_RESOURCE, RESULT_FILES, collect_rows, driver_resources, make_scheduler, parse_resources,
-    trial_concurrency, write_results,
+    DRIVER_RESOURCE, RESULT_FILES, collect_rows, driver_resources, parse_resources, trial_concurrency, write_results,
 )
+from pipelines.tune.search import make_scheduler
 from preprocessing.schema import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +38,8 @@ def test_shipped_tune_configs_count_the_batch_in_frames():
     for path in sorted((REPO / "configs").glob("tune_*.yaml")):
         cfg = load_config(str(path))
         key = "data.images.frames" if "data.images.frames" in cfg.tune.space else "data.windows.frames"
-        frames = list(cfg.tune.space[key]["grid"])  # image configs: T = f (data.images.frames)
+        # grid or choice; image configs: T = f (data.images.frames)
+        frames = list(next(iter(cfg.tune.space[key].values())))
         assert cfg.train.batch_frames is not None, path
         steps = {t: cfg.train.windows_per_batch(t) * t for t in frames}
         # Frames per step equal up to the remainder of one window.
@@ -123,7 +124,8 @@ def test_tune_results_go_to_the_storage_path_on_s3(s3_server, monkeypatch, tmp_p
     summary = write_results(_rows(), _demo(), uri)
     assert summary["dir"] == uri and summary["best_config"] == f"{uri}/best.yaml"
     loc = storage.open_location(uri)
-    assert sorted(storage.list_files(loc)) == sorted(RESULT_FILES)
+    # Every results file but the Optuna importances (a grid search).
+    assert sorted(storage.list_files(loc)) == sorted(set(RESULT_FILES) - {"importances.png"})
     best = yaml.safe_load(storage.read_bytes(loc.child("best.yaml")))
     assert best["data"]["windows"]["frames"] == 9 and "tune" not in best
     assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,4 @@
-"""`raylift bench {data,model,train,suite,order,images,relations,infer,fidelity}`: benchmarks that report figures, never pass/fail on time.
+"""`raylift bench {data,model,train,suite,order,images,relations,infer,fidelity,search}`: benchmarks that report figures, never pass/fail on time.
 
 Each benchmark lives in its own module (`pipelines.bench.<name>`) with `add_arguments`/`run`.
 """
@@ -20,6 +20,8 @@ BENCHMARKS = {
     "infer": ("pipelines.bench.infer", "CPU inference of one checkpoint in PyTorch, TorchScript and ONNX Runtime: "
                                        "offline frames/s and streaming latency"),
     "fidelity": ("pipelines.bench.fidelity", "train raylift and the authors' script on one recipe; MPJPE side by side"),
+    "search": ("pipelines.bench.search", "tune searches (random, optuna, ...) at one trial budget: best validation "
+                                         "metric after k trials, mean ± sd over seeds"),
 }
 
 

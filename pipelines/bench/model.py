@@ -54,7 +54,7 @@ def bench_one(name: str, frames: int, joints: int, batch: int, steps: int, warmu
     import torch
 
     from models.registry import build_model, count_parameters
-    from pipelines.models.tools import example_input
+    from models.cost import example_input
 
     torch.manual_seed(0)
     model = build_model(_config(name, overrides), frames=frames, joints=joints).train()

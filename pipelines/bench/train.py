@@ -66,7 +66,7 @@ def example_batch(model, batch: int, frames: int, joints: int, device) -> dict:
     """A random training batch shaped like the Parquet windows the model trains on."""
     import torch
 
-    from pipelines.models.tools import example_input
+    from models.cost import example_input
 
     x = example_input(model, batch, frames, joints, device=device)
     target_frames = frames if model.output_mode == "seq2seq" else 1

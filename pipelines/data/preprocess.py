@@ -69,15 +69,17 @@ def image_summary_lines(info, seconds: float) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from cluster.session import quiet_ray_data
     from pipelines.config import config_from_dict, load_config
-    from pipelines.tune.space import data_variants, parse_space
+    from pipelines.tune.space import data_variants, parse_space, trial_base
     from preprocessing.schema import apply_overrides, apply_values, load_yaml
 
     cfg = load_config(args.config, args.overrides)
     quiet_ray_data()
     # A tune config: one dataset per distinct assignment of the data.* keys its space searches, so
     # a cluster without the source files can run the search (preprocessing/store/staged.py).
-    variants = data_variants(parse_space(cfg.tune.space)) if cfg.tune is not None else [{}]
-    raw = apply_overrides(load_yaml(args.config), args.overrides) if variants != [{}] else {}
+    # With branches, a variant names the branch's model too (its windows must suit that model).
+    dims = parse_space(cfg.tune.space) if cfg.tune is not None else []
+    variants = data_variants(dims)
+    raw = trial_base(apply_overrides(load_yaml(args.config), args.overrides), dims) if variants != [{}] else {}
     for i, values in enumerate(variants):
         if values:
             print(("\n" if i else "") + f"data variant {i + 1}/{len(variants)} of tune.space: "

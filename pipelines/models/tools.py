@@ -5,12 +5,9 @@
     raylift models import --from mpstr FILE [--backbone CFG.json|yaml] --out CKPT_DIR
                           [--frames T] [--heads H] [--refine REFINE_FILE (fusionformer)]
 
-FLOPs are counted with `torch.utils.flop_counter.FlopCounterMode` on one forward pass of batch 1
-on the meta device (no memory, no compute). What counts: every matrix multiply (Linear layers,
-the attention matmuls Q·Kᵀ and A·V, any einsum/bmm) and convolutions; not counted: softmax,
-LayerNorm/GroupNorm, GELU, residual additions and position embeddings (elementwise, <1% of the
-total for these models). MACs = FLOPs / 2. "Per frame" divides by the frames the forward
-predicts: T for seq2seq models, 1 for seq2frame models (the convention of each paper).
+FLOPs are counted by `models/cost.py` (which says what counts) on one forward pass of batch 1 of a
+model built on the meta device (no memory, no compute). MACs = FLOPs / 2. "Per frame" divides by
+the frames the forward predicts: T for seq2seq models, 1 for seq2frame models.
 """
 from __future__ import annotations
 
@@ -69,25 +66,11 @@ def model_config(name: str, overrides: list[str]) -> Any:
     return parse_model_config(raw["model"], "model")
 
 
-def example_input(model: Any, batch: int, frames: int, joints: int, device: Any = "cpu") -> Any:
-    """A random input batch of the shape `model` takes: (B, T, J, 2), multiview (B, T, V, J, 2).
-
-    Multiview models give their camera count as a `views` attribute or config field (default 4,
-    the synchronized H36M cameras).
-    """
-    import torch
-
-    if getattr(model, "multiview", False):
-        views = int(getattr(model, "views", getattr(getattr(model, "cfg", None), "views", 4)))
-        return torch.randn(batch, frames, views, joints, 2, device=device)
-    return torch.randn(batch, frames, joints, 2, device=device)
-
-
 def summarize(name: str, frames: int, joints: int = 17, overrides: list[str] | None = None) -> dict[str, Any]:
     """Parameters and batch-1 forward FLOPs/MACs of a registry model (counted on the meta device)."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
+    from models.cost import forward_flops, frames_predicted
     from models.registry import build_model, count_parameters
     from preprocessing.schema import ConfigError
 
@@ -95,14 +78,9 @@ def summarize(name: str, frames: int, joints: int = 17, overrides: list[str] | N
         raise ConfigError(f"--frames and --joints must be >= 1 (got {frames}, {joints})")
     cfg = model_config(name, overrides or [])
     with torch.device("meta"):
-        model = build_model(cfg, frames=frames, joints=joints).eval()
-        x = example_input(model, 1, frames, joints, device="meta")
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x)
-    flops = int(counter.get_total_flops())
-    by_op = {str(op).removeprefix("aten."): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
-    out_frames = frames if model.output_mode == "seq2seq" else 1
+        model = build_model(cfg, frames=frames, joints=joints)
+    flops, by_op = forward_flops(model, frames, joints)
+    out_frames = frames_predicted(model, frames)
     return {
         "model": name,
         "config": asdict(cfg),

@@ -16,6 +16,8 @@ The driver prepares (or finds, by id) the Parquet windows, checks the run direct
   `FailureConfig(max_failures)` restarts the workers from it after a worker or node dies.
 - The run directory collects `metrics.csv`, TensorBoard scalars, `training_curves.png`,
   `config.yaml` and, after training, `eval/results.{md,json}` for the best checkpoint.
+- With `tracking:` (or MLFLOW_TRACKING_URI), an MLflow run logs the config, every epoch's metrics
+  and those files (pipelines/train/tracking.py).
 """
 from __future__ import annotations
 
@@ -157,6 +159,20 @@ def check_resume(run_uri: str, cfg_dict: dict, joints: int, dataset_id: str) -> 
     return found.uri
 
 
+def check_start(start_from: str, cfg_dict: dict, joints: int, dataset_id: str) -> str:
+    """`start_from`, another run's checkpoint this run continues, fully checked before any worker
+    starts: the same model, T, joints, dataset and settings but for `CONTINUE_MAY_CHANGE`."""
+    from models.checkpoint import load_state, load_train_state, read_meta
+    from pipelines.train.loop import CONTINUE_MAY_CHANGE, check_compatible, check_train_state
+    from preprocessing.store.storage import local_copy
+
+    with local_copy(start_from) as d:
+        check_compatible(read_meta(d), cfg_dict, joints, dataset_id, start_from, CONTINUE_MAY_CHANGE)
+        load_state(d)
+        check_train_state(load_train_state(d), start_from)
+    return start_from
+
+
 def _ensure_ray(progress: Callable[[str], None]) -> None:
     import ray
 
@@ -222,6 +238,7 @@ def run_training(
     evaluate_after: Optional[bool] = None,
     progress: Callable[[str], None] = print,
     lock_wait_s: float = 0.0,
+    start_from: Optional[str] = None,
 ) -> TrainOutcome:
     """Prepare data (unless `dataset` is given), train (resuming if the run directory has a
     checkpoint), plot, and evaluate the best checkpoint (`evaluate_after`, default train.evaluate).
@@ -229,6 +246,9 @@ def run_training(
     `callbacks` are Ray Train user callbacks (e.g. Tune's TuneReportCallback). The run directory's
     lease (`<run>/.lock`) is held throughout; `lock_wait_s` waits that long for a holder to finish
     or be proven gone (a retried Tune trial whose previous attempt died on another node).
+    `start_from`: another run's checkpoint to continue when the run directory has none of its own
+    (a PBT trial taking over a better trial's state): its weights, optimiser moments, schedule
+    position, RNG streams, history and epoch, with this config's `CONTINUE_MAY_CHANGE` values.
     """
     from preprocessing.store import lease, storage
 
@@ -242,7 +262,13 @@ def run_training(
     try:
         _ensure_ray(progress)
         task = _task(cfg, dataset, progress)
-        return _train_locked(cfg, cfg.to_dict(), task, name, root, run_uri, callbacks, evaluate_after, progress, held)
+        from pipelines.train.logs import CSV_NAME, TENSORBOARD_DIR
+        from pipelines.train.tracking import train_run
+
+        results = (CONFIG_NAME, CSV_NAME, PLOT_NAME, EVAL_DIR, TENSORBOARD_DIR)  # uploaded as the run's artifacts
+        with train_run(cfg, name, run_uri, task.dataset.id, results, progress) as tracking:  # MLflow, when set
+            return _train_locked(cfg, cfg.to_dict(), task, name, root, run_uri, [*callbacks, *tracking],
+                                 evaluate_after, progress, held, start_from)
     finally:
         held.release()
 
@@ -265,18 +291,22 @@ def _task(cfg: ExperimentConfig, dataset: Optional[Dataset], progress: Callable[
 
 def _train_locked(cfg: ExperimentConfig, cfg_dict: dict, task: Any, name: str, root: str, run_uri: str,
                   callbacks: Sequence[Any], evaluate_after: Optional[bool], progress: Callable[[str], None],
-                  held: Any) -> TrainOutcome:
+                  held: Any, start_from: Optional[str] = None) -> TrainOutcome:
     """The part of `run_training` that runs while this process holds the run directory's lease."""
     from pipelines.train.checkpoints import best, forget_ray_snapshot, latest, list_checkpoints, select_checkpoint
     from preprocessing.store import storage
 
     tc, dataset = cfg.train, task.dataset
     resume_from = check_resume(run_uri, cfg_dict, dataset.joints, dataset.id)
+    continued = resume_from is None and start_from is not None  # its own checkpoints come first
+    if continued:
+        resume_from = check_start(start_from, cfg_dict, dataset.joints, dataset.id)
     if tc.num_workers == 0:
         forget_ray_snapshot(run_uri)
     storage.write_bytes(storage.open_location(run_uri).child(CONFIG_NAME),
                         yaml.safe_dump(cfg_dict, sort_keys=False).encode())
-    progress(f"run directory: {run_uri}" + (f" (resuming from {resume_from})" if resume_from else ""))
+    progress(f"run directory: {run_uri}" + (f" ({'continuing' if continued else 'resuming from'} {resume_from})"
+                                            if resume_from else ""))
 
     local_mode = tc.num_workers == 0
     relay = None if local_mode else Relay(progress)  # the workers' lines for the user (cluster/console.py)
@@ -285,6 +315,7 @@ def _train_locked(cfg: ExperimentConfig, cfg_dict: dict, task: Any, name: str, r
         loop_config = {
             "cfg": cfg_dict, "task": task, "run_loc": storage.open_location(run_uri),
             "resume_loc": storage.open_location(resume_from) if resume_from else None,
+            "continued": continued,
             "local_mode": local_mode,
             # Ray Train runs no callbacks in local mode; the loop (in this process) calls them itself.
             "local_callbacks": list(callbacks) if local_mode else [],

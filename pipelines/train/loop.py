@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -260,10 +260,13 @@ def build_train_state(
     }
 
 
-def check_compatible(meta: dict, cfg_dict: dict, joints: int, dataset_id: str, source: str) -> None:
-    """Refuse to resume from a checkpoint of another model, window length, joint set or dataset."""
-    want_model = cfg_dict["model"]
-    have_model = meta.get("model", {})
+def check_compatible(meta: dict, cfg_dict: dict, joints: int, dataset_id: str, source: str,
+                     may_differ: Sequence[str] = ()) -> None:
+    """Refuse to resume from a checkpoint of another model, window length, joint set or dataset.
+    `may_differ`: dotted keys beyond `RESUME_MAY_DIFFER` that the checkpoint may have had other
+    values of (`CONTINUE_MAY_CHANGE` when a run continues another run's checkpoint)."""
+    want_model = {k: v for k, v in cfg_dict["model"].items() if f"model.{k}" not in may_differ}
+    have_model = {k: v for k, v in meta.get("model", {}).items() if f"model.{k}" not in may_differ}
     if have_model.get("name") != want_model.get("name"):
         raise CheckpointError(
             f"{source}: holds model {have_model.get('name')!r}, but the config trains "
@@ -289,7 +292,7 @@ def check_compatible(meta: dict, cfg_dict: dict, joints: int, dataset_id: str, s
             "use another run name or storage_path"
         )
     if isinstance(meta.get("config"), dict):
-        diff = config_differences(meta["config"], cfg_dict)
+        diff = config_differences(meta["config"], cfg_dict, may_differ)
         if diff:
             shown = "; ".join(f"{k}: checkpoint {a!r}, config {b!r}" for k, a, b in diff[:4])
             raise CheckpointError(
@@ -304,30 +307,39 @@ def check_compatible(meta: dict, cfg_dict: dict, joints: int, dataset_id: str, s
 RESUME_MAY_DIFFER = (
     "name", "train.epochs", "train.storage_path", "train.cpus_per_worker", "train.gpus_per_worker",
     "train.resources_per_worker", "train.max_failures", "train.keep_best", "train.prefetch_batches",
-    "train.val_batch_size", "train.evaluate", "train.ship_logs", "eval", "tune", "data.root", "data.source.data_3d",
+    "train.val_batch_size", "train.evaluate", "train.ship_logs", "eval", "tune", "tracking", "data.root", "data.source.data_3d",
     "data.source.data_2d", "data.source.cameras", "data.source.mpi_train", "data.source.mpi_test",
     "data.source.synthetic.out_dir", "data.images.boxes_2d",
 )
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+# Hyperparameters a run may change when it continues another run's checkpoint (population-based
+# training: a trial that copies a better one goes on from its weights, optimiser moments, schedule
+# position, RNG and epoch with its own perturbed values of these). Each takes effect at once:
+# the optimiser's lr and weight decay are reset from the config (`adopt_hyperparameters`), and
+# drop-path rates are the model's own settings, not weights.
+CONTINUE_MAY_CHANGE = ("train.lr", "train.weight_decay", "model.drop_path_rate")
+
+
+def flatten_config(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config as {dotted key: value}; tuples become lists, an empty section stays one value."""
     out: dict[str, Any] = {}
     for key, value in d.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, dict) and value:
-            out.update(_flatten(value, dotted + "."))
+            out.update(flatten_config(value, dotted + "."))
         else:
             out[dotted] = list(value) if isinstance(value, tuple) else value
     return out
 
 
-def config_differences(have: dict, want: dict) -> list[tuple[str, Any, Any]]:
+def config_differences(have: dict, want: dict, may_differ: Sequence[str] = ()) -> list[tuple[str, Any, Any]]:
     """(dotted key, checkpoint value, config value) for every setting that differs between two
-    experiment configs, except the keys (and sections) in `RESUME_MAY_DIFFER`."""
-    a, b = _flatten(have), _flatten(want)
+    experiment configs, except the keys (and sections) in `RESUME_MAY_DIFFER` and `may_differ`."""
+    a, b = flatten_config(have), flatten_config(want)
 
     def allowed(key: str) -> bool:
-        return any(key == p or key.startswith(p + ".") for p in RESUME_MAY_DIFFER)
+        return any(key == p or key.startswith(p + ".") for p in (*RESUME_MAY_DIFFER, *may_differ))
 
     return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if not allowed(k) and a.get(k) != b.get(k)]
 
@@ -348,23 +360,56 @@ def load_resume_state(
     cfg_dict: dict,
     joints: int,
     dataset_id: str,
+    continued: bool = False,
 ) -> dict:
     """Load weights, optimiser and scheduler from checkpoint `directory`; returns its train state.
 
+    `continued`: the checkpoint is another run's (a PBT donor's), which may differ in
+    `CONTINUE_MAY_CHANGE`; this config's values of those replace the checkpoint's.
     Every mismatch or unreadable file is a CheckpointError naming the checkpoint.
     """
     from models.checkpoint import load_into, load_state, load_train_state, read_meta
 
     meta = read_meta(directory)
-    check_compatible(meta, cfg_dict, joints, dataset_id, str(directory))
+    check_compatible(meta, cfg_dict, joints, dataset_id, str(directory), CONTINUE_MAY_CHANGE if continued else ())
     load_into(model, load_state(directory), str(directory))
     state = check_train_state(load_train_state(directory), str(directory))
+    own = hyperparameters(optimizer, scheduler)
     try:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
     except (ValueError, KeyError, RuntimeError) as e:
         raise CheckpointError(f"{directory}: optimiser/scheduler state does not fit ({e})") from None
+    if continued:
+        adopt_hyperparameters(optimizer, scheduler, own)
     return state
+
+
+def hyperparameters(optimizer: torch.optim.Optimizer, scheduler: LRScheduler) -> dict:
+    """What a freshly built optimiser and schedule took from the config: each group's initial lr
+    and weight decay, and the schedule's base lrs (torch's `base_lrs`, timm's `base_values`)."""
+    return {
+        "groups": [{"initial_lr": g.get("initial_lr", g["lr"]), "weight_decay": g["weight_decay"]}
+                   for g in optimizer.param_groups],
+        "base": list(getattr(scheduler, "base_lrs", None) or getattr(scheduler, "base_values", None) or []),
+    }
+
+
+def adopt_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: LRScheduler, own: dict) -> None:
+    """After loading another run's optimiser and schedule state, put back this config's lr and
+    weight decay (`own`, from `hyperparameters` before the load), keeping the moments and the
+    schedule's position: each group's lr becomes its own base lr times the schedule's factor at
+    the restored epoch. Per-step (timm) schedules set every step's lr from their base values."""
+    for group, mine in zip(optimizer.param_groups, own["groups"]):
+        group.update(mine)
+    if hasattr(scheduler, "base_lrs"):  # torch per-epoch schedules: lr = base * factor(last_epoch)
+        factors = [g["lr"] / b if b else 0.0 for g, b in zip(optimizer.param_groups, scheduler.base_lrs)]
+        scheduler.base_lrs = list(own["base"])
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, factors):
+            group["lr"] = base * factor
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+    elif hasattr(scheduler, "base_values"):
+        scheduler.base_values = list(own["base"])
 
 
 def unwrap(model: nn.Module) -> nn.Module:

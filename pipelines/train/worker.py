@@ -12,6 +12,7 @@ With `num_workers: 0` Ray runs this same function in the driver process ("local 
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -47,6 +48,29 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     torch.distributed.all_reduce(t)
     return t.tolist()
+
+
+def _all_reduce_max(value: float, device: torch.device) -> float:
+    if not _distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return float(t.item())
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak for `_peak_memory_mb` (CUDA only: a process's peak RSS never resets)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak memory in MiB: on CUDA the most torch allocated on `device` since `_reset_peak_memory`
+    (the epoch's start); on CPU the process's peak resident set size over its whole life so far
+    (`getrusage(RUSAGE_SELF).ru_maxrss`, kB on Linux), which includes Python, Ray and the data."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _all_gather(obj: Any, world: int) -> list[Any]:
@@ -85,7 +109,8 @@ def _node_id() -> str:
 def train_loop_per_worker(config: dict) -> None:
     """`config`: {"cfg": experiment dict, "task" (`pipelines/train/tasks.py`: the dataset handle,
     batches, validation and metric), "run_loc" (storage Location of the run directory),
-    "resume_loc" (Location of the checkpoint to resume from, or None), "local_mode" (bool),
+    "resume_loc" (Location of the checkpoint to resume from, or None), "continued" (True when that
+    checkpoint is another run's, whose `CONTINUE_MAY_CHANGE` values this config replaces), "local_mode" (bool),
     "local_callbacks", "console" (the driver's relay queue for the user's lines, None in local
     mode)}. The loop reports the task's metric (`val_mpjpe` in mm, `val_px` in
     pixels), lower is better, which is also the checkpoint score."""
@@ -93,7 +118,8 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
 
     from models.losses import build_loss, camera_kwargs, forward_for_loss
-    from models.registry import build_model, count_parameters
+    from models.cost import frames_predicted, model_cost
+    from models.registry import build_model
     from pipelines.config import config_from_dict
     from pipelines.train.logs import RunLog
 
@@ -110,6 +136,10 @@ def train_loop_per_worker(config: dict) -> None:
 
     seed_everything(tc.seed)  # identical initial weights on every worker
     net = build_model(cfg.model, frames=frames, joints=joints).to(device)
+    # {"macs_per_frame", "params"}, reported every epoch. Counted on the meta device: no compute, no
+    # random draws, the weights untouched (models/cost.py); the same on every worker.
+    cost = model_cost(net, frames, joints)
+    predicted = frames_predicted(net, frames)  # per window: T (seq2seq) or 1 (seq2frame)
     optimizer = build_optimizer(net, tc)
     epoch_steps = steps_per_epoch(dataset, tc, frames, world)  # what per-step lr schedules count in
     scheduler = build_scheduler(optimizer, tc, epoch_steps)
@@ -121,9 +151,10 @@ def train_loop_per_worker(config: dict) -> None:
     if ray_ckpt is not None:
         with ray_ckpt.as_directory() as d:
             state = load_resume_state(d, net, optimizer, scheduler, cfg_dict, joints, dataset.id)
-    elif config.get("resume_loc") is not None:
+    elif config.get("resume_loc") is not None:  # "continued": another run's (a PBT donor's) checkpoint
         with local_copy(config["resume_loc"]) as d:
-            state = load_resume_state(d, net, optimizer, scheduler, cfg_dict, joints, dataset.id)
+            state = load_resume_state(d, net, optimizer, scheduler, cfg_dict, joints, dataset.id,
+                                      continued=bool(config.get("continued")))
     start = int(state["epoch"]) if state else 0
     history: list[dict] = list(state["history"]) if state else []
     if state and len(state["rng"]) == world:
@@ -144,7 +175,7 @@ def train_loop_per_worker(config: dict) -> None:
     if rank == 0:
         where = "in the driver process" if local_mode else f"on {world} worker(s), {nodes} node(s)"
         what = f"resuming after epoch {start}" if state else "starting"
-        _say(f"training {cfg.model.name} ({count_parameters(net):,} parameters, T={frames}) {where} "
+        _say(f"training {cfg.model.name} ({int(cost['params']):,} parameters, T={frames}) {where} "
              f"on {device.type}: {what}", config["console"])
 
     # This worker's part of Ray Train's split of the training split, where the task hands Ray one.
@@ -153,6 +184,7 @@ def train_loop_per_worker(config: dict) -> None:
     try:
         for epoch in range(start + 1, tc.epochs + 1):
             t0 = time.perf_counter()
+            _reset_peak_memory(device)
             model.train()
             loss_sum, steps, windows = 0.0, 0, 0
             term_sums: dict[str, float] = {}
@@ -177,6 +209,7 @@ def train_loop_per_worker(config: dict) -> None:
             score = err / count if count else float("nan")
             elapsed = time.perf_counter() - t0
             durations.append(elapsed)
+            peak_mb = _all_reduce_max(_peak_memory_mb(device), device)  # the most any worker needed
             row = {
                 "epoch": epoch,
                 "loss": loss_sum / max(steps, 1),
@@ -184,6 +217,9 @@ def train_loop_per_worker(config: dict) -> None:
                 "lr": current_lr(optimizer),  # per-step schedules: the epoch's last step's
                 "windows": int(windows),
                 "windows_per_s": windows / max(train_time, 1e-9),
+                "train_frames_per_s": windows * predicted / max(train_time, 1e-9),  # predicted frames
+                "peak_memory_mb": peak_mb,  # `_peak_memory_mb`: CUDA this epoch's, CPU the process's
+                **cost,
                 "epoch_time_s": elapsed,
                 "workers": world,
                 "nodes": nodes,

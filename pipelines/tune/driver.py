@@ -8,8 +8,12 @@ Flow:
 3. Each trial applies its sampled values to the base config and runs the training issue's code
    path (`pipelines.train.driver.run_training`) with its own workers/GPUs; Ray Train's
    `TuneReportCallback` forwards every epoch's `val_mpjpe` to Tune, where ASHA stops weak trials.
-4. Results: a sorted table (CSV + Markdown) of every trial with its T, depth, parameters, best
-   MPJPE, epochs run and wall time; a PNG of MPJPE against T per depth; the best config as a
+   Which values each trial gets is `tune.search`'s choice (random, optuna, hyperopt or bohb:
+   pipelines/tune/search.py).
+4. Results: a sorted table (CSV + Markdown) of every trial with its T, depth, parameters, MACs
+   per predicted frame, best MPJPE, epochs run, training speed, peak memory and wall time; a PNG
+   of MPJPE against T per depth; the Pareto front of MPJPE against MACs (pipelines/tune/pareto.py);
+   a report in Markdown and self-contained HTML (pipelines/tune/report.py); the best config as a
    ready-to-train YAML. `raylift tune --resume <experiment dir>` finishes an interrupted search
    without rerunning finished trials; failed trials are retried (`tune.max_failures`) and
    reported, not fatal.
@@ -35,13 +39,16 @@ from pipelines.config import (
 from cluster.session import init_ray
 from preprocessing.schema import ConfigError, apply_overrides, apply_values, load_yaml
 from preprocessing.store.dataset import Dataset
+from pipelines.tune.search import check_search, make_search
 from pipelines.tune.space import (
     candidate_overrides,
     data_key,
     data_variants,
-    param_space,
     parse_space,
+    searched_keys,
+    trial_base,
 )
+from pipelines.tune.table import markdown_table, metric_column, metric_unit, public_columns, table_cells
 
 BASE_CONFIG_FILE = "raylift_tune.yaml"  # the resolved base config, stored with the experiment
 FRAMES_KEY = "data.windows.frames"
@@ -112,9 +119,11 @@ def check_space(raw: dict) -> tuple[ExperimentConfig, list]:
     if cfg.train.num_workers < 1:
         raise ConfigError("train.num_workers: tune trials need >= 1 Ray Train worker (0 runs in the driver)")
     dims = parse_space(cfg.tune.space)
+    check_search(cfg, dims)
+    base = trial_base(raw, dims)
     for values in candidate_overrides(dims):
         try:
-            config_from_dict(apply_values(raw, values))
+            config_from_dict(apply_values(base, values))
         except ConfigError as e:
             raise ConfigError(f"tune.space: the combination {values} is not a valid config: {e}") from None
     return cfg, dims
@@ -127,7 +136,7 @@ def prepare_datasets(raw: dict, dims: list, progress=print) -> dict[str, Dataset
 
     base = config_from_dict(raw)
     if base.data.dataset is not None:
-        searched = [d.key for d in dims if d.key.startswith("data.")]
+        searched = [k for k in searched_keys(dims) if k.startswith("data.")]
         if searched:
             raise ConfigError(f"data.dataset names one prepared dataset, but tune.space searches {searched}: "
                               "drop data.dataset so each variant's windows are prepared")
@@ -136,7 +145,7 @@ def prepare_datasets(raw: dict, dims: list, progress=print) -> dict[str, Dataset
         return {data_key({}): dataset}
     datasets = {}
     for values in data_variants(dims):
-        cfg = config_from_dict(apply_values(raw, values))
+        cfg = config_from_dict(apply_values(trial_base(raw, dims), values))
         if is_image_config(cfg):  # image models: each data.images variant (e.g. frames f) is its own dataset
             from preprocessing.images.dataset import build_image_dataset
 
@@ -149,11 +158,16 @@ def prepare_datasets(raw: dict, dims: list, progress=print) -> dict[str, Dataset
 
 
 def _trial(config: dict, base_raw: dict, datasets: dict[str, Dataset], train_storage: str) -> None:
-    """One Tune trial: the training issue's Ray Train run, reporting every epoch to Tune."""
+    """One Tune trial: the training issue's Ray Train run, reporting every epoch to Tune. Under
+    PBT (pipelines/tune/pbt.py) every report carries its checkpoint, and a trial Tune restarts from
+    a checkpoint (another trial's, or its own after a failure) continues it in a new Train run."""
+    import functools
+
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from pipelines.train.driver import run_training
+    from pipelines.tune import pbt
     from preprocessing.store.lease import DEFAULT_TTL_S
 
     overrides = config["overrides"]
@@ -163,18 +177,31 @@ def _trial(config: dict, base_raw: dict, datasets: dict[str, Dataset], train_sto
     # workers die first, and a retrying controller would place a new worker group just before it
     # is killed itself, leaking that placement group's CPUs to every later trial.
     cfg.train.max_failures = 0
-    # The trial id is stable across trial restarts, so a retried trial resumes its Train run.
-    run_training(
-        cfg,
-        dataset=datasets[data_key(overrides)],
-        run_name=f"train-{ray.tune.get_context().get_trial_id()}",
-        storage_path=train_storage,
-        callbacks=[TuneReportCallback()],
-        evaluate_after=False,
+    trial_id = ray.tune.get_context().get_trial_id()
+    train = functools.partial(
+        run_training, cfg, dataset=datasets[data_key(overrides)], storage_path=train_storage, evaluate_after=False,
         # A retried trial may start before its dead predecessor on another node has lost its
         # run-directory lease: wait out one lease period rather than fail the retry.
         lock_wait_s=DEFAULT_TTL_S + 5,
     )
+    if cfg.tune.scheduler != "pbt":
+        # The trial id is stable across trial restarts, so a retried trial resumes its Train run.
+        train(run_name=pbt.segment_name(trial_id, None), callbacks=[TuneReportCallback()])
+        return
+    start = ray.tune.get_checkpoint()
+    start_uri = pbt.checkpoint_uri(start) if start is not None else None
+    run_name = pbt.segment_name(trial_id, _checkpoint_epoch(start_uri) if start_uri else None)
+    pbt.forward_reports(lambda callbacks: train(run_name=run_name, callbacks=callbacks, start_from=start_uri),
+                        lambda metrics, checkpoint: ray.tune.report(metrics, checkpoint=checkpoint))
+
+
+def _checkpoint_epoch(uri: str) -> int:
+    """The epoch a raylift checkpoint directory (local or an object store) was written after."""
+    import json
+
+    from preprocessing.store import storage as st
+
+    return int(json.loads(st.read_bytes(st.open_location(uri).child("meta.json")))["epoch"])
 
 
 def trial_needs(cfg: ExperimentConfig) -> dict[str, float]:
@@ -236,17 +263,6 @@ def driver_resources(cfg: ExperimentConfig, cluster: dict[str, float]) -> dict[s
     return dict(FALLBACK_DRIVER_RESOURCES)
 
 
-def make_scheduler(cfg: ExperimentConfig):
-    """ASHA over the reported `epoch` (Train's own count, which continues at k+1 after a trial is
-    retried or resumed, where Tune's training_iteration would restart at 1), or FIFO."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    if cfg.tune.scheduler != "asha":
-        return FIFOScheduler()
-    return ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs,
-                         grace_period=cfg.tune.grace_period, reduction_factor=cfg.tune.reduction_factor)
-
-
 def tune_experiment(raw: dict, name: str, storage_path: str, resume: bool = False,
                     address: Optional[str] = None, progress=print) -> dict[str, Any]:
     """Run (or resume) a search; returns the summary (rows, markdown, paths). The experiment
@@ -272,6 +288,7 @@ def _tune_locked(raw: dict, cfg: ExperimentConfig, dims: list, name: str, storag
     import ray
     from ray import tune
 
+    from pipelines.tune.tracking import finish_tune, tune_callbacks  # loads MLflow: only when tuning
     from preprocessing.store import storage as st
 
     if not ray.is_initialized():
@@ -282,12 +299,12 @@ def _tune_locked(raw: dict, cfg: ExperimentConfig, dims: list, name: str, storag
     concurrency = trial_concurrency(cfg, resources, source)
     per_driver = driver_resources(cfg, {k: float(v) for k, v in ray.cluster_resources().items()})
     progress(f"tune: up to {concurrency} trial(s) at once; each trial driver requests {per_driver}")
+    base = trial_base(raw, dims)  # a branch's `model.name` replaces the base's model section
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, base_raw=raw, datasets=datasets,
+        tune.with_parameters(_trial, base_raw=base, datasets=datasets,
                              train_storage=st.join(experiment_path, "train")),
         per_driver,
     )
-    scheduler = make_scheduler(cfg)
     if resume:
         if not tune.Tuner.can_restore(experiment_path):
             raise ConfigError(f"{experiment_path}: no Tune experiment state to resume")
@@ -296,30 +313,41 @@ def _tune_locked(raw: dict, cfg: ExperimentConfig, dims: list, name: str, storag
         # Beside Tune's own experiment state (local or S3), so `--resume` finds it there.
         st.write_bytes(st.open_location(experiment_path).child(BASE_CONFIG_FILE),
                        yaml.safe_dump(raw, sort_keys=False).encode())
+        search = make_search(cfg, dims, concurrency)  # on resume, Tune restores the searcher it saved
         tuner = tune.Tuner(
             trainable,
-            param_space=param_space(dims),
-            tune_config=tune.TuneConfig(
-                metric=cfg.tune.metric, mode="min", scheduler=scheduler,
-                num_samples=cfg.tune.num_samples, max_concurrent_trials=concurrency,
-            ),
+            param_space=search.param_space,
+            tune_config=search.tune_config(cfg.tune.num_samples),
             run_config=tune.RunConfig(
                 name=name, storage_path=_absolute(storage_path),
                 failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
+                callbacks=tune_callbacks(cfg, name, experiment_path),  # MLflow, when `tracking:` is set
                 verbose=1,
             ),
         )
     grid = tuner.fit()
-    rows = collect_rows(grid, raw, cfg.tune.metric)
-    return write_results(rows, raw, experiment_path)
+    rows = collect_rows(grid, base, cfg.tune.metric)
+    summary = write_results(rows, base, experiment_path)
+    finish_tune(cfg, name, experiment_path, (BASE_CONFIG_FILE, *RESULT_FILES), progress)
+    return summary
 
 
 def _absolute(storage_path: str) -> str:
     return storage_path if "://" in storage_path else str(Path(storage_path).resolve())
 
 
+def _reported(df, key: str):
+    """A reported metric's non-missing values over a trial's reports (empty when never reported)."""
+    return df[key].dropna() if df is not None and key in df else []
+
+
 def collect_rows(grid, base_raw: dict, metric: str) -> list[dict[str, Any]]:
-    """One row per trial: its searched values, T, depth, parameters, best metric, epochs, time, status."""
+    """One row per trial: its searched values, T, depth, parameters, forward MACs per predicted
+    frame (as the trial reported it, else counted from its config: models/cost.py), best metric,
+    epochs, training speed in predicted frames per second (mean over its epochs), peak memory (the
+    most of any epoch; pipelines/train/worker.py says whose), time, status; and, under the private
+    key "_curve", its metric per epoch [(epoch, value), ...] for the report's learning curves."""
+    from models.cost import macs_per_frame
     from models.registry import build_model, count_parameters
 
     rows = []
@@ -327,34 +355,46 @@ def collect_rows(grid, base_raw: dict, metric: str) -> list[dict[str, Any]]:
         overrides = (result.config or {}).get("overrides", {})
         cfg = config_from_dict(apply_values(base_raw, overrides))
         df = result.metrics_dataframe
-        values = df[metric].dropna() if df is not None and metric in df else []
+        values = _reported(df, metric)
         # Train's own epoch count: a retried or resumed trial restarts Tune's training_iteration
         # (and may redo an epoch whose checkpoint was lost), so rows are not epochs.
-        epochs = df["epoch"].dropna() if df is not None and "epoch" in df else []
+        epochs = _reported(df, "epoch")
         trained = int(max(epochs)) if len(epochs) else 0
         # Every supported layout (H36M, MPI-INF-3DHP) has 17 joints.
-        params = count_parameters(build_model(cfg.model, frames=cfg.data.windows.frames, joints=17))
+        net = build_model(cfg.model, frames=cfg.data.windows.frames, joints=17)
+        macs = _reported(df, "macs_per_frame")
+        speed, memory = _reported(df, "train_frames_per_s"), _reported(df, "peak_memory_mb")
+        # A redone epoch reports twice: its last report stands.
+        curve = (df[["epoch", metric]].dropna().drop_duplicates("epoch", keep="last").sort_values("epoch")
+                 if len(values) and len(epochs) else None)
         rows.append({
             **overrides,
             "T": cfg.data.windows.frames,
             "depth": getattr(cfg.model, "depth", getattr(cfg.model, "relation_depth", None)),  # mpstr: relations
-            "params": params,
+            "params": count_parameters(net),
+            "macs_per_frame": float(macs.iloc[-1]) if len(macs) else macs_per_frame(net, cfg.data.windows.frames, 17),
             "best_" + metric: float(min(values)) if len(values) else None,
             "epochs": trained,
+            "train_frames_per_s": float(speed.mean()) if len(speed) else None,
+            "peak_memory_mb": float(memory.max()) if len(memory) else None,
             "wall_s": round(float(df["time_total_s"].max()), 1) if df is not None and "time_total_s" in df and len(df) else None,
             "status": "ERROR" if result.error else ("STOPPED" if trained < cfg.train.epochs else "DONE"),
             "trial": os.path.basename(result.path) if result.path else "",
+            "_curve": [] if curve is None else [(int(e), float(v)) for e, v in curve.itertuples(index=False)],
         })
     key = "best_" + metric
     rows.sort(key=lambda r: (r[key] is None, r[key] if r[key] is not None else 0.0))
     return rows
 
 
-RESULT_FILES = ("trials.csv", "trials.md", "mpjpe_vs_frames.png", "best.yaml")
+# best.yaml only when a trial scored; importances.png only for an Optuna search (report.py).
+RESULT_FILES = ("trials.csv", "trials.md", "mpjpe_vs_frames.png", "pareto.md", "pareto.png", "learning_curves.png",
+                "importances.png", "report.md", "report.html", "best.yaml")
 
 
 def write_results(rows: list[dict[str, Any]], base_raw: dict, out_uri: str) -> dict[str, Any]:
-    """trials.csv, trials.md, mpjpe_vs_frames.png and best.yaml into `out_uri`: the experiment
+    """trials.csv, trials.md, mpjpe_vs_frames.png, the Pareto front (pareto.md, pareto.png), the
+    report (report.md, report.html and its images) and best.yaml into `out_uri`: the experiment
     directory under `tune.storage_path`, local or an object store, next to Tune's own state (a
     job's working directory on KubeRay is gone when the job ends). Each file is built in a local
     temporary directory and then written whole (atomically on local disk, one PUT on S3)."""
@@ -376,18 +416,24 @@ def _write_results_local(rows: list[dict[str, Any]], base_raw: dict, out_dir: Pa
     """The result files in a local directory `out_dir`."""
     import pandas as pd
 
+    from pipelines.tune.pareto import write_pareto
+    from pipelines.tune.report import write_report
+
     df = pd.DataFrame(rows)
     # T and depth have their own columns; the searched keys behind them would repeat them.
-    table = df.drop(columns=[c for c in (FRAMES_KEY, DEPTH_KEY) if c in df.columns])
+    table = public_columns(df).drop(columns=[c for c in (FRAMES_KEY, DEPTH_KEY) if c in df.columns])
     table.to_csv(out_dir / "trials.csv", index=False)
-    markdown = _markdown_table(table)
+    markdown = markdown_table(*table_cells(table))
     (out_dir / "trials.md").write_text(markdown + "\n")
     plot_metric_vs_frames(df, out_dir / "mpjpe_vs_frames.png")
-    metric_col = [c for c in df.columns if c.startswith("best_")][0]
+    metric_col = metric_column(df.columns)
+    front = write_pareto(rows, metric_col, out_dir)
     finished = df[df[metric_col].notna()]
     if len(finished):
         best = finished.iloc[0]
-        overrides = {k: _plain(best[k]) for k in df.columns if "." in k}
+        # The trial's own overrides: with branches, the table's columns are the union of several
+        # key sets, and a key the best trial lacks is NaN there.
+        overrides = {k: _plain(v) for k, v in rows[int(finished.index[0])].items() if "." in k}
         best_raw = apply_values(base_raw, overrides)
         best_raw.pop("tune", None)
         best_raw["name"] = f"{base_raw.get('name', 'experiment')}_best"
@@ -397,32 +443,13 @@ def _write_results_local(rows: list[dict[str, Any]], base_raw: dict, out_dir: Pa
             f"train it with `raylift train --config best.yaml`\n"
             + yaml.safe_dump(best_raw, sort_keys=False)
         )
+    write_report(rows, table, base_raw, out_dir, front)  # last: it shows the files above
     return {"markdown": markdown, "has_best": bool(len(finished))}
 
 
 def _plain(value: Any) -> Any:
     """numpy scalars -> Python scalars (for YAML)."""
     return value.item() if hasattr(value, "item") else value
-
-
-def _cell(column: str, value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, float):
-        return f"{value:.2f}" if column.startswith("best_") else f"{value:.1f}" if column == "wall_s" else f"{value:g}"
-    return str(value)
-
-
-def _markdown_table(df) -> str:
-    from pipelines.viz.tables import render_table
-
-    cols = list(df.columns)
-    return render_table(cols, [[_cell(c, row[c]) for c in cols] for _, row in df.iterrows()], markdown=True)
-
-
-def metric_unit(metric_col: str) -> str:
-    """Unit of a searched metric: pixels for image models' `val_px`, else millimetres."""
-    return "px" if metric_col.endswith("_px") else "mm"
 
 
 def plot_metric_vs_frames(df, path: Path) -> None:
@@ -432,7 +459,7 @@ def plot_metric_vs_frames(df, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metric_col = [c for c in df.columns if c.startswith("best_")][0]
+    metric_col = metric_column(df.columns)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     data = df[df[metric_col].notna()]
     for depth, group in sorted(data.groupby(data["depth"].fillna(-1)), key=lambda g: g[0]):

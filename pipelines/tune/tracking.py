@@ -1,0 +1,84 @@
+"""MLflow tracking of `raylift tune` (the `tracking:` section; pipelines/train/tracking.py has the
+settings, the stores and how to browse them).
+
+- One parent run per search, named after it: the base config as params (dotted keys, `tune.space.*`
+  included), tags `raylift.tune_dir` (the experiment directory) and `raylift.git_commit`; finished
+  after the results are written, with the result files (tables, plots, report, best.yaml, the base
+  config) as artifacts. A resumed search finishes the parent it started (found by `raylift.tune_dir`).
+- One child run per trial (tags `mlflow.parentRunId`, which nests it in MLflow's UI, and
+  `raylift.parent_run_id`), logged by Ray's `MLflowLoggerCallback` from the Tune driver: the trial's
+  config as Tune holds it as params (its searched values: `overrides/<dotted key>`, or `search/...`
+  for a branched space) and every epoch row its Ray Train run reports
+  as metrics, step = Tune's iteration (the epoch, unless the trial was retried; the `epoch` metric
+  is the epoch always). A trial restored by `--resume` starts a new child run.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+
+from ray.air.integrations.mlflow import MLflowLoggerCallback
+from ray.tune.result import AUTO_RESULT_KEYS, DONE, TRAINING_ITERATION
+
+from pipelines.train.tracking import TAG_COMMIT, Target, close_run, config_params, open_run, target
+from preprocessing.version import source_commit
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from pipelines.config import ExperimentConfig
+
+TAG_TUNE_DIR = "raylift.tune_dir"  # on a search's parent run only
+TAG_PARENT = "raylift.parent_run_id"
+MLFLOW_PARENT = "mlflow.parentRunId"  # what nests a run under another in MLflow's UI
+
+
+class TrialRuns(MLflowLoggerCallback):
+    """Ray's MLflowLoggerCallback (a run per trial, its config as params, its results as metrics),
+    logging of each result what the trial's Train run reported (the epoch row), not Tune's
+    bookkeeping (`AUTO_RESULT_KEYS`: the config's values again, pid, timestamps)."""
+
+    def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
+        row = {k: v for k, v in result.items() if k not in AUTO_RESULT_KEYS and k != DONE}
+        super().log_trial_result(iteration, trial, {**row, TRAINING_ITERATION: result[TRAINING_ITERATION]})
+
+
+def tune_callbacks(cfg: "ExperimentConfig", name: str, experiment_uri: str) -> list[TrialRuns]:
+    """The Tune callbacks tracking search `name` (none when tracking is off): opens the search's
+    parent run and returns a `TrialRuns` logging each trial as a child of it."""
+    found = target(cfg.tracking, name)
+    if found is None:
+        return []
+    _, parent = _open_parent(found, cfg, name, experiment_uri)
+    tags = {MLFLOW_PARENT: parent, TAG_PARENT: parent, TAG_COMMIT: source_commit()}
+    return [TrialRuns(tracking_uri=found.uri, experiment_name=found.experiment, tags=tags)]
+
+
+def finish_tune(cfg: "ExperimentConfig", name: str, experiment_uri: str, files: Sequence[str],
+                progress: Callable[[str], None] = print) -> None:
+    """Upload `files` of the experiment directory (the search's results; missing ones skipped) to the
+    search's parent run and finish it; the parent is opened now if none is found."""
+    found = target(cfg.tracking, name)
+    if found is None:
+        return
+    client, parent = _find_parent(found, experiment_uri) or _open_parent(found, cfg, name, experiment_uri)
+    close_run(client, parent, experiment_uri, files if found.artifacts else (), "FINISHED", progress)
+    progress(f"MLflow: search {name!r} in run {parent} of experiment {found.experiment!r} at {found.uri}")
+
+
+def _open_parent(found: Target, cfg: "ExperimentConfig", name: str,
+                 experiment_uri: str) -> tuple["MlflowClient", str]:
+    tags = {TAG_TUNE_DIR: experiment_uri, TAG_COMMIT: source_commit()}
+    return open_run(found, name, tags, config_params(cfg.to_dict()))
+
+
+def _find_parent(found: Target, experiment_uri: str) -> Optional[tuple["MlflowClient", str]]:
+    """The latest parent run of the search in `experiment_uri`, if the experiment has one."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(found.uri)
+    experiment = client.get_experiment_by_name(found.experiment)
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id], f"tags.`{TAG_TUNE_DIR}` = '{experiment_uri}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return (client, runs[0].info.run_id) if runs else None
