@@ -266,6 +266,9 @@ def test_receipt_gathers_the_recipe_s_seeds_with_mean_and_sample_spread(tmp_path
     assert "| 1 | 110.00 / 55.00 | 99.00 / 49.50 | 15 | 15 |" in text
     assert "MPJPE: -10.00 ± 0.00 %" in text and "(per seed: -10.0%, -10.0%)" in text
     assert "- seed 1: commit c1," in text and "- raylift: raylift protocol" in text
+    records[1]["sides"][1]["protocol"] = "raylift protocol, seed 1"
+    text = fidelity.receipt_markdown("configs/x.yaml", records)
+    assert "- raylift, seed 0: raylift protocol\n- raylift, seed 1: raylift protocol, seed 1" in text
     one = fidelity.receipt_markdown("configs/x.yaml", records[:1])
     assert "100.00 (one seed)" in one
     with pytest.raises(ConfigError, match="no seed has finished"):
@@ -288,3 +291,8 @@ def test_bench_fidelity_runs_each_seed_and_writes_the_receipt(tmp_path, monkeypa
     # the fake script's MPJPE is 10 and its P-MPJPE 2 on every seed: a spread of exactly 0
     assert "| mean ± sd (n=2) | 10.00 ± 0.00 / 2.00 ± 0.00 |" in receipt
     assert "# Reproduction receipt: `fid.yaml`" in receipt and "- seed 1: commit " in receipt
+    # --seeds with no seed rewrites the receipt from the runs already there
+    (tmp_path / "fid.receipt.md").unlink()
+    assert main(["bench", "fidelity", "--official-dir", "repo", "--model", "mixste", "--config", "fid.yaml",
+                 "--out", "out", "--seeds", "--receipt", "fid.receipt.md"]) == 0
+    assert (tmp_path / "fid.receipt.md").read_text() == receipt

@@ -220,8 +220,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_location_argument(parser, "--out", role="output", default="runs/fidelity", help="work directory for both runs and the table")
     parser.add_argument("--skip-raylift", action="store_true", help="run only the authors' code")
     parser.add_argument("--skip-official", action="store_true", help="run only raylift")
-    parser.add_argument("--seeds", type=int, nargs="+", metavar="S",
-                        help="run both sides once per seed (default: the config's train.seed)")
+    parser.add_argument("--seeds", type=int, nargs="*", metavar="S",
+                        help="run both sides once per seed (default: the config's train.seed); with no seed, "
+                             "run nothing and (re)write --receipt from the seeds already run under --out")
     add_location_argument(parser, "--receipt", role="output", metavar="FILE",
                           help="write the reproduction receipt (every seed run under --out for this recipe), "
                                "e.g. configs/<name>.receipt.md")
@@ -308,8 +309,13 @@ def receipt_markdown(config_path: str, records: list[dict[str, Any]]) -> str:
         diffs = [(r["mpjpe"] / a["mpjpe"] - 1) * 100 for a, r in zip(by_side["authors' code"], by_side["raylift"])]
         lines += [f"raylift vs the authors' code, MPJPE: {_mean_spread(diffs)} % "
                   "(per seed: " + ", ".join(f"{d:+.1f}%" for d in diffs) + ").", ""]
+    lines += ["Wall-clock: each whole run (data preparation, Ray's start, training, evaluation), comparable "
+              "only between runs on an equally loaded machine.", ""]
     lines += ["## Recipe", "", records[0]["recipe"], "", "## Protocols", ""]
-    lines += [f"- {n}: {by_side[n][0]['protocol']}" for n in names]
+    for n in names:  # one line per side, or per seed where the protocols name the seed
+        seen = list(dict.fromkeys(s["protocol"] for s in by_side[n]))
+        lines += ([f"- {n}: {seen[0]}"] if len(seen) == 1 else
+                  [f"- {n}, seed {r['seed']}: {s['protocol']}" for r, s in zip(records, by_side[n])])
     lines += ["", "## Provenance", ""]
     lines += [f"- seed {r['seed']}: commit {r['commit']}, finished {r['finished']}, {r['machine']}" for r in records]
     return "\n".join(lines) + "\n"
@@ -323,6 +329,8 @@ def run(args: argparse.Namespace) -> int:
     out = os.path.join(args.out, f"{cfg.name}")
     os.makedirs(out, exist_ok=True)
     official_arguments(cfg, args.model, "checkpoint", "raylift")  # refuse a recipe the script cannot run, first
+    if args.seeds == [] and not args.receipt:
+        raise ConfigError("--seeds without a seed runs nothing: give seeds, or --receipt FILE to write the receipt")
     for seed in args.seeds if args.seeds is not None else [cfg.train.seed]:
         run_seed(cfg, args, seed, out)
     if args.receipt:
