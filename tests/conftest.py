@@ -52,6 +52,13 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def no_mlflow_from_the_environment(monkeypatch):
+    """MLFLOW_TRACKING_URI turns MLflow tracking on (pipelines/train/tracking.py): a developer's, or
+    one an earlier test's MLflow client left in the process, must not track every test."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture(scope="module")
 def ray_tune_cluster():
     """A private 2-CPU Ray with its dashboard, for one module's Tune runs: Ray Train frees stopped

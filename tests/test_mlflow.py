@@ -229,6 +229,9 @@ def test_tune_logs_a_parent_run_and_one_child_per_trial(tmp_path, ray_tune_clust
     store = tmp_path / "mlflow"
     raw["tracking"] = {"mlflow_uri": str(store), "experiment": "search"}
     summary = tune_experiment(raw, "demo", str(tmp_path / "tune"), progress=lambda s: None)
+    # Ray's callback set MLflow's tracking URI, which MLflow also writes into the environment: put back,
+    # or every later run in this process would be tracked.
+    assert "MLFLOW_TRACKING_URI" not in os.environ
 
     client = _client(f"sqlite:///{store / STORE_DB}")
     runs = client.search_runs([client.get_experiment_by_name("search").experiment_id])

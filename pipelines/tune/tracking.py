@@ -7,19 +7,20 @@ settings, the stores and how to browse them).
   config) as artifacts. A resumed search finishes the parent it started (found by `raylift.tune_dir`).
 - One child run per trial (tags `mlflow.parentRunId`, which nests it in MLflow's UI, and
   `raylift.parent_run_id`), logged by Ray's `MLflowLoggerCallback` from the Tune driver: the trial's
-  config as Tune holds it as params (its searched values: `overrides/<dotted key>`, or `search/...`
-  for a branched space) and every epoch row its Ray Train run reports
+  searched values as params (`overrides/<dotted key>`; a PBT trial's later values as tags
+  `raylift.values.<key>`) and every epoch row its Ray Train run reports
   as metrics, step = Tune's iteration (the epoch, unless the trial was retried; the `epoch` metric
   is the epoch always). A trial restored by `--resume` starts a new child run.
 """
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.result import AUTO_RESULT_KEYS, DONE, TRAINING_ITERATION
 
-from pipelines.train.tracking import TAG_COMMIT, Target, close_run, config_params, open_run, target
+from pipelines.train.tracking import ENV_URI, TAG_COMMIT, Target, close_run, config_params, open_run, target
 from preprocessing.version import source_commit
 
 if TYPE_CHECKING:
@@ -40,6 +41,36 @@ class TrialRuns(MLflowLoggerCallback):
     def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
         row = {k: v for k, v in result.items() if k not in AUTO_RESULT_KEYS and k != DONE}
         super().log_trial_result(iteration, trial, {**row, TRAINING_ITERATION: result[TRAINING_ITERATION]})
+
+    def setup(self, *args: Any, **kwargs: Any) -> None:
+        # Ray's setup calls mlflow.set_tracking_uri, which MLflow 3 also writes into this process's
+        # MLFLOW_TRACKING_URI: without putting it back, every later run in the process is tracked.
+        self._environment = os.environ.get(ENV_URI)
+        super().setup(*args, **kwargs)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        super().on_experiment_end(trials, **info)
+        if self._environment is None:
+            os.environ.pop(ENV_URI, None)
+        else:
+            os.environ[ENV_URI] = self._environment
+
+    def log_trial_start(self, trial: Any) -> None:
+        """A run per trial, its searched values (`overrides`, dotted keys) as params, logged once.
+        A trial restarted with other values (PBT's explore) cannot change its params (MLflow
+        refuses), so it records them as tags `raylift.values.<key>`. A branched space's raw labels
+        (`search`) are not params: MLflow refuses their brackets."""
+        values = {f"overrides/{k}": v for k, v in (trial.config.get("overrides") or {}).items()}
+        if trial not in self._trial_runs:
+            run = self.mlflow_util.start_run(tags={**self.tags, "trial_name": str(trial)}, run_name=str(trial))
+            self._trial_runs[trial] = run.info.run_id
+            self.mlflow_util.log_params(run_id=run.info.run_id, params_to_log=values)
+            return
+        from mlflow import MlflowClient
+
+        client = MlflowClient(self.tracking_uri)
+        for key, value in values.items():
+            client.set_tag(self._trial_runs[trial], f"raylift.values.{key.removeprefix('overrides/')}", str(value))
 
 
 def tune_callbacks(cfg: "ExperimentConfig", name: str, experiment_uri: str) -> list[TrialRuns]:
