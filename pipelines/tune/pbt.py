@@ -123,7 +123,8 @@ def checkpoint_uri(checkpoint: Any) -> str:
 
     if isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
         return checkpoint.path
-    return f"{checkpoint.filesystem.type_name}://{checkpoint.path}"
+    scheme = {"gcs": "gs"}.get(checkpoint.filesystem.type_name, checkpoint.filesystem.type_name)  # pyarrow's name
+    return f"{scheme}://{checkpoint.path}"
 
 
 def segment_name(trial_id: str, start_epoch: Optional[int]) -> str:
