@@ -224,3 +224,17 @@ def tiny_checkpoint(path, frames=27, train_steps=0, sequences=None):
             "dataset_id": None, "metrics": {}, "config": None}
     save_checkpoint(path, model.state_dict(), meta)
     return path
+
+
+def tune_demo_raw(tmp_path: Path, **tune) -> dict:
+    """configs/tune_demo.yaml (tiny MixSTE on synthetic data) with every output under tmp_path;
+    `tune` updates its tune section."""
+    import yaml
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "tune_demo.yaml").read_text())
+    raw["data"]["source"]["synthetic"]["out_dir"] = str(tmp_path / "synthetic")
+    raw["data"]["root"] = str(tmp_path / "datasets")
+    raw["train"]["storage_path"] = str(tmp_path / "runs")
+    raw["tune"]["storage_path"] = str(tmp_path / "tune")
+    raw["tune"].update(tune)
+    return raw

@@ -16,6 +16,7 @@ from pipelines.config import config_from_dict, load_config
 from preprocessing.schema import ConfigError
 from pipelines.tune.space import candidate_overrides, data_key, data_variants, parse_space
 from pipelines.tune.driver import check_space, tune_experiment
+from tests.helpers import tune_demo_raw
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,24 +48,14 @@ def test_parse_space_errors(space, message):
         parse_space(space)
 
 
-def _tiny_raw(tmp_path: Path, **tune) -> dict:
-    raw = yaml.safe_load((REPO / "configs" / "tune_demo.yaml").read_text())
-    raw["data"]["source"]["synthetic"]["out_dir"] = str(tmp_path / "synthetic")
-    raw["data"]["root"] = str(tmp_path / "datasets")
-    raw["train"]["storage_path"] = str(tmp_path / "runs")
-    raw["tune"]["storage_path"] = str(tmp_path / "tune")
-    raw["tune"].update(tune)
-    return raw
-
-
 def test_check_space_rejects_invalid_combinations(tmp_path):
-    raw = _tiny_raw(tmp_path, space={"model.depth": {"grid": [2, 0]}})
+    raw = tune_demo_raw(tmp_path, space={"model.depth": {"grid": [2, 0]}})
     with pytest.raises(ConfigError, match=r"combination \{'model.depth': 0\}"):
         check_space(raw)
-    raw = _tiny_raw(tmp_path, space={"model.dpeth": {"grid": [2]}})
+    raw = tune_demo_raw(tmp_path, space={"model.dpeth": {"grid": [2]}})
     with pytest.raises(ConfigError, match="unknown key 'model.dpeth'"):
         check_space(raw)
-    raw = _tiny_raw(tmp_path, space={"data.windows.frames": {"grid": [8]}})
+    raw = tune_demo_raw(tmp_path, space={"data.windows.frames": {"grid": [8]}})
     config_from_dict(raw)  # the base is fine; seq2seq accepts even T
     raw["train"]["num_workers"] = 0
     with pytest.raises(ConfigError, match="need >= 1 Ray Train worker"):
@@ -87,7 +78,7 @@ def test_a_second_tune_of_a_live_experiment_is_refused_before_ray_starts(tmp_pat
     from preprocessing.store import lease
     from preprocessing.store.storage import open_location
 
-    raw = _tiny_raw(tmp_path, space={"model.depth": {"grid": [1]}})
+    raw = tune_demo_raw(tmp_path, space={"model.depth": {"grid": [1]}})
     experiment = tmp_path / "tune" / raw["name"]
     if ray.is_initialized():  # left by an earlier test
         ray.shutdown()
@@ -108,7 +99,7 @@ def test_a_second_tune_of_a_live_experiment_is_refused_before_ray_starts(tmp_pat
 @pytest.mark.slow
 def test_asha_stops_a_hopeless_trial_early(tmp_path, ray_tune_cluster):
     """Constructed: the second trial cannot learn (lr ~ 0), so ASHA stops it at the first rung."""
-    raw = _tiny_raw(
+    raw = tune_demo_raw(
         tmp_path,
         space={"train.lr": {"grid": [3e-3, 1e-12]}},
         max_concurrent=1, grace_period=1, reduction_factor=2,
@@ -129,7 +120,7 @@ def test_asha_stops_a_hopeless_trial_early(tmp_path, ray_tune_cluster):
 @pytest.mark.slow
 def test_interrupted_tune_resumes_without_rerunning_finished_trials(tmp_path):
     """Kill `raylift tune` after its first trial finished; `--resume` completes the rest only."""
-    raw = _tiny_raw(tmp_path, max_concurrent=1, space={"model.depth": {"grid": [1, 2]}})
+    raw = tune_demo_raw(tmp_path, max_concurrent=1, space={"model.depth": {"grid": [1, 2]}})
     raw["train"]["epochs"] = 2
     config = tmp_path / "tune.yaml"
     config.write_text(yaml.safe_dump(raw))
@@ -167,7 +158,7 @@ def test_write_results_table_plot_and_best_config(tmp_path):
     """Pure results writing: sorted table without repeated columns, plot, a valid best config."""
     from pipelines.tune.driver import write_results
 
-    raw = _tiny_raw(tmp_path)
+    raw = tune_demo_raw(tmp_path)
     rows = [
         {"data.windows.frames": 9, "model.depth": 1, "T": 9, "depth": 1, "params": 10, "best_val_mpjpe": 130.4,
          "epochs": 3, "wall_s": 16.0, "status": "DONE", "trial": "a"},

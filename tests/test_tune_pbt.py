@@ -15,14 +15,14 @@ from pipelines.train.checkpoints import checkpoint_name
 from pipelines.tune.driver import check_space, tune_experiment
 from pipelines.tune.search import make_search
 from preprocessing.schema import ConfigError
-from tests.test_tune import _tiny_raw
+from tests.helpers import tune_demo_raw
 
 
 def _pbt_raw(tmp_path: Path, **tune) -> dict:
     settings = {"scheduler": "pbt", "num_samples": 2, "max_concurrent": 2, "perturbation_interval": 1,
                 "quantile_fraction": 0.5, "resample_probability": 0.0,
                 "space": {"train.lr": {"loguniform": [1.0e-5, 1.0e-2]}}}
-    return _tiny_raw(tmp_path, **{**settings, **tune})
+    return tune_demo_raw(tmp_path, **{**settings, **tune})
 
 
 @pytest.mark.parametrize("tune, message", [
@@ -87,3 +87,20 @@ def test_exploiting_trials_continue_the_copied_checkpoint(tmp_path, ray_tune_clu
         assert lr != donor_lr  # explored: x0.8 or x1.2 of the donor's
         assert lr == pytest.approx(donor_lr * 0.8) or lr == pytest.approx(donor_lr * 1.2)
     assert (experiment / "pbt_global.txt").is_file()
+
+
+def test_checkpoint_uris_use_raylift_s_schemes():
+    """Tune hands PBT checkpoints as (pyarrow filesystem, path); pyarrow names GCS "gcs", raylift's
+    storage layer opens gs:// (and s3://, and local paths)."""
+    from types import SimpleNamespace
+
+    import pyarrow.fs as pafs
+
+    from pipelines.tune.pbt import checkpoint_uri
+
+    def uri(fs, path):
+        return checkpoint_uri(SimpleNamespace(filesystem=fs, path=path))
+
+    assert uri(pafs.GcsFileSystem(anonymous=True), "bucket/exp/checkpoint_000001") == "gs://bucket/exp/checkpoint_000001"
+    assert uri(pafs.S3FileSystem(anonymous=True, region="us-east-1"), "bucket/c") == "s3://bucket/c"
+    assert uri(pafs.LocalFileSystem(), "/tmp/exp/c") == "/tmp/exp/c"

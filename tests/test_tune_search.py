@@ -19,6 +19,7 @@ from pipelines.tune.space import (
     Conditional, candidate_overrides, data_key, data_variants, parse_space, searched_keys, trial_base,
 )
 from preprocessing.schema import ConfigError, apply_values
+from tests.helpers import tune_demo_raw
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,14 +38,8 @@ SPACE = {
 
 
 def _raw(tmp_path: Path, **tune) -> dict:
-    """configs/tune_demo.yaml (tiny MixSTE on synthetic data) with its outputs under tmp_path."""
-    raw = yaml.safe_load((REPO / "configs" / "tune_demo.yaml").read_text())
-    raw["data"]["source"]["synthetic"]["out_dir"] = str(tmp_path / "synthetic")
-    raw["data"]["root"] = str(tmp_path / "datasets")
-    raw["train"]["storage_path"] = str(tmp_path / "runs")
-    raw["tune"]["storage_path"] = str(tmp_path / "tune")
-    raw["tune"].update({"space": copy.deepcopy(SPACE), **tune})
-    return raw
+    """configs/tune_demo.yaml with SPACE searched (and `tune` set) and its outputs under tmp_path."""
+    return tune_demo_raw(tmp_path, **{"space": copy.deepcopy(SPACE), **tune})
 
 
 def _search(raw: dict, concurrency: int = 1):
