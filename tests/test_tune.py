@@ -97,6 +97,19 @@ def test_a_second_tune_of_a_live_experiment_is_refused_before_ray_starts(tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_trials_with_whole_cpu_workers_train_on_a_two_cpu_cluster(tmp_path, ray_tune_cluster):
+    """configs/tune_search_cmu.yaml's shape (one 1-CPU worker per trial, concurrency sized from the
+    cluster): on 2 CPUs the trials' workers took every CPU and their first Ray Data read task
+    waited forever, with no error. Now one trial runs at a time, beside its read tasks."""
+    raw = tune_demo_raw(tmp_path, space={"model.depth": {"grid": [1, 2]}}, max_concurrent=0)
+    raw["train"].update(epochs=1, cpus_per_worker=1)
+    summary = tune_experiment(raw, "whole_cpus", str(tmp_path / "tune"), progress=lambda s: None)
+    table = pd.read_csv(Path(summary["dir"]) / "trials.csv")
+    assert len(table) == 2 and (table["status"] == "DONE").all() and (table["epochs"] == 1).all()
+
+
+@pytest.mark.slow
 def test_asha_stops_a_hopeless_trial_early(tmp_path, ray_tune_cluster):
     """Constructed: the second trial cannot learn (lr ~ 0), so ASHA stops it at the first rung."""
     raw = tune_demo_raw(

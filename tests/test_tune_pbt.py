@@ -53,7 +53,7 @@ def test_pbt_mutates_the_space_over_the_reported_epoch(tmp_path):
 @pytest.mark.slow
 def test_exploiting_trials_continue_the_copied_checkpoint(tmp_path, ray_tune_cluster):
     raw = _pbt_raw(tmp_path)
-    raw["train"].update(epochs=3, keep_best=10, cpus_per_worker=0.25)  # Ray Data's read tasks need a free CPU
+    raw["train"].update(epochs=3, keep_best=10, cpus_per_worker=0.25)  # two trials leave CPUs for their read tasks
     raw["data"]["source"]["synthetic"]["frames_per_action"] = 150
     summary = tune_experiment(raw, "pbt", str(tmp_path / "tune"), progress=lambda s: None)
     experiment = Path(summary["dir"])

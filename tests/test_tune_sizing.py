@@ -11,8 +11,10 @@ import yaml
 
 from pipelines.config import config_from_dict, load_config
 from pipelines.tune.driver import (
-    DRIVER_RESOURCE, RESULT_FILES, collect_rows, driver_resources, parse_resources, trial_concurrency, write_results,
+    DRIVER_RESOURCE, RESULT_FILES, collect_rows, driver_resources, parse_resources, trial_concurrency, trial_needs,
+    write_results,
 )
+from preprocessing.store.parquet import READ_TASK_CPUS
 from pipelines.tune.search import make_scheduler
 from preprocessing.schema import ConfigError
 
@@ -52,7 +54,9 @@ def test_concurrency_comes_from_the_intended_resources_not_the_live_cluster():
     cfg = config_from_dict(raw)
     # An autoscaling cluster with a CPU-only head shows 0 GPUs at start: irrelevant here.
     assert trial_concurrency(cfg, dict(cfg.tune.resources), "tune.resources") == 4
-    assert trial_concurrency(cfg, {"GPU": 8, "CPU": 16}, "x") == 2  # CPUs bind first
+    # CPUs bind first: each trial's 8 worker CPUs plus a read task's READ_TASK_CPUS.
+    assert trial_concurrency(cfg, {"GPU": 8, "CPU": 17}, "x") == 2
+    assert trial_concurrency(cfg, {"GPU": 8, "CPU": 16}, "x") == 1
     with pytest.raises(ConfigError, match="names none of the resources a trial needs"):
         trial_concurrency(cfg, {"TPU": 4}, "tune.resources")
     cfg.tune.max_concurrent = 3
@@ -61,6 +65,19 @@ def test_concurrency_comes_from_the_intended_resources_not_the_live_cluster():
     for bad in ("GPU", "GPU=x", "=3", "GPU=-1", ","):
         with pytest.raises(ConfigError, match="--resources"):
             parse_resources(bad)
+
+
+def test_a_trial_leaves_a_cpu_share_for_its_data_read_tasks():
+    """A trial's Train workers stream their windows through Ray Data read tasks, which are tasks that
+    request CPUs too. configs/tune_search_cmu.yaml (one 1-CPU worker) on 2 CPUs ran two trials whose
+    workers took both CPUs, and each trial's first read task then waited for a CPU forever."""
+    cfg = load_config(REPO / "configs" / "tune_search_cmu.yaml")
+    cfg.tune.max_concurrent = 0
+    assert 0 < READ_TASK_CPUS < 1
+    assert trial_needs(cfg) == {"CPU": 1.0 + READ_TASK_CPUS}
+    assert trial_concurrency(cfg, {"CPU": 2.0}, "x") == 1
+    # One trial alone: its driver's sliver, its worker and a read task fit in 2 CPUs.
+    assert driver_resources(cfg, {"CPU": 2.0})["CPU"] + trial_needs(cfg)["CPU"] <= 2.0
 
 
 def test_trial_driver_asks_for_the_on_demand_driver_resource_when_the_cluster_has_it():

@@ -39,6 +39,7 @@ from pipelines.config import (
 from cluster.session import init_ray
 from preprocessing.schema import ConfigError, apply_overrides, apply_values, load_yaml
 from preprocessing.store.dataset import Dataset
+from preprocessing.store.parquet import READ_TASK_CPUS
 from pipelines.tune.search import check_search, make_search
 from pipelines.tune.space import (
     candidate_overrides,
@@ -205,10 +206,12 @@ def _checkpoint_epoch(uri: str) -> int:
 
 
 def trial_needs(cfg: ExperimentConfig) -> dict[str, float]:
-    """Resources one trial's Ray Train workers take together (the trial driver's are negligible)."""
+    """Resources one trial takes: its Ray Train workers together, plus one Ray Data read task's
+    CPUs (`READ_TASK_CPUS`; trials whose workers take every CPU never read a window). The trial
+    driver's sliver is negligible."""
     tc = cfg.train
     workers = max(tc.num_workers, 1)
-    needs = {"CPU": workers * tc.cpus_per_worker}
+    needs = {"CPU": workers * tc.cpus_per_worker + READ_TASK_CPUS}
     if tc.use_gpu:
         needs["GPU"] = workers * tc.gpus_per_worker
     for name, amount in tc.resources_per_worker.items():

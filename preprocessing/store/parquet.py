@@ -35,6 +35,10 @@ from preprocessing.store.storage import Location
 # cost less scheduling), blocks of at most ~32 MB (at least one row group) so they stream.
 READ_TASK_BYTES = 128 << 20
 READ_BLOCK_BYTES = 32 << 20
+# CPUs each read task requests. Less than a whole CPU, so a read fits beside Train workers that
+# take whole CPUs and a Tune trial driver's sliver: with 1.0 (Ray's default), one 1-CPU worker and a
+# trial driver's 0.01 CPU on a 2-CPU machine left 0.99 CPU, and the first read waited forever.
+READ_TASK_CPUS = 0.25
 
 
 def parquet_file(loc: Location):
@@ -236,7 +240,8 @@ def open_split(dataset: Dataset, split: str, columns: Sequence[str], groups: Opt
     Blocks keep the row-group order."""
     import ray
 
-    ds = ray.data.read_datasource(shard_datasource(split_footers(dataset, split), list(columns), groups))
+    ds = ray.data.read_datasource(shard_datasource(split_footers(dataset, split), list(columns), groups),
+                                  num_cpus=READ_TASK_CPUS)
     # Blocks in row-group order, whichever read task finishes first: a seeded training order (and a
     # resumed run's) is then the same on every run.
     ds.context.execution_options.preserve_order = True
