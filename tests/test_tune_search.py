@@ -357,3 +357,21 @@ def test_bench_search_reports_the_best_after_k_trials_over_seeds():
     for bad in ("random,smac", "optuna,optuna", ""):
         with pytest.raises(ValueError, match="--algorithms: expected distinct names among random, optuna, hyperopt, bohb"):
             parse_algorithms(bad)
+
+
+def test_bench_search_reads_back_finished_searches_resumes_interrupted_ones_and_refuses_others(tmp_path):
+    """What `raylift bench search` does with each search's experiment directory before running it."""
+    from pipelines.bench.search import search_state
+    from pipelines.tune.driver import BASE_CONFIG_FILE, experiment_uri
+
+    raw = tune_demo_raw(tmp_path, search="optuna", seed=1)
+    experiment = Path(experiment_uri(str(tmp_path / "tune"), "bench_optuna_s1"))
+    assert search_state(str(experiment), raw) == "new"
+    experiment.mkdir(parents=True)
+    (experiment / BASE_CONFIG_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))  # as tune_experiment saves it
+    assert search_state(str(experiment), raw) == "interrupted"
+    (experiment / "trials.csv").write_text("trial\n")
+    assert search_state(str(experiment), raw) == "finished"
+    other = {**raw, "tune": {**raw["tune"], "seed": 2}}
+    with pytest.raises(ConfigError, match=rf"{BASE_CONFIG_FILE}: this experiment was tuned with another config"):
+        search_state(str(experiment), other)

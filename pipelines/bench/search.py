@@ -9,6 +9,12 @@ trials is the best (its `tune.metrics`' first objective, in its direction) over 
 table gives, for each k, the mean ± sample standard deviation over the seeds per algorithm;
 `search.png` draws the same curves. The space must suit every algorithm: `choice`, not `grid`.
 Figures, never pass/fail.
+
+A bench takes hours, so it never redoes a search: each one's experiment (`<tune.storage_path>/
+<name>_<algorithm>_s<seed>`) is read back when it finished under the same config, resumed
+(`raylift tune --resume`) when it was interrupted, and refused in one line when it holds another
+config. Benches split over processes or machines that share `tune.storage_path` then combine in
+one last call.
 """
 from __future__ import annotations
 
@@ -67,6 +73,25 @@ def trial_scores(experiment_path: str, metric: str, mode: str) -> list[tuple[flo
     return out
 
 
+def search_state(experiment: str, raw: dict) -> str:
+    """"new" (nothing at `experiment`), "finished" (a tune of `raw` that wrote its trials table),
+    or "interrupted" (a tune of `raw` without one); a ConfigError when it holds another config."""
+    import yaml
+
+    from pipelines.tune.driver import BASE_CONFIG_FILE, RESULT_FILES
+    from preprocessing.schema import ConfigError
+    from preprocessing.store import storage
+
+    loc = storage.open_location(experiment)
+    saved = loc.child(BASE_CONFIG_FILE)
+    if not storage.is_file(saved):
+        return "new"
+    if yaml.safe_load(storage.read_bytes(saved)) != raw:
+        raise ConfigError(f"{saved.uri}: this experiment was tuned with another config; remove it, or give the "
+                          "bench another name (--set name=...) or tune.storage_path")
+    return "finished" if storage.is_file(loc.child(RESULT_FILES[0])) else "interrupted"
+
+
 def summarise(curves: dict[str, list[list[float]]]) -> dict[str, dict[str, list[float]]]:
     """Per algorithm, from one best-after-k curve per seed: the mean and sample sd at each k."""
     out = {}
@@ -118,7 +143,7 @@ def plot(summary: dict[str, dict[str, list[float]]], metric: str, seeds: int) ->
 
 def run(args: argparse.Namespace) -> int:
     from pipelines.config import config_from_dict
-    from pipelines.tune.driver import tune_experiment
+    from pipelines.tune.driver import experiment_uri, tune_experiment
     from pipelines.tune.search import objectives
     from preprocessing.schema import ConfigError, apply_overrides, load_yaml
     from preprocessing.store import storage
@@ -135,11 +160,17 @@ def run(args: argparse.Namespace) -> int:
             tune = {**raw["tune"], "search": algorithm, "seed": seed}
             if algorithm == "bohb":
                 tune["scheduler"] = "hyperband"
-            summary = tune_experiment({**raw, "tune": tune}, f"{base.name}_{algorithm}_s{seed}",
-                                      base.tune.storage_path, progress=lambda _: None)
-            curve = best_after(trial_scores(summary["dir"], metric, mode), mode)
+            run_raw, name = {**raw, "tune": tune}, f"{base.name}_{algorithm}_s{seed}"
+            experiment = experiment_uri(base.tune.storage_path, name)
+            state = search_state(experiment, run_raw)
+            if state != "finished":
+                tune_experiment(run_raw, name, base.tune.storage_path, resume=state == "interrupted",
+                                progress=lambda _: None)
+            curve = best_after(trial_scores(experiment, metric, mode), mode)
             curves[algorithm].append(curve)
-            print(f"{algorithm} seed {seed}: best {metric} {curve[-1]:.2f} after {len(curve)} trials", flush=True)
+            how = {"new": "", "interrupted": " (resumed)", "finished": " (finished before: read back)"}[state]
+            print(f"{algorithm} seed {seed}: best {metric} {curve[-1]:.2f} after {len(curve)} trials{how}",
+                  flush=True)
     summary = summarise(curves)
     protocol = (f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))}); {base.tune.num_samples} trials per run; "
                 f"{metric} ({mode}) as the trials report it; trials in the order they finished; sd: sample "

@@ -103,13 +103,12 @@ def ship_experiment_logs(raw: dict, name: str, storage: str) -> None:
     `<tune.storage_path>/<name>/logs/` as the base config's `train.ship_logs` says
     (cluster/logship.py); prints one line and never raises."""
     from cluster.logship import ship_run_logs
-    from preprocessing.store import storage as st
 
     try:
         mode = config_from_dict(raw).train.ship_logs
     except ConfigError:  # an invalid config failed before Ray started: nothing to copy
         return
-    ship_run_logs(mode, st.join(_absolute(storage), name))
+    ship_run_logs(mode, experiment_uri(storage, name))
 
 
 def check_space(raw: dict) -> tuple[ExperimentConfig, list]:
@@ -277,7 +276,7 @@ def tune_experiment(raw: dict, name: str, storage_path: str, resume: bool = Fals
     from preprocessing.store import storage as st
 
     cfg, dims = check_space(raw)
-    experiment_path = st.join(_absolute(storage_path), name)
+    experiment_path = experiment_uri(storage_path, name)
     held = lease.acquire(st.open_location(experiment_path).child(RUN_LOCK), f"raylift tune of experiment {name}")
     try:
         return _tune_locked(raw, cfg, dims, name, storage_path, experiment_path, resume, address, progress)
@@ -337,6 +336,14 @@ def _tune_locked(raw: dict, cfg: ExperimentConfig, dims: list, name: str, storag
 
 def _absolute(storage_path: str) -> str:
     return storage_path if "://" in storage_path else str(Path(storage_path).resolve())
+
+
+def experiment_uri(storage_path: str, name: str) -> str:
+    """Where experiment `name` keeps Tune's state and raylift's results: `<storage_path>/<name>`
+    (a local path made absolute, as Tune wants it)."""
+    from preprocessing.store import storage as st
+
+    return st.join(_absolute(storage_path), name)
 
 
 def _reported(df, key: str):
