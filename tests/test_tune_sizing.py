@@ -14,6 +14,7 @@ from pipelines.tune.driver import (
     DRIVER_RESOURCE, RESULT_FILES, collect_rows, driver_resources, parse_resources, trial_concurrency, trial_needs,
     write_results,
 )
+from preprocessing.images.readers import DECODE_TASK_CPUS
 from preprocessing.store.parquet import READ_TASK_CPUS
 from pipelines.tune.search import make_scheduler
 from preprocessing.schema import ConfigError
@@ -78,6 +79,10 @@ def test_a_trial_leaves_a_cpu_share_for_its_data_read_tasks():
     assert trial_concurrency(cfg, {"CPU": 2.0}, "x") == 1
     # One trial alone: its driver's sliver, its worker and a read task fit in 2 CPUs.
     assert driver_resources(cfg, {"CPU": 2.0})["CPU"] + trial_needs(cfg)["CPU"] <= 2.0
+    images = load_config(REPO / "configs" / "tune_mpstr.yaml")  # images: a decode task per trial
+    images.train.num_workers = 1
+    assert trial_needs(images) == {"CPU": 1.0 + DECODE_TASK_CPUS}
+    assert driver_resources(images, {"CPU": 2.0})["CPU"] + trial_needs(images)["CPU"] <= 2.0
 
 
 def test_trial_driver_asks_for_the_on_demand_driver_resource_when_the_cluster_has_it():

@@ -1,7 +1,7 @@
 """Reading person-crop datasets back: Ray Data for training workers, pyarrow for checks.
 
-- `open_image_split(dataset, split)`: the split's shards as a streaming `ray.data.Dataset`, its rows
-  decoded in Ray Data tasks (`map_batches`) into `images` (f, V, 3, H, W) float32 in [0, 1],
+- `open_image_split(dataset, split)`: the split's shards as a streaming `ray.data.Dataset` (rows in
+  shard order), its rows decoded in Ray Data tasks (`map_batches`) into `images` (f, V, 3, H, W) float32 in [0, 1],
   `keypoints` (f, V, J, 2) crop pixels, `boxes` (f, V, 4), `mask` (f,), `flipped` (); with
   `flip=True` each window is mirrored with probability 1/2 (image and left/right labels), drawn
   from a seed of (`seed`, subject, action, start), so pass the epoch as `seed` for new draws.
@@ -28,6 +28,10 @@ from preprocessing.skeleton import get_skeleton
 from preprocessing.store import parquet
 from preprocessing.store.dataset import Dataset
 
+# CPUs each decode task (JPEG crops -> float arrays, in `map_batches`) requests: a decode keeps a
+# core busy, but a whole CPU would not fit beside a 1-CPU Train worker and a Tune trial driver's
+# sliver on 2 CPUs (pipelines/tune/driver.py's `trial_needs` counts one).
+DECODE_TASK_CPUS = 0.5
 COLUMNS = ["images", "keypoints", "boxes", "mask", "frame", "subject", "action", "activity", "camera", "start"]
 
 
@@ -88,9 +92,15 @@ def open_image_split(dataset: Dataset, split: str, flip: Optional[bool] = None, 
 
     size, views, perm = _decode_args(_image_dataset(dataset))
     flip = (dataset.windows["flip"] and split == "train") if flip is None else flip
-    ds = ray.data.read_datasource(parquet.shard_datasource(parquet.split_footers(dataset, split), COLUMNS))
-    return ds.map_batches(decode_rows, fn_args=(size, views, flip, seed, perm, f"dataset {dataset.uri} split {split}"),
-                          fn_kwargs={"labels": labels}, batch_format="pyarrow", batch_size=None)
+    ds = ray.data.read_datasource(parquet.shard_datasource(parquet.split_footers(dataset, split), COLUMNS),
+                                  num_cpus=parquet.READ_TASK_CPUS)
+    ds = ds.map_batches(decode_rows, fn_args=(size, views, flip, seed, perm, f"dataset {dataset.uri} split {split}"),
+                        fn_kwargs={"labels": labels}, batch_format="pyarrow", batch_size=None,
+                        num_cpus=DECODE_TASK_CPUS)
+    # Rows in shard order whichever task finishes first: a seeded training order is the same on every
+    # run, and so is the 2D evaluation's AP (COCO ranks equal scores in the order they come).
+    ds.context.execution_options.preserve_order = True
+    return ds
 
 
 def load_image_split(dataset: Dataset, split: str, flip: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
