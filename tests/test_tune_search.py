@@ -375,3 +375,25 @@ def test_bench_search_reads_back_finished_searches_resumes_interrupted_ones_and_
     other = {**raw, "tune": {**raw["tune"], "seed": 2}}
     with pytest.raises(ConfigError, match=rf"{BASE_CONFIG_FILE}: this experiment was tuned with another config"):
         search_state(str(experiment), other)
+
+
+def test_bench_search_scores_the_mean_pose_as_trials_score_themselves(tmp_path):
+    """The bench's reference row: the mean real training pose for every validation frame, by the
+    trials' own validation code, equals MPJPE computed here in numpy (flipped copies skipped)."""
+    from pipelines.bench.search import mean_pose_validation
+    from preprocessing.keypoints.dataset import prepare_dataset
+    from preprocessing.store.parquet import read_split
+
+    raw = tune_demo_raw(tmp_path)
+    raw["data"]["source"]["synthetic"].update(frames_per_action=60)
+    raw["data"]["source"].update(train_subjects=["S1", "S5"], val_subjects=["S5"], test_subjects=["S9"])
+    raw["train"]["select"] = "val"
+    value, split = mean_pose_validation(raw)
+    dataset = prepare_dataset(config_from_dict(raw).data, progress=lambda _: None)
+    train = read_split(dataset, "train", ["positions_3d", "mask"])
+    val = read_split(dataset, split, ["positions_3d", "mask", "flipped"])
+    real = train["mask"] > 0.5
+    mean = train["positions_3d"][real].astype(np.float64).mean(axis=0)  # (J, 3) over every real frame
+    keep = (val["mask"] > 0.5) & (val["flipped"] < 0.5)[:, None]
+    expected = 1000.0 * np.linalg.norm(val["positions_3d"][keep] - mean, axis=-1).mean()
+    assert split == "val" and value == pytest.approx(expected, rel=1e-5)
