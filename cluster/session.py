@@ -89,6 +89,14 @@ def _ray_descendants() -> list:
     return out
 
 
+def private_instance() -> bool:
+    """Whether the Ray this process uses is the private local instance it started: its resources
+    are all there will be (no autoscaler adds a node)."""
+    import ray
+
+    return bool(_private["started"]) and _private["pid"] == os.getpid() and ray.is_initialized()
+
+
 def stop_private_ray() -> None:
     """Stop the private instance this process started (no-op otherwise) and leave no Ray process
     behind: `ray.shutdown()`, then kill by pid what is still alive after `STOP_WAIT_S`."""

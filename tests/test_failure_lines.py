@@ -205,6 +205,22 @@ def ctrl_c(tmp: Path, experiment: Experiment) -> tuple[Ran, Callable[[], None]]:
     return ran, check
 
 
+def workers_take_every_cpu(tmp: Path, experiment: Experiment) -> tuple[Ran, Callable[[], None]]:
+    """One worker asks for every CPU of this machine's Ray: no Ray Data task could read a window
+    beside it, and the run waited forever without a word."""
+    config = tmp / "tiny.yaml"
+    config.write_text(yaml.safe_dump(synthetic_cfg(tmp, num_workers=1).to_dict(), sort_keys=False))
+    cpus = os.cpu_count()
+    ran = raylift(["train", "--config", str(config), "--set", f"train.cpus_per_worker={cpus}"], cwd=tmp)
+
+    def check() -> None:
+        assert (f"train.num_workers=1 x train.cpus_per_worker={cpus} plus one Ray Data task (0.25 CPU) need "
+                f"{cpus + 0.25:g} CPUs, and this machine's Ray has {cpus}") in ran.stderr, ran.stderr
+        assert not (tmp / "datasets").exists() and not list((tmp / "runs").glob("*/checkpoint*"))
+
+    return ran, check
+
+
 CASES: dict[str, tuple[Case, int]] = {  # case: (how it runs, its exit status)
     "empty config": (config_case("", "no settings"), 2),
     "config that is a list": (config_case("- name: x\n- train: {}\n", "got a list"), 2),
@@ -216,6 +232,7 @@ CASES: dict[str, tuple[Case, int]] = {  # case: (how it runs, its exit status)
     "locked run directory": (locked_run_directory, 2),
     "damaged shard": (damaged_shard, 2),
     "Ctrl-C": (ctrl_c, 130),
+    "workers take every CPU": (workers_take_every_cpu, 2),
 }
 ON_THE_EXPERIMENT = ("damaged shard", "Ctrl-C")  # Ray runs on the module's experiment
 

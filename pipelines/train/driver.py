@@ -173,6 +173,28 @@ def check_start(start_from: str, cfg_dict: dict, joints: int, dataset_id: str) -
     return start_from
 
 
+def data_task_cpus(cfg: ExperimentConfig) -> float:
+    """CPUs one Ray Data task of the run's input stream asks for: a window read (`READ_TASK_CPUS`)
+    or, for image models, an image decode (`DECODE_TASK_CPUS`). Ray Train workers take theirs
+    first, so a run (or a Tune trial) needs room for one of these beside them."""
+    from preprocessing.images.readers import DECODE_TASK_CPUS
+    from preprocessing.store.parquet import READ_TASK_CPUS
+
+    return DECODE_TASK_CPUS if is_image_config(cfg) else READ_TASK_CPUS
+
+
+def check_cpus_fit(cfg: ExperimentConfig, cpus: float) -> None:
+    """On a Ray of `cpus` CPUs in all, refuse a run whose workers leave no room for a data task:
+    its first read would wait forever, with no error (2 workers x 1 CPU on a 2-CPU machine)."""
+    tc = cfg.train
+    need = tc.num_workers * tc.cpus_per_worker + data_task_cpus(cfg)
+    if tc.num_workers and need > cpus:
+        raise ConfigError(
+            f"train.num_workers={tc.num_workers} x train.cpus_per_worker={tc.cpus_per_worker:g} plus one Ray Data "
+            f"task ({data_task_cpus(cfg):g} CPU) need {need:g} CPUs, and this machine's Ray has {cpus:g}: lower "
+            "train.cpus_per_worker or train.num_workers")
+
+
 def _ensure_ray(progress: Callable[[str], None]) -> None:
     import ray
 
@@ -261,6 +283,12 @@ def run_training(
                          wait_s=lock_wait_s)
     try:
         _ensure_ray(progress)
+        from cluster.session import private_instance
+
+        if private_instance():  # a cluster may still add nodes; this machine's Ray will not
+            import ray
+
+            check_cpus_fit(cfg, float(ray.cluster_resources().get("CPU", 0)))
         task = _task(cfg, dataset, progress)
         from pipelines.train.logs import CSV_NAME, TENSORBOARD_DIR
         from pipelines.train.tracking import train_run

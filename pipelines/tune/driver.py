@@ -39,9 +39,6 @@ from pipelines.config import (
 from cluster.session import init_ray
 from preprocessing.schema import ConfigError, apply_overrides, apply_values, load_yaml
 from preprocessing.store.dataset import Dataset
-from preprocessing.config import IMAGE_KINDS
-from preprocessing.images.readers import DECODE_TASK_CPUS
-from preprocessing.store.parquet import READ_TASK_CPUS
 from pipelines.tune.search import check_search, make_search
 from pipelines.tune.space import (
     candidate_overrides,
@@ -208,12 +205,13 @@ def _checkpoint_epoch(uri: str) -> int:
 
 def trial_needs(cfg: ExperimentConfig) -> dict[str, float]:
     """Resources one trial takes: its Ray Train workers together, plus one Ray Data task's CPUs
-    (reading windows, `READ_TASK_CPUS`, or decoding images, `DECODE_TASK_CPUS`; trials whose
-    workers take every CPU never read a window). The trial driver's sliver is negligible."""
+    (`data_task_cpus`: trials whose workers take every CPU never read a window). The trial
+    driver's sliver is negligible."""
+    from pipelines.train.driver import data_task_cpus
+
     tc = cfg.train
     workers = max(tc.num_workers, 1)
-    data_cpus = DECODE_TASK_CPUS if cfg.data.source.kind in IMAGE_KINDS else READ_TASK_CPUS
-    needs = {"CPU": workers * tc.cpus_per_worker + data_cpus}
+    needs = {"CPU": workers * tc.cpus_per_worker + data_task_cpus(cfg)}
     if tc.use_gpu:
         needs["GPU"] = workers * tc.gpus_per_worker
     for name, amount in tc.resources_per_worker.items():
