@@ -1,8 +1,8 @@
 """Reading person-crop datasets back: Ray Data for training workers, pyarrow for checks.
 
 - `open_image_split(dataset, split)`: the split's shards as a streaming `ray.data.Dataset` (rows in
-  shard order), its rows decoded in Ray Data tasks (`map_batches`) into `images` (f, V, 3, H, W) float32 in [0, 1],
-  `keypoints` (f, V, J, 2) crop pixels, `boxes` (f, V, 4), `mask` (f,), `flipped` (); with
+  shard order), its rows decoded in Ray Data tasks (`map_batches`) into `images` (f, V, 3, H, W)
+  float32 in [0, 1], `keypoints` (f, V, J, 2) crop pixels, `boxes` (f, V, 4), `mask` (f,), `flipped` (); with
   `flip=True` each window is mirrored with probability 1/2 (image and left/right labels), drawn
   from a seed of (`seed`, subject, action, start), so pass the epoch as `seed` for new draws.
   `ds.iter_torch_batches(batch_size=B)` then gives (B, f, V, 3, H, W) tensors on each worker.
