@@ -50,43 +50,87 @@ def test_pbt_mutates_the_space_over_the_reported_epoch(tmp_path):
                                                                   "model.drop_path_rate"}
 
 
+def _train_checkpoints(train: Path, trial_id: str, epoch: int) -> list[Path]:
+    """A trial's Train checkpoints of `epoch`, over all its segments (pipelines/tune/pbt.py)."""
+    return [d / checkpoint_name(epoch) for d in train.iterdir()
+            if re.fullmatch(rf"train-{trial_id}(-from-e\d{{4}})?", d.name) and (d / checkpoint_name(epoch)).is_dir()]
+
+
+def _same_files(a: Path, b: Path) -> bool:
+    return all((a / f).read_bytes() == (b / f).read_bytes() for f in ("model.pt", "train_state.pt"))
+
+
 @pytest.mark.slow
 def test_exploiting_trials_continue_the_copied_checkpoint(tmp_path, ray_tune_cluster):
     raw = _pbt_raw(tmp_path)
-    raw["train"].update(epochs=3, keep_best=10, cpus_per_worker=0.25)  # two trials leave CPUs for their read tasks
+    epochs = 3
+    raw["train"].update(epochs=epochs, keep_best=10, cpus_per_worker=0.25)  # two trials leave CPUs for their read tasks
     raw["data"]["source"]["synthetic"]["frames_per_action"] = 150
     summary = tune_experiment(raw, "pbt", str(tmp_path / "tune"), progress=lambda s: None)
     experiment = Path(summary["dir"])
     table = pd.read_csv(experiment / "trials.csv")
-    assert len(table) == 2 and (table["status"] == "DONE").all() and (table["epochs"] == 3).all()
+    assert len(table) == 2 and (table["status"] == "DONE").all() and (table["epochs"] == epochs).all()
     train = experiment / "train"
-    segments = [p for p in train.iterdir() if re.fullmatch(r"train-.+-from-e\d{4}", p.name)]
-    continued = [p for p in segments if any(p.glob("checkpoint_epoch*"))]  # a copy that trained on
-    assert continued, f"no trial exploited another: {sorted(p.name for p in train.iterdir())}"
-    for segment in continued:
-        trial, k = re.fullmatch(r"train-(.+)-from-e(\d{4})", segment.name).groups()
-        k = int(k)
-        first = segment / checkpoint_name(k + 1)
+    trial_dirs = list(experiment.glob("_trial_*"))
+    # Tune's own record of each exploit: [target tag, donor tag, target epoch, donor epoch, donor
+    # config, target's new config]; a tag is "<index>_<values>", the trial directory
+    # "_trial_<id>_<tag>_<date>". The ordering of reports decides who copies whom and when, so the
+    # checks below follow the record rather than assume one ordering.
+    exploits = [json.loads(line) for line in (experiment / "pbt_global.txt").read_text().splitlines()]
+    assert exploits, "no trial exploited another"
+
+    def trial_of(tag: str) -> tuple[str, Path]:
+        (d,) = [d for d in trial_dirs if f"_{tag}_" in d.name]
+        return re.match(r"_trial_(.+?_\d{5})_", d.name).group(1), d
+
+    tune_copies = [c for d in trial_dirs for c in d.glob("checkpoint_*")]
+    for target_tag, donor_tag, _, k, donor_config, new_config in exploits:
+        (target, target_dir), (donor_id, _) = trial_of(target_tag), trial_of(donor_tag)
+        lr, donor_lr = new_config["overrides"]["train.lr"], donor_config["overrides"]["train.lr"]
+        assert lr == pytest.approx(donor_lr * 0.8) or lr == pytest.approx(donor_lr * 1.2)  # explored
+        # The state Tune handed over is byte for byte one of the donor's epoch-k Train checkpoints
+        # (two, where the donor itself continued a copy from before k).
+        sources = [c for c in _train_checkpoints(train, donor_id, k) if any(_same_files(c, t) for t in tune_copies)]
+        assert sources, f"no Tune checkpoint equals {donor_id}'s epoch-{k} checkpoint"
+        if k == epochs:
+            # Nothing left to train: the trial ends holding the donor's last state and reports it.
+            last = max(target_dir.glob("checkpoint_*"))
+            final = json.loads((target_dir / "result.json").read_text().splitlines()[-1])
+            assert any(_same_files(c, last) and final["val_mpjpe"] == json.loads((c / "meta.json").read_text())
+                       ["metrics"]["val_mpjpe"] for c in sources)
+            assert final["epoch"] == epochs
+            continue
+        first = train / f"train-{target}-from-e{k:04d}" / checkpoint_name(k + 1)
         history = load_train_state(str(first))["history"]
-        # The state it went on from is a donor's epoch-k checkpoint: the Tune copy PBT restored is
-        # byte for byte a Train checkpoint of another trial, and the history carries on from it.
-        donors = [d / checkpoint_name(k) for d in train.iterdir()
-                  if not d.name.startswith(f"train-{trial}") and (d / checkpoint_name(k)).is_dir()]
-        copies = [c for c in experiment.glob("_trial_*/checkpoint_*")
-                  if json.loads((c / "meta.json").read_text())["epoch"] == k]
-        matches = [(d, c) for d in donors for c in copies
-                   if all((d / f).read_bytes() == (c / f).read_bytes() for f in ("model.pt", "train_state.pt"))]
-        assert matches, f"{segment.name}: no Tune checkpoint equals another trial's epoch-{k} checkpoint"
-        donor = matches[0][0]
-        assert history[:k] == load_train_state(str(donor))["history"][:k]
+        assert any(history[:k] == load_train_state(str(c))["history"][:k] for c in sources)
         # Its own (perturbed) lr from epoch k + 1, on the donor's schedule position: lr x decay^k.
-        meta = json.loads((first / "meta.json").read_text())
-        lr = meta["config"]["train"]["lr"]
+        assert json.loads((first / "meta.json").read_text())["config"]["train"]["lr"] == pytest.approx(lr)
         assert history[k]["lr"] == pytest.approx(lr * raw["train"]["lr_decay"] ** k)
-        donor_lr = json.loads((donor / "meta.json").read_text())["config"]["train"]["lr"]
-        assert lr != donor_lr  # explored: x0.8 or x1.2 of the donor's
-        assert lr == pytest.approx(donor_lr * 0.8) or lr == pytest.approx(donor_lr * 1.2)
-    assert (experiment / "pbt_global.txt").is_file()
+
+
+def test_a_copy_of_a_last_epoch_checkpoint_reports_that_state_and_trains_nothing(tmp_path):
+    """Asynchronous PBT may hand a trial a checkpoint of the last epoch (its donor finished first,
+    or Tune paused it after its own last epoch). Nothing is left to train: the trial reports the
+    copied epoch's metrics with that checkpoint, so its record ends with the state it holds (it
+    used to end on its own earlier epoch, and trials.csv called a finished trial STOPPED)."""
+    import torch
+    from ray.train import Checkpoint
+
+    from models.checkpoint import save_checkpoint
+    from pipelines.tune.pbt import run_segment
+
+    row = {"epoch": 3, "val_mpjpe": 170.5, "loss": 0.53, "windows": 192}
+    path = save_checkpoint(tmp_path / "donor" / checkpoint_name(3), {"w": torch.zeros(2)},
+                           {"model": {"name": "mixste"}, "frames": 27, "joints": 17, "epoch": 3,
+                            "metrics": row, "config": None})
+    start = Checkpoint.from_directory(str(path))
+    reports = []
+
+    def train(**kwargs):
+        raise AssertionError(f"trained from a last-epoch checkpoint: {kwargs}")
+
+    run_segment("t1", start, epochs=3, train=train, report=lambda m, c: reports.append((m, c)))
+    assert reports == [({k: float(v) for k, v in row.items()}, start)]
 
 
 def test_checkpoint_uris_use_raylift_s_schemes():

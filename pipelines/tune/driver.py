@@ -187,20 +187,8 @@ def _trial(config: dict, base_raw: dict, datasets: dict[str, Dataset], train_sto
         # The trial id is stable across trial restarts, so a retried trial resumes its Train run.
         train(run_name=pbt.segment_name(trial_id, None), callbacks=[TuneReportCallback()])
         return
-    start = ray.tune.get_checkpoint()
-    start_uri = pbt.checkpoint_uri(start) if start is not None else None
-    run_name = pbt.segment_name(trial_id, _checkpoint_epoch(start_uri) if start_uri else None)
-    pbt.forward_reports(lambda callbacks: train(run_name=run_name, callbacks=callbacks, start_from=start_uri),
-                        lambda metrics, checkpoint: ray.tune.report(metrics, checkpoint=checkpoint))
-
-
-def _checkpoint_epoch(uri: str) -> int:
-    """The epoch a raylift checkpoint directory (local or an object store) was written after."""
-    import json
-
-    from preprocessing.store import storage as st
-
-    return int(json.loads(st.read_bytes(st.open_location(uri).child("meta.json")))["epoch"])
+    pbt.run_segment(trial_id, ray.tune.get_checkpoint(), cfg.train.epochs, train,
+                    lambda metrics, checkpoint: ray.tune.report(metrics, checkpoint=checkpoint))
 
 
 def trial_needs(cfg: ExperimentConfig) -> dict[str, float]:

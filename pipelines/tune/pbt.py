@@ -25,7 +25,8 @@ How a trial copies another (exploit), exactly:
    (`forward_reports`). Tune keeps a copy of the checkpoint in the trial's own directory.
 2. When PBT decides that trial A copies trial B, Tune restarts A with B's last checkpoint and
    A's perturbed values. A starts a new Train run (`segment_name`) that continues that
-   checkpoint (`run_training(start_from=...)`). Weights, optimiser moments, schedule position,
+   checkpoint (`run_training(start_from=...)`); a checkpoint of the last epoch leaves nothing to
+   train, and A reports it as it is (`run_segment`). Weights, optimiser moments, schedule position,
    RNG streams, history and epoch are B's. Its next epoch's data order is the one B's own next
    epoch would see, since rows are permuted by (seed, epoch). Only the perturbed values are A's
    (tests/test_continue_run.py: with unchanged values the continued epoch equals B's bit for bit).
@@ -114,6 +115,36 @@ def forward_reports(train: Callable[[list], Any], report: Callable[[dict, Any], 
         queue.shutdown()
     if failure:
         raise failure[0]
+
+
+def run_segment(trial_id: str, start: Any, epochs: int, train: Callable[..., Any],
+                report: Callable[[dict, Any], None]) -> None:
+    """One stretch of a PBT trial: `train` (`run_training` with the trial's config) from `start`,
+    the Tune checkpoint Tune restarted the trial with (None for a new trial), each report passed to
+    `report(metrics, checkpoint)`.
+
+    Asynchronous PBT may hand a trial a checkpoint of the last epoch: its donor finished first, or
+    Tune paused it right after its own last report. Nothing is left to train, so the trial reports
+    that epoch's metrics (the checkpoint's meta.json) with the checkpoint itself. Its record then
+    ends with the state it holds, as every other trial's does, and trials.csv counts its epochs
+    from that state (without it, a trial that copied a finished one ended on its own earlier
+    epoch and was listed as STOPPED)."""
+    start_uri = checkpoint_uri(start) if start is not None else None
+    meta = checkpoint_meta(start_uri) if start_uri else None
+    if meta is not None and int(meta["epoch"]) >= epochs:
+        report({k: float(v) for k, v in meta["metrics"].items()}, start)
+        return
+    run_name = segment_name(trial_id, int(meta["epoch"]) if meta else None)
+    forward_reports(lambda callbacks: train(run_name=run_name, callbacks=callbacks, start_from=start_uri), report)
+
+
+def checkpoint_meta(uri: str) -> dict:
+    """meta.json of a raylift checkpoint directory (local or an object store), without its weights."""
+    import json
+
+    from preprocessing.store import storage as st
+
+    return json.loads(st.read_bytes(st.open_location(uri).child("meta.json")))
 
 
 def checkpoint_uri(checkpoint: Any) -> str:
