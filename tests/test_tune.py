@@ -128,6 +128,15 @@ def test_asha_stops_a_hopeless_trial_early(tmp_path, ray_tune_cluster):
     assert (table["macs_per_frame"] > 0).all() and (table["train_frames_per_s"] > 0).all()
     assert (table["peak_memory_mb"] > 0).all()
     assert "learning_curves.png" in (Path(summary["dir"]) / "report.md").read_text()
+    # The trivial baseline beside the trials, scored by their own validation code: 4 epochs beat
+    # it clearly; a model whose weights never moved does not.
+    from pipelines.train.baseline import mean_pose_validation
+
+    mean_pose, split = mean_pose_validation(config_from_dict(raw))
+    assert summary["mean_pose"] == {"val_mpjpe": pytest.approx(mean_pose), "split": split,
+                                    "frames": raw["data"]["windows"]["frames"]}
+    assert f"Mean pose: {mean_pose:.2f} mm val_mpjpe on the {split} split" in (Path(summary["dir"]) / "trials.md").read_text()
+    assert good["best_val_mpjpe"] < 0.85 * mean_pose < hopeless["best_val_mpjpe"]  # measured: 128.6, 173.0, 667.6
 
 
 @pytest.mark.slow

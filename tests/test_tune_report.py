@@ -149,6 +149,27 @@ def test_write_results_writes_the_front_and_a_self_contained_report(tmp_path):
     assert "<td>_trial_t4</td>" in page and "raylift train --config best.yaml" in page
 
 
+def test_the_mean_pose_stands_under_every_table_and_in_every_plot(tmp_path):
+    """The trivial baseline (`mean_pose_reference`) is printed under the trials table (trials.md,
+    the console's markdown, the report's Trials section, the HTML) and drawn into the three plots of
+    scores; a search without one (image models) shows none."""
+    rows = [{**r, "trial": f"_trial_{r['trial']}"} for r in ROWS]
+    reference = {"val_mpjpe": 177.33, "split": "val", "frames": 27}
+    line = ("Mean pose: 177.33 mm val_mpjpe on the val split: the mean training pose predicted for every frame, "
+            "scored by the trials' own validation code on the T=27 windows")
+    summary = write_results(rows, _demo_raw(tmp_path), tmp_path / "with", reference)
+    bare = write_results(rows, _demo_raw(tmp_path), tmp_path / "without")
+    with_, without = tmp_path / "with", tmp_path / "without"
+    assert summary["mean_pose"] == reference and bare["mean_pose"] is None
+    assert line in summary["markdown"] and line in (with_ / "trials.md").read_text()
+    assert line in _sections((with_ / "report.md").read_text())["Trials"]
+    assert line.replace("'", "&#x27;") in (with_ / "report.html").read_text()
+    assert "Mean pose" not in (without / "trials.md").read_text() + (without / "report.md").read_text()
+    for plot in ("mpjpe_vs_frames.png", "pareto.png", "learning_curves.png"):
+        assert (with_ / plot).read_bytes() != (without / plot).read_bytes(), plot
+    assert pd.read_csv(with_ / "trials.csv").equals(pd.read_csv(without / "trials.csv"))  # trials only
+
+
 def test_optuna_search_reports_parameter_importances(tmp_path):
     # 8 trials where the depth decides the score and the lr barely matters.
     rows = [_row(f"t{i}", 27, 1 + i % 2, 3e5 * (1 + i % 2), 200.0 - 60.0 * (i % 2) + i, lr=10 ** (-4 + i / 4))

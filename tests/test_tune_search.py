@@ -380,7 +380,7 @@ def test_bench_search_reads_back_finished_searches_resumes_interrupted_ones_and_
 def test_bench_search_scores_the_mean_pose_as_trials_score_themselves(tmp_path):
     """The bench's reference row: the mean real training pose for every validation frame, by the
     trials' own validation code, equals MPJPE computed here in numpy (flipped copies skipped)."""
-    from pipelines.bench.search import mean_pose_validation
+    from pipelines.train.baseline import mean_pose_validation
     from preprocessing.keypoints.dataset import prepare_dataset
     from preprocessing.store.parquet import read_split
 
@@ -388,7 +388,7 @@ def test_bench_search_scores_the_mean_pose_as_trials_score_themselves(tmp_path):
     raw["data"]["source"]["synthetic"].update(frames_per_action=60)
     raw["data"]["source"].update(train_subjects=["S1", "S5"], val_subjects=["S5"], test_subjects=["S9"])
     raw["train"]["select"] = "val"
-    value, split = mean_pose_validation(raw)
+    value, split = mean_pose_validation(config_from_dict(raw))
     dataset = prepare_dataset(config_from_dict(raw).data, progress=lambda _: None)
     train = read_split(dataset, "train", ["positions_3d", "mask"])
     val = read_split(dataset, split, ["positions_3d", "mask", "flipped"])

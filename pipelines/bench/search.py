@@ -8,7 +8,7 @@ searcher had seen when it suggested the next one), and each run's best validatio
 trials is the best (its `tune.metrics`' first objective, in its direction) over the first k. The
 table gives, for each k, the mean ± sample standard deviation over the seeds per algorithm;
 `search.png` draws the same curves, beside the mean pose's validation MPJPE measured as trials measure
-theirs (`mean_pose_validation`). The space must suit every algorithm: `choice`, not `grid`. Figures,
+theirs (`pipelines.train.baseline`). The space must suit every algorithm: `choice`, not `grid`. Figures,
 never pass/fail.
 
 A bench takes hours, so it never redoes a search: each one's experiment (`<tune.storage_path>/
@@ -93,40 +93,6 @@ def search_state(experiment: str, raw: dict) -> str:
     return "finished" if storage.is_file(loc.child(RESULT_FILES[0])) else "interrupted"
 
 
-def mean_pose_validation(raw: dict) -> Optional[tuple[float, str]]:
-    """The mean-pose baseline scored as a trial scores itself each epoch: (val MPJPE in mm, split)
-    of the mean real training pose predicted for every frame (`scoring.MeanPose`), through the
-    keypoint task's own `validation_sums` on the split `train.select` picks, over the windows of
-    `raw`'s own data section (the config as given, before any searched value). None for image
-    models, whose trials report pixels (`val_px`)."""
-    import torch
-
-    from pipelines.config import config_from_dict
-    from pipelines.evaluate.scoring import MeanPose
-    from pipelines.train.driver import is_image_config, validation_split
-    from pipelines.train.tasks import task_for
-    from preprocessing.keypoints.dataset import prepare_dataset
-    from preprocessing.store.parquet import column_numpy, iter_row_group_share
-
-    cfg = config_from_dict(raw)
-    if is_image_config(cfg):
-        return None
-    dataset = prepare_dataset(cfg.data, progress=lambda _: None)
-    split = validation_split(cfg, dataset)
-    total, count = 0.0, 0.0
-    for _, _, table in iter_row_group_share(dataset, "train", ["positions_3d", "mask"]):  # a row group at a time
-        real = column_numpy(table.column("positions_3d").combine_chunks())[
-            column_numpy(table.column("mask").combine_chunks()) > 0.5]  # (frames, J, 3)
-        total, count = total + real.astype(np.float64).sum(axis=0), count + len(real)
-    if not count:
-        return None
-    mean = total / count  # (J, 3), as evaluation's baseline_mean_pose: every real training frame
-    frames_out = None if cfg.data.windows.mode == "seq2seq" else 1
-    task = task_for(cfg, dataset, split, progress=lambda _: None)
-    total, count = task.validation_sums(MeanPose(mean, frames_out), 0, 1, torch.device("cpu"))
-    return total / count, split
-
-
 def summarise(curves: dict[str, list[list[float]]]) -> dict[str, dict[str, list[float]]]:
     """Per algorithm, from one best-after-k curve per seed: the mean and sample sd at each k."""
     out = {}
@@ -159,14 +125,15 @@ def plot(summary: dict[str, dict[str, list[float]]], metric: str, seeds: int,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from pipelines.viz.plots import draw_mean_pose
+
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for algorithm, entry in summary.items():
         mean, sd = np.array(entry["mean"]), np.array(entry["sd"])
         k = np.arange(1, len(mean) + 1)
         line, = ax.plot(k, mean, marker="o", label=algorithm)
         ax.fill_between(k, mean - sd, mean + sd, color=line.get_color(), alpha=0.2)
-    if baseline is not None:
-        ax.axhline(baseline, color="grey", linestyle="--", label=f"mean pose ({baseline:.1f})")
+    draw_mean_pose(ax, baseline)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("trials")
     ax.set_ylabel(f"best {metric}")
@@ -183,6 +150,7 @@ def plot(summary: dict[str, dict[str, list[float]]], metric: str, seeds: int,
 def run(args: argparse.Namespace) -> int:
     from pipelines.config import config_from_dict
     from pipelines.tune.driver import experiment_uri, tune_experiment
+    from pipelines.train.baseline import mean_pose_validation
     from pipelines.tune.search import objectives
     from preprocessing.schema import ConfigError, apply_overrides, load_yaml
     from preprocessing.store import storage
@@ -211,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{algorithm} seed {seed}: best {metric} {curve[-1]:.2f} after {len(curve)} trials{how}",
                   flush=True)
     summary = summarise(curves)
-    measured = mean_pose_validation(raw) if metric == "val_mpjpe" else None
+    measured = mean_pose_validation(base) if metric == "val_mpjpe" else None
     baseline = None if measured is None else measured[0]
     reference = ("" if measured is None else
                  f"mean pose (the mean training pose for every frame, scored as trials score themselves, "

@@ -48,7 +48,8 @@ from pipelines.tune.space import (
     searched_keys,
     trial_base,
 )
-from pipelines.tune.table import markdown_table, metric_column, metric_unit, public_columns, table_cells
+from pipelines.tune.table import (markdown_table, mean_pose_line, metric_column, metric_unit, public_columns,
+                                  table_cells)
 
 BASE_CONFIG_FILE = "raylift_tune.yaml"  # the resolved base config, stored with the experiment
 FRAMES_KEY = "data.windows.frames"
@@ -318,7 +319,7 @@ def _tune_locked(raw: dict, cfg: ExperimentConfig, dims: list, name: str, storag
         )
     grid = tuner.fit()
     rows = collect_rows(grid, base, cfg.tune.metric)
-    summary = write_results(rows, base, experiment_path)
+    summary = write_results(rows, base, experiment_path, mean_pose_reference(raw, dims, datasets, cfg.tune.metric))
     finish_tune(cfg, name, experiment_path, (BASE_CONFIG_FILE, *RESULT_FILES), progress)
     return summary
 
@@ -333,6 +334,23 @@ def experiment_uri(storage_path: str, name: str) -> str:
     from preprocessing.store import storage as st
 
     return st.join(_absolute(storage_path), name)
+
+
+def mean_pose_reference(raw: dict, dims: list, datasets: dict[str, Dataset], metric: str) -> Optional[dict[str, Any]]:
+    """The trivial baseline beside a search's trials: {"val_mpjpe", "split", "frames"} of the mean
+    pose (pipelines/train/baseline.py) on the first prepared dataset's validation windows, under
+    that variant's config (its T, and its model's seq2seq or seq2frame windows). A constant pose
+    scores nearly the same on any T's windows: one variant stands for all. None unless the trials
+    are scored by val_mpjpe (image models report pixels)."""
+    from pipelines.train.baseline import mean_pose_validation
+
+    if metric != "val_mpjpe":
+        return None
+    values = data_variants(dims)[0]
+    cfg = config_from_dict(apply_values(trial_base(raw, dims), values))
+    measured = mean_pose_validation(cfg, datasets[data_key(values)])
+    return None if measured is None else {"val_mpjpe": measured[0], "split": measured[1],
+                                          "frames": cfg.data.windows.frames}
 
 
 def _reported(df, key: str):
@@ -391,9 +409,11 @@ RESULT_FILES = ("trials.csv", "trials.md", "mpjpe_vs_frames.png", "pareto.md", "
                 "importances.png", "report.md", "report.html", "best.yaml")
 
 
-def write_results(rows: list[dict[str, Any]], base_raw: dict, out_uri: str) -> dict[str, Any]:
+def write_results(rows: list[dict[str, Any]], base_raw: dict, out_uri: str,
+                  mean_pose: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """trials.csv, trials.md, mpjpe_vs_frames.png, the Pareto front (pareto.md, pareto.png), the
-    report (report.md, report.html and its images) and best.yaml into `out_uri`: the experiment
+    report (report.md, report.html and its images) and best.yaml into `out_uri`; `mean_pose`
+    (`mean_pose_reference`) under the tables and as a dashed line in the plots. `out_uri`: the experiment
     directory under `tune.storage_path`, local or an object store, next to Tune's own state (a
     job's working directory on KubeRay is gone when the job ends). Each file is built in a local
     temporary directory and then written whole (atomically on local disk, one PUT on S3)."""
@@ -403,15 +423,16 @@ def write_results(rows: list[dict[str, Any]], base_raw: dict, out_uri: str) -> d
 
     out = st.open_location(str(out_uri))
     with tempfile.TemporaryDirectory(prefix="raylift-tune-") as tmp:
-        summary = _write_results_local(rows, base_raw, Path(tmp))
+        summary = _write_results_local(rows, base_raw, Path(tmp), mean_pose)
         for fname in RESULT_FILES:
             if (Path(tmp) / fname).is_file():
                 st.write_bytes(out.child(fname), (Path(tmp) / fname).read_bytes())
     best = out.child("best.yaml").uri if summary["has_best"] else None
-    return {"rows": rows, "markdown": summary["markdown"], "dir": out.uri, "best_config": best}
+    return {"rows": rows, "markdown": summary["markdown"], "dir": out.uri, "best_config": best, "mean_pose": mean_pose}
 
 
-def _write_results_local(rows: list[dict[str, Any]], base_raw: dict, out_dir: Path) -> dict[str, Any]:
+def _write_results_local(rows: list[dict[str, Any]], base_raw: dict, out_dir: Path,
+                         mean_pose: Optional[dict[str, Any]]) -> dict[str, Any]:
     """The result files in a local directory `out_dir`."""
     import pandas as pd
 
@@ -422,11 +443,12 @@ def _write_results_local(rows: list[dict[str, Any]], base_raw: dict, out_dir: Pa
     # T and depth have their own columns; the searched keys behind them would repeat them.
     table = public_columns(df).drop(columns=[c for c in (FRAMES_KEY, DEPTH_KEY) if c in df.columns])
     table.to_csv(out_dir / "trials.csv", index=False)
-    markdown = markdown_table(*table_cells(table))
+    reference = mean_pose["val_mpjpe"] if mean_pose else None
+    markdown = markdown_table(*table_cells(table)) + (f"\n\n{mean_pose_line(mean_pose)}" if mean_pose else "")
     (out_dir / "trials.md").write_text(markdown + "\n")
-    plot_metric_vs_frames(df, out_dir / "mpjpe_vs_frames.png")
+    plot_metric_vs_frames(df, out_dir / "mpjpe_vs_frames.png", reference)
     metric_col = metric_column(df.columns)
-    front = write_pareto(rows, metric_col, out_dir)
+    front = write_pareto(rows, metric_col, out_dir, reference)
     finished = df[df[metric_col].notna()]
     if len(finished):
         best = finished.iloc[0]
@@ -442,7 +464,7 @@ def _write_results_local(rows: list[dict[str, Any]], base_raw: dict, out_dir: Pa
             f"train it with `raylift train --config best.yaml`\n"
             + yaml.safe_dump(best_raw, sort_keys=False)
         )
-    write_report(rows, table, base_raw, out_dir, front)  # last: it shows the files above
+    write_report(rows, table, base_raw, out_dir, front, mean_pose)  # last: it shows the files above
     return {"markdown": markdown, "has_best": bool(len(finished))}
 
 
@@ -451,12 +473,15 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def plot_metric_vs_frames(df, path: Path) -> None:
-    """Best MPJPE against T, one line per depth; hollow markers for trials ASHA stopped early."""
+def plot_metric_vs_frames(df, path: Path, mean_pose: Optional[float] = None) -> None:
+    """Best MPJPE against T, one line per depth; hollow markers for trials ASHA stopped early; the
+    mean pose's score dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from pipelines.viz.plots import draw_mean_pose
 
     metric_col = metric_column(df.columns)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
@@ -476,7 +501,8 @@ def plot_metric_vs_frames(df, path: Path) -> None:
     ax.set_xlabel("frames T")
     ax.set_ylabel(f"best {metric_col[len('best_'):]} ({metric_unit(metric_col)})")
     ax.set_title("Tune: best validation MPJPE by T (hollow: stopped early)", fontsize=10)
-    if len(data):
+    draw_mean_pose(ax, mean_pose)
+    if len(data) or mean_pose is not None:
         ax.legend()
     ax.grid(True, alpha=0.3)
     fig.tight_layout()

@@ -3,14 +3,14 @@
 `pareto_front` is pure (rows of numbers in, indices out). `write_pareto` writes, beside the trials
 table, `pareto.md` (the front's rows, cheapest first) and `pareto.png`: the best validation metric
 (y) against forward MACs per predicted frame (x, log scale), one marker per trial (hollow for trials
-the scheduler stopped early, whose score comes from fewer epochs), the front joined by a step line.
-A trial on the front is worth its cost: every cheaper trial is less accurate.
+the scheduler stopped early, whose score comes from fewer epochs), the front joined by a step
+line, the mean pose's score dashed. A trial on the front is worth its cost: every cheaper trial is less accurate.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -61,12 +61,15 @@ def front_table(rows: Sequence[Mapping[str, Any]], front: Sequence[int], metric_
     return header, [[cell(c, rows[i].get(c)) for c in header] for i in ordered]
 
 
-def plot_pareto(rows: Sequence[Mapping[str, Any]], front: Sequence[int], metric_col: str, path: Path) -> None:
-    """pareto.png (see the module doc)."""
+def plot_pareto(rows: Sequence[Mapping[str, Any]], front: Sequence[int], metric_col: str, path: Path,
+                mean_pose: Optional[float] = None) -> None:
+    """pareto.png (see the module doc); the mean pose's score dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from pipelines.viz.plots import draw_mean_pose
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
     shown = [i for i, r in enumerate(rows) if math.isfinite(_number(r.get(metric_col))) and math.isfinite(_number(r.get(COST)))]
@@ -79,11 +82,13 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], front: Sequence[int], metric_
         ordered = sorted(front, key=lambda i: _number(rows[i][COST]))
         ax.step([_number(rows[i][COST]) for i in ordered], [_number(rows[i][metric_col]) for i in ordered],
                 where="post", color="C1", label="Pareto front", zorder=2)
-        ax.legend()
         ax.set_xscale("log")
         ax.margins(x=0.1)  # room for the labels of the cheapest and dearest trials
     else:
         ax.text(0.5, 0.5, f"no trial reported both {metric_col} and {COST}", transform=ax.transAxes, ha="center")
+    draw_mean_pose(ax, mean_pose)
+    if front or mean_pose is not None:
+        ax.legend()
     ax.set_xlabel("forward MACs per predicted frame")
     ax.set_ylabel(f"{metric_col.replace('_', ' ')} ({metric_unit(metric_col)})")
     ax.set_title("Accuracy against cost (hollow: stopped early)", fontsize=10)
@@ -93,10 +98,11 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], front: Sequence[int], metric_
     plt.close(fig)
 
 
-def write_pareto(rows: Sequence[Mapping[str, Any]], metric_col: str, out_dir: Path) -> list[int]:
+def write_pareto(rows: Sequence[Mapping[str, Any]], metric_col: str, out_dir: Path,
+                 mean_pose: Optional[float] = None) -> list[int]:
     """pareto.md and pareto.png in `out_dir` for the objectives (`metric_col` min, MACs per frame
-    min); returns the front's indices into `rows`."""
+    min), the mean pose's score (when given) dashed; returns the front's indices into `rows`."""
     front = pareto_front(rows, {metric_col: "min", COST: "min"})
     (out_dir / "pareto.md").write_text(markdown_table(*front_table(rows, front, metric_col)) + "\n")
-    plot_pareto(rows, front, metric_col, out_dir / "pareto.png")
+    plot_pareto(rows, front, metric_col, out_dir / "pareto.png", mean_pose)
     return front

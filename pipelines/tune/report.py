@@ -25,7 +25,7 @@ import pandas as pd
 from pipelines.config import TrainConfig, TuneConfig
 from pipelines.tune.importance import param_importances, plot_importances
 from pipelines.tune.pareto import front_table, trial_label
-from pipelines.tune.table import html_table, markdown_table, metric_column, metric_unit, table_cells
+from pipelines.tune.table import html_table, markdown_table, mean_pose_line, metric_column, metric_unit, table_cells
 
 TOP_K = 5  # trials drawn in the learning curves
 CURVES_FILE = "learning_curves.png"
@@ -49,13 +49,17 @@ def _score(row: Mapping[str, Any], metric_col: str) -> float:
     return math.nan if value is None else float(value)
 
 
-def plot_curves(rows: Sequence[Mapping[str, Any]], metric_col: str, top: Sequence[int], path: Path) -> None:
-    """The validation metric per epoch of the trials `top` (indices into `rows`); dashed: stopped early."""
+def plot_curves(rows: Sequence[Mapping[str, Any]], metric_col: str, top: Sequence[int], path: Path,
+                mean_pose: Optional[float] = None) -> None:
+    """The validation metric per epoch of the trials `top` (indices into `rows`); dashed: stopped
+    early; the mean pose's score a grey dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
+    from pipelines.viz.plots import draw_mean_pose
 
     metric = metric_col[len("best_"):]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
@@ -67,6 +71,7 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], metric_col: str, top: Sequenc
         if not done:
             line.set_markerfacecolor("white")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    draw_mean_pose(ax, mean_pose)
     if top:
         ax.legend(fontsize=7)
     else:
@@ -107,27 +112,31 @@ def protocol(base_raw: Mapping[str, Any], metric_col: str, trials: int) -> str:
 
 
 def sections(rows: Sequence[Mapping[str, Any]], table: pd.DataFrame, base_raw: Mapping[str, Any],
-             out_dir: Path, front: Sequence[int]) -> list[Section]:
-    """The report's sections; writes the images they show that are not already in `out_dir`."""
+             out_dir: Path, front: Sequence[int], mean_pose: Optional[Mapping[str, Any]] = None) -> list[Section]:
+    """The report's sections; writes the images they show that are not already in `out_dir`.
+    `mean_pose` (`pipelines.tune.driver.mean_pose_reference`): the trivial baseline, under the
+    trials table and dashed in the learning curves."""
     metric_col = metric_column(table.columns)
     metric = metric_col[len("best_"):]
+    reference = mean_pose["val_mpjpe"] if mean_pose else None
     scored = sorted((i for i, r in enumerate(rows) if math.isfinite(_score(r, metric_col))),
                     key=lambda i: _score(rows[i], metric_col))
     out = [Section("Trials", "Every trial, best score first. `macs_per_frame`: forward multiply-accumulates per "
                    "predicted frame (one window, batch 1; T frames for seq2seq models, 1 for seq2frame); "
                    "`train_frames_per_s`: predicted frames trained per second, mean over the epochs; "
                    "`peak_memory_mb`: the most memory an epoch took (CUDA: torch's allocations; CPU: the worker "
-                   "process's peak resident set); `wall_s`: the trial's time in Tune.", table=table_cells(table))]
+                   "process's peak resident set); `wall_s`: the trial's time in Tune."
+                   + (f" {mean_pose_line(mean_pose)}" if mean_pose else ""), table=table_cells(table))]
     best = out_dir / "best.yaml"
     out.append(Section("Best configuration",
                        "The best trial's configuration, ready to train (`raylift train --config best.yaml`)."
                        if best.is_file() else "No trial reported a score: there is no best configuration.",
                        code=best.read_text() if best.is_file() else None))
     top = [i for i in scored if rows[i].get("_curve")][:TOP_K]
-    plot_curves(rows, metric_col, top, out_dir / CURVES_FILE)
+    plot_curves(rows, metric_col, top, out_dir / CURVES_FILE, reference)
     out.append(Section("Learning curves", f"`{metric}` on the validation split after every epoch, for the {len(top)} "
                        f"best-scored trial(s) with per-epoch metrics (of {len(rows)}; #n: the trial's row in the table "
-                       "above); dashed: stopped early.",
+                       "above); dashed: stopped early" + ("; grey dashed: the mean pose." if mean_pose else "."),
                        image=CURVES_FILE))
     out.append(Section("Accuracy against cost",
                        f"`{metric_col}` against forward MACs per predicted frame (log scale), one marker per trial "
@@ -189,13 +198,13 @@ def render_html(title: str, intro: str, parts: Sequence[Section], out_dir: Path)
 
 
 def write_report(rows: Sequence[Mapping[str, Any]], table: pd.DataFrame, base_raw: Mapping[str, Any],
-                 out_dir: Path, front: Sequence[int]) -> None:
+                 out_dir: Path, front: Sequence[int], mean_pose: Optional[Mapping[str, Any]] = None) -> None:
     """report.md and report.html (and the images only they show) into `out_dir`, which already
     holds the trials table's files, best.yaml (when a trial scored), pareto.png and
     mpjpe_vs_frames.png. `table`: the trials table as written to trials.csv; `front`: the Pareto
-    front's indices into `rows`."""
+    front's indices into `rows`; `mean_pose`: the trivial baseline (`sections`)."""
     title = f"Tune report: {base_raw.get('name', 'experiment')}"
     intro = protocol(base_raw, metric_column(table.columns), len(rows))
-    parts = sections(rows, table, base_raw, out_dir, front)
+    parts = sections(rows, table, base_raw, out_dir, front, mean_pose)
     (out_dir / "report.md").write_text(render_markdown(title, intro, parts))
     (out_dir / "report.html").write_text(render_html(title, intro, parts, out_dir))

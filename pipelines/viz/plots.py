@@ -1,8 +1,17 @@
-"""Training-curve figure: loss and validation MPJPE per epoch (matplotlib, Agg backend)."""
+"""Training-curve figure: loss and validation MPJPE per epoch (matplotlib, Agg backend); the
+mean-pose reference line other figures draw beside their scores."""
 from __future__ import annotations
 
 import io
 import math
+from typing import Any, Optional
+
+
+def draw_mean_pose(ax: Any, value: Optional[float]) -> None:
+    """The mean pose's score (pipelines/train/baseline.py) as a dashed grey line across `ax`,
+    labelled for its legend; nothing when there is none (image models)."""
+    if value is not None:
+        ax.axhline(value, color="grey", linestyle="--", label=f"mean pose ({value:.1f})")
 
 
 def training_curves_png(history: list[dict], title: str = "") -> bytes:
