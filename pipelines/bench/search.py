@@ -149,8 +149,8 @@ def plot(summary: dict[str, dict[str, list[float]]], metric: str, seeds: int,
 
 def run(args: argparse.Namespace) -> int:
     from pipelines.config import config_from_dict
-    from pipelines.tune.driver import experiment_uri, tune_experiment
     from pipelines.train.baseline import mean_pose_validation
+    from pipelines.tune.driver import experiment_uri, tune_experiment
     from pipelines.tune.search import objectives
     from preprocessing.schema import ConfigError, apply_overrides, load_yaml
     from preprocessing.store import storage

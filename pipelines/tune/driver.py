@@ -339,9 +339,9 @@ def experiment_uri(storage_path: str, name: str) -> str:
 def mean_pose_reference(raw: dict, dims: list, datasets: dict[str, Dataset], metric: str) -> Optional[dict[str, Any]]:
     """The trivial baseline beside a search's trials: {"val_mpjpe", "split", "frames"} of the mean
     pose (pipelines/train/baseline.py) on the first prepared dataset's validation windows, under
-    that variant's config (its T, and its model's seq2seq or seq2frame windows). A constant pose
-    scores nearly the same on any T's windows: one variant stands for all. None unless the trials
-    are scored by val_mpjpe (image models report pixels)."""
+    that variant's config (its T, and its model's seq2seq or seq2frame windows), T named beside
+    it: another T's windows may count edge frames differently. None unless the trials are scored
+    by val_mpjpe (image models report pixels)."""
     from pipelines.train.baseline import mean_pose_validation
 
     if metric != "val_mpjpe":

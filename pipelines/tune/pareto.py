@@ -4,7 +4,8 @@
 table, `pareto.md` (the front's rows, cheapest first) and `pareto.png`: the best validation metric
 (y) against forward MACs per predicted frame (x, log scale), one marker per trial (hollow for trials
 the scheduler stopped early, whose score comes from fewer epochs), the front joined by a step
-line, the mean pose's score dashed. A trial on the front is worth its cost: every cheaper trial is less accurate.
+line, the mean pose's score dashed. A trial on the front is worth its cost: every cheaper trial is
+less accurate.
 """
 from __future__ import annotations
 

@@ -123,12 +123,12 @@ def run_segment(trial_id: str, start: Any, epochs: int, train: Callable[..., Any
     the Tune checkpoint Tune restarted the trial with (None for a new trial), each report passed to
     `report(metrics, checkpoint)`.
 
-    Asynchronous PBT may hand a trial a checkpoint of the last epoch: its donor finished first, or
-    Tune paused it right after its own last report. Nothing is left to train, so the trial reports
-    that epoch's metrics (the checkpoint's meta.json) with the checkpoint itself. Its record then
-    ends with the state it holds, as every other trial's does, and trials.csv counts its epochs
-    from that state (without it, a trial that copied a finished one ended on its own earlier
-    epoch and was listed as STOPPED)."""
+    Asynchronous PBT may hand a trial a checkpoint of the last epoch: its donor reported its last
+    epoch first, or Tune paused the trial right after its own last report. Nothing is left to
+    train, so the trial reports that epoch's metrics (the checkpoint's meta.json) with the
+    checkpoint itself. Its record then ends with the state it holds, as every other trial's does,
+    and trials.csv counts its epochs from that state (without it, a trial that copied a finished
+    one ended on its own earlier epoch and was listed as STOPPED)."""
     start_uri = checkpoint_uri(start) if start is not None else None
     meta = checkpoint_meta(start_uri) if start_uri else None
     if meta is not None and int(meta["epoch"]) >= epochs:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 import math
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
@@ -63,11 +63,9 @@ def html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>"
 
 
-def mean_pose_line(mean_pose: Optional[Mapping[str, Any]]) -> str:
+def mean_pose_line(mean_pose: Mapping[str, Any]) -> str:
     """The line under a trials table that gives its trivial baseline (`pipelines.tune.driver.
-    mean_pose_reference`); empty when there is none."""
-    if not mean_pose:
-        return ""
+    mean_pose_reference`)."""
     return (f"Mean pose: {mean_pose['val_mpjpe']:.2f} mm val_mpjpe on the {mean_pose['split']} split: the mean "
             "training pose predicted for every frame, scored by the trials' own validation code on the "
             f"T={mean_pose['frames']} windows; a trial must beat it to have learned from the 2D input.")
