@@ -28,7 +28,7 @@ from pipelines.train.checkpoints import disk_full
 from pipelines.train.driver import RUN_LOCK
 from preprocessing.store import lease
 from preprocessing.store.storage import open_location
-from tests.helpers import synthetic_cfg
+from tests.helpers import synthetic_cfg, tune_demo_raw
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 240
@@ -221,6 +221,21 @@ def workers_take_every_cpu(tmp: Path, experiment: Experiment) -> tuple[Ran, Call
     return ran, check
 
 
+def trial_takes_every_cpu(tmp: Path, experiment: Experiment) -> tuple[Ran, Callable[[], None]]:
+    """A tune whose one trial cannot be placed on this machine's Ray: Tune kept it PENDING forever."""
+    config = tmp / "tune.yaml"
+    config.write_text(yaml.safe_dump(tune_demo_raw(tmp), sort_keys=False))
+    cpus = os.cpu_count()
+    ran = raylift(["tune", "--config", str(config), "--set", f"train.cpus_per_worker={cpus}"], cwd=tmp)
+
+    def check() -> None:
+        assert (f"one trial needs {cpus + 0.25 + 0.01:g} CPU: train.num_workers=1 worker(s) of {cpus} CPU, one Ray "
+                f"Data task and the trial's driver (0.01 CPU); this machine's Ray has {cpus}") in ran.stderr, ran.stderr
+        assert not (tmp / "datasets").exists() and not list((tmp / "tune").glob("*/*.yaml"))
+
+    return ran, check
+
+
 CASES: dict[str, tuple[Case, int]] = {  # case: (how it runs, its exit status)
     "empty config": (config_case("", "no settings"), 2),
     "config that is a list": (config_case("- name: x\n- train: {}\n", "got a list"), 2),
@@ -233,6 +248,7 @@ CASES: dict[str, tuple[Case, int]] = {  # case: (how it runs, its exit status)
     "damaged shard": (damaged_shard, 2),
     "Ctrl-C": (ctrl_c, 130),
     "workers take every CPU": (workers_take_every_cpu, 2),
+    "a trial takes every CPU": (trial_takes_every_cpu, 2),
 }
 ON_THE_EXPERIMENT = ("damaged shard", "Ctrl-C")  # Ray runs on the module's experiment
 

@@ -11,8 +11,8 @@ import yaml
 
 from pipelines.config import config_from_dict, load_config
 from pipelines.tune.driver import (
-    DRIVER_RESOURCE, RESULT_FILES, collect_rows, driver_resources, parse_resources, trial_concurrency, trial_needs,
-    write_results,
+    DRIVER_RESOURCE, RESULT_FILES, check_trial_fits, collect_rows, driver_resources, parse_resources,
+    trial_concurrency, trial_needs, write_results,
 )
 from preprocessing.images.readers import DECODE_TASK_CPUS
 from preprocessing.store.parquet import READ_TASK_CPUS
@@ -83,6 +83,20 @@ def test_a_trial_leaves_a_cpu_share_for_its_data_read_tasks():
     images.train.num_workers = 1
     assert trial_needs(images) == {"CPU": 1.0 + DECODE_TASK_CPUS}
     assert driver_resources(images, {"CPU": 2.0})["CPU"] + trial_needs(images)["CPU"] <= 2.0
+
+
+def test_a_trial_that_cannot_be_placed_on_this_machine_is_one_line():
+    """On this machine's own Ray a trial that cannot be placed stayed PENDING forever."""
+    driver = {"CPU": 0.01}
+    laptop = {"CPU": 2.0, "memory": 8e9}
+    check_trial_fits(config_from_dict(_demo(train={"cpus_per_worker": 1.0})), driver, laptop)  # 1.26 of 2
+    with pytest.raises(ConfigError, match=r"^one trial needs 2.26 CPU: train.num_workers=1 worker\(s\) of 2 CPU, one "
+                                          r"Ray Data task and the trial's driver \(0.01 CPU\); this machine's Ray has 2:"):
+        check_trial_fits(config_from_dict(_demo(train={"cpus_per_worker": 2.0})), driver, laptop)
+    gpus = config_from_dict(_demo(train={"cpus_per_worker": 0.5, "use_gpu": True, "num_workers": 2}))
+    with pytest.raises(ConfigError, match=r"^one trial needs 2 GPU: train.num_workers=2 worker\(s\) of 0.5 CPU, 1 GPU,"
+                                          r".* this machine's Ray has 0: lower train.num_workers"):
+        check_trial_fits(gpus, driver, laptop)
 
 
 def test_trial_driver_asks_for_the_on_demand_driver_resource_when_the_cluster_has_it():

@@ -36,7 +36,7 @@ from pipelines.config import (
     load_config,
     parse_resources,
 )
-from cluster.session import init_ray
+from cluster.session import init_ray, private_instance
 from preprocessing.schema import ConfigError, apply_overrides, apply_values, load_yaml
 from preprocessing.store.dataset import Dataset
 from pipelines.tune.search import check_search, make_search
@@ -208,6 +208,25 @@ def trial_needs(cfg: ExperimentConfig) -> dict[str, float]:
     return needs
 
 
+def check_trial_fits(cfg: ExperimentConfig, per_driver: dict[str, float], cluster: dict[str, float]) -> None:
+    """On this machine's private Ray (every resource there will be: no autoscaler adds a node),
+    refuse a search whose one trial cannot be placed: Tune would keep it PENDING forever, without a
+    word. A trial takes its workers and one Ray Data task (`trial_needs`), and its driver's request."""
+    needs = trial_needs(cfg)
+    for key, amount in per_driver.items():
+        needs[key] = needs.get(key, 0.0) + amount
+    for key, amount in needs.items():
+        have = cluster.get(key, 0.0)
+        if amount > have + 1e-9:
+            tc = cfg.train
+            each = ", ".join([f"{tc.cpus_per_worker:g} CPU"] + ([f"{tc.gpus_per_worker:g} GPU"] if tc.use_gpu else [])
+                             + [f"{v:g} {k}" for k, v in tc.resources_per_worker.items()])
+            raise ConfigError(
+                f"one trial needs {amount:g} {key}: train.num_workers={tc.num_workers} worker(s) of {each}, one Ray Data "
+                f"task and the trial's driver ({', '.join(f'{v:g} {k}' for k, v in per_driver.items())}); this "
+                f"machine's Ray has {have:g}: lower train.num_workers or what each worker asks for")
+
+
 def trial_concurrency(cfg: ExperimentConfig, resources: dict[str, float], source: str) -> int:
     """Trials whose Train workers fit in `resources` at once: the smallest floor(total / need) over
     the resources a trial needs that `resources` names (Ray's Tune guide sizes
@@ -286,10 +305,13 @@ def _tune_locked(raw: dict, cfg: ExperimentConfig, dims: list, name: str, storag
     if not ray.is_initialized():
         # The dashboard stays on: Train frees stopped trials' resources through its state API.
         init_ray(address)  # quiet unless --verbose (cluster/session.py)
+    cluster = {k: float(v) for k, v in ray.cluster_resources().items()}
+    per_driver = driver_resources(cfg, cluster)
+    if private_instance():  # a cluster may still add nodes; this machine's Ray will not
+        check_trial_fits(cfg, per_driver, cluster)
     datasets = prepare_datasets(raw, dims, progress)
     resources, source = intended_resources(cfg, progress)
     concurrency = trial_concurrency(cfg, resources, source)
-    per_driver = driver_resources(cfg, {k: float(v) for k, v in ray.cluster_resources().items()})
     progress(f"tune: up to {concurrency} trial(s) at once; each trial driver requests {per_driver}")
     base = trial_base(raw, dims)  # a branch's `model.name` replaces the base's model section
     trainable = tune.with_resources(
