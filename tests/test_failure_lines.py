@@ -222,7 +222,8 @@ def workers_take_every_cpu(tmp: Path, experiment: Experiment) -> tuple[Ran, Call
 
 
 def trial_takes_every_cpu(tmp: Path, experiment: Experiment) -> tuple[Ran, Callable[[], None]]:
-    """A tune whose one trial cannot be placed on this machine's Ray: Tune kept it PENDING forever."""
+    """A tune whose one trial cannot be placed on this machine's Ray: the trial's Train run waited
+    forever for its worker (150 s at "0.01/2 CPUs" before it was killed, on the old code)."""
     config = tmp / "tune.yaml"
     config.write_text(yaml.safe_dump(tune_demo_raw(tmp), sort_keys=False))
     cpus = os.cpu_count()

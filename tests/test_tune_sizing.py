@@ -86,7 +86,7 @@ def test_a_trial_leaves_a_cpu_share_for_its_data_read_tasks():
 
 
 def test_a_trial_that_cannot_be_placed_on_this_machine_is_one_line():
-    """On this machine's own Ray a trial that cannot be placed stayed PENDING forever."""
+    """On this machine's own Ray a trial that cannot be placed waited forever for its workers."""
     driver = {"CPU": 0.01}
     laptop = {"CPU": 2.0, "memory": 8e9}
     check_trial_fits(config_from_dict(_demo(train={"cpus_per_worker": 1.0})), driver, laptop)  # 1.26 of 2

@@ -210,8 +210,9 @@ def trial_needs(cfg: ExperimentConfig) -> dict[str, float]:
 
 def check_trial_fits(cfg: ExperimentConfig, per_driver: dict[str, float], cluster: dict[str, float]) -> None:
     """On this machine's private Ray (every resource there will be: no autoscaler adds a node),
-    refuse a search whose one trial cannot be placed: Tune would keep it PENDING forever, without a
-    word. A trial takes its workers and one Ray Data task (`trial_needs`), and its driver's request."""
+    refuse a search whose one trial cannot be placed: the trial's driver starts, and its Train run
+    waits forever for workers, without a word. A trial takes its workers and one Ray Data task
+    (`trial_needs`), and its driver's request."""
     needs = trial_needs(cfg)
     for key, amount in per_driver.items():
         needs[key] = needs.get(key, 0.0) + amount
