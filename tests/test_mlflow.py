@@ -215,6 +215,37 @@ def test_train_run_on_ray_train_workers_logs_to_a_server(tmp_path, ray_tune_clus
 
 # ----------------------------------------------------------------------------- tune
 @pytest.mark.slow
+@pytest.mark.parametrize("error, status", [(RuntimeError("a trial driver died"), "FAILED"),
+                                           (KeyboardInterrupt(), "KILLED")])
+def test_a_search_that_fails_or_is_stopped_ends_its_parent_run(tmp_path, no_env_store, error, status):
+    """A search's parent run used to stay RUNNING in MLflow's UI when the search failed or was
+    stopped with Ctrl-C: it now ends FAILED or KILLED, with the results written so far; a resume
+    finishes that same parent."""
+    from pipelines.tune.tracking import tune_run
+
+    cfg = _tracked(tmp_path, {"mlflow_uri": str(tmp_path / "mlflow"), "experiment": "search"})
+    experiment = tmp_path / "tune" / "demo"
+    experiment.mkdir(parents=True)
+    (experiment / "raylift_tune.yaml").write_text("name: demo\n")
+    with pytest.raises(type(error)):
+        with tune_run(cfg, "demo", str(experiment), ("raylift_tune.yaml", "trials.csv"), False,
+                      progress=lambda s: None) as callbacks:
+            assert [type(c).__name__ for c in callbacks] == ["TrialRuns"]  # the trials' child runs
+            raise error
+    client = _client(f"sqlite:///{tmp_path / 'mlflow' / STORE_DB}")
+    parent = _only_run(client, "search")
+    assert parent.info.status == status and parent.data.tags[TAG_TUNE_DIR] == str(experiment)
+    assert _artifacts(client, parent.info.run_id) == {"raylift_tune.yaml"}  # trials.csv was never written
+    # `raylift tune --resume` finishes the same parent (the restored Tuner keeps its trials' callback).
+    (experiment / "trials.csv").write_text("trial\n1\n")
+    with tune_run(cfg, "demo", str(experiment), ("raylift_tune.yaml", "trials.csv"), True,
+                  progress=lambda s: None) as callbacks:
+        assert callbacks == []
+    resumed = _only_run(client, "search")
+    assert resumed.info.run_id == parent.info.run_id and resumed.info.status == "FINISHED"
+    assert _artifacts(client, parent.info.run_id) == {"raylift_tune.yaml", "trials.csv"}
+
+
 def test_tune_logs_a_parent_run_and_one_child_per_trial(tmp_path, ray_tune_cluster, no_env_store):
     """2 trials of 1 epoch: a parent run with the base config, finished with the search's result
     files; each trial a child run (mlflow.parentRunId) with its searched value and its epochs."""

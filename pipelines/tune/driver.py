@@ -300,7 +300,7 @@ def _tune_locked(raw: dict, cfg: ExperimentConfig, dims: list, name: str, storag
     import ray
     from ray import tune
 
-    from pipelines.tune.tracking import finish_tune, tune_callbacks  # loads MLflow: only when tuning
+    from pipelines.tune.tracking import tune_run  # loads MLflow: only when tuning
     from preprocessing.store import storage as st
 
     if not ray.is_initialized():
@@ -320,31 +320,30 @@ def _tune_locked(raw: dict, cfg: ExperimentConfig, dims: list, name: str, storag
                              train_storage=st.join(experiment_path, "train")),
         per_driver,
     )
-    if resume:
-        if not tune.Tuner.can_restore(experiment_path):
-            raise ConfigError(f"{experiment_path}: no Tune experiment state to resume")
-        tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True)
-    else:
-        # Beside Tune's own experiment state (local or S3), so `--resume` finds it there.
-        st.write_bytes(st.open_location(experiment_path).child(BASE_CONFIG_FILE),
-                       yaml.safe_dump(raw, sort_keys=False).encode())
-        search = make_search(cfg, dims, concurrency)  # on resume, Tune restores the searcher it saved
-        tuner = tune.Tuner(
-            trainable,
-            param_space=search.param_space,
-            tune_config=search.tune_config(cfg.tune.num_samples),
-            run_config=tune.RunConfig(
-                name=name, storage_path=_absolute(storage_path),
-                failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
-                callbacks=tune_callbacks(cfg, name, experiment_path),  # MLflow, when `tracking:` is set
-                verbose=1,
-            ),
-        )
-    grid = tuner.fit()
-    rows = collect_rows(grid, base, cfg.tune.metric)
-    summary = write_results(rows, base, experiment_path, mean_pose_reference(raw, dims, datasets, cfg.tune.metric))
-    finish_tune(cfg, name, experiment_path, (BASE_CONFIG_FILE, *RESULT_FILES), progress)
-    return summary
+    if resume and not tune.Tuner.can_restore(experiment_path):
+        raise ConfigError(f"{experiment_path}: no Tune experiment state to resume")
+    with tune_run(cfg, name, experiment_path, (BASE_CONFIG_FILE, *RESULT_FILES), resume, progress) as callbacks:
+        if resume:
+            tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True)
+        else:
+            # Beside Tune's own experiment state (local or S3), so `--resume` finds it there.
+            st.write_bytes(st.open_location(experiment_path).child(BASE_CONFIG_FILE),
+                           yaml.safe_dump(raw, sort_keys=False).encode())
+            search = make_search(cfg, dims, concurrency)  # on resume, Tune restores the searcher it saved
+            tuner = tune.Tuner(
+                trainable,
+                param_space=search.param_space,
+                tune_config=search.tune_config(cfg.tune.num_samples),
+                run_config=tune.RunConfig(
+                    name=name, storage_path=_absolute(storage_path),
+                    failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
+                    callbacks=callbacks,  # MLflow, when `tracking:` is set
+                    verbose=1,
+                ),
+            )
+        grid = tuner.fit()
+        rows = collect_rows(grid, base, cfg.tune.metric)
+        return write_results(rows, base, experiment_path, mean_pose_reference(raw, dims, datasets, cfg.tune.metric))
 
 
 def _absolute(storage_path: str) -> str:

@@ -4,7 +4,8 @@ settings, the stores and how to browse them).
 - One parent run per search, named after it: the base config as params (dotted keys, `tune.space.*`
   included), tags `raylift.tune_dir` (the experiment directory) and `raylift.git_commit`; finished
   after the results are written, with the result files (tables, plots, report, best.yaml, the base
-  config) as artifacts. A resumed search finishes the parent it started (found by `raylift.tune_dir`).
+  config) as artifacts; FAILED or KILLED (with what results exist) when the search fails or is
+  stopped. A resumed search finishes the parent it started (found by `raylift.tune_dir`).
 - One child run per trial (tags `mlflow.parentRunId`, which nests it in MLflow's UI, and
   `raylift.parent_run_id`), logged by Ray's `MLflowLoggerCallback` from the Tune driver: the trial's
   searched values as params (`overrides/<dotted key>`; a PBT trial's later values as tags
@@ -14,8 +15,9 @@ settings, the stores and how to browse them).
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.result import AUTO_RESULT_KEYS, DONE, TRAINING_ITERATION
@@ -73,26 +75,34 @@ class TrialRuns(MLflowLoggerCallback):
             client.set_tag(self._trial_runs[trial], f"raylift.values.{key.removeprefix('overrides/')}", str(value))
 
 
-def tune_callbacks(cfg: "ExperimentConfig", name: str, experiment_uri: str) -> list[TrialRuns]:
-    """The Tune callbacks tracking search `name` (none when tracking is off): opens the search's
-    parent run and returns a `TrialRuns` logging each trial as a child of it."""
+@contextlib.contextmanager
+def tune_run(cfg: "ExperimentConfig", name: str, experiment_uri: str, files: Sequence[str], resume: bool,
+             progress: Callable[[str], None] = print) -> Iterator[list[TrialRuns]]:
+    """Track search `name` in the block: yields the Tune callbacks to add (none when tracking is off,
+    or on `--resume`, whose restored Tuner keeps its own), and on leaving uploads `files` of the
+    experiment directory (the search's results; missing ones skipped) to the search's parent run
+    and ends it: FINISHED, FAILED on an exception, KILLED on Ctrl-C (as `train_run` ends a run). A
+    new search opens its parent; a resumed one ends the parent it started (found by
+    `raylift.tune_dir`), else a new one."""
     found = target(cfg.tracking, name)
     if found is None:
-        return []
-    _, parent = _open_parent(found, cfg, name, experiment_uri)
-    tags = {MLFLOW_PARENT: parent, TAG_PARENT: parent, TAG_COMMIT: source_commit()}
-    return [TrialRuns(tracking_uri=found.uri, experiment_name=found.experiment, tags=tags)]
-
-
-def finish_tune(cfg: "ExperimentConfig", name: str, experiment_uri: str, files: Sequence[str],
-                progress: Callable[[str], None] = print) -> None:
-    """Upload `files` of the experiment directory (the search's results; missing ones skipped) to the
-    search's parent run and finish it; the parent is opened now if none is found."""
-    found = target(cfg.tracking, name)
-    if found is None:
+        yield []
         return
-    client, parent = _find_parent(found, experiment_uri) or _open_parent(found, cfg, name, experiment_uri)
-    close_run(client, parent, experiment_uri, files if found.artifacts else (), "FINISHED", progress)
+    if resume:
+        client, parent = _find_parent(found, experiment_uri) or _open_parent(found, cfg, name, experiment_uri)
+        callbacks = []
+    else:
+        client, parent = _open_parent(found, cfg, name, experiment_uri)
+        tags = {MLFLOW_PARENT: parent, TAG_PARENT: parent, TAG_COMMIT: source_commit()}
+        callbacks = [TrialRuns(tracking_uri=found.uri, experiment_name=found.experiment, tags=tags)]
+    uploads = files if found.artifacts else ()
+    try:
+        yield callbacks
+    except BaseException as e:
+        close_run(client, parent, experiment_uri, uploads, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED",
+                  progress)
+        raise
+    close_run(client, parent, experiment_uri, uploads, "FINISHED", progress)
     progress(f"MLflow: search {name!r} in run {parent} of experiment {found.experiment!r} at {found.uri}")
 
 
