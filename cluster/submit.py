@@ -50,6 +50,7 @@ WORKING_DIR_EXCLUDES = [
 # Commands that manage jobs or clusters from the user's machine: meaningless inside a job.
 NOT_SUBMITTABLE = ("submit", "jobs", "cluster")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+SQLITE = "sqlite:///"  # an MLflow SQLite store's URI: the file's path follows (absolute: a fourth /)
 
 
 class ClusterError(ConfigError):
@@ -276,12 +277,19 @@ def check_locations(locations: list[tuple[str, str, str]], working_dir: Path) ->
     session) or an input that is not uploaded. URIs and absolute paths pass: they mean the same on
     every node (for absolute ones, only if the nodes share them)."""
     for key, value, role in locations:
-        if "://" in value or Path(value).expanduser().is_absolute():
+        # An MLflow store may be an SQLite file: sqlite:///relative.db, or sqlite:////absolute.db.
+        path = value.removeprefix(SQLITE) if role == "tracking" else value
+        if "://" in path or Path(path).expanduser().is_absolute():
             continue
         if role == "dataset" and is_dataset_id(value):
             continue  # a dataset id, under a datasets root checked as its own location
         how = f"--set {key}=" if not key.startswith("-") and "." in key else f"{key} "
-        relative = os.path.normpath(value)
+        relative = os.path.normpath(path)
+        if role == "tracking":
+            raise ClusterError(
+                f"{key}={value}: a relative MLflow store resolves inside the job's temporary copy of the "
+                f"working directory on the cluster and is lost when the job ends; give a tracking server, "
+                f"e.g. {how}http://HOST:5000, or a path every node shares")
         if role == "output":
             raise ClusterError(
                 f"{key}={value}: a relative output path resolves inside the job's temporary copy of the "

@@ -374,8 +374,9 @@ def load_config(path: str, overrides: Optional[list[str]] = None) -> ExperimentC
 
 # "staged": a source file that a command reading a prepared dataset may lack (it then uses the
 # dataset staged under data.root from the same config, preprocessing/store/staged.py);
-# "dataset": an input that may also be a dataset id under the datasets root (no path separator).
-Role = Literal["input", "output", "staged", "dataset"]
+# "dataset": an input that may also be a dataset id under the datasets root (no path separator);
+# "tracking": an MLflow store the command writes (a directory, `sqlite:///FILE`, or a server's URI).
+Role = Literal["input", "output", "staged", "dataset", "tracking"]
 
 
 class PathArg(NamedTuple):
@@ -453,6 +454,8 @@ def experiment_locations(path: str, overrides: list[str], args: Any, sections: t
         out.append(PathArg("train.storage_path", cfg.train.storage_path, "output"))
     if "tune" in sections and cfg.tune is not None:
         out.append(PathArg("tune.storage_path", cfg.tune.storage_path, "output"))
+    if ("train" in sections or "tune" in sections) and cfg.tracking is not None and cfg.tracking.mlflow_uri:
+        out.append(PathArg("tracking.mlflow_uri", cfg.tracking.mlflow_uri, "tracking"))
     return out
 
 

@@ -132,7 +132,8 @@ def test_submit_refuses_bad_commands_before_connecting(cli):
 def test_submit_refuses_relative_outputs_and_inputs_that_a_job_would_lose_or_miss(cli, tmp_path):
     """Issue 23 defect 2: `submit -- train --config configs/demo.yaml` ended SUCCEEDED with its
     results in Ray's temporary copy of the working directory. Every relative location a job would
-    resolve inside that copy is refused before anything is uploaded, naming the key."""
+    resolve inside that copy is refused before anything is uploaded, naming the key; a relative
+    MLflow store too (tracking.mlflow_uri was not checked)."""
     address = ["--address", f"http://127.0.0.1:{unused_port()}"]  # nothing listens: refused first
     absolute = ["--set", f"data.root={tmp_path}/datasets", "--set", f"data.source.synthetic.out_dir={tmp_path}/syn"]
     cases = [
@@ -150,6 +151,13 @@ def test_submit_refuses_relative_outputs_and_inputs_that_a_job_would_lose_or_mis
          "working directory, and /runs/ is not uploaded with the job"),
         (["evaluate", "--checkpoint", f"{tmp_path}/ck", "--out", "eval"], "--out=eval: a relative output path"),
         (["train", "--config", "configs/no_such.yaml"], "--config=configs/no_such.yaml: a relative input path"),
+        (["tune", "--config", "configs/tune_demo.yaml", *absolute, "--set", f"tune.storage_path={tmp_path}/tune",
+          "--set", f"train.storage_path={tmp_path}/runs", "--set", "tracking.mlflow_uri=runs/mlflow"],
+         "tracking.mlflow_uri=runs/mlflow: a relative MLflow store resolves inside the job's temporary copy of the "
+         "working directory on the cluster and is lost when the job ends; give a tracking server, e.g. "
+         "--set tracking.mlflow_uri=http://HOST:5000, or a path every node shares"),
+        (["train", "--config", "configs/demo.yaml", *absolute, "--set", f"train.storage_path={tmp_path}/runs",
+          "--set", "tracking.mlflow_uri=sqlite:///mlflow.db"], "tracking.mlflow_uri=sqlite:///mlflow.db: a relative MLflow store"),
         (["preprocess", "--config", "configs/mixste_h36m_cpn.yaml", "--set", "data.root=s3://b/datasets"],
          "data.source.data_3d=data/h36m/data_3d_h36m.npz: a relative input path is read from the job's copy "
          "of the working directory, and /data/ is not uploaded with the job"),
@@ -163,6 +171,10 @@ def test_submit_refuses_relative_outputs_and_inputs_that_a_job_would_lose_or_mis
     code, _, err = cli("submit", *address, "--", "evaluate", "--checkpoint", "s3://b/runs/x/checkpoint_epoch0001",
                        "--data", "0123456789abcdef")  # a dataset id, not a relative path
     assert code == 2 and "no Ray dashboard reachable" in err, err
+    for store in ("http://127.0.0.1:5000", f"sqlite:///{tmp_path}/mlflow.db", f"{tmp_path}/mlflow"):
+        code, _, err = cli("submit", *address, "--", "train", "--config", "configs/demo.yaml", *absolute,
+                           "--set", f"train.storage_path={tmp_path}/runs", "--set", f"tracking.mlflow_uri={store}")
+        assert code == 2 and "no Ray dashboard reachable" in err, (store, err)
     code, out, err = cli("submit", *address, "--", "train", "--config", "configs/mixste_h36m_cpn.yaml",
                          "--set", "data.root=s3://b/datasets", "--set", "train.storage_path=s3://b/runs")
     assert code == 2 and "no Ray dashboard reachable" in err, err
