@@ -261,7 +261,8 @@ def test_each_failure_ends_in_one_line_and_its_status(case, tmp_path, request):
     experiment = request.getfixturevalue("experiment") if case in ON_THE_EXPERIMENT else None
     ran, check = run(tmp_path, experiment)
     lines = ran.error_lines()
-    assert (ran.returncode, len(lines)) == (status, 1), (ran.returncode, len(lines), ran.stderr[-5000:])
+    assert (ran.returncode, len(lines)) == (status, 1), (ran.returncode, len(lines), ran.stderr[-5000:],
+                                                         ran.stdout[-3000:])  # e.g. did the Ctrl-C case see its epoch line?
     assert lines[0].startswith("raylift "), lines
     check()
 
